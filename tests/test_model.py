@@ -1,0 +1,167 @@
+"""The network and the training loop, on tiny data made here (no Ray, no data pipeline run)."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data_pipeline.dataset import PreparedData, Split
+from model import checkpoint
+from model.config import BEST_VAL_L1, SAMPLES_PER_S, TEST_L1, TRAIN_L1, VAL_L1, ModelConfig, TrainConfig
+from model.network import TextEncoderUnavailable, TextToImage, load_text_encoder
+from model.train import train
+
+COLOURS = {"red": (1, -1, -1), "green": (-1, 1, -1), "blue": (-1, -1, 1), "yellow": (1, 1, -1)}
+SHAPES = ("square", "stripe")
+
+
+def make_split(n: int, size: int, offset: int = 0) -> Split:
+    """Images that follow from their text: a coloured square or stripe on white."""
+    ids, texts, images = [], [], []
+    for i, (colour, shape) in enumerate(itertools.islice(itertools.cycle(itertools.product(COLOURS, SHAPES)), n)):
+        img = np.ones((3, size, size), np.float32)
+        rgb = np.array(COLOURS[colour], np.float32)[:, None, None]
+        if shape == "square":
+            img[:, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = rgb
+        else:
+            img[:, :, size // 3: 2 * size // 3] = rgb
+        ids.append(offset + i)
+        texts.append(f"A {colour} {shape} creature number {offset + i}.")
+        images.append(img)
+    return Split(np.array(ids), texts, np.stack(images))
+
+
+def tiny_data(n_train=8, size=32) -> PreparedData:
+    return PreparedData(make_split(n_train, size), make_split(4, size, 100), make_split(4, size, 200),
+                        info={"source": "tests"})
+
+
+NO_DROPOUT = dict(dropout_encoder=0.0, dropout_attention=0.0, dropout_decoder=0.0)
+QUIET = TrainConfig(clip_mode="off")
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_text_encoder()
+
+
+def test_offline_text_encoder_gives_real_embeddings(encoder, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tokenizer, model, source = encoder
+    assert source.endswith("model") and model.config.hidden_size == 384
+    tok = tokenizer(["a red square", "a red square", "a blue stripe"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**tok).last_hidden_state.mean(1)
+    # A pretrained encoder gives identical texts identical features and different texts different ones.
+    assert torch.allclose(h[0], h[1]) and not torch.allclose(h[0], h[2], atol=1e-3)
+
+
+def test_unknown_text_encoder_names_offline_choices(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TextEncoderUnavailable, match="all-MiniLM-L6-v2"):
+        load_text_encoder(str(tmp_path / "no-such-model"))
+
+
+# The grid's 32 trials hold 8 distinct architectures (learning rate and weight decay do not
+# change a shape); each is checked at every supported image size.
+@pytest.mark.parametrize("n_heads,ff_dim,n_layers", list(itertools.product((2, 4), (512, 1024), (2, 3))))
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_every_grid_architecture_gives_images_in_range(encoder, n_heads, ff_dim, n_layers, size):
+    cfg = ModelConfig(n_heads=n_heads, ff_dim=ff_dim, n_layers=n_layers, image_size=size)
+    tokenizer, text_encoder, _ = encoder
+    net = TextToImage(cfg, text_encoder)
+    tok = tokenizer(["A red square creature.", "A blue stripe creature with a long tail."], padding=True,
+                    return_tensors="pt")
+    out = net(tok["input_ids"], tok["attention_mask"])
+    assert out.shape == (2, 3, size, size)
+    assert out.min() >= -1 and out.max() <= 1
+    assert len(net.generator.encoder.layers) == n_layers
+    assert net.generator.encoder.layers[0].linear1.out_features == ff_dim
+    assert net.generator.to_latent.attn.num_heads == n_heads
+
+
+def test_overfits_eight_samples(encoder):
+    data = tiny_data(n_train=8)
+    curve, val = [], []
+    def record(m, state):
+        curve.append(m[TRAIN_L1])
+        val.append(m[VAL_L1])
+    metrics = train(ModelConfig(image_size=32, **NO_DROPOUT),
+                    TrainConfig(lr=3e-4, weight_decay=0.0, epochs=300, batch_size=8, clip_mode="off"),
+                    data, report=record)
+    assert len(curve) == 300
+    assert curve[-1] <= 0.1 * curve[0], f"L1 fell only from {curve[0]:.3f} to {curve[-1]:.3f}"
+    assert metrics[BEST_VAL_L1] == min(val)
+
+
+def _final_weights(cfg, tcfg, data, **kw):
+    states = []
+    metrics = train(cfg, tcfg, data, report=lambda m, s: states.append(s), **kw)
+    return metrics, states
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    data, cfg = tiny_data(), ModelConfig(image_size=32)
+    m1, s1 = _final_weights(cfg, TrainConfig(epochs=2, seed=3, clip_mode="off"), data)
+    m2, s2 = _final_weights(cfg, TrainConfig(epochs=2, seed=3, clip_mode="off"), data)
+    m3, s3 = _final_weights(cfg, TrainConfig(epochs=2, seed=4, clip_mode="off"), data)
+    for k, v in s1[-1]["model"].items():
+        assert torch.equal(v, s2[-1]["model"][k]), k
+    assert m1[TEST_L1] == m2[TEST_L1]
+    assert any(not torch.equal(v, s3[-1]["model"][k]) for k, v in s1[-1]["model"].items())
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
+    data, cfg = tiny_data(), ModelConfig(image_size=32)  # dropout on: the RNG state must resume too
+    tcfg = TrainConfig(epochs=4, seed=1, clip_mode="off")
+    full, full_states = _final_weights(cfg, tcfg, data)
+
+    saved = []
+    def stop_after_two(metrics, state):
+        saved.append(checkpoint.save(state, tmp_path / f"epoch{metrics['epoch']}"))
+        if metrics["epoch"] == 2:
+            raise KeyboardInterrupt  # the run dies here, as a killed trial would
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tcfg, data, report=stop_after_two)
+
+    resumed, resumed_states = _final_weights(cfg, tcfg, data, resume=checkpoint.load(tmp_path / "epoch2"))
+    assert [s["epoch"] for s in resumed_states] == [3, 4]
+    for k, v in full_states[-1]["model"].items():
+        assert torch.equal(v, resumed_states[-1]["model"][k]), k
+    timing = {SAMPLES_PER_S}
+    assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in full.items() if k not in timing}
+
+
+def test_frozen_encoder_is_not_trained_and_unfrozen_is(encoder):
+    data = tiny_data(n_train=4)
+    before = {k: v.clone() for k, v in encoder[1].state_dict().items()}
+    _, frozen = _final_weights(ModelConfig(image_size=32), TrainConfig(epochs=1, clip_mode="off"), data)
+    assert not any(k.startswith("text_encoder.") for k in frozen[-1]["model"])  # reloaded from its source
+    _, tuned = _final_weights(ModelConfig(image_size=32, freeze_text_encoder=False),
+                              TrainConfig(epochs=1, lr=1e-3, clip_mode="off"), data)
+    changed = [k for k, v in before.items() if not torch.equal(v, tuned[-1]["model"]["text_encoder." + k])]
+    assert changed, "an unfrozen text encoder must be trained"
+    assert all(torch.equal(v, encoder[1].state_dict()[k]) for k, v in before.items()), "the cached copy was changed"
+
+
+def test_nan_loss_stops_with_a_clear_reason():
+    with pytest.raises(FloatingPointError, match="diverged"):
+        train(ModelConfig(image_size=32), TrainConfig(epochs=1, batch_size=2, lr=float("inf"), clip_mode="off"),
+              tiny_data())
+
+
+def test_generate_cli_writes_png_of_the_right_size(tmp_path):
+    from model import generate
+
+    _, states = _final_weights(ModelConfig(image_size=32), TrainConfig(epochs=1, clip_mode="off"), tiny_data())
+    checkpoint.save(states[-1], tmp_path / "ckpt")
+    one = generate.main(["--checkpoint", str(tmp_path / "ckpt"), "A red square creature.",
+                         "--out", str(tmp_path / "one.png")])
+    three = generate.main(["--checkpoint", str(tmp_path / "ckpt"), "A red square.", "A blue stripe.", "A green one.",
+                           "--out", str(tmp_path / "grid.png")])
+    with Image.open(one) as im:
+        assert im.format == "PNG" and im.size == (32, 32) and im.mode == "RGB"
+    with Image.open(three) as im:
+        assert im.size == (64, 64)  # 3 prompts -> 2 x 2 grid of 32px images
