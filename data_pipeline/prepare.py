@@ -1,0 +1,229 @@
+"""Build (or reuse) the preprocessed dataset every trial trains on; also the `prepare` CLI.
+
+    from data_pipeline.prepare import prepare_dataset
+    data = prepare_dataset("../shared/datasets/pokedex")    # PreparedData, cached on disk
+    data = prepare_dataset(None)                            # the embedded synthetic default (and says so)
+    data = prepare_dataset(path, DataConfig(image_size=32), cache_root="/tmp/cache", progress=False)
+
+    python -m data_pipeline.prepare --data ../shared/datasets/pokedex [--out DIR] [--image_size 32 ...]
+    python -m data_pipeline.prepare                         # prepares the synthetic default
+
+`data` is a Pokédex folder, a Complete-Pokédex csv folder, a parquet file or folder (see `sources`),
+or None / "synthetic" / "synthetic:<seed>" for the generated default. The flow:
+read + validate the fields (`sources`; rejects with reasons) → Ray Data decode/alpha→white/resize/
+rotate (`pipeline`; undecodable images rejected) → split the records that loaded by id → scale to
+[-1, 1] → PreparedData.save into the cache.
+
+The cache is <cache_root>/prepared/<layout>-<fingerprint[:16]>/ with train/val/test.parquet and
+info.json (what `PreparedData.load` reads), plus summary.json (counts) and rejected.jsonl (one line
+per rejected record: id, file, field, reason). The fingerprint hashes every byte read from the source,
+the DataConfig and PIPELINE_VERSION: the same inputs and settings reuse the folder, anything else
+builds a new one. cache_root is `--out`, else $POKEMON_T2I_CACHE, else ~/.cache/pokemon_t2i.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from data_pipeline.config import DataConfig
+from data_pipeline.dataset import SPLITS, PreparedData, Split
+from data_pipeline.preprocess import enriched_text, rotation_angles, split_ids
+from data_pipeline.sources import Record, Rejection, read_source
+
+PIPELINE_VERSION = 1  # bump whenever a change to the code changes what a prepared dataset holds
+SYNTHETIC_RECORDS = 300
+
+
+class NoUsableRecords(ValueError):
+    """Every record of the source was rejected."""
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("POKEMON_T2I_CACHE") or Path.home() / ".cache" / "pokemon_t2i")
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _synthetic_seed(data) -> int | None:
+    """The seed if `data` asks for the synthetic default (None, "synthetic", "synthetic:<seed>"), else None."""
+    if data is None:
+        return 0
+    text = str(data)
+    if Path(text).exists() or not (text == "synthetic" or text.startswith("synthetic:")):
+        return None  # a real path, even one called "synthetic"
+    seed = text.partition(":")[2] or "0"
+    if not seed.lstrip("-").isdigit():
+        raise ValueError(f"'synthetic:<seed>' needs an integer seed, got {text!r}")
+    return int(seed)
+
+
+def _announce_synthetic(seed: int, folder: Path) -> None:
+    bar = "=" * 78
+    print(f"{bar}\nNOTE: no dataset given, using the embedded SYNTHETIC default (seed {seed}, "
+          f"{SYNTHETIC_RECORDS} generated creatures, in {folder}).\nResults on it say nothing about "
+          f"real Pokémon: pass --data PATH (or data=PATH) for real data. info['synthetic'] = True.\n{bar}",
+          file=sys.stderr, flush=True)
+
+
+def fingerprint(content_hash: str, cfg: DataConfig) -> str:
+    key = {"source": content_hash, "settings": asdict(cfg), "pipeline": PIPELINE_VERSION}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def record_text(r: Record, enriched: bool) -> str:
+    return enriched_text(r.description, r.classification, r.primary, r.secondary) if enriched else r.description
+
+
+def summary_line(info: dict) -> str:
+    c = info["counts"]
+    what = "reused" if info.get("cache_reused") else "prepared"
+    rejected = f"{c['rejected']} rejected (see {Path(info['cache_dir']) / 'rejected.jsonl'})" if c["rejected"] else "0 rejected"
+    synthetic = " [SYNTHETIC default]" if info["synthetic"] else ""
+    return (f"{what} {c['loaded']} of {c['found']} records from {info['source']}{synthetic}: {rejected}; "
+            f"split train {c['train']} / val {c['val']} / test {c['test']} ({c['train_rows']} training images, "
+            f"{info['settings']['augment_rotations']} rotations each); cache {info['cache_dir']}")
+
+
+def prepare_dataset(data: str | Path | None, cfg: DataConfig = DataConfig(), cache_root: str | Path | None = None,
+                    progress: bool = True) -> PreparedData:
+    """The preprocessed dataset for `data` and `cfg`, from the cache when it is already there.
+
+    Raises FileNotFoundError / ValueError for a path that is not a dataset, and NoUsableRecords
+    when every record is rejected. Starts a local Ray (`init_ray`) if a build needs it and Ray is
+    not running yet.
+    """
+    rotation_angles(cfg.augment_rotations)  # validate settings before reading anything
+    if cfg.image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {cfg.image_size}")
+    cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
+
+    seed = _synthetic_seed(data)
+    if seed is not None:
+        from data_pipeline.synthetic import generate
+
+        path = generate(cache_root / "synthetic" / f"seed{seed}-n{SYNTHETIC_RECORDS}", SYNTHETIC_RECORDS, seed)
+        _announce_synthetic(seed, path)
+        source_name = f"synthetic:{seed}"
+    else:
+        path = Path(data).expanduser()
+        source_name = str(path.resolve())
+
+    _log(progress, f"reading {path} ...")
+    src = read_source(path)
+    key = fingerprint(src.content_hash, cfg)
+    cache_dir = cache_root / "prepared" / f"{src.layout}-{key[:16]}"
+
+    if (cache_dir / "info.json").is_file():
+        prepared = PreparedData.load(cache_dir)
+        # the same bytes may sit at another path now: describe this run's source, not the first one's
+        prepared.info.update(source=source_name, synthetic=seed is not None, cache_dir=str(cache_dir), cache_reused=True)
+        print(summary_line(prepared.info), flush=True)
+        return prepared
+
+    info = {"source": source_name, "layout": src.layout, "fingerprint": key, "settings": asdict(cfg),
+            "synthetic": seed is not None, "pipeline_version": PIPELINE_VERSION,
+            "rotation_angles": rotation_angles(cfg.augment_rotations), "cache_dir": str(cache_dir),
+            "cache_reused": False}
+    prepared, rejected = _build(src.records, src.rejected, cfg, info, progress, cache_dir)
+    _write_cache(prepared, rejected, cache_dir)
+    print(summary_line(prepared.info), flush=True)
+    return prepared
+
+
+def _build(records: list[Record], rejected: list[Rejection], cfg: DataConfig, info: dict, progress: bool,
+           cache_dir: Path) -> tuple[PreparedData, list[Rejection]]:
+    from data_pipeline.pipeline import Item, run_ray, split_arrays
+    from data_pipeline.ray_env import init_ray
+
+    found = len(records) + len(rejected)
+    if not records:
+        _fail(rejected, found, info, cache_dir)
+    by_id = {r.id: r for r in records}
+
+    init_ray()
+    _log(progress, f"preprocessing {len(records)} images with Ray Data (size {cfg.image_size}, "
+                   f"{cfg.augment_rotations} rotations of each training image) ...")
+    pixels, errors = run_ray([Item(r.id, r.image) for r in records], cfg.image_size, cfg.augment_rotations,
+                             progress=progress)
+    rejected = rejected + [Rejection(i, by_id[i].file, "image", reason) for i, reason in sorted(errors.items())]
+    if not pixels:
+        _fail(rejected, found, info, cache_dir)
+
+    info["splits"] = split_ids(pixels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    arrays = split_arrays(pixels, info["splits"])
+    built = {}
+    for name in SPLITS:
+        ids = info["splits"][name]
+        copies = cfg.augment_rotations if name == "train" else 1
+        built[name] = Split(np.repeat(np.asarray(ids, np.int64), copies),
+                            [record_text(by_id[i], cfg.enriched_text) for i in ids for _ in range(copies)],
+                            arrays[name])
+    info["counts"] = {"found": found, "loaded": len(pixels), "rejected": len(rejected),
+                      **{name: len(info["splits"][name]) for name in SPLITS}, "train_rows": len(built["train"])}
+    return PreparedData(info=info, **built), rejected
+
+
+def _fail(rejected: list[Rejection], found: int, info: dict, cache_dir: Path) -> None:
+    """Write the report where the cache would have gone and raise with the first few reasons."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / "rejected.jsonl").write_text("".join(r.to_json() + "\n" for r in rejected), encoding="utf-8")
+    first = "; ".join(f"id {r.id} {r.field}: {r.reason}" for r in rejected[:3])
+    raise NoUsableRecords(f"no usable records in {info['source']}: all {found} were rejected "
+                          f"(e.g. {first}). Full list: {cache_dir / 'rejected.jsonl'}")
+
+
+def _write_cache(prepared: PreparedData, rejected: list[Rejection], cache_dir: Path) -> None:
+    """Write into a temporary folder, then rename: a reader never sees a half-written cache, and of
+    two processes building the same cache, the second simply keeps the first one's."""
+    tmp = cache_dir.with_name(f"{cache_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    prepared.save(tmp)
+    (tmp / "rejected.jsonl").write_text("".join(r.to_json() + "\n" for r in rejected), encoding="utf-8")
+    summary = {**prepared.info["counts"], "source": prepared.info["source"], "synthetic": prepared.info["synthetic"],
+               "fingerprint": prepared.info["fingerprint"], "settings": prepared.info["settings"],
+               "cache_dir": str(cache_dir)}
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
+    if cache_dir.exists() and not (cache_dir / "info.json").exists():
+        shutil.rmtree(cache_dir)  # the report of an earlier failed build, not a cache
+    try:
+        tmp.rename(cache_dir)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_pipeline.prepare", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=None, help="dataset folder or file; omit for the synthetic default "
+                        "('synthetic:<seed>' picks another seed)")
+    parser.add_argument("--out", default=None, help="cache root (default $POKEMON_T2I_CACHE or ~/.cache/pokemon_t2i)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output, only the summary line")
+    for f in dataclasses.fields(DataConfig):  # the DataConfig field names are the flag names
+        if f.type in (bool, "bool"):
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+    args = parser.parse_args(argv)
+    cfg = DataConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataConfig)})
+    try:
+        prepare_dataset(args.data, cfg, cache_root=args.out, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

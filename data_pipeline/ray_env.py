@@ -1,0 +1,53 @@
+"""Start or join Ray the way this project needs it: a local instance listens on 127.0.0.1 only.
+
+    from data_pipeline.ray_env import init_ray
+    init_ray()                          # local Ray on all cores, loopback only, quiet
+    init_ray(num_cpus=2)                # local Ray limited to 2 CPUs
+    init_ray(address="auto")            # join a running cluster (`ray start --head` on this machine)
+
+Ray chooses its node address when `ray` is *imported* (it reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+into a constant then): with the variable at "0" a local node uses 127.0.0.1, otherwise it binds
+the machine's outward-facing address. So the variable is set when this module is imported, and
+re-read by `init_ray` in case something imported ray earlier. A user who wants a real multi-machine
+cluster sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 in the environment; setdefault leaves that alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+
+CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+os.environ.setdefault(CLUSTER_ENV, "0")
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> None:
+    """ray.init with this project's defaults; a no-op when Ray is already initialized.
+
+    `address=None` starts a local instance (`num_cpus` caps it); an address joins an existing
+    cluster (then `num_cpus` must be None: the cluster's nodes declare their own CPUs).
+    `kwargs` go to ray.init and override the defaults (no dashboard, warnings only, worker logs
+    forwarded to this process). Raises if a local instance did not end up on loopback.
+    """
+    os.environ.setdefault(CLUSTER_ENV, "0")
+    import ray
+    from ray._private import ray_constants
+
+    if ray.is_initialized():
+        return
+    # Re-read the variable: ray may have been imported (and the constant fixed) before this module.
+    ray_constants.ENABLE_RAY_CLUSTER = ray_constants.env_bool(CLUSTER_ENV, False)
+
+    options = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
+    options.update(kwargs)
+    if address is not None:
+        if num_cpus is not None:
+            raise ValueError("num_cpus only applies to a local Ray instance; the cluster's nodes set their CPUs")
+        ray.init(address=address, **options)
+        return
+    ray.init(num_cpus=num_cpus, **options)
+    node_ip = ray.util.get_node_ip_address()
+    if not ray_constants.ENABLE_RAY_CLUSTER and not ipaddress.ip_address(node_ip).is_loopback:
+        ray.shutdown()
+        raise RuntimeError(f"local Ray came up on {node_ip}, not loopback; is {CLUSTER_ENV} overridden somewhere?")

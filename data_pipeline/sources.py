@@ -1,0 +1,299 @@
+"""Read a dataset in any supported layout into validated records, rejecting bad ones with reasons.
+
+    from data_pipeline.sources import read_source
+    src = read_source("../shared/datasets/pokedex")   # layout detected from the path
+    src.layout, len(src.records), src.rejected[:3], src.content_hash
+
+Layouts (`detect_layout` picks one from the path):
+- "pokedex": `pokedex.json` (a list of records with `id`, `name.english`, `description`,
+  `type` = [primary] or [primary, secondary], `species` = the classification) and
+  `images/thumbnails/NNN.png` (zero-padded id) beside it. The path is the folder or the json file.
+- "parquet": one `.parquet` file or a folder of them, columns `id`, `name`, `description`,
+  `primary_type`, `secondary_type` (may be null/empty), `classification`, `image` (encoded bytes,
+  or a Hugging Face image struct {bytes, path}).
+- "kaggle": "The Complete Pokédex Dataset": `pokemon.csv` (UTF-16 + tabs or UTF-8 + commas, both
+  detected) with `national_number`, `english_name`, `primary_type`, `secondary_type`,
+  `classification`, `description`, and `images/small_images/<national_number>.png` beside it.
+
+Every field is checked here, before any pixel work: a record with no usable id, a missing, blank or
+non-text description, no type, no classification, a missing image file, or an id already taken by
+an earlier good record becomes a `Rejection(id, file, field, reason)`; the rest go on. Undecodable
+images are caught later, in the Ray tasks. A missing classification is rejected even when the
+enriched text is off, so the set of records (and so the split) does not depend on that setting.
+
+`content_hash` covers every byte that was read (metadata file and each image file, in order),
+so any change to the source changes the cache key.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+LAYOUTS = ("pokedex", "parquet", "kaggle")
+KAGGLE_COLUMNS = ("national_number", "english_name", "primary_type", "secondary_type", "classification", "description")
+PARQUET_COLUMNS = ("id", "name", "description", "primary_type", "secondary_type", "classification", "image")
+
+
+@dataclass(frozen=True)
+class Record:
+    id: int
+    name: str
+    description: str
+    primary: str
+    secondary: str | None
+    classification: str
+    image: bytes  # the encoded image file, decoded later in the Ray tasks
+    file: str  # where the image came from, for reports
+
+
+@dataclass(frozen=True)
+class Rejection:
+    id: int | str | None  # as found in the source (None when the record has no id)
+    file: str
+    field: str
+    reason: str
+
+    def to_json(self) -> str:
+        return json.dumps({"id": self.id, "file": self.file, "field": self.field, "reason": self.reason}, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class SourceData:
+    layout: str
+    path: Path
+    records: list[Record]
+    rejected: list[Rejection] = field(default_factory=list)
+    content_hash: str = ""
+
+
+def detect_layout(path: str | Path) -> str:
+    """'pokedex', 'parquet' or 'kaggle' for a file or folder; ValueError saying what was expected."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset path {path} does not exist")
+    if path.is_file():
+        if path.suffix == ".json":
+            return "pokedex"
+        if path.suffix == ".parquet":
+            return "parquet"
+        if path.suffix in (".csv", ".tsv", ".txt"):
+            return "kaggle"
+    elif (path / "pokedex.json").is_file():
+        return "pokedex"
+    elif (path / "pokemon.csv").is_file():
+        return "kaggle"
+    elif any(path.glob("*.parquet")):
+        return "parquet"
+    raise ValueError(
+        f"cannot tell the dataset layout of {path}: expected a folder with pokedex.json (+ images/thumbnails/), "
+        "a folder with pokemon.csv (+ images/small_images/), a .parquet file or a folder of them")
+
+
+def read_source(path: str | Path) -> SourceData:
+    """Read and validate the dataset at `path` (layout detected)."""
+    path = Path(path)
+    layout = detect_layout(path)
+    reader = {"pokedex": _read_pokedex, "parquet": _read_parquet, "kaggle": _read_kaggle}[layout]
+    hasher = hashlib.sha256(layout.encode())
+    records, rejected = reader(path, hasher)
+    records, duplicates = _drop_duplicates(records)
+    return SourceData(layout, path.resolve(), records, rejected + duplicates, hasher.hexdigest())
+
+
+# ----------------------------------------------------------------------------- validation, shared
+
+
+class _Reject(Exception):
+    def __init__(self, field_name: str, reason: str):
+        super().__init__(reason)
+        self.field, self.reason = field_name, reason
+
+
+def _parse_id(value) -> int:
+    if isinstance(value, bool) or value is None or (isinstance(value, str) and not value.strip()):
+        raise _Reject("id", "missing id" if value is None or isinstance(value, str) else f"id must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    raise _Reject("id", f"id must be an integer, got {value!r}")
+
+
+def _text(value, name: str, required: bool = True) -> str | None:
+    """A stripped, whitespace-collapsed string; rejects missing, blank and non-string values."""
+    if value is None or (isinstance(value, float) and value != value):  # None, or NaN from a table
+        if required:
+            raise _Reject(name, f"missing {name}")
+        return None
+    if not isinstance(value, str):
+        raise _Reject(name, f"{name} must be text, got {type(value).__name__} {value!r:.40}")
+    text = " ".join(value.split())
+    if not text and required:
+        raise _Reject(name, f"blank {name}")
+    return text or None
+
+
+def _record(raw_id, name, description, primary, secondary, classification, load_image, file: str) -> Record:
+    """Validate one record's fields in a fixed order; the first problem found is the one reported."""
+    rid = _parse_id(raw_id)
+    description = _text(description, "description")
+    primary = _text(primary, "type")
+    secondary = _text(secondary, "type", required=False)
+    classification = _text(classification, "classification")
+    name = _text(name, "name", required=False) or f"#{rid}"
+    return Record(rid, name, description, primary, secondary, classification, load_image(), file)
+
+
+def _build(raw_id, fields: dict, load_image, file: str, where: str, records: list, rejected: list) -> None:
+    try:
+        records.append(_record(raw_id, load_image=load_image, file=file, **fields))
+    except _Reject as r:
+        shown_id = raw_id if isinstance(raw_id, (int, str)) and not isinstance(raw_id, bool) else None
+        rejected.append(Rejection(shown_id, file, r.field, f"{r.reason} ({where})"))
+
+
+def _file_loader(path: Path, hasher):
+    def load() -> bytes:
+        if not path.is_file():
+            hasher.update(f"{path.name}:missing".encode())
+            raise _Reject("image", "missing file")
+        data = path.read_bytes()
+        hasher.update(f"{path.name}:{len(data)}:".encode())
+        hasher.update(data)
+        return data
+    return load
+
+
+def _drop_duplicates(records: list[Record]) -> tuple[list[Record], list[Rejection]]:
+    """Keep the first good record of each id; later ones are rejected (an id names one Pokémon)."""
+    seen: dict[int, Record] = {}
+    kept, rejected = [], []
+    for r in records:
+        if r.id in seen:
+            rejected.append(Rejection(r.id, r.file, "id", f"duplicate id {r.id}: already used by {seen[r.id].name} ({seen[r.id].file})"))
+        else:
+            seen[r.id] = r
+            kept.append(r)
+    return kept, rejected
+
+
+# ----------------------------------------------------------------------------- the three layouts
+
+
+def _read_pokedex(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
+    json_path = path if path.is_file() else path / "pokedex.json"
+    raw = json_path.read_bytes()
+    hasher.update(raw)
+    try:
+        entries = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{json_path} is not valid JSON: {exc}") from exc
+    if not isinstance(entries, list):
+        raise ValueError(f"{json_path} must hold a JSON list of records, found {type(entries).__name__}")
+    image_dir = json_path.parent / "images" / "thumbnails"
+    records, rejected = [], []
+    for i, e in enumerate(entries):
+        where = f"record {i} of {json_path.name}"
+        if not isinstance(e, dict):
+            rejected.append(Rejection(None, str(json_path), "record", f"record is a {type(e).__name__}, not an object ({where})"))
+            continue
+        raw_id = e.get("id")
+        try:
+            image_path = image_dir / f"{_parse_id(raw_id):03d}.png"
+        except _Reject as r:
+            rejected.append(Rejection(raw_id if isinstance(raw_id, (int, str)) else None, str(json_path), r.field, f"{r.reason} ({where})"))
+            continue
+        types = e.get("type")
+        if isinstance(types, str):
+            types = [types]
+        if not isinstance(types, list) or not types or len(types) > 2:
+            rejected.append(Rejection(raw_id, str(json_path), "type", f"type must be a list of one or two type names, got {types!r} ({where})"))
+            continue
+        name = e.get("name")
+        fields = {"name": name.get("english") if isinstance(name, dict) else name,
+                  "description": e.get("description"), "primary": types[0],
+                  "secondary": types[1] if len(types) > 1 else None, "classification": e.get("species")}
+        _build(raw_id, fields, _file_loader(image_path, hasher), str(image_path), where, records, rejected)
+    return records, rejected
+
+
+def _decode_csv(raw: bytes, csv_path: Path) -> str:
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16")
+    if raw[:200].count(b"\x00") > 20:  # UTF-16 without a byte-order mark: every other byte is 0
+        return raw.decode("utf-16-le" if raw[1:2] == b"\x00" else "utf-16-be")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{csv_path} is neither UTF-16 nor UTF-8 ({exc}); re-save it as UTF-8") from exc
+
+
+def _read_kaggle(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
+    csv_path = path if path.is_file() else path / "pokemon.csv"
+    raw = csv_path.read_bytes()
+    hasher.update(raw)
+    text = _decode_csv(raw, csv_path)
+    header = text.split("\n", 1)[0]
+    delimiter = "\t" if header.count("\t") > header.count(",") else ","
+    rows = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    missing = [c for c in KAGGLE_COLUMNS if c not in (rows.fieldnames or [])]
+    if missing:
+        raise ValueError(f"{csv_path} lacks the column(s) {missing}; found {rows.fieldnames}. "
+                         "Expected the Complete Pokédex layout (national_number, english_name, primary_type, ...)")
+    image_dir = csv_path.parent / "images" / "small_images"
+    records, rejected = [], []
+    for line, row in enumerate(rows, start=2):
+        where = f"line {line} of {csv_path.name}"
+        raw_id = row["national_number"]
+        try:
+            image_path = image_dir / f"{_parse_id(raw_id)}.png"
+        except _Reject as r:
+            rejected.append(Rejection(raw_id or None, str(csv_path), r.field, f"{r.reason} ({where})"))
+            continue
+        fields = {"name": row["english_name"], "description": row["description"], "primary": row["primary_type"],
+                  "secondary": row["secondary_type"], "classification": row["classification"]}
+        _build(raw_id, fields, _file_loader(image_path, hasher), str(image_path), where, records, rejected)
+    return records, rejected
+
+
+def _image_bytes(value):
+    """The encoded bytes of a parquet image cell: raw binary, or a Hugging Face {bytes, path} struct."""
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    if not value:
+        raise _Reject("image", "missing image bytes")
+    if not isinstance(value, (bytes, bytearray)):
+        raise _Reject("image", f"image must be encoded bytes, got {type(value).__name__}")
+    return bytes(value)
+
+
+def _read_parquet(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
+    files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+    records, rejected = [], []
+    for f in files:
+        hasher.update(f.name.encode())
+        hasher.update(f.read_bytes())
+        table = pq.read_table(f)
+        missing = [c for c in PARQUET_COLUMNS if c not in table.column_names and c not in ("name", "secondary_type")]
+        if missing:
+            raise ValueError(f"{f} lacks the column(s) {missing}; found {table.column_names}. "
+                             f"Expected {list(PARQUET_COLUMNS)} with the image as encoded bytes")
+        columns = table.to_pydict()
+        n = table.num_rows
+        for i in range(n):
+            def cell(c, i=i):
+                return columns[c][i] if c in columns else None
+            fields = {"name": cell("name"), "description": cell("description"), "primary": cell("primary_type"),
+                      "secondary": cell("secondary_type"), "classification": cell("classification")}
+            image = cell("image")
+            _build(cell("id"), fields, lambda image=image: _image_bytes(image), str(f), f"row {i} of {f.name}", records, rejected)
+    return records, rejected

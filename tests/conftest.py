@@ -1,0 +1,73 @@
+"""Shared test fixtures.
+
+Data: `datafx` carries small builders (png, encode, pokedex_record, write_pokedex) and
+`make_pokedex` writes a Pokédex-layout folder, so the data tests build exactly the odd and broken
+inputs they check, in tmp_path. `shared_pokedex` is the real sample data, or a skip when absent.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_POKEDEX = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "pokedex"
+
+
+def png(colour=(200, 40, 40, 255), size=(12, 12), mode="RGBA", fmt="PNG") -> bytes:
+    """A solid-colour image of `mode` encoded as `fmt`."""
+    buf = io.BytesIO()
+    Image.new(mode, size, colour).save(buf, fmt)
+    return buf.getvalue()
+
+
+def encode(img: Image.Image | np.ndarray, fmt="PNG", **kwargs) -> bytes:
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def pokedex_record(i: int, types=("Grass", "Poison"), **overrides) -> dict:
+    rec = {"id": i, "name": {"english": f"Mon{i}"}, "type": list(types), "species": "Seed Pokémon",
+           "description": f"Creature number {i} naps in the sun."}
+    rec.update(overrides)
+    return rec
+
+
+def write_pokedex(directory: Path, records: list[dict], images: dict) -> Path:
+    """Write pokedex.json and images/thumbnails/NNN.png (images: file name → bytes) into `directory`."""
+    thumbs = directory / "images" / "thumbnails"
+    thumbs.mkdir(parents=True, exist_ok=True)
+    (directory / "pokedex.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    for name, data in images.items():
+        (thumbs / name).write_bytes(data)
+    return directory
+
+
+@pytest.fixture
+def datafx():
+    return SimpleNamespace(png=png, encode=encode, pokedex_record=pokedex_record, write_pokedex=write_pokedex)
+
+
+@pytest.fixture
+def shared_pokedex() -> Path:
+    if not (SHARED_POKEDEX / "pokedex.json").is_file():
+        pytest.skip(f"real Pokédex sample data not found at {SHARED_POKEDEX} (a fresh clone has no ../shared)")
+    return SHARED_POKEDEX
+
+
+@pytest.fixture
+def make_pokedex(tmp_path):
+    """make_pokedex(n=6) → a folder with n good records (ids 1..n, solid-colour RGBA images)."""
+    def make(n: int = 6, name: str = "pokedex") -> Path:
+        records = [pokedex_record(i) for i in range(1, n + 1)]
+        images = {f"{i:03d}.png": png((20 * i % 256, 100, 200, 255)) for i in range(1, n + 1)}
+        return write_pokedex(tmp_path / name, records, images)
+    return make

@@ -1,0 +1,275 @@
+"""The Ray Data pipeline end to end: odd and broken input, the cache, the CLI, loopback-only Ray.
+
+One local Ray instance (2 CPUs) serves the whole module.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray  # imported before data_pipeline on purpose: init_ray must still keep Ray on loopback
+
+from data_pipeline.config import DataConfig
+from data_pipeline.dataset import PreparedData
+from data_pipeline.pipeline import Item, preprocess_loop, run_ray, split_arrays
+from data_pipeline.prepare import NoUsableRecords, main, prepare_dataset, summary_line
+from data_pipeline.preprocess import enriched_text
+from data_pipeline.ray_env import init_ray
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = DataConfig(image_size=16, augment_rotations=4, val_fraction=0.2, test_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    started = not ray.is_initialized()
+    init_ray(num_cpus=2)
+    yield started
+    if started:
+        ray.shutdown()
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        found.add(p)
+        todo += children.get(p, [])
+    return found
+
+
+def test_local_ray_listens_on_loopback_only(local_ray):
+    if not local_ray:
+        pytest.skip("Ray was already running when this module started; its processes are not ours to inspect")
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    try:
+        out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"`ss` unavailable: {exc}")
+    ours = _descendants(os.getpid())  # this process and the Ray processes it started (gcs, raylet, workers)
+    listening = [line.split()[3] for line in out.splitlines() if any(f"pid={p}," in line for p in ours)]
+    assert len(listening) >= 2, out  # at least the GCS and the raylet
+    for address in listening:
+        host = address.rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:")
+        assert host != "*" and ipaddress.ip_address(host).is_loopback, f"Ray listens on {address}"
+
+
+def test_ray_pipeline_equals_plain_loop(local_ray, datafx):
+    rng = np.random.default_rng(0)
+    images = {i: datafx.encode(rng.integers(0, 256, (30 + i, 30 + i, 4), dtype=np.uint8)) for i in range(1, 10)}
+    images[10] = datafx.png((10, 200, 30), mode="RGB", fmt="JPEG")
+    pixels, errors = run_ray([Item(i, b) for i, b in images.items()] + [Item(99, b"broken")], 16, rotations=4,
+                             num_blocks=3, progress=False)
+    assert set(pixels) == set(images) and list(errors) == [99] and "unreadable image" in errors[99]
+    splits = {"train": [1, 2, 3, 4, 5, 6], "val": [7, 8], "test": [9, 10]}
+    got, want = split_arrays(pixels, splits), preprocess_loop(images, splits, 16, 4)
+    for name in splits:
+        assert got[name].dtype == np.float32 and got[name].shape == want[name].shape
+        np.testing.assert_array_equal(got[name], want[name])
+    assert got["train"].shape == (24, 3, 16, 16) and got["val"].shape == (2, 3, 16, 16)
+
+
+def _odd_and_broken_pokedex(directory: Path, datafx) -> tuple[Path, dict]:
+    """Ids 1-8 load (every odd mode), 11-18 are broken in one way each."""
+    rec, png, encode = datafx.pokedex_record, datafx.png, datafx.encode
+    from PIL import Image
+
+    palette = Image.new("P", (20, 20), 1)
+    palette.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    good = {
+        1: png(),                                                        # RGBA
+        2: png((10, 200, 30), mode="RGB"),                               # RGB
+        3: encode(palette, transparency=0),                              # P with transparency
+        4: png((90, 128), mode="LA"),                                    # LA
+        5: png(77, mode="L"),                                            # L
+        6: encode(np.full((20, 20), 40000, np.uint16)),                  # 16-bit grey
+        7: png((10, 200, 30), mode="RGB", fmt="JPEG"),                   # JPEG bytes behind a .png name
+        8: png((10, 200, 30, 255), size=(2000, 2000)),                   # large
+    }
+    intact = png(size=(40, 40))
+    records = [rec(i, types=("Fire",) if i % 2 else ("Grass", "Poison")) for i in good]
+    records += [rec(11), rec(12), rec(13), rec(14),                     # truncated, garbage, empty file, missing file
+                rec(15, description=""), rec(16, type=[]),               # blank description, no type
+                {k: v for k, v in rec(17).items() if k != "id"}, rec(1, description="Again.")]  # no id, duplicate
+    images = {f"{i:03d}.png": b for i, b in good.items()}
+    images.update({"011.png": intact[: len(intact) // 2], "012.png": b"\x89PNG but not really", "013.png": b"",
+                   "015.png": png(), "016.png": png()})
+    expected_rejections = {(11, "image"), (12, "image"), (13, "image"), (14, "image"), (15, "description"),
+                           (16, "type"), (None, "id"), (1, "id")}
+    return datafx.write_pokedex(directory, records, images), expected_rejections
+
+
+def test_prepare_bad_and_odd_input_end_to_end(local_ray, tmp_path, datafx, capsys):
+    folder, expected = _odd_and_broken_pokedex(tmp_path / "dex", datafx)
+    data = prepare_dataset(folder, SMALL, cache_root=tmp_path / "cache", progress=False)
+    info = data.info
+    cache_dir = Path(info["cache_dir"])
+
+    # every broken record reported with id, file, field, reason; every good one kept
+    lines = [json.loads(line) for line in (cache_dir / "rejected.jsonl").read_text().splitlines()]
+    assert {(r["id"], r["field"]) for r in lines} == expected
+    assert all(r["file"] and r["reason"] for r in lines)
+    assert all(r["file"].endswith(f"{r['id']:03d}.png") and "unreadable image" in r["reason"]
+               for r in lines if r["id"] in (11, 12, 13))
+    assert info["counts"] == {"found": 16, "loaded": 8, "rejected": 8, "train": 4, "val": 2, "test": 2, "train_rows": 16}
+    printed = capsys.readouterr().out
+    assert "8 of 16 records" in printed and "8 rejected" in printed and printed.strip() == summary_line(info)
+    summary = json.loads((cache_dir / "summary.json").read_text())
+    assert {k: summary[k] for k in ("loaded", "rejected", "train", "val", "test")} == {
+        "loaded": 8, "rejected": 8, "train": 4, "val": 2, "test": 2}
+
+    # the split: disjoint, complete, recorded; train holds the rotated copies, val/test do not
+    split_sets = [set(info["splits"][s]) for s in ("train", "val", "test")]
+    assert set().union(*split_sets) == set(range(1, 9)) and sum(map(len, split_sets)) == 8
+    assert data.train.images.shape == (16, 3, 16, 16) and len(data.val) == 2 and len(data.test) == 2
+    assert data.train.ids.tolist() == [i for i in info["splits"]["train"] for _ in range(4)]
+    for split in (data.train, data.val, data.test):
+        assert split.images.dtype == np.float32 and -1 <= split.images.min() and split.images.max() <= 1
+
+    # texts: enriched, one or two types
+    row = {i: t for i, t in zip(data.val.ids.tolist() + data.train.ids.tolist(), data.val.texts + data.train.texts)}
+    for i, text in row.items():
+        types = ("Fire", None) if i % 2 else ("Grass", "Poison")
+        assert text == enriched_text(f"Creature number {i} naps in the sun.", "Seed Pokémon", *types)
+
+    # the odd modes came out as the expected colours (16-bit grey 40000 → 156; P index 1 → green)
+    ids = data.train.ids.tolist() + data.val.ids.tolist() + data.test.ids.tolist()
+    imgs = np.concatenate([data.train.images, data.val.images, data.test.images])
+    centre = {i: np.round((imgs[ids.index(i), :, 8, 8] + 1) * 127.5).tolist() for i in range(1, 9)}
+    assert centre[5] == [77, 77, 77] and centre[6] == [156, 156, 156] and centre[3] == [10, 200, 30]
+
+    assert info["source"] == str(folder.resolve()) and info["synthetic"] is False
+    assert info["settings"] == asdict(SMALL) and len(info["fingerprint"]) == 64
+    again = PreparedData.load(cache_dir)
+    np.testing.assert_array_equal(again.train.images, data.train.images)
+    assert again.train.texts == data.train.texts
+
+
+def test_cache_reused_then_rebuilt_on_change(local_ray, tmp_path, make_pokedex, datafx, monkeypatch):
+    folder, cache = make_pokedex(8), tmp_path / "cache"
+    first = prepare_dataset(folder, SMALL, cache_root=cache, progress=False)
+    assert first.info["cache_reused"] is False
+    parquet = Path(first.info["cache_dir"]) / "train.parquet"
+    stamp = parquet.stat().st_mtime_ns
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("a cached dataset must not be preprocessed again")
+    monkeypatch.setattr("data_pipeline.pipeline.run_ray", no_ray)
+    second = prepare_dataset(folder, SMALL, cache_root=cache, progress=False)
+    assert second.info["cache_reused"] is True and second.info["fingerprint"] == first.info["fingerprint"]
+    assert parquet.stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(second.train.images, first.train.images)
+    assert second.info["splits"] == first.info["splits"]  # the split is identical across runs
+    monkeypatch.undo()
+
+    changed_setting = prepare_dataset(folder, DataConfig(**{**asdict(SMALL), "augment_rotations": 2}),
+                                      cache_root=cache, progress=False)
+    assert changed_setting.info["cache_reused"] is False and changed_setting.info["cache_dir"] != first.info["cache_dir"]
+    assert len(changed_setting.train) == 2 * changed_setting.info["counts"]["train"]
+    assert changed_setting.info["splits"] == first.info["splits"]  # rotations do not move the split
+
+    (folder / "images" / "thumbnails" / "003.png").write_bytes(datafx.png((1, 2, 3, 255)))
+    changed_source = prepare_dataset(folder, SMALL, cache_root=cache, progress=False)
+    assert changed_source.info["cache_reused"] is False
+    assert changed_source.info["fingerprint"] != first.info["fingerprint"]
+
+
+def test_zero_usable_records_is_a_clear_error(local_ray, tmp_path, datafx):
+    rec = datafx.pokedex_record
+    text_broken = datafx.write_pokedex(tmp_path / "a", [rec(1, description=""), rec(2, type=[])], {})
+    with pytest.raises(NoUsableRecords, match="all 2 were rejected"):
+        prepare_dataset(text_broken, SMALL, cache_root=tmp_path / "cache", progress=False)
+    image_broken = datafx.write_pokedex(tmp_path / "b", [rec(1), rec(2)], {"001.png": b"x", "002.png": b""})
+    with pytest.raises(NoUsableRecords, match="rejected.jsonl") as err:
+        prepare_dataset(image_broken, SMALL, cache_root=tmp_path / "cache", progress=False)
+    assert "unreadable image" in str(err.value)
+
+
+def test_cli_prepares_and_reports(local_ray, tmp_path, datafx, capsys):
+    folder, expected = _odd_and_broken_pokedex(tmp_path / "dex", datafx)
+    out = tmp_path / "out"
+    assert main(["--data", str(folder), "--out", str(out), "--image_size", "8", "--augment_rotations", "2",
+                 "--no-enriched_text", "--quiet"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "8 of 16 records" in printed[0] and "8 rejected" in printed[0]
+    (cache_dir,) = (out / "prepared").iterdir()
+    summary = json.loads((cache_dir / "summary.json").read_text())
+    assert (summary["loaded"], summary["rejected"], summary["settings"]["image_size"]) == (8, 8, 8)
+    assert summary["settings"]["enriched_text"] is False
+    assert len((cache_dir / "rejected.jsonl").read_text().splitlines()) == 8
+    assert PreparedData.load(cache_dir).val.texts[0].startswith("Creature number")
+    assert main(["--data", str(tmp_path / "missing"), "--out", str(out)]) == 1
+
+
+def test_synthetic_default_says_so(local_ray, tmp_path, capsys):
+    data = prepare_dataset(None, DataConfig(image_size=8, augment_rotations=1), cache_root=tmp_path, progress=False)
+    assert data.info["synthetic"] is True and data.info["source"] == "synthetic:0"
+    assert "SYNTHETIC" in capsys.readouterr().err
+    assert data.info["counts"]["loaded"] == 300 and data.info["counts"]["rejected"] == 0
+    assert "It is of" in data.train.texts[0]
+
+
+@pytest.mark.slow
+def test_cli_subprocess_synthetic_default(tmp_path):
+    """The real entry point, in its own process with its own Ray: no --data → the synthetic default."""
+    env = {**os.environ, "POKEMON_T2I_CACHE": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "data_pipeline.prepare", "--quiet", "--image_size", "8",
+                          "--augment_rotations", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "SYNTHETIC" in run.stderr and "[SYNTHETIC default]" in run.stdout
+    (cache_dir,) = (tmp_path / "prepared").iterdir()
+    summary = json.loads((cache_dir / "summary.json").read_text())
+    assert summary["synthetic"] is True and summary["loaded"] == 300
+    assert (cache_dir / "rejected.jsonl").read_text() == ""
+
+
+def test_real_pokedex(local_ray, shared_pokedex, tmp_path):
+    data = prepare_dataset(shared_pokedex, DataConfig(image_size=16, augment_rotations=2),
+                           cache_root=tmp_path, progress=False)
+    c = data.info["counts"]
+    assert (c["loaded"], c["rejected"], c["train"], c["val"], c["test"]) == (898, 0, 718, 90, 90)
+    texts = dict(zip(np.concatenate([data.train.ids, data.val.ids, data.test.ids]).tolist(),
+                     data.train.texts + data.val.texts + data.test.texts))
+    assert texts[1] == ("Bulbasaur can be seen napping in bright sunlight. There is a seed on its back. By soaking "
+                        "up the sun’s rays, the seed grows progressively larger. This Pokémon is classified as a "
+                        "Seed Pokémon. It is of grass type and poison type.")
+    assert texts[4].endswith("This Pokémon is classified as a Lizard Pokémon. It is of fire type.")
+    assert data.train.images.shape == (2 * 718, 3, 16, 16)
+    # white background: the corners of every unrotated image are white
+    assert (data.val.images[:, :, 0, 0] > 0.95).mean() > 0.95
+
+
+def test_bench_smoke(local_ray, shared_pokedex, capsys):
+    """bench/bench_data_pipeline.py --smoke runs and finds the two paths' arrays equal."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_data_pipeline", REPO / "bench" / "bench_data_pipeline.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--smoke", "--data", str(shared_pokedex), "--image_size", "16"])
+    assert result["arrays_equal"] is True and result["images"] == 60
+    assert "images/s" in capsys.readouterr().out
+
+
+def test_synthetic_selector_parsing(tmp_path):
+    from data_pipeline.prepare import _synthetic_seed
+
+    assert [_synthetic_seed(x) for x in (None, "synthetic", "synthetic:7")] == [0, 0, 7]
+    assert _synthetic_seed(tmp_path) is None
+    with pytest.raises(ValueError, match="integer seed"):
+        _synthetic_seed("synthetic:seven")

@@ -1,0 +1,179 @@
+"""Readers of the three layouts, record validation and the synthetic default (no Ray, fast)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_pipeline.preprocess import preprocess_image
+from data_pipeline.sources import detect_layout, read_source
+from data_pipeline.synthetic import FEATURES, TYPE_COLOURS, generate
+
+KAGGLE_HEADER = ["national_number", "gen", "english_name", "primary_type", "secondary_type", "classification",
+                 "description"]
+
+
+def kaggle_rows():
+    return [["1", "I", "Bulbasaur", "grass", "poison", "Seed Pokémon", "A seed on its back,\ngrows larger."],
+            ["4", "I", "Charmander", "fire", "", "Lizard Pokémon", "Prefers hot things."]]
+
+
+def write_kaggle(directory, datafx, encoding="utf-8", delimiter=",", rows=None, header=KAGGLE_HEADER):
+    (directory / "images" / "small_images").mkdir(parents=True)
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter=delimiter)
+    w.writerow(header)
+    w.writerows(rows or kaggle_rows())
+    (directory / "pokemon.csv").write_bytes(buf.getvalue().encode(encoding))
+    for nr in ("1", "4"):
+        (directory / "images" / "small_images" / f"{nr}.png").write_bytes(datafx.png(size=(215, 215)))
+    return directory
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def test_detect_layout(tmp_path, make_pokedex, datafx):
+    folder = make_pokedex(2)
+    assert detect_layout(folder) == detect_layout(folder / "pokedex.json") == "pokedex"
+    kaggle = write_kaggle(tmp_path / "k", datafx)
+    assert detect_layout(kaggle) == detect_layout(kaggle / "pokemon.csv") == "kaggle"
+    (tmp_path / "p").mkdir()
+    pq.write_table(pa.table({"id": [1]}), tmp_path / "p" / "part-0.parquet")
+    assert detect_layout(tmp_path / "p") == detect_layout(tmp_path / "p" / "part-0.parquet") == "parquet"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="pokedex.json"):
+        detect_layout(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        detect_layout(tmp_path / "nope")
+
+
+def test_pokedex_reader_fields(make_pokedex):
+    src = read_source(make_pokedex(3))
+    assert src.layout == "pokedex" and not src.rejected
+    r = src.records[0]
+    assert (r.id, r.name, r.primary, r.secondary, r.classification) == (1, "Mon1", "Grass", "Poison", "Seed Pokémon")
+    assert r.image[:4] == b"\x89PNG" and r.file.endswith("images/thumbnails/001.png")
+
+
+@pytest.mark.parametrize("encoding,delimiter", [("utf-16", "\t"), ("utf-8", ","), ("utf-8-sig", ",")])
+def test_kaggle_csv_encodings_detected(tmp_path, datafx, encoding, delimiter):
+    src = read_source(write_kaggle(tmp_path, datafx, encoding, delimiter))
+    assert src.layout == "kaggle" and not src.rejected
+    bulba, charm = src.records
+    assert (bulba.id, bulba.name, bulba.primary, bulba.secondary) == (1, "Bulbasaur", "grass", "poison")
+    assert bulba.description == "A seed on its back, grows larger."  # the line break inside a field survives csv
+    assert (charm.id, charm.secondary, charm.classification) == (4, None, "Lizard Pokémon")
+    assert charm.file.endswith("images/small_images/4.png")
+
+
+def test_kaggle_missing_column_is_a_clear_error(tmp_path, datafx):
+    write_kaggle(tmp_path, datafx, header=[h if h != "description" else "pokedex_text" for h in KAGGLE_HEADER])
+    with pytest.raises(ValueError, match="description"):
+        read_source(tmp_path)
+
+
+def test_parquet_reader_binary_and_hf_struct(tmp_path, datafx):
+    img = datafx.png()
+    base = {"id": [1, 2, 3], "name": ["A", "B", "C"], "description": ["One.", None, "Three."],
+            "primary_type": ["Fire", "Water", "Grass"], "secondary_type": [None, "Ice", ""],
+            "classification": ["X Pokémon"] * 3}
+    pq.write_table(pa.table({**base, "image": [img, img, img]}), tmp_path / "plain.parquet")
+    hf = pa.array([{"bytes": img, "path": "a.png"}] * 3, pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    (tmp_path / "hf").mkdir()
+    pq.write_table(pa.table({**base, "image": hf}), tmp_path / "hf" / "train-0.parquet")
+    for path in (tmp_path / "plain.parquet", tmp_path / "hf"):
+        src = read_source(path)
+        assert [r.id for r in src.records] == [1, 3] and src.records[0].image == img
+        assert src.records[1].secondary is None  # empty string → no secondary type
+        (rej,) = src.rejected
+        assert (rej.id, rej.field) == (2, "description") and "row 1" in rej.reason
+
+
+# ----------------------------------------------------------------------------- bad records
+
+
+def test_every_broken_record_is_reported_and_good_ones_kept(tmp_path, datafx):
+    rec, png = datafx.pokedex_record, datafx.png
+    records = [
+        rec(1),                                        # good
+        rec(2),                                        # image file missing
+        rec(3, description="   "),                     # blank description
+        rec(4, description=42),                        # wrongly typed description
+        {k: v for k, v in rec(5).items() if k != "description"},  # missing description
+        rec(6, type=[]),                               # no type
+        {k: v for k, v in rec(7).items() if k != "id"},  # no id
+        rec(8),                                        # good
+        rec(8, description="Second record with id 8."),  # duplicate id
+        rec(9, species=""),                            # no classification
+        rec(10, id="ten"),                             # id not an integer
+        rec(11, types=("Fire",)),                      # good, one type
+    ]
+    images = {f"{i:03d}.png": png() for i in (1, 3, 4, 5, 6, 7, 8, 9, 11)}
+    src = read_source(datafx.write_pokedex(tmp_path, records, images))
+    assert [r.id for r in src.records] == [1, 8, 11]
+    assert src.records[1].description == "Creature number 8 naps in the sun."  # the first id-8 record wins
+    got = {(r.id, r.field) for r in src.rejected}
+    assert got == {(2, "image"), (3, "description"), (4, "description"), (5, "description"), (6, "type"),
+                   (None, "id"), (8, "id"), (9, "classification"), ("ten", "id")}
+    for r in src.rejected:
+        assert r.file and r.reason
+        json.loads(r.to_json())
+    reasons = {(r.id, r.field): r.reason for r in src.rejected}
+    assert "missing file" in reasons[(2, "image")] and reasons[(2, "image")]
+    assert "blank description" in reasons[(3, "description")]
+    assert "must be text" in reasons[(4, "description")]
+    assert "duplicate id 8" in reasons[(8, "id")]
+    assert next(r for r in src.rejected if r.id == 2).file.endswith("002.png")
+
+
+def test_content_hash_follows_content_not_location(tmp_path, make_pokedex, datafx):
+    a, b = make_pokedex(3, "a"), make_pokedex(3, "b")
+    assert read_source(a).content_hash == read_source(b).content_hash
+    (b / "images" / "thumbnails" / "002.png").write_bytes(datafx.png((1, 2, 3, 255)))
+    assert read_source(a).content_hash != read_source(b).content_hash
+
+
+# ----------------------------------------------------------------------------- synthetic default
+
+
+def test_synthetic_is_deterministic_and_fast(tmp_path):
+    t = time.perf_counter()
+    a = generate(tmp_path / "a", n=300, seed=0)
+    assert time.perf_counter() - t < 5
+    b = generate(tmp_path / "b", n=300, seed=0)
+    c = generate(tmp_path / "c", n=300, seed=1)
+    ha, hb, hc = (read_source(p).content_hash for p in (a, b, c))
+    assert ha == hb != hc
+    src = read_source(a)
+    assert len(src.records) == 300 and not src.rejected
+
+
+def test_synthetic_text_determines_image(tmp_path):
+    folder = generate(tmp_path / "s", n=120, seed=3)
+    entries = {e["id"]: e for e in json.loads((folder / "pokedex.json").read_text())}
+    plain = 0
+    for r in read_source(folder).records:
+        attrs = entries[r.id]["attributes"]
+        colour_word, rgb = TYPE_COLOURS[attrs["primary"]]
+        # every attribute is stated in the text the model sees
+        assert f"{attrs['size']} {attrs['shape']} creature with a {colour_word} body" in r.description
+        assert FEATURES[attrs["feature"]][0] in r.description and r.classification == FEATURES[attrs["feature"]][1]
+        assert r.primary == attrs["primary"] and r.secondary == attrs["secondary"]
+        if attrs["secondary"]:
+            assert f"{TYPE_COLOURS[attrs['secondary']][0]} {attrs['pattern']}" in r.description  # "blue spots"
+        else:
+            # and the picture follows it: the commonest non-white colour is the stated body colour
+            img = np.round((preprocess_image(r.image, 100)[0] + 1) * 127.5).reshape(3, -1).T
+            img = img[(img < 250).any(axis=1)]
+            colours, counts = np.unique(img, axis=0, return_counts=True)
+            assert np.abs(colours[counts.argmax()] - rgb).max() <= 12, (r.id, attrs)
+            plain += 1
+    assert plain > 20
