@@ -1,0 +1,70 @@
+"""Model size and training speed: parameters of every grid architecture, and samples/s of
+the real training loop at batch 10, 64x64, with the text encoder frozen vs fine-tuned.
+
+    python bench/bench_model.py [--samples 200] [--epochs 2]
+
+Speeds come from `model.train.train` itself (its `samples_per_s`, training steps only),
+on generated data of the real shape; absolute numbers hold for the machine printed above
+the table only, the frozen/unfrozen ratio is what carries over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from model.config import SAMPLES_PER_S, ModelConfig, TrainConfig  # noqa: E402
+from model.network import TextToImage, load_text_encoder  # noqa: E402
+from model.train import train  # noqa: E402
+from test_model import tiny_data  # noqa: E402
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").exists():
+        names = [l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in l]
+        cpu = names[0] if names else cpu
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=200, help="training samples per epoch")
+    parser.add_argument("--epochs", type=int, default=2, help="the fastest epoch is reported (the first warms up)")
+    args = parser.parse_args()
+    print(f"machine: {machine()}\n")
+
+    _, encoder, _ = load_text_encoder()
+    print("| n_heads | ff_dim | n_layers | trainable params (generator) | with the text encoder (all-MiniLM-L6-v2) |")
+    print("|---|---|---|---|---|")
+    text_params = sum(p.numel() for p in encoder.parameters())
+    for h, ff, n in itertools.product((2, 4), (512, 1024), (2, 3)):
+        net = TextToImage(ModelConfig(n_heads=h, ff_dim=ff, n_layers=n), encoder)
+        gen = sum(p.numel() for p in net.generator.parameters())
+        print(f"| {h} | {ff} | {n} | {gen:,} | {gen + text_params:,} |")
+
+    data = tiny_data(n_train=args.samples, size=64)
+    print("\n| text encoder | samples/s (batch 10, 64x64) |")
+    print("|---|---|")
+    speeds = {}
+    for frozen in (True, False):
+        best = []
+        train(ModelConfig(freeze_text_encoder=frozen), TrainConfig(epochs=args.epochs, clip_mode="off"), data,
+              report=lambda m, s: best.append(m[SAMPLES_PER_S]), device="cpu")
+        speeds[frozen] = max(best)
+        print(f"| {'frozen (hidden states cached)' if frozen else 'fine-tuned (encoder in every step)'} | {speeds[frozen]:.1f} |")
+    print(f"\nfrozen / fine-tuned speed ratio: {speeds[True] / speeds[False]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
