@@ -67,4 +67,8 @@ TEST_L1 = "test/l1"
 TEST_CLIP = "test/clip_score"
 TEST_TOP1 = "test/retrieval_top1"
 TEST_TOP5 = "test/retrieval_top5"
+# The same text-faithfulness metrics on the validation split: what a searcher may select on
+# without looking at the test set.
+VAL_CLIP = "val/clip_score"
+VAL_TOP1 = "val/retrieval_top1"
 SAMPLES_PER_S = "samples_per_s"

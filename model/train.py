@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from data_pipeline.dataset import PreparedData, Split
 from model import clip
 from model.config import (
-    BEST_VAL_L1, SAMPLES_PER_S, TEST_CLIP, TEST_L1, TEST_TOP1, TEST_TOP5, TRAIN_L1, VAL_L1, ModelConfig, TrainConfig,
+    BEST_VAL_L1, SAMPLES_PER_S, TEST_CLIP, TEST_L1, TEST_TOP1, TEST_TOP5, TRAIN_L1, VAL_CLIP, VAL_L1, VAL_TOP1,
+    ModelConfig, TrainConfig,
 )
 from model.network import TextToImage, load_text_encoder
 
@@ -62,7 +63,8 @@ class TextTable:
 
 
 def _images(split: Split, device) -> torch.Tensor:
-    return torch.from_numpy(split.images).to(device)  # (N, 3, S, S) in [-1, 1]
+    # A copy: arrays from Ray's object store are read-only, and torch warns about sharing them.
+    return torch.tensor(split.images, device=device)  # (N, 3, S, S) in [-1, 1]
 
 
 @torch.no_grad()
@@ -171,15 +173,20 @@ def load_trainable(net: TextToImage, weights: dict) -> None:
 
 
 def final_metrics(net, best_model, texts, data, scorer, clip_status, device) -> dict:
-    """Test metrics of the best-validation weights."""
+    """Test metrics of the best-validation weights, and their text-faithfulness on validation too."""
     load_trainable(net, best_model)
-    generated = predict(net, texts, "test")
-    real = _images(data.test, device)
-    retrieval = clip.retrieval_accuracy(generated, real)
+    out = {}
+    for name in ("val", "test"):
+        generated, real = predict(net, texts, name), _images(data.split(name), device)
+        retrieval = clip.retrieval_accuracy(generated, real)
+        out[name] = {
+            "l1": F.l1_loss(generated, real).item(), "top1": retrieval["top1"], "top5": retrieval["top5"],
+            "chance": retrieval["chance_top1"],
+            "clip": scorer.score(generated, data.split(name).texts) if scorer is not None else None,
+        }
+    val, test = out["val"], out["test"]
     return {
-        TEST_L1: F.l1_loss(generated, real).item(),
-        TEST_CLIP: scorer.score(generated, data.test.texts) if scorer is not None else None,
-        "test/clip_status": clip_status,
-        TEST_TOP1: retrieval["top1"], TEST_TOP5: retrieval["top5"],
-        "test/retrieval_chance": retrieval["chance_top1"],
+        TEST_L1: test["l1"], TEST_CLIP: test["clip"], "test/clip_status": clip_status,
+        TEST_TOP1: test["top1"], TEST_TOP5: test["top5"], "test/retrieval_chance": test["chance"],
+        VAL_CLIP: val["clip"], VAL_TOP1: val["top1"],
     }

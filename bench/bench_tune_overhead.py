@@ -1,0 +1,94 @@
+"""Ray Tune's overhead on the 32-trial smoke grid: how much longer the search takes than its trials.
+
+    python bench/bench_tune_overhead.py                  # the smoke grid, default resources
+    python bench/bench_tune_overhead.py --preset laptop  # the default main job's trials instead
+
+overhead = 1 - (sum of trial times / concurrency) / Tune wall time, where a trial's time is
+Tune's `time_total_s` (its function running: training, reports, checkpoint saves) and the
+wall time is `Tuner.fit()` start to end (provenance.json `fit_s`). What is left is Ray and Tune:
+starting trial processes, scheduling, result handling, experiment snapshots. Target: <= 10%.
+The table splits it into the one-time start-up (fit() start to the first trial running: trial
+processes starting and importing torch) and the steady state after it. It runs the real entry
+point (`search.grid.main`) in this process, on the synthetic data; the split comes from
+timestamps taken by wrapping the search's progress callback (bench-only instrumentation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, load average {load:.1f} at start"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="smoke", choices=("smoke", "laptop"))
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    args = p.parse_args(argv)
+
+    import ray
+
+    from search.grid import main as grid
+    from search.progress import Progress
+    from search.results import load_trials
+
+    stamps = {}
+    setup = Progress.setup
+
+    def timed_setup(self, *a, **kw):
+        stamps["fit_start"] = time.time()  # Tune calls setup() as fit() begins
+        return setup(self, *a, **kw)
+
+    Progress.setup = timed_setup
+    Progress.on_trial_start = lambda self, iteration, trials, trial, **info: stamps.setdefault("first", time.time())
+
+    where = machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.time()
+        rows = grid(["--preset", args.preset, "--results", tmp, "--experiment", "bench",
+                     "--cpus-per-trial", str(args.cpus_per_trial)])
+        total = time.time() - t0
+        prov = json.loads((Path(tmp) / "bench" / "provenance.json").read_text())
+        trials = load_trials(str(Path(tmp) / "bench"))
+    fit_s = prov["fit_s"][-1]
+    trial_s = [t.history[-1]["time_total_s"] for t in trials]
+    concurrency = min(prov["cluster"]["CPU"] // args.cpus_per_trial, len(trials))
+    ideal = sum(trial_s) / concurrency
+    overhead = 1 - ideal / fit_s
+    startup = stamps["first"] - stamps["fit_start"]
+    steady = 1 - ideal / (fit_s - startup)
+    result = {"trials": len(trials), "concurrency": int(concurrency), "sum_trial_s": sum(trial_s), "ideal_s": ideal,
+              "fit_s": fit_s, "overhead": overhead, "startup_s": startup, "steady_overhead": steady,
+              "command_s": total, "ok": sum(r["status"] == "ok" for r in rows)}
+
+    print(f"\nRay Tune overhead, {time.strftime('%Y-%m-%d')}, Ray {ray.__version__}, {where}")
+    print(f"preset {args.preset}, {args.cpus_per_trial:g} CPU per trial, reuse_actors, one checkpoint per epoch\n")
+    print("| trials | concurrency | sum of trial times (s) | ideal wall = sum / concurrency (s) "
+          "| Tune wall, fit() (s) | overhead | start-up (s) | overhead after start-up | whole command (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| {len(trials)} ({result['ok']} ok) | {result['concurrency']} | {sum(trial_s):.1f} | {ideal:.1f} "
+          f"| {fit_s:.1f} | {overhead:.1%} | {startup:.1f} | {steady:.1%} | {total:.1f} |")
+    print(f"\ntarget <= 10%: {'met' if overhead <= 0.10 else 'NOT met'} "
+          "(whole command adds Ray start, data preparation and the results export)")
+    return result
+
+
+if __name__ == "__main__":
+    main()

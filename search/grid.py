@@ -1,0 +1,237 @@
+"""Run the thesis's 32-trial grid (or an ASHA / Optuna search over it) on Ray Tune.
+
+    python -m search.grid                                  # synthetic data, preset chosen by hardware
+    python -m search.grid --data ../shared/datasets/pokedex --preset full --gpus-per-trial 0.25
+    python -m search.grid --preset smoke --experiment ci   # seconds per trial, for tests
+    python -m search.grid --experiment ci --resume         # continue an interrupted search
+    python -m search.grid --scheduler asha                 # early stopping on val/l1
+    python -m search.grid --search optuna --num-samples 16 # TPE, val L1 × CLIP score (or retrieval)
+    python -m search.grid --address auto                   # on a running cluster (ray up cluster.yaml)
+
+The preset (`full`: the thesis's settings when Ray or torch sees a GPU; `laptop` otherwise;
+`smoke`) is printed at start and recorded. Any config field can be overridden by its
+own flag (`--epochs 50`, `--image-size 32`); a swept field's flag replaces its grid axis
+(`--lr 1e-3 1e-4`). Results: results/<experiment>/ (see search/export.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from model.config import BEST_VAL_L1, VAL_CLIP, VAL_L1, VAL_TOP1
+from search.export import PROVENANCE, export, read_provenance, write_provenance
+from search.results import code_version
+from search.settings import PRESETS, Settings, add_config_flags, config_overrides, load_data, resolve
+from search.space import SEARCHES, grid_size, param_space
+
+SCHEDULERS = ("fifo", "asha")
+# Every report carries a checkpoint and only the latest is kept, so Tune snapshots the experiment
+# state after each report (that is what makes --resume exact); its warning about it is noise here.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    intro, usage = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(prog="python -m search.grid", description=intro, epilog=usage,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None, help="Pokédex folder or parquet file (default: the embedded synthetic set)")
+    p.add_argument("--results", default="results", help="results root; this search writes <results>/<experiment>/")
+    p.add_argument("--experiment", default=None, help="experiment name (default: <search>-<preset>)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="default: full when a GPU is visible to Ray or torch, else laptop")
+    p.add_argument("--search", choices=SEARCHES, default="grid", help="every grid point once, or Optuna's TPE")
+    p.add_argument("--num-samples", type=int, default=None, help="trials for --search optuna (default 16)")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="fifo", help="asha: stop poor trials early on val/l1")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="fractions pack trials onto a GPU (0.25 = 4 per GPU); default 1 with GPUs, else 0")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="cap on trials running at once (default: as many as the resources fit)")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial, from its last checkpoint")
+    p.add_argument("--address", default=None, help="join a running Ray cluster ('auto' or host:port); default local")
+    p.add_argument("--storage-path", default=None,
+                   help="where Ray stores the experiment: a local or NFS path, s3://..., gs://... (default: --results)")
+    p.add_argument("--resume", action="store_true", help="continue the stored experiment; finished trials are kept")
+    add_config_flags(p)
+    args = p.parse_args(argv)
+    if args.num_samples is not None and args.search != "optuna":
+        p.error("--num-samples applies to --search optuna only (the grid runs every point once)")
+    if args.resume and config_overrides(args):
+        p.error(f"--resume continues with the stored settings; drop {sorted(config_overrides(args))}")
+    return args
+
+
+def scheduler(name: str, epochs: int):
+    if name == "fifo":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    # Every trial gets a tenth of its epochs before it can be stopped; a third survive each rung.
+    return ASHAScheduler(time_attr="training_iteration", metric=VAL_L1, mode="min", max_t=epochs,
+                         grace_period=max(1, epochs // 10), reduction_factor=3)
+
+
+def searcher(name: str, objectives: list[tuple[str, str]], seed: int):
+    if name == "grid":
+        return None
+    from optuna.samplers import TPESampler
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(metric=[m for m, _ in objectives], mode=[mode for _, mode in objectives],
+                        sampler=TPESampler(seed=seed, multivariate=True))
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def new_provenance(args, argv, experiment, ray_experiment, settings, data, per_trial, cluster) -> dict:
+    """What the results will carry; written before the first trial, read back by --resume and search.export."""
+    import ray
+    import torch
+
+    from model import clip
+
+    scorer, clip_status = clip.resolve_clip(settings.train, "cpu")
+    data_arg = str(Path(args.data).resolve()) if args.data and Path(args.data).exists() else args.data
+    # The searcher's second objective: the CLIP score when weights exist, else retrieval top-1; both
+    # on the validation split, so the search never selects on the test set it reports.
+    objectives = [(BEST_VAL_L1, "min"), (VAL_CLIP if scorer is not None else VAL_TOP1, "max")]
+    return {
+        "experiment": experiment, "ray_experiment": ray_experiment, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": [sys.executable, "-m", "search.grid", *(sys.argv[1:] if argv is None else argv)],
+        "settings": settings.to_dict(), "preset_about": PRESETS[settings.preset].about,
+        "search": {"search": args.search, "scheduler": args.scheduler,
+                   "trials": grid_size(settings.grid) if args.search == "grid" else (args.num_samples or 16),
+                   "objectives": objectives, "resources_per_trial": per_trial,
+                   "max_concurrent": args.max_concurrent, "max_failures": args.max_failures},
+        # A path is stored absolute, so --resume and search.export find it from any directory.
+        "dataset": {"data_arg": data_arg,
+                    **{k: v for k, v in data.info.items() if k != "splits"},
+                    "counts": {s: len(data.split(s)) for s in ("train", "val", "test")},
+                    "split_ids": data.info.get("splits")},
+        "clip": {"model": settings.train.clip_model, "pretrained": settings.train.clip_pretrained,
+                 "mode": settings.train.clip_mode, "status": clip_status},
+        "baselines": clip.baselines(scorer, data, clip_status),
+        "code_version": code_version(), "ray_version": ray.__version__, "torch_version": torch.__version__,
+        "python": platform.python_version(), "cluster": cluster, "devices": None,
+    }
+
+
+def new_tuner(trainable, settings: Settings, prov: dict, storage: str):
+    from ray import tune
+
+    from search.progress import Progress
+
+    search = prov["search"]
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(settings.grid, search["search"]),
+        tune_config=tune.TuneConfig(
+            scheduler=scheduler(search["scheduler"], settings.train.epochs),
+            search_alg=searcher(search["search"], [tuple(o) for o in search["objectives"]], settings.train.seed),
+            num_samples=1 if search["search"] == "grid" else search["trials"],
+            max_concurrent_trials=search["max_concurrent"], trial_dirname_creator=trial_dirname,
+            # A finished trial's process runs the next one: torch, transformers and the text
+            # encoder are loaded once per worker, not once per trial (seconds each on a laptop).
+            reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=prov["experiment"], storage_path=storage, verbose=0,
+            callbacks=[Progress(search["trials"], every_s=10.0 if settings.preset == "smoke" else 30.0)],
+            failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
+            # Only the latest state per trial: it holds the best-validation weights too.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    t_start = time.time()
+    from data_pipeline.ray_env import init_ray
+
+    init_ray(address=args.address)
+    import ray
+    import torch
+    from ray import tune
+
+    from search.trainable import train_trial
+
+    resources = ray.cluster_resources()
+    cluster = {"CPU": resources.get("CPU", 0.0), "GPU": resources.get("GPU", 0.0), "nodes": len(ray.nodes())}
+    has_gpu = cluster["GPU"] > 0 or torch.cuda.is_available()
+    preset = args.preset or ("full" if has_gpu else "laptop")
+    experiment = args.experiment or f"{args.search}-{preset}"
+    results_dir = Path(args.results).resolve() / experiment
+    storage = args.storage_path or str(Path(args.results).resolve())
+    storage = storage if "://" in storage else str(Path(storage).resolve())
+    ray_experiment = f"{storage.rstrip('/')}/{experiment}"
+
+    if args.resume:
+        if not tune.Tuner.can_restore(ray_experiment):
+            sys.exit(f"--resume: no Ray experiment at {ray_experiment} to continue")
+        prov = read_provenance(results_dir)
+        settings = Settings.from_dict(prov["settings"])
+        print(f"[search] resuming {ray_experiment} with its stored settings", flush=True)
+    else:
+        if tune.Tuner.can_restore(ray_experiment) or (results_dir / PROVENANCE).exists():
+            sys.exit(f"{results_dir} already holds a search: add --resume to continue it, "
+                     "or pass --experiment NAME for a new one")
+        settings = resolve(preset, config_overrides(args))
+    auto = "" if args.preset or args.resume else f" (auto: {'a' if has_gpu else 'no'} GPU visible to Ray/torch)"
+    print(f"[search] preset {settings.preset}{auto}: {PRESETS[settings.preset].about}", flush=True)
+
+    # Prepared once per search, before any trial: the data pipeline never competes with trials for CPUs.
+    data = load_data(prov["dataset"]["data_arg"] if args.resume else args.data, settings)
+    if args.resume and data.info.get("fingerprint") != prov["dataset"]["fingerprint"]:
+        sys.exit(f"--resume: the dataset changed since the search started (fingerprint "
+                 f"{data.info.get('fingerprint')} != stored {prov['dataset']['fingerprint']})")
+    print(f"[search] data: {'SYNTHETIC ' if data.info.get('synthetic') else ''}{data.info.get('source')}, "
+          f"train/val/test rows {len(data.train)}/{len(data.val)}/{len(data.test)}", flush=True)
+
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if cluster["GPU"] > 0 else 0.0)
+    per_trial = {"cpu": args.cpus_per_trial, "gpu": gpus}
+    if not args.resume:
+        prov = new_provenance(args, argv, experiment, ray_experiment, settings, data, per_trial, cluster)
+        write_provenance(results_dir, prov)
+    if prov["search"]["search"] == "optuna":
+        # The objectives include test metrics, which only a trial's last report holds; Tune's strict
+        # check would reject every earlier report for lacking them. The names come from model.config.
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+
+    # The dataset enters the object store once; each trial gets a reference, not a copy of its own.
+    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, settings=settings), per_trial)
+    if args.resume:
+        # resume_errored: a trial that failed for a passing reason gets another go from its checkpoint.
+        # The stored RunConfig comes back with it, including its Progress callback.
+        tuner = tune.Tuner.restore(ray_experiment, trainable, resume_errored=True)
+    else:
+        tuner = new_tuner(trainable, settings, prov, storage)
+    search = prov["search"]
+    print(f"[search] {search['trials']} trials ({search['search']}, {search['scheduler']}), "
+          f"per trial {per_trial}, cluster {cluster}", flush=True)
+    t_fit = time.time()
+    tuner.fit()
+    prov = read_provenance(results_dir)
+    # Tune's own wall time per driver run (a resumed search has several): bench/bench_tune_overhead.py reads it.
+    prov["fit_s"] = [*prov.get("fit_s", []), round(time.time() - t_fit, 2)]
+    write_provenance(results_dir, prov)
+
+    rows = export(results_dir, data=data)
+    best = next((r for r in rows if r["best"]), None)
+    print(f"[search] {len(rows)} trials, {sum(r['status'] == 'ok' for r in rows)} completed, "
+          f"{sum(r['status'].startswith('error') for r in rows)} errored; wall time {time.time() - t_start:.0f} s")
+    if best:
+        print(f"[search] best: {({k: best[k] for k in settings.grid})} {BEST_VAL_L1} {best[BEST_VAL_L1]:.4f}")
+    if any(r["status"] in ("pending", "running", "paused") for r in rows):
+        print("[search] interrupted before every trial finished: rerun the same command with --resume")
+    print(f"[search] results: {results_dir}/best_config.md")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

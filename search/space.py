@@ -1,0 +1,56 @@
+"""The thesis's grid, defined once, and how one point of it becomes a trial's configs.
+
+    from search.space import GRID, grid_size, param_space, trial_configs
+    grid_size(GRID)                                   # 32
+    param_space(GRID, "grid")                         # {"lr": tune.grid_search([...]), ...}
+    model_cfg, train_cfg = trial_configs({"lr": 1e-4, "n_heads": 4}, ModelConfig(), TrainConfig())
+
+The space holds only the swept fields, spelled as the config fields they set. Everything
+else (epochs, image size, device, paths) reaches a trial through its base configs, so a
+trial's config in Ray, its results row and its checkpoint carry exactly these five knobs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields, replace
+
+from model.config import ModelConfig, TrainConfig
+
+# learning rate × weight decay × heads × feed-forward × layers = 2 × 2 × 2 × 2 × 2 = 32 trials.
+GRID: dict[str, tuple] = {
+    "lr": (1e-4, 1e-5),
+    "weight_decay": (1e-5, 1e-6),
+    "n_heads": (2, 4),
+    "ff_dim": (512, 1024),
+    "n_layers": (2, 3),
+}
+
+SEARCHES = ("grid", "optuna")
+
+
+def grid_size(grid: dict[str, tuple]) -> int:
+    return math.prod(len(v) for v in grid.values())
+
+
+def param_space(grid: dict[str, tuple], search: str) -> dict:
+    """Ray Tune's view of the grid: every point once ("grid"), or categorical choices for a searcher ("optuna")."""
+    from ray import tune
+
+    if search == "grid":
+        return {k: tune.grid_search(list(v)) for k, v in grid.items()}
+    if search == "optuna":
+        return {k: tune.choice(list(v)) for k, v in grid.items()}
+    raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+
+
+def trial_configs(point: dict, model: ModelConfig, train: TrainConfig) -> tuple[ModelConfig, TrainConfig]:
+    """The base configs with this trial's swept values replaced; an unknown key is an error, not ignored."""
+    model_keys = {f.name for f in fields(ModelConfig)}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    unknown = set(point) - model_keys - train_keys
+    if unknown:
+        raise KeyError(f"search-space keys {sorted(unknown)} are not ModelConfig or TrainConfig fields")
+    model = replace(model, **{k: v for k, v in point.items() if k in model_keys})
+    train = replace(train, **{k: v for k, v in point.items() if k in train_keys})
+    return model, train

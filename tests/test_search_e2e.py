@@ -1,0 +1,165 @@
+"""The real entry points in smoke mode: `python -m search.grid` and `python -m search.export`.
+
+Each test runs the CLI as a subprocess (its own local Ray, as a user would) on the embedded
+synthetic data, and checks the files it leaves. About 2-3 minutes in all on 2 cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from model.config import BEST_VAL_L1
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{args} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    return r
+
+
+def read_table(exp: Path) -> list[dict]:
+    with open(exp / "best_config.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def trial_states(exp: Path) -> dict[str, str]:
+    """trial_id -> status, from the experiment snapshot Tune keeps on disk (what --resume reads)."""
+    from ray.tune import ExperimentAnalysis
+
+    # Trials that have not reported yet have no result files: expected mid-search, not worth a warning.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    return {t.trial_id: t.status for t in ExperimentAnalysis(str(exp)).trials}
+
+
+def assert_valid_png(path: Path):
+    with Image.open(path) as im:
+        assert im.format == "PNG" and min(im.size) > 100
+        im.verify()
+
+
+def test_smoke_grid_interrupted_resumed_and_exported(tmp_path):
+    """The 32-trial grid: SIGKILL the driver mid-search, --resume, then rebuild the results with search.export."""
+    results = tmp_path / "results"
+    exp = results / "grid-smoke"
+    cmd = [sys.executable, "-m", "search.grid", "--preset", "smoke", "--results", str(results)]
+    with open(tmp_path / "interrupted.log", "w") as log:
+        # Its own session, so the kill takes the driver and the local Ray it started, like a crash.
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            finished = {}
+            while len(finished) < 4:
+                assert proc.poll() is None, (tmp_path / "interrupted.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no trial finished in 240 s"
+                time.sleep(0.5)
+                try:
+                    finished = {t: s for t, s in trial_states(exp).items() if s == "TERMINATED"}
+                except Exception:  # noqa: BLE001 — the experiment is still being created
+                    pass
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert len(finished) < 32, "the search finished before the kill: nothing was resumed"
+    kept = {t: next(exp.glob(f"trial_{t}/result.json")).read_text() for t in finished}
+
+    r = run_cli("search.grid", "--preset", "smoke", "--results", str(results), "--resume")
+    assert "resuming" in r.stdout
+
+    states = trial_states(exp)
+    assert len(states) == 32 and set(states.values()) == {"TERMINATED"}
+    for t, text in kept.items():  # finished before the kill: not run again
+        assert next(exp.glob(f"trial_{t}/result.json")).read_text() == text
+
+    rows = read_table(exp)
+    assert len(rows) == 32 and all(r["status"] == "ok" for r in rows)
+    vals = [float(r[BEST_VAL_L1]) for r in rows]
+    assert vals == sorted(vals) and [r["best"] for r in rows].count("yes") == 1 and rows[0]["best"] == "yes"
+    assert {r["test/clip_score"] for r in rows} == {"unavailable (off: CLIP scoring disabled)"}
+    assert len({(r["lr"], r["weight_decay"], r["n_heads"], r["ff_dim"], r["n_layers"]) for r in rows}) == 32
+
+    prov = json.loads((exp / "provenance.json").read_text())
+    assert prov["settings"]["preset"] == "smoke" and prov["dataset"]["synthetic"] is True
+    assert prov["dataset"]["fingerprint"] and prov["code_version"] and prov["ray_version"].startswith("2.60")
+    assert prov["best_trial"]["trial_id"] == rows[0]["trial_id"] and "cpu" in prov["devices"]
+    md = (exp / "best_config.md").read_text()
+    assert "preset: **smoke**" in md and "SYNTHETIC" in md and prov["dataset"]["fingerprint"] in md
+    payload = json.loads((exp / "best_config.json").read_text())
+    assert len(payload["rows"]) == 32 and payload["provenance"]["experiment"] == "grid-smoke"
+    for name in ("learning_curves.png", "samples_train.png", "samples_test.png"):
+        assert_valid_png(exp / name)
+
+    # The best checkpoint is what model.generate loads.
+    from model.generate import main as generate
+
+    generate(["--checkpoint", str(exp / "best_checkpoint"), "A small red creature.", "--out", str(tmp_path / "g.png")])
+    with Image.open(tmp_path / "g.png") as im:
+        assert im.format == "PNG" and im.size == (32, 32)
+
+    # search.export rebuilds every file from the stored experiment alone.
+    table = (exp / "best_config.csv").read_text()
+    for name in ("best_config.csv", "best_config.md", "best_config.json", "learning_curves.png",
+                 "samples_train.png", "samples_test.png"):
+        (exp / name).unlink()
+    run_cli("search.export", str(exp))
+    assert (exp / "best_config.csv").read_text() == table
+    for name in ("learning_curves.png", "samples_train.png", "samples_test.png"):
+        assert_valid_png(exp / name)
+    assert not [p.name for p in exp.glob(".*") if p.name != ".validate_storage_marker"], "temporary files left"
+
+
+def test_nan_trial_errors_alone_and_is_not_retried(tmp_path):
+    """`--lr inf` makes AdamW's first step send every weight to ±inf: the loss is NaN from the next step on.
+
+    No test-only hook: an infinite learning rate is a value a user can type. The trial must
+    error with the reason, the other trial must finish, and the FailureConfig retries must
+    stop at once instead of re-running the diverging epoch.
+    """
+    results = tmp_path / "results"
+    run_cli("search.grid", "--preset", "smoke", "--results", str(results), "--experiment", "nan",
+            "--lr", "inf", "1e-4", "--weight-decay", "1e-5", "--n-heads", "2", "--ff-dim", "512", "--n-layers", "2")
+    rows = read_table(results / "nan")
+    assert len(rows) == 2
+    ok, bad = rows
+    assert ok["status"] == "ok" and ok["best"] == "yes" and float(ok["lr"]) == 1e-4
+    assert bad["lr"] == "inf" and bad[BEST_VAL_L1] == "" and bad["best"] == ""
+    assert bad["status"].startswith("error: FloatingPointError: training loss became nan")
+    assert "not retried" in bad["status"]
+
+
+def test_asha_stops_trials_early(tmp_path):
+    results = tmp_path / "results"
+    run_cli("search.grid", "--preset", "smoke", "--results", str(results), "--scheduler", "asha", "--epochs", "4",
+            "--lr", "1e-4", "1e-5", "--weight-decay", "1e-5", "--n-layers", "2")
+    rows = read_table(results / "grid-smoke")
+    assert len(rows) == 8
+    assert any(r["status"].startswith("stopped early (asha)") for r in rows)
+    best = next(r for r in rows if r["best"] == "yes")
+    assert best["status"] == "ok" and best["epochs"] == "4"
+    assert "scheduler asha" in (results / "grid-smoke" / "best_config.md").read_text()
+
+
+def test_optuna_multi_objective_reports_pareto_front(tmp_path):
+    results = tmp_path / "results"
+    run_cli("search.grid", "--preset", "smoke", "--results", str(results), "--search", "optuna", "--num-samples", "4")
+    exp = results / "optuna-smoke"
+    rows = read_table(exp)
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    assert "yes" in {r["pareto"] for r in rows}
+    md = (exp / "best_config.md").read_text()
+    assert "## Pareto front: best/val_l1 (min) × val/retrieval_top1 (max)" in md
+    objectives = json.loads((exp / "provenance.json").read_text())["search"]["objectives"]
+    assert objectives == [["best/val_l1", "min"], ["val/retrieval_top1", "max"]]  # no CLIP weights; never test
