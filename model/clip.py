@@ -276,10 +276,15 @@ def resolve_clip(train_cfg, device) -> tuple[ClipScorer | None, str]:
             raise ClipUnavailable(f"loss={train_cfg.loss!r} needs CLIP weights. {e}") from e
         if train_cfg.clip_mode == "required":
             raise
-        bar = "=" * 100
-        print(f"{bar}\nWARNING: no CLIP score for this run (clip_mode='auto'); test/clip_score is recorded "
-              f"as unavailable.\n{e}\n{bar}", file=sys.stderr, flush=True)
+        if str(e) not in _WARNED:  # loudly, but once per process: a search's workers run many trials
+            _WARNED.add(str(e))
+            bar = "=" * 100
+            print(f"{bar}\nWARNING: no CLIP score for this run (clip_mode='auto'); test/clip_score is recorded "
+                  f"as unavailable.\n{e}\n{bar}", file=sys.stderr, flush=True)
         return None, f"unavailable: {str(e).splitlines()[0]} {FIX_SUMMARY}"
+
+
+_WARNED: set[str] = set()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@
 
 Columns use the config field names and metric names spelled in model/config.py, so the
 table, the search space and the checkpoints read the same. A CLIP score that could not be
-computed is shown as "unavailable (<reason>)", never as a number.
+computed is shown as "unavailable" (or "off"), never as a number; the reason is stated once,
+in the table's header and provenance.
 """
 
 from __future__ import annotations
@@ -128,9 +129,10 @@ def table_rows(trials: list[TrialRecord], provenance: dict) -> list[dict]:
     for t in trials:
         last = t.history[-1] if t.history else {}
         epochs = int(last.get("epoch") or 0)
-        def clip(metric):  # never a number when the score is unavailable: the reason instead
-            if last.get(metric) is None and last.get("test/clip_status"):
-                return f"unavailable ({last['test/clip_status'].removeprefix('unavailable: ')})"
+        def clip(metric):  # never a number when there is no score; the reason is in the table's header
+            status = last.get("test/clip_status")
+            if last.get(metric) is None and status:
+                return "off" if status.startswith("off") else "unavailable"
             return last.get(metric)
         row = {k: t.config.get(k) for k in settings["grid"]}
         row.update({BEST_VAL_L1: _finite(last.get(BEST_VAL_L1)), TEST_L1: _finite(last.get(TEST_L1)),

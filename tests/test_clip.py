@@ -138,9 +138,12 @@ def test_modes_and_the_loss_rule(scorer, tiny_clip_file, capsys):
     assert clip.resolve_clip(TrainConfig(clip_mode="required", clip_model=TINY, clip_pretrained=tiny_clip_file),
                              "cpu") == (scorer, "ok")
 
+    clip._WARNED.clear()
     got, status = clip.resolve_clip(TrainConfig(clip_mode="auto", **bogus), "cpu")
     assert got is None and status.startswith("unavailable:") and BOGUS in status and "--clip-pretrained" in status
     assert "WARNING: no CLIP score" in capsys.readouterr().err
+    assert clip.resolve_clip(TrainConfig(clip_mode="auto", **bogus), "cpu") == (None, status)
+    assert "WARNING" not in capsys.readouterr().err  # once per process, not once per trial
 
     with pytest.raises(clip.ClipUnavailable) as err:
         clip.resolve_clip(TrainConfig(clip_mode="required", **bogus), "cpu")

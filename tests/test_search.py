@@ -125,7 +125,11 @@ def test_table_rows_sorted_best_marked_failures_explained():
     assert [r["trial_id"] for r in rows] == ["d", "b", "a", "c"]  # by best val L1; no number sorts last
     assert rows[0]["status"] == "stopped at epoch 1" and not rows[0]["best"]  # best = best *completed* trial
     assert rows[1]["best"] and sum(r["best"] for r in rows) == 1
-    assert rows[1][TEST_CLIP] == "unavailable (off: CLIP scoring disabled)"  # never a number when unavailable
+    assert rows[1][TEST_CLIP] == "off"  # never a number when there is no score
+
+    unavailable = _trial("e", 1e-4, 0.25)
+    unavailable.history[-1]["test/clip_status"] = "unavailable: CLIP weights could not be loaded"
+    assert table_rows([unavailable], _provenance())[0][TEST_CLIP] == "unavailable"
     assert rows[3]["status"] == "error: FloatingPointError: training loss became nan" and rows[3][BEST_VAL_L1] is None
 
 
