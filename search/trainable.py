@@ -58,6 +58,10 @@ def train_trial(config: dict, data: PreparedData, settings: Settings) -> None:
     node = where()
 
     def report(metrics: dict, state: dict) -> None:
+        if "final" in state:
+            # A finished trial is never trained again: its last checkpoint keeps the best weights
+            # (for export and generate) and drops the optimizer and last weights, 3 of 4 copies.
+            state = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
         with tempfile.TemporaryDirectory() as d:
             checkpoint.save(state, d)
             tune.report({**metrics, **node}, checkpoint=tune.Checkpoint.from_directory(d))

@@ -102,8 +102,12 @@ def test_smoke_grid_interrupted_resumed_and_exported(tmp_path):
     for name in ("learning_curves.png", "samples_train.png", "samples_test.png"):
         assert_valid_png(exp / name)
 
-    # The best checkpoint is what model.generate loads.
+    # The best checkpoint is what model.generate loads: a finished trial keeps its best weights only.
+    from model import checkpoint
     from model.generate import main as generate
+
+    best_state = checkpoint.load(exp / "best_checkpoint")
+    assert best_state["best_model"] and "optimizer" not in best_state and "model" not in best_state
 
     generate(["--checkpoint", str(exp / "best_checkpoint"), "A small red creature.", "--out", str(tmp_path / "g.png")])
     with Image.open(tmp_path / "g.png") as im:
