@@ -17,3 +17,9 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
+
+    def __post_init__(self):
+        # Training selects its best weights on val and reports test: neither split may be empty.
+        if not (0 < self.val_fraction and 0 < self.test_fraction and self.val_fraction + self.test_fraction < 1):
+            raise ValueError(f"val_fraction and test_fraction must each be > 0 and sum to < 1; "
+                             f"got {self.val_fraction} and {self.test_fraction}")

@@ -92,6 +92,11 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: PreparedData, re
     device = torch.device(device or default_device())
     if data.image_size != model_cfg.image_size:
         raise ValueError(f"data images are {data.image_size}px but model_cfg.image_size is {model_cfg.image_size}")
+    empty = [name for name in ("train", "val", "test") if len(data.split(name)) == 0]
+    if empty:
+        raise ValueError(f"the {' and '.join(empty)} split of {data.info.get('source', 'the dataset')} is empty: "
+                         "training needs records in train, val (best-weight selection) and test; "
+                         "use at least 3 usable records and val/test fractions > 0")
     # Decided before any training: a CLIP loss or clip_mode="required" without weights stops here.
     scorer, clip_status = clip.resolve_clip(train_cfg, device)
 

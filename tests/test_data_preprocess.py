@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_pipeline.config import DataConfig
 from data_pipeline.preprocess import (alpha_to_white, decode_rgba, enriched_text, preprocess_image,
                                       rotation_angles, split_ids)
 
@@ -195,3 +196,10 @@ def test_split_small_and_invalid():
     assert split_ids([1, 2, 3, 4], 0.0, 0.0, 0)["train"] == [1, 2, 3, 4]
     with pytest.raises(ValueError):
         split_ids([1, 2, 3], 0.5, 0.5, 0)
+
+
+@pytest.mark.parametrize("val, test", [(0.0, 0.1), (0.1, 0.0), (0.5, 0.5), (-0.1, 0.2)])
+def test_data_config_needs_val_and_test(val, test):
+    # Training selects weights on val and reports test: a config that empties either is refused up front.
+    with pytest.raises(ValueError, match="val_fraction and test_fraction"):
+        DataConfig(val_fraction=val, test_fraction=test)

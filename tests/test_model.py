@@ -152,6 +152,14 @@ def test_nan_loss_stops_with_a_clear_reason():
               tiny_data())
 
 
+def test_empty_validation_split_is_a_clear_error_before_training():
+    d = tiny_data()
+    empty = Split(np.zeros(0, np.int64), [], np.zeros((0, 3, 32, 32), np.float32))
+    no_val = PreparedData(d.train, empty, d.test, info={"source": "two-record set"})
+    with pytest.raises(ValueError, match="val split of two-record set is empty"):
+        train(ModelConfig(image_size=32), QUIET, no_val)
+
+
 def test_generate_cli_writes_png_of_the_right_size(tmp_path):
     from model import generate
 
