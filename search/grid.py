@@ -21,6 +21,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from model.config import BEST_VAL_L1, VAL_CLIP, VAL_L1, VAL_TOP1
@@ -84,6 +85,14 @@ def searcher(name: str, objectives: list[tuple[str, str]], seed: int):
 
     return OptunaSearch(metric=[m for m, _ in objectives], mode=[mode for _, mode in objectives],
                         sampler=TPESampler(seed=seed, multivariate=True))
+
+
+def trial_settings(settings: Settings, driver_clip_status: str) -> Settings:
+    """What trials train with: when the driver loaded CLIP (the baselines beside the table use it),
+    a trial on a node without the weights fails loudly instead of leaving an "unavailable" cell."""
+    if driver_clip_status != "ok" or settings.train.clip_mode == "off":
+        return settings
+    return replace(settings, train=replace(settings.train, clip_mode="required"))
 
 
 def trial_dirname(trial) -> str:
@@ -199,9 +208,10 @@ def main(argv=None) -> list[dict]:
         prov = new_provenance(args, argv, experiment, ray_experiment, settings, data, per_trial, cluster)
         write_provenance(results_dir, prov)
     if prov["search"]["search"] == "optuna":
-        # The objectives include test metrics, which only a trial's last report holds; Tune's strict
-        # check would reject every earlier report for lacking them. The names come from model.config.
+        # The second objective (val/clip_score or val/retrieval_top1) comes only with a trial's last
+        # report; Tune's strict check would reject every earlier report for lacking it.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    settings = trial_settings(settings, prov["clip"]["status"])
 
     # The dataset enters the object store once; each trial gets a reference, not a copy of its own.
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, settings=settings), per_trial)

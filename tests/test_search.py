@@ -16,7 +16,7 @@ import pytest
 
 from data_pipeline.config import DataConfig
 from data_pipeline.dataset import PreparedData, Split
-from model.config import BEST_VAL_L1, TEST_CLIP, TEST_L1, TEST_TOP1, ModelConfig, TrainConfig
+from model.config import BEST_VAL_L1, TEST_CLIP, TEST_L1, TEST_TOP1, VAL_TOP1, ModelConfig, TrainConfig
 from search import grid as grid_cli
 from search.results import (TrialRecord, atomic_write, error_reason, pareto_front, replace_dir, table_rows,
                             write_tables)
@@ -100,7 +100,7 @@ def test_limit_records_keeps_every_rotation_of_a_kept_record():
 def _provenance(search="grid", epochs=2):
     s = resolve("smoke", {"epochs": epochs})
     return {"settings": s.to_dict(), "search": {"search": search, "scheduler": "fifo", "trials": 3,
-                                                "objectives": [[BEST_VAL_L1, "min"], [TEST_TOP1, "max"]],
+                                                "objectives": [[BEST_VAL_L1, "min"], [VAL_TOP1, "max"]],
                                                 "resources_per_trial": {"cpu": 1, "gpu": 0}, "max_failures": 2},
             "experiment": "t", "preset_about": "tiny", "clip": {"model": "m", "pretrained": "p", "status": "off"},
             "dataset": {"source": "synthetic:0", "synthetic": True, "fingerprint": "abc", "counts": {"train": 8}},
@@ -112,7 +112,7 @@ def _trial(tid, lr, best, status="TERMINATED", epochs=2, error=None, top1=0.1):
     last = {"epoch": epochs, BEST_VAL_L1: best, "time_total_s": 1.0, "node_id": "n1", "device": "cpu"}
     if epochs == 2 and status == "TERMINATED":
         last.update({TEST_L1: best + 0.01, TEST_CLIP: None, "test/clip_status": "off: CLIP scoring disabled",
-                     TEST_TOP1: top1})
+                     TEST_TOP1: top1, VAL_TOP1: top1})
     point = {"lr": lr, "weight_decay": 1e-5, "n_heads": 2, "ff_dim": 512, "n_layers": 2}
     return TrialRecord(tid, point, status, [last], error)
 
@@ -186,3 +186,13 @@ def test_every_grid_point_builds_valid_configs():
     for p in points:
         m, t = trial_configs(p, s.model, s.train)
         assert m.d_model % m.n_heads == 0
+
+
+def test_trials_require_clip_when_the_driver_loaded_it():
+    s = resolve("laptop", {})
+    assert s.train.clip_mode == "auto"
+    assert grid_cli.trial_settings(s, "ok").train.clip_mode == "required"
+    unavailable = "unavailable: no weights"
+    assert grid_cli.trial_settings(s, unavailable).train.clip_mode == "auto"  # the table already says why
+    off = resolve("laptop", {"clip_mode": "off"})
+    assert grid_cli.trial_settings(off, "off: CLIP scoring disabled") == off
