@@ -5,7 +5,7 @@
     data = prepare_dataset(None)                            # the embedded synthetic default (and says so)
     data = prepare_dataset(path, DataConfig(image_size=32), cache_root="/tmp/cache", progress=False)
 
-    python -m data_pipeline.prepare --data ../shared/datasets/pokedex [--out DIR] [--image_size 32 ...]
+    python -m data_pipeline.prepare --data ../shared/datasets/pokedex [--out DIR] [--image-size 32 ...]
     python -m data_pipeline.prepare                         # prepares the synthetic default
 
 `data` is a Pokédex folder, a Complete-Pokédex csv folder, a parquet file or folder (see `sources`),
@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress output, only the summary line")
     for f in dataclasses.fields(DataConfig):  # the DataConfig field names are the flag names
         if f.type in (bool, "bool"):
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default)
+            parser.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=f.default)
         else:
-            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     args = parser.parse_args(argv)
     cfg = DataConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataConfig)})
     try:

@@ -203,8 +203,8 @@ def test_zero_usable_records_is_a_clear_error(local_ray, tmp_path, datafx):
 def test_cli_prepares_and_reports(local_ray, tmp_path, datafx, capsys):
     folder, expected = _odd_and_broken_pokedex(tmp_path / "dex", datafx)
     out = tmp_path / "out"
-    assert main(["--data", str(folder), "--out", str(out), "--image_size", "8", "--augment_rotations", "2",
-                 "--no-enriched_text", "--quiet"]) == 0
+    assert main(["--data", str(folder), "--out", str(out), "--image-size", "8", "--augment-rotations", "2",
+                 "--no-enriched-text", "--quiet"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and "8 of 16 records" in printed[0] and "8 rejected" in printed[0]
     (cache_dir,) = (out / "prepared").iterdir()
@@ -228,8 +228,8 @@ def test_synthetic_default_says_so(local_ray, tmp_path, capsys):
 def test_cli_subprocess_synthetic_default(tmp_path):
     """The real entry point, in its own process with its own Ray: no --data → the synthetic default."""
     env = {**os.environ, "POKEMON_T2I_CACHE": str(tmp_path)}
-    run = subprocess.run([sys.executable, "-m", "data_pipeline.prepare", "--quiet", "--image_size", "8",
-                          "--augment_rotations", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-m", "data_pipeline.prepare", "--quiet", "--image-size", "8",
+                          "--augment-rotations", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "SYNTHETIC" in run.stderr and "[SYNTHETIC default]" in run.stdout
     (cache_dir,) = (tmp_path / "prepared").iterdir()
@@ -261,7 +261,7 @@ def test_bench_smoke(local_ray, shared_pokedex, capsys):
     spec = importlib.util.spec_from_file_location("bench_data_pipeline", REPO / "bench" / "bench_data_pipeline.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    result = bench.main(["--smoke", "--data", str(shared_pokedex), "--image_size", "16"])
+    result = bench.main(["--smoke", "--data", str(shared_pokedex), "--image-size", "16"])
     assert result["arrays_equal"] is True and result["images"] == 60
     assert "images/s" in capsys.readouterr().out
 
