@@ -39,7 +39,6 @@ class TrialRecord:
     history: list = field(default_factory=list)  # one dict per epoch (the last report of each epoch)
     error: str | None = None  # the one-line reason when the trial failed
     checkpoint: object = None  # ray.tune.Checkpoint of the latest report, if any
-    num_failures: int = 0
 
 
 # ---------------------------------------------------------------------------- reading
@@ -85,8 +84,7 @@ def load_trials(experiment_path: str) -> list[TrialRecord]:
         history = [by_epoch[e] for e in sorted(by_epoch)]
         error = error_reason(trial.get_error()) if trial.status == "ERROR" else None
         out.append(TrialRecord(trial.trial_id, dict(trial.config), trial.status, history, error,
-                               analysis.get_last_checkpoint(trial) if history else None,
-                               trial.run_metadata.num_failures))
+                               analysis.get_last_checkpoint(trial) if history else None))
     return out
 
 

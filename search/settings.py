@@ -40,7 +40,8 @@ PRESETS = {
     # N=8 rotations, enriched descriptions, L1 loss, every record.
     "full": Preset("thesis settings: 100 epochs, batch 10, 64 px, N=8 rotations, enriched text, all records"),
     # Sized so the default `python -m search.grid` (32 trials, synthetic data) finishes in minutes on
-    # a 2-core CPU: measured 4 min 55 s on a 2-core AMD EPYC VM (2 trials at a time, one thread each).
+    # a 2-core CPU: measured 4 min 55 s (5 min 1 s through `make grid`) on a 2-core AMD EPYC VM
+    # (2 trials at a time, one thread each).
     # 64 px runs ~25% slower per sample; 8 epochs is where lr 1e-4 trials' val L1 is still falling.
     # The grid's five knobs are untouched.
     "laptop": Preset(
@@ -50,7 +51,7 @@ PRESETS = {
     ),
     # Tiny, for tests and CI: exercises every code path in seconds per trial.
     "smoke": Preset(
-        "32 px, 2 epochs, no rotations, d_model 32, first 8 records per split, CLIP off",
+        "32 px, 2 epochs, no rotations, d_model 32, first 8 records per split, texts cut to 32 tokens, CLIP off",
         {"image_size": 32, "epochs": 2, "augment_rotations": 1, "d_model": 32, "max_tokens": 32, "clip_mode": "off"},
         max_records=8,
     ),

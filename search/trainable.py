@@ -22,7 +22,7 @@ from ray import tune
 
 from data_pipeline.dataset import PreparedData
 from model import checkpoint
-from model.train import train
+from model.train import default_device, train
 from search.settings import Settings
 from search.space import trial_configs
 
@@ -71,9 +71,8 @@ def train_trial(config: dict, data: PreparedData, settings: Settings) -> None:
         # report the finished state again rather than training zero epochs and reporting nothing.
         report(resume["final"], resume)
         return
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        train(model_cfg, train_cfg, data, report=report, resume=resume, device=device)
+        train(model_cfg, train_cfg, data, report=report, resume=resume, device=default_device())
     except FloatingPointError as e:
         diverged.write_text(str(e))
         raise
