@@ -6,7 +6,7 @@
     data.train.texts                             # N strings, the (enriched) descriptions
     data.info["source"], data.info["synthetic"]  # provenance, recorded with every result
 
-Plain numpy arrays and lists: no Ray, no torch. The training split already holds its
+Plain numpy arrays and lists: no Ray, no torch (pyarrow only to save and load). The training split already holds its
 rotated copies (one row per copy, the text repeated), so a trial never augments.
 """
 
@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 SPLITS = ("train", "val", "test")
 
@@ -58,6 +56,9 @@ class PreparedData:
 
     def save(self, directory: str | Path) -> None:
         """One parquet file per split plus info.json. Images are stored as float32 bytes."""
+        import pyarrow as pa  # here, not at the top: training (a GPU box without pyarrow) needs only the arrays
+        import pyarrow.parquet as pq
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name in SPLITS:
@@ -72,6 +73,8 @@ class PreparedData:
 
     @classmethod
     def load(cls, directory: str | Path) -> "PreparedData":
+        import pyarrow.parquet as pq
+
         directory = Path(directory)
         info = json.loads((directory / "info.json").read_text())
         size = int(info["settings"]["image_size"])

@@ -87,9 +87,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: PreparedData, report=None, resume=None,
-          device=None) -> dict:
-    device = torch.device(device or default_device())
+def check_data(model_cfg: ModelConfig, data: PreparedData) -> None:
     if data.image_size != model_cfg.image_size:
         raise ValueError(f"data images are {data.image_size}px but model_cfg.image_size is {model_cfg.image_size}")
     empty = [name for name in ("train", "val", "test") if len(data.split(name)) == 0]
@@ -97,6 +95,12 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: PreparedData, re
         raise ValueError(f"the {' and '.join(empty)} split of {data.info.get('source', 'the dataset')} is empty: "
                          "training needs records in train, val (best-weight selection) and test; "
                          "use at least 3 usable records and val/test fractions > 0")
+
+
+def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: PreparedData, report=None, resume=None,
+          device=None) -> dict:
+    device = torch.device(device or default_device())
+    check_data(model_cfg, data)
     # Decided before any training: a CLIP loss or clip_mode="required" without weights stops here.
     scorer, clip_status = clip.resolve_clip(train_cfg, device)
 
