@@ -135,7 +135,7 @@ class Packed:
             self.params[name] = leaf
         # Autograd notes that these gradients are strided views; accumulating into them is what we want.
         warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
-        self.training = True
+        self.training = True  # dropout on; evaluation runs the members' ordinary modules instead
 
     def zero_grad(self) -> None:
         self.grad.zero_()
@@ -218,7 +218,6 @@ def train_packed(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: Pr
     best_val, best_rows = [float("inf")] * k_all, [None] * k_all
     errors, results = [None] * k_all, [dict() for _ in range(k_all)]
     for epoch in range(first.epochs):
-        packed.training = True
         orders = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(c.seed * 100_003 + epoch))
                               for c in train_cfgs]).to(device)  # (K, N): each member's own shuffle
         totals = torch.zeros(k_all, device=device)
@@ -247,6 +246,7 @@ def train_packed(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: Pr
             val_l1 = F.l1_loss(predict(nets[k], texts, "val"), val_images).item()
             if val_l1 < best_val[k]:
                 best_val[k], best_rows[k] = val_l1, packed.flat[k].clone()
+            # samples_per_s counts every member's samples: the packed step's total throughput.
             results[k] = {"epoch": epoch + 1, TRAIN_L1: train_l1[k], VAL_L1: val_l1, BEST_VAL_L1: best_val[k],
                           SAMPLES_PER_S: k_all * n / elapsed}
             if report is not None:
