@@ -167,6 +167,7 @@ def main(argv=None):
     p.add_argument("--procs", default="4,8", help="processes per device for row E")
     p.add_argument("--rows", default="ABCDE")
     p.add_argument("--check-epochs", type=int, default=3, help="epochs of the metric check (0 skips it)")
+    p.add_argument("--check-records", type=int, default=100, help="training records of the metric check")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing useful")
     p.add_argument("--json", default=None, help="also write the rows here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -174,7 +175,7 @@ def main(argv=None):
     if args.worker:
         return worker(args)
     if args.quick:
-        args.records, args.rotations, args.epochs, args.procs, args.check_epochs = 12, 2, 2, "2", 2
+        args.records, args.rotations, args.epochs, args.procs, args.check_epochs, args.check_records = 12, 2, 2, "2", 2, 12
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
@@ -205,7 +206,8 @@ def main(argv=None):
     if rows:
         table(rows, args, len(data.train))
     if args.check_epochs:
-        check(model_cfg, cfgs, data, args.check_epochs, device, compiled="D" in args.rows)
+        check(model_cfg, cfgs, make_data(args.check_records, args.rotations, size, seed=1), args.check_epochs, device,
+              compiled="D" in args.rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
 
@@ -230,7 +232,8 @@ def check(model_cfg, cfgs, data, epochs: int, device: str, compiled: bool) -> No
     plain = [train_mod.train(model_cfg, c, data, device=device)[BEST_VAL_L1] for c in cfgs]
     other_seed = [train_mod.train(model_cfg, replace(c, seed=1), data, device=device)[BEST_VAL_L1] for c in cfgs]
     fast = [r[BEST_VAL_L1] for r in train_packed(model_cfg, cfgs, data, device=device, compile=compiled)]
-    print(f"\nmetric check ({epochs} epochs, dropout 0.3, {'packed + compiled' if compiled else 'packed'} vs plain):")
+    print(f"\nmetric check ({epochs} epochs on {len(data.train)} rows, dropout 0.3, "
+          f"{'packed + compiled' if compiled else 'packed'} vs plain):")
     print("| lr | weight decay | plain best val L1 | fast best val L1 | abs diff | plain, seed 1 | seed spread |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for c, a, b, s in zip(cfgs, plain, fast, other_seed):
