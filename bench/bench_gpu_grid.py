@@ -68,11 +68,11 @@ def text_encoder(workdir: Path) -> tuple[str, str]:
     from transformers import BertConfig, BertModel
 
     folder = workdir / "random-minilm-shaped-bert"
-    if not folder.exists():
+    if not (folder / "config.json").exists():  # a run that died half-way left no config: build again
         words = ([f"w{i}" for i in range(200)] + [str(i) for i in range(1000)] + list(COLOURS) + list(SHAPES)
                  + ["record", "a", "creature", ",", "."])
         vocab = folder / "vocab.txt"
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
         torch.manual_seed(0)
         BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
@@ -153,7 +153,12 @@ def processes(p: int, spec: dict) -> dict:
     spec = {**spec, "processes": p}
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdout=subprocess.PIPE,
                               text=True) for _ in range(p)]
-    outs = [proc.communicate()[0] for proc in procs]
+    try:
+        outs = [proc.communicate(timeout=300)[0] for proc in procs]  # a hung worker must not eat the device time
+    except subprocess.TimeoutExpired as e:
+        for proc in procs:
+            proc.kill()
+        raise RuntimeError(f"a worker of row E ran over {e.timeout} s") from e
     if any(proc.returncode for proc in procs):
         raise RuntimeError(f"a worker of row E failed: {[proc.returncode for proc in procs]}")
     results = [json.loads(line[7:]) for out in outs for line in out.splitlines() if line.startswith("RESULT ")]

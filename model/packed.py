@@ -207,12 +207,18 @@ def train_packed(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: Pr
     packed = Packed([net.generator for net in nets], device)
     opt = PackedAdamW(packed.flat, packed.grad, [c.lr for c in train_cfgs], [c.weight_decay for c in train_cfgs])
 
-    def loss_fn(idx):  # idx: (K, B) rows of the training split, one batch per member
-        text_idx = texts.rows["train"][idx]
-        pred = packed.forward(texts.hidden[text_idx], texts.mask[text_idx])  # (K, B, 3, S, S)
-        return (pred - train_images[idx]).abs().mean(dim=(1, 2, 3, 4))  # (K,) each member's batch L1
+    def loss_fn(hidden, mask, target):  # one batch per member: (K, B, T, H), (K, B, T), (K, B, 3, S, S)
+        pred = packed.forward(hidden, mask)  # (K, B, 3, S, S)
+        return (pred - target).abs().mean(dim=(1, 2, 3, 4))  # (K,) each member's batch L1
 
-    step_loss = torch.compile(loss_fn, mode="reduce-overhead" if device.type == "cuda" else None) if compile else loss_fn
+    step_loss = loss_fn
+    if compile:
+        # The batch is gathered outside the compiled step, so CUDA graphs copy only the batch in, not
+        # the dataset; the weights keep their addresses (AdamW updates them in place), so they are static.
+        torch._dynamo.reset()
+        for leaf in packed.params.values():
+            torch._dynamo.mark_static_address(leaf)
+        step_loss = torch.compile(loss_fn, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
     k_all, n, batch = len(train_cfgs), len(data.train), first.batch_size
     live, all_live = torch.ones(k_all, dtype=torch.bool, device=device), True  # members still training
     best_val, best_rows = [float("inf")] * k_all, [None] * k_all
@@ -223,8 +229,9 @@ def train_packed(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: Pr
         totals = torch.zeros(k_all, device=device)
         t0 = time.perf_counter()
         for i in range(0, n, batch):
-            idx = orders[:, i:i + batch]
-            l1 = step_loss(idx)  # (K,)
+            idx = orders[:, i:i + batch]  # (K, B)
+            text_idx = texts.rows["train"][idx]
+            l1 = step_loss(texts.hidden[text_idx], texts.mask[text_idx], train_images[idx])  # (K,)
             packed.zero_grad()
             l1.sum().backward()  # members share no weights: each row's gradient is its own loss's
             if not all_live:  # a diverged member is frozen at zero weights, its NaNs kept out of AdamW
