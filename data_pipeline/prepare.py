@@ -210,11 +210,12 @@ def main(argv: list[str] | None = None) -> int:
                         "('synthetic:<seed>' picks another seed)")
     parser.add_argument("--out", default=None, help="cache root (default $POKEMON_T2I_CACHE or ~/.cache/pokemon_t2i)")
     parser.add_argument("--quiet", action="store_true", help="no progress output, only the summary line")
-    for f in dataclasses.fields(DataConfig):  # the DataConfig field names are the flag names
+    for f in dataclasses.fields(DataConfig):  # the DataConfig field names are the flag names, as in search.grid
+        flag = "--" + f.name.replace("_", "-")
         if f.type in (bool, "bool"):
-            parser.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=f.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+            parser.add_argument(flag, type=type(f.default), default=f.default)
     args = parser.parse_args(argv)
     cfg = DataConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataConfig)})
     try:

@@ -343,6 +343,7 @@ def baselines(scorer: ClipScorer | None, data: PreparedData, clip_status: str, s
     split complete the set.
     """
     test = data.test
+    test_images = torch.as_tensor(test.images)
     train_images = torch.as_tensor(data.train.images)
     mean_image = train_images.mean(0, keepdim=True)  # (1, 3, S, S)
     median_image = train_images.median(0, keepdim=True).values  # (1, 3, S, S)
@@ -355,8 +356,8 @@ def baselines(scorer: ClipScorer | None, data: PreparedData, clip_status: str, s
         "baseline/clip_real_shuffled_text": None,
         "baseline/clip_white_image": None,
         "baseline/clip_mean_train_image": None,
-        "baseline/test_l1_mean_train_image": (torch.as_tensor(test.images) - mean_image).abs().mean().item(),
-        "baseline/test_l1_median_train_image": (torch.as_tensor(test.images) - median_image).abs().mean().item(),
+        "baseline/test_l1_mean_train_image": (test_images - mean_image).abs().mean().item(),
+        "baseline/test_l1_median_train_image": (test_images - median_image).abs().mean().item(),
         "baseline/retrieval_chance_top1": min(1, n_test) / n_test if n_test else None,
         "baseline/retrieval_chance_top5": min(5, n_test) / n_test if n_test else None,
     }

@@ -35,7 +35,8 @@ from data_pipeline.dataset import PreparedData
 from model import clip
 from model.config import BEST_VAL_L1, SAMPLES_PER_S, TRAIN_L1, VAL_L1, ModelConfig, TrainConfig
 from model.network import TextToImage, load_text_encoder
-from model.train import TextTable, _images, check_data, default_device, final_metrics, predict
+from model.train import (TextTable, _images, check_data, default_device, divergence, epoch_order, final_metrics,
+                         predict)
 
 
 class PackedAdamW:
@@ -224,8 +225,7 @@ def train_packed(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: Pr
     best_val, best_rows = [float("inf")] * k_all, [None] * k_all
     errors, results = [None] * k_all, [dict() for _ in range(k_all)]
     for epoch in range(first.epochs):
-        orders = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(c.seed * 100_003 + epoch))
-                              for c in train_cfgs]).to(device)  # (K, N): each member's own shuffle
+        orders = torch.stack([epoch_order(n, c.seed, epoch) for c in train_cfgs]).to(device)  # (K, N): own shuffles
         totals = torch.zeros(k_all, device=device)
         t0 = time.perf_counter()
         for i in range(0, n, batch):
@@ -244,8 +244,7 @@ def train_packed(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: Pr
             if errors[k] is not None:
                 continue
             if not math.isfinite(train_l1[k]):
-                errors[k] = (f"training loss became {train_l1[k]} in epoch {epoch + 1} (lr={cfg.lr}, "
-                             f"weight_decay={cfg.weight_decay}): this trial diverged; lower the learning rate")
+                errors[k] = divergence(train_l1[k], epoch, cfg)
                 live[k], all_live = False, False
                 opt.freeze(k)
                 continue

@@ -17,6 +17,7 @@ by every step, so a step runs the generator only.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict
 
@@ -87,6 +88,18 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The training rows' order in an epoch. It depends on (seed, epoch) only, so a resumed run and a
+    packed member (model.packed) see the same order as the uninterrupted plain run."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def divergence(train_l1: float, epoch: int, train_cfg: TrainConfig) -> str:
+    """Why a trial whose training loss is no longer finite stops."""
+    return (f"training loss became {train_l1} in epoch {epoch + 1} (lr={train_cfg.lr}, "
+            f"weight_decay={train_cfg.weight_decay}): this trial diverged; lower the learning rate")
+
+
 def check_data(model_cfg: ModelConfig, data: PreparedData) -> None:
     if data.image_size != model_cfg.image_size:
         raise ValueError(f"data images are {data.image_size}px but model_cfg.image_size is {model_cfg.image_size}")
@@ -127,8 +140,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: PreparedData, re
     metrics = history[-1] if history else {}
     for epoch in range(start_epoch, train_cfg.epochs):
         net.train()
-        # The shuffle depends on (seed, epoch) only, so a resumed run sees the same order.
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(train_cfg.seed * 100_003 + epoch)).to(device)
+        order = epoch_order(n, train_cfg.seed, epoch).to(device)
         total = torch.zeros((), device=device)
         t0 = time.perf_counter()
         for i in range(0, n, train_cfg.batch_size):
@@ -147,10 +159,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: PreparedData, re
             total += l1.detach() * len(idx)
         train_l1 = (total / n).item()  # one sync per epoch, not per step
         elapsed = time.perf_counter() - t0
-        if train_l1 != train_l1 or train_l1 in (float("inf"), float("-inf")):
-            raise FloatingPointError(
-                f"training loss became {train_l1} in epoch {epoch + 1} (lr={train_cfg.lr}, "
-                f"weight_decay={train_cfg.weight_decay}): this trial diverged; lower the learning rate")
+        if not math.isfinite(train_l1):
+            raise FloatingPointError(divergence(train_l1, epoch, train_cfg))
 
         val_l1 = F.l1_loss(predict(net, texts, "val"), val_images).item()
         if val_l1 < best_val:
