@@ -291,6 +291,11 @@ _WARNED: set[str] = set()
 # Loss, retrieval, baselines
 
 
+def clip_cosines(scorer: ClipScorer, images: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """(N,) cosine of images[i] and text_features[i]; gradients reach the images only (CLIP is frozen)."""
+    return (scorer.image_features(images) * F.normalize(text_features, dim=-1).to(images.device)).sum(-1)
+
+
 def clip_loss(scorer: ClipScorer, images: torch.Tensor, texts_or_text_features) -> torch.Tensor:
     """1 - mean cosine of images[i] and texts[i]; gradients reach the images only (CLIP is frozen).
 
@@ -298,8 +303,8 @@ def clip_loss(scorer: ClipScorer, images: torch.Tensor, texts_or_text_features) 
     avoid re-encoding the texts every step.
     """
     text = texts_or_text_features
-    text = F.normalize(text, dim=-1) if isinstance(text, torch.Tensor) else scorer.text_features(text)
-    return 1 - (scorer.image_features(images) * text.to(images.device)).sum(-1).mean()
+    text = text if isinstance(text, torch.Tensor) else scorer.text_features(text)
+    return 1 - clip_cosines(scorer, images, text).mean()
 
 
 def retrieval_accuracy(generated: torch.Tensor, real: torch.Tensor, ks=(1, 5)) -> dict:

@@ -5,11 +5,15 @@
     tokenizer, encoder, source = load_text_encoder(cfg.text_encoder)
     net = TextToImage(cfg, encoder)
     tok = tokenizer(["A small green seed Pokémon."], padding=True, return_tensors="pt")
-    images = net(tok["input_ids"], tok["attention_mask"])   # (B, 3, S, S) in [-1, 1]
+    images = net(tok["input_ids"], tok["attention_mask"])[0]   # member 0: (B, 3, S, S) in [-1, 1]
 
 The pretrained text encoder (a BERT-family model) is kept apart from the trainable
 `generator`, so a frozen encoder's hidden states can be computed once per text and the
 generator trained on them directly (`net.generator(hidden, mask)`).
+
+The generator carries a member axis K: `TextToImage(cfg, encoder, seeds=[0, 1, 2, 3])` holds four
+independent generators of one architecture (a fused trial) that run as one forward; a single trial
+is K = 1 (`seeds=(seed,)`). Same code, same weights per member, whatever K.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from model.config import DEFAULT_TEXT_ENCODER, ModelConfig
 
@@ -80,77 +85,241 @@ def _load_text_encoder(name: str):
 
 
 # ---------------------------------------------------------------------------- blocks
+# Every trainable weight has a leading member axis K: K independent generators of one architecture run
+# as one forward, each member on its own batch. A single trial is K = 1; a fused trial (the grid's
+# learning-rate x weight-decay points of one architecture) is K = 4. The blocks follow torch.nn's
+# modules op for op (tests/test_model.py checks K = 1 against nn.TransformerEncoderLayer & co.).
+# `init_member(m, gen)` initializes member m from its own generator, as torch.nn would: a member's
+# starting weights depend on its seed only, never on K or on its place among the members.
+
+
+def _linear(x, weight, bias):
+    """x (K, ..., in), weight (K, out, in), bias (K, out) -> (K, ..., out): one batched matmul."""
+    k, shape = x.shape[0], x.shape[1:-1]
+    return torch.baddbmm(bias[:, None, :], x.reshape(k, -1, x.shape[-1]), weight.transpose(1, 2)).reshape(k, *shape, -1)
+
+
+class Linear(nn.Module):
+    """K independent nn.Linear layers."""
+
+    def __init__(self, k: int, d_in: int, d_out: int, zero_bias: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(k, d_out, d_in))
+        self.bias = nn.Parameter(torch.empty(k, d_out))
+        self.zero_bias = zero_bias  # nn.MultiheadAttention's output projection starts with a zero bias
+
+    def init_member(self, m: int, gen: torch.Generator) -> None:
+        nn.init.kaiming_uniform_(self.weight[m], a=math.sqrt(5), generator=gen)
+        bound = 0.0 if self.zero_bias else 1 / math.sqrt(self.weight.shape[-1])
+        nn.init.uniform_(self.bias[m], -bound, bound, generator=gen)
+
+    def forward(self, x):
+        return _linear(x, self.weight, self.bias)
+
+
+class LayerNorm(nn.Module):
+    """K independent nn.LayerNorm(d) over the last axis of (K, ..., d)."""
+
+    def __init__(self, k: int, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(k, d))
+        self.bias = nn.Parameter(torch.zeros(k, d))
+        self.eps = eps
+
+    def init_member(self, m: int, gen: torch.Generator) -> None:
+        self.weight[m] = 1.0
+        self.bias[m] = 0.0
+
+    def forward(self, x):
+        shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight.view(shape) + self.bias.view(shape)
+
+
+class Attention(nn.Module):
+    """K independent nn.MultiheadAttention(batch_first=True): (K, B, Tq, D) x (K, B, Tk, D) -> (K, B, Tq, D)."""
+
+    def __init__(self, k: int, d: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.in_proj_weight = nn.Parameter(torch.empty(k, 3 * d, d))
+        self.in_proj_bias = nn.Parameter(torch.empty(k, 3 * d))
+        self.out_proj = Linear(k, d, d, zero_bias=True)
+        self.n_heads, self.dropout = n_heads, dropout
+
+    def init_member(self, m: int, gen: torch.Generator) -> None:
+        nn.init.xavier_uniform_(self.in_proj_weight[m], generator=gen)
+        self.in_proj_bias[m] = 0.0
+
+    def forward(self, q_in, kv_in, key_bias):
+        """key_bias (K*B, 1, 1, Tk): 0 at tokens, -inf at padding. Self-attention when q_in is kv_in."""
+        k_, b, tq, d = q_in.shape
+        w, bias = self.in_proj_weight, self.in_proj_bias
+        if q_in is kv_in:
+            q, k, v = _linear(q_in, w, bias).chunk(3, dim=-1)
+        else:
+            q = _linear(q_in, w[:, :d], bias[:, :d])
+            k, v = _linear(kv_in, w[:, d:], bias[:, d:]).chunk(2, dim=-1)
+
+        def heads(t):  # (K, B, T, D) -> (K*B, heads, T, D/heads)
+            return t.reshape(k_ * b, t.shape[2], self.n_heads, d // self.n_heads).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=key_bias,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).reshape(k_, b, tq, d))
+
+
+class EncoderLayer(nn.Module):
+    """nn.TransformerEncoderLayer(norm_first=True, activation="gelu", batch_first=True), K members."""
+
+    def __init__(self, k: int, d: int, n_heads: int, ff_dim: int, dropout: float):
+        super().__init__()
+        self.norm1, self.norm2 = LayerNorm(k, d), LayerNorm(k, d)
+        self.self_attn = Attention(k, d, n_heads, dropout)
+        self.linear1, self.linear2 = Linear(k, d, ff_dim), Linear(k, ff_dim, d)
+        self.dropout = dropout
+
+    def forward(self, x, key_bias):  # (K, B, T, D)
+        h = self.norm1(x)
+        x = x + F.dropout(self.self_attn(h, h, key_bias), self.dropout, self.training)
+        h = F.dropout(F.gelu(self.linear1(self.norm2(x))), self.dropout, self.training)
+        return x + F.dropout(self.linear2(h), self.dropout, self.training)
 
 
 class TextToLatent(nn.Module):
-    """Learned image queries attend to the encoded text: (B, T, D) -> (B, D, L, L)."""
+    """Learned image queries attend to the encoded text: (K, B, T, D) -> (K, B, D, L, L)."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float, latent_size: int):
+    def __init__(self, k: int, d: int, n_heads: int, dropout: float, latent_size: int):
         super().__init__()
         self.latent_size = latent_size
-        self.queries = nn.Parameter(torch.randn(1, latent_size * latent_size, d_model))
-        self.attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
-        self.norm = nn.LayerNorm(d_model)
+        self.queries = nn.Parameter(torch.empty(k, latent_size * latent_size, d))
+        self.attn = Attention(k, d, n_heads, dropout)
+        self.norm = LayerNorm(k, d)
 
-    def forward(self, text, pad_mask):
-        q = self.queries.expand(text.shape[0], -1, -1)  # (B, L*L, D)
-        attended, _ = self.attn(q, text, text, key_padding_mask=pad_mask, need_weights=False)
-        latent = self.norm(q + attended)  # (B, L*L, D)
-        B, _, D = latent.shape
-        return latent.transpose(1, 2).reshape(B, D, self.latent_size, self.latent_size)
+    def init_member(self, m: int, gen: torch.Generator) -> None:
+        nn.init.normal_(self.queries[m], generator=gen)
+
+    def forward(self, text, key_bias):
+        q = self.queries[:, None].expand(-1, text.shape[1], -1, -1)  # (K, B, L*L, D)
+        latent = self.norm(q + self.attn(q, text, key_bias))  # (K, B, L*L, D)
+        k, b, _, d = latent.shape
+        return latent.transpose(-1, -2).reshape(k, b, d, self.latent_size, self.latent_size)
 
 
-def up_block(c_in: int, c_out: int, dropout: float) -> nn.Sequential:
-    # GroupNorm rather than BatchNorm: no running statistics, so batches of 10 (and trials
-    # batched together later) behave the same in train and eval.
-    return nn.Sequential(
-        nn.Upsample(scale_factor=2, mode="nearest"),
-        nn.Conv2d(c_in, c_out, 3, padding=1),
-        nn.GroupNorm(min(8, c_out), c_out),
-        nn.GELU(),
-        nn.Dropout(dropout),
-    )
+# The decoder works on (B, K*C, H, W): the members' channels side by side, so each convolution is one
+# grouped convolution (groups = K) and each GroupNorm one group_norm with K times the groups.
+
+
+class Conv(nn.Module):
+    """K independent nn.Conv2d(c_in, c_out, 3, padding=1) on (B, K*c_in, H, W) -> (B, K*c_out, H, W)."""
+
+    def __init__(self, k: int, c_in: int, c_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(k, c_out, c_in, 3, 3))
+        self.bias = nn.Parameter(torch.empty(k, c_out))
+
+    def init_member(self, m: int, gen: torch.Generator) -> None:
+        nn.init.kaiming_uniform_(self.weight[m], a=math.sqrt(5), generator=gen)
+        bound = 1 / math.sqrt(self.weight[m, 0].numel())
+        nn.init.uniform_(self.bias[m], -bound, bound, generator=gen)
+
+    def forward(self, y):
+        k = self.weight.shape[0]
+        return F.conv2d(y, self.weight.flatten(0, 1), self.bias.flatten(), padding=1, groups=k)
+
+
+class GroupNorm(nn.Module):
+    """K independent nn.GroupNorm(groups, c) on (B, K*c, H, W)."""
+
+    def __init__(self, k: int, groups: int, c: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(k, c))
+        self.bias = nn.Parameter(torch.zeros(k, c))
+        self.groups, self.eps = groups, eps
+
+    def init_member(self, m: int, gen: torch.Generator) -> None:
+        self.weight[m] = 1.0
+        self.bias[m] = 0.0
+
+    def forward(self, y):
+        k = self.weight.shape[0]
+        return F.group_norm(y, k * self.groups, self.weight.flatten(), self.bias.flatten(), self.eps)
+
+
+class UpBlock(nn.Module):
+    """Upsample x2 -> conv 3x3 -> GroupNorm -> GELU -> dropout. GroupNorm rather than BatchNorm: no
+    running statistics, so batches of 10 (and members side by side) behave the same in train and eval."""
+
+    def __init__(self, k: int, c_in: int, c_out: int, dropout: float):
+        super().__init__()
+        self.conv = Conv(k, c_in, c_out)
+        self.norm = GroupNorm(k, min(8, c_out), c_out)
+        self.dropout = dropout
+
+    def forward(self, y):
+        y = self.conv(F.interpolate(y, scale_factor=2, mode="nearest"))
+        return F.dropout(F.gelu(self.norm(y)), self.dropout, self.training)
 
 
 class Generator(nn.Module):
-    """Everything after the pretrained text encoder: the trainable part."""
+    """Everything after the pretrained text encoder, for K members: the trainable part.
+
+    `seeds` gives each member's initialization seed; its length is K.
+    """
 
     LATENT_SIZE = 4
 
-    def __init__(self, cfg: ModelConfig, text_dim: int):
+    def __init__(self, cfg: ModelConfig, text_dim: int, seeds=(0,)):
         super().__init__()
-        d = cfg.d_model
-        self.proj = nn.Linear(text_dim, d)
-        layer = nn.TransformerEncoderLayer(
-            d, cfg.n_heads, cfg.ff_dim, cfg.dropout_encoder, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
-        self.to_latent = TextToLatent(d, cfg.n_heads, cfg.dropout_attention, self.LATENT_SIZE)
+        k, d = len(seeds), cfg.d_model
+        self.proj = Linear(k, text_dim, d)
+        self.layers = nn.ModuleList([EncoderLayer(k, d, cfg.n_heads, cfg.ff_dim, cfg.dropout_encoder)
+                                     for _ in range(cfg.n_layers)])
+        self.to_latent = TextToLatent(k, d, cfg.n_heads, cfg.dropout_attention, self.LATENT_SIZE)
         n_up = int(math.log2(cfg.image_size // self.LATENT_SIZE))  # 32 -> 3, 64 -> 4, 128 -> 5
         channels = [d] + [max(256 >> i, 16) for i in range(1, n_up + 1)]  # e.g. 256,128,64,32,16
-        self.decoder = nn.Sequential(
-            *[up_block(channels[i], channels[i + 1], cfg.dropout_decoder) for i in range(n_up)],
-            nn.Conv2d(channels[-1], 3, 3, padding=1),
-            nn.Tanh(),
-        )
-        # Start from a mid-grey image rather than a saturated Tanh, where gradients vanish.
+        self.decoder = nn.ModuleList([UpBlock(k, channels[i], channels[i + 1], cfg.dropout_decoder)
+                                      for i in range(n_up)])
+        self.out = Conv(k, channels[-1], 3)
         with torch.no_grad():
-            self.decoder[-2].weight.mul_(0.1)
+            for m, seed in enumerate(seeds):
+                gen = torch.Generator().manual_seed(int(seed))
+                for module in self.modules():
+                    if hasattr(module, "init_member"):
+                        module.init_member(m, gen)
+                # Start from a mid-grey image rather than a saturated Tanh, where gradients vanish.
+                self.out.weight[m].mul_(0.1)
+
+    @property
+    def members(self) -> int:
+        return self.proj.weight.shape[0]
 
     def forward(self, hidden, attention_mask):
-        pad_mask = attention_mask == 0  # (B, T) True where padding
-        x = self.proj(hidden)  # (B, T, D)
-        x = self.encoder(x, src_key_padding_mask=pad_mask)  # (B, T, D)
-        latent = self.to_latent(x, pad_mask)  # (B, D, 4, 4)
-        return self.decoder(latent)  # (B, 3, S, S) in [-1, 1]
+        """hidden (K, B, T, H), attention_mask (K, B, T) -> (K, B, 3, S, S) in [-1, 1]."""
+        k, b = hidden.shape[:2]
+        key_bias = torch.zeros(attention_mask.shape, dtype=hidden.dtype, device=hidden.device)
+        key_bias = key_bias.masked_fill_(attention_mask == 0, float("-inf")).reshape(k * b, 1, 1, -1)
+        x = self.proj(hidden)  # (K, B, T, D)
+        for layer in self.layers:
+            x = layer(x, key_bias)  # (K, B, T, D)
+        latent = self.to_latent(x, key_bias)  # (K, B, D, 4, 4)
+        y = latent.transpose(0, 1).reshape(b, -1, *latent.shape[-2:])  # (B, K*D, 4, 4)
+        for block in self.decoder:
+            y = block(y)  # (B, K*C, 2H, 2W)
+        y = torch.tanh(self.out(y))  # (B, K*3, S, S)
+        return y.reshape(b, k, 3, *y.shape[-2:]).transpose(0, 1)  # (K, B, 3, S, S)
 
 
 class TextToImage(nn.Module):
-    def __init__(self, cfg: ModelConfig, text_encoder: nn.Module):
+    """The text encoder and K generators. A frozen encoder is shared by every member; a fine-tuned
+    one belongs to a single trial (K = 1)."""
+
+    def __init__(self, cfg: ModelConfig, text_encoder: nn.Module, seeds=(0,)):
         super().__init__()
+        if not cfg.freeze_text_encoder and len(seeds) != 1:
+            raise ValueError("members share one text encoder, so it must be frozen (freeze_text_encoder=True) "
+                             f"to train {len(seeds)} members together")
         self.cfg = cfg
         self.text_encoder = text_encoder
-        self.generator = Generator(cfg, text_encoder.config.hidden_size)
+        self.generator = Generator(cfg, text_encoder.config.hidden_size, seeds)
         if cfg.freeze_text_encoder:
             self.text_encoder.requires_grad_(False)
 
@@ -161,11 +330,17 @@ class TextToImage(nn.Module):
         return self
 
     def encode_text(self, input_ids, attention_mask):
-        """The encoder's last hidden state: (B, T) token ids -> (B, T, H)."""
-        return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        """The encoder's last hidden state: (..., T) token ids -> (..., T, H)."""
+        shape = input_ids.shape
+        hidden = self.text_encoder(input_ids=input_ids.reshape(-1, shape[-1]),
+                                   attention_mask=attention_mask.reshape(-1, shape[-1])).last_hidden_state
+        return hidden.reshape(*shape, -1)
 
     def forward(self, input_ids, attention_mask):
-        return self.generator(self.encode_text(input_ids, attention_mask), attention_mask)
+        """Token ids (B, T), the same texts for every member -> (K, B, 3, S, S) in [-1, 1]."""
+        hidden = self.encode_text(input_ids, attention_mask)  # (B, T, H)
+        k = self.generator.members
+        return self.generator(hidden.expand(k, *hidden.shape), attention_mask.expand(k, *attention_mask.shape))
 
     def trainable_state(self) -> dict:
         """The weights a checkpoint must hold: a frozen encoder is reloaded from its source instead."""

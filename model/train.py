@@ -1,26 +1,39 @@
-"""The one training loop: a plain function of configs, data and a report callback.
+"""The one training loop: K trials of one architecture trained together, a single trial being K = 1.
 
     from model.config import ModelConfig, TrainConfig
-    from model.train import train
-    metrics = train(ModelConfig(), TrainConfig(epochs=2), data)           # data: PreparedData
+    from model.train import train, train_members
+    metrics = train(ModelConfig(), TrainConfig(epochs=2), data)            # one trial; data: PreparedData
     metrics["test/l1"], metrics["test/retrieval_top1"]
+    cfgs = [TrainConfig(lr=lr, weight_decay=wd) for lr in (1e-4, 1e-5) for wd in (1e-5, 1e-6)]
+    results = train_members(ModelConfig(n_heads=4), cfgs, data)            # a fused trial: 4 members
+    results[2]["test/l1"]                                                   # member 2's own metrics
 
-`report(metrics, state)` is called after every epoch (Ray Tune's adapter saves `state`
-as its checkpoint; a notebook may print); passing a saved state back as `resume=`
-continues exactly where it stopped. On the last epoch the metrics also hold the final
-test metrics, computed with the best-validation weights; the same dict is returned.
+`report(metrics, state)` is called after every epoch: `metrics` is one dict per member (Ray Tune's
+adapter saves `state` as its checkpoint; a notebook may print); passing a saved state back as
+`resume=` continues exactly where it stopped. On the last epoch the metrics also hold the final
+test metrics, computed with each member's best-validation weights; the same list is returned.
 
-Speed: the whole preprocessed dataset is moved to the device once; with a frozen text
-encoder (the default) its hidden states are computed once per distinct text and reused
-by every step, so a step runs the generator only.
+Members share the frozen text encoder and the data, and differ in what a TrainConfig sets: learning
+rate, weight decay, seed. Their weights sit side by side (the network's member axis, see
+model/network.py) in one (K, P) tensor, so one forward, one backward and one AdamW update (a handful
+of kernels, each row with its own learning rate, weight decay and moments) serve all K: on a
+launch-bound GPU K trials cost about as many kernel launches as one. Every member still takes its own
+batch-10 steps over its own seeded shuffle; with dropout off a member's weights are the ones its
+single-trial run ends with (tests/test_model.py). A member whose loss diverges stops alone with the
+reason in its metrics ("error"); the single-trial `train` raises FloatingPointError instead.
+
+Speed: the whole preprocessed dataset is moved to the device once; with a frozen text encoder (the
+default) its hidden states are computed once per distinct text and reused by every step.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +46,10 @@ from model.config import (
 from model.network import TextToImage, load_text_encoder
 
 EVAL_BATCH = 64
+STATE_FORMAT = 2  # checkpoints hold every weight with a leading member axis
+# The per-member configs must agree on these: one loop runs the members' steps in lockstep, and they
+# share one CLIP model. lr, weight_decay and seed may differ.
+SHARED_FIELDS = ("epochs", "batch_size", "loss", "clip_weight", "clip_model", "clip_pretrained", "clip_mode")
 
 
 def default_device() -> str:
@@ -58,21 +75,32 @@ class TextTable:
                                      for i in range(0, len(self.texts), EVAL_BATCH)])
 
     def generate(self, net: TextToImage, text_idx):
-        if self.hidden is not None:
-            return net.generator(self.hidden[text_idx], self.mask[text_idx])
-        return net(self.input_ids[text_idx], self.mask[text_idx])
+        """text_idx (K, B): member k's texts -> (K, B, 3, S, S)."""
+        hidden = self.hidden[text_idx] if self.hidden is not None else net.encode_text(self.input_ids[text_idx],
+                                                                                          self.mask[text_idx])
+        return net.generator(hidden, self.mask[text_idx])
 
 
-def _images(split: Split, device) -> torch.Tensor:
-    # A copy: arrays from Ray's object store are read-only, and torch warns about sharing them.
-    return torch.tensor(split.images, device=device)  # (N, 3, S, S) in [-1, 1]
+def images(split: Split, device) -> torch.Tensor:
+    """A split's images on the device as float32 in [-1, 1]; uint8 [0, 255] storage is scaled there."""
+    x = torch.tensor(np.asarray(split.images), device=device)  # a copy: Ray's object store is read-only
+    if x.dtype == torch.uint8:
+        return x.float().div_(127.5).sub_(1.0)  # (N, 3, S, S), the same x / 127.5 - 1 as the pipeline
+    return x.float().clone()
 
 
 @torch.no_grad()
 def predict(net: TextToImage, texts: TextTable, split_name: str) -> torch.Tensor:
+    """Every member's image for each row of a split: (K, N, 3, S, S)."""
     net.eval()
-    rows = texts.rows[split_name]
-    return torch.cat([texts.generate(net, rows[i:i + EVAL_BATCH]) for i in range(0, len(rows), EVAL_BATCH)])
+    rows, k = texts.rows[split_name], net.generator.members
+    return torch.cat([texts.generate(net, rows[i:i + EVAL_BATCH].expand(k, -1))
+                      for i in range(0, len(rows), EVAL_BATCH)], dim=1)
+
+
+def member_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """pred (K, N, 3, S, S), target (N, 3, S, S) or (K, N, ...) -> (K,) each member's mean L1."""
+    return (pred - target).abs().flatten(1).mean(1)
 
 
 def rng_state() -> dict:
@@ -90,7 +118,7 @@ def set_rng_state(state: dict) -> None:
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The training rows' order in an epoch. It depends on (seed, epoch) only, so a resumed run and a
-    packed member (model.packed) see the same order as the uninterrupted plain run."""
+    member of a fused trial see the same order as the uninterrupted single run."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
@@ -110,102 +138,275 @@ def check_data(model_cfg: ModelConfig, data: PreparedData) -> None:
                          "use at least 3 usable records and val/test fractions > 0")
 
 
+def check_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig]) -> None:
+    if not train_cfgs:
+        raise ValueError("train_members needs at least one TrainConfig")
+    first = asdict(train_cfgs[0])
+    for cfg in train_cfgs[1:]:
+        differ = [f for f in SHARED_FIELDS if asdict(cfg)[f] != first[f]]
+        if differ:
+            raise ValueError(f"members trained together must share {differ}: got {[asdict(cfg)[f] for f in differ]} "
+                             f"vs {[first[f] for f in differ]}")
+    if len(train_cfgs) > 1 and not model_cfg.freeze_text_encoder:
+        raise ValueError("members share one text encoder, so fused training needs freeze_text_encoder=True")
+
+
+# ---------------------------------------------------------------------------- the members' weights
+
+
+class FlatParams:
+    """A module's parameters rebound as views of one (K, P) tensor, and their gradients of another:
+    backward accumulates every gradient in place into `grad`, and the optimizer then updates one
+    (K, P) pair in a few kernels instead of one loop over ~100 tensors."""
+
+    def __init__(self, module: torch.nn.Module):
+        named = list(module.named_parameters())
+        k = named[0][1].shape[0]
+        self.flat = torch.cat([p.detach().reshape(k, -1) for _, p in named], dim=1)  # (K, P)
+        self.grad = torch.zeros_like(self.flat)
+        self.layout, offset = [], 0  # (name, offset, numel, shape) of each parameter within a row
+        for name, p in named:
+            n = p[0].numel()
+            view = torch.nn.Parameter(self.flat[:, offset:offset + n].view(p.shape))
+            view.grad = self.grad[:, offset:offset + n].view(p.shape)
+            owner, _, attr = name.rpartition(".")
+            module.get_submodule(owner)._parameters[attr] = view
+            self.layout.append((name, offset, n, tuple(p.shape[1:])))
+            offset += n
+        # Autograd notes that these gradients are strided views; accumulating into them is what we want.
+        warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+
+    def row(self, k: int, prefix: str = "") -> dict:
+        """Member k's weights as a state dict, each (1, *shape), on the CPU: a one-member checkpoint's."""
+        r = self.flat[k].detach().cpu()
+        return {prefix + name: r[o:o + n].reshape(1, *shape).clone() for name, o, n, shape in self.layout}
+
+    @torch.no_grad()
+    def load_row(self, k: int, weights: dict, prefix: str = "") -> None:
+        for name, o, n, _ in self.layout:
+            self.flat[k, o:o + n] = weights[prefix + name].reshape(-1).to(self.flat.device)
+
+
+class MemberAdamW:
+    """torch.optim.AdamW's update (same formula, same defaults) on a (K, P) tensor and its gradient,
+    one learning rate and weight decay per row."""
+
+    def __init__(self, flat: torch.Tensor, grad: torch.Tensor, lrs, weight_decays, betas=(0.9, 0.999), eps=1e-8):
+        self.flat, self.grad, self.betas, self.eps, self.steps = flat, grad, betas, eps, 0
+        self.lr = torch.tensor(lrs, dtype=flat.dtype, device=flat.device)[:, None]  # (K, 1)
+        self.wd = torch.tensor(weight_decays, dtype=flat.dtype, device=flat.device)[:, None]  # (K, 1)
+        self.exp_avg, self.exp_avg_sq = torch.zeros_like(flat), torch.zeros_like(flat)
+
+    @torch.no_grad()
+    def freeze(self, k: int) -> None:
+        """Stop member k: zero weights (finite outputs), moments and learning rate; no further updates."""
+        for t in (self.flat, self.exp_avg, self.exp_avg_sq, self.lr):
+            t[k] = 0.0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        (b1, b2), g = self.betas, self.grad
+        self.steps += 1
+        self.flat.mul_(1 - self.lr * self.wd)
+        self.exp_avg.lerp_(g, 1 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (self.exp_avg_sq.sqrt() / math.sqrt(1 - b2 ** self.steps)).add_(self.eps)
+        self.flat.sub_(self.exp_avg / denom * (self.lr / (1 - b1 ** self.steps)))
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "exp_avg": self.exp_avg.cpu().clone(), "exp_avg_sq": self.exp_avg_sq.cpu().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+        self.exp_avg.copy_(state["exp_avg"])
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: PreparedData, report=None, resume=None,
           device=None) -> dict:
+    """One trial: `train_members` with K = 1. `report(metrics, state)` gets the member's dict; a
+    diverged run raises FloatingPointError."""
+    def report_one(metrics: list[dict], state: dict) -> None:
+        if "error" in metrics[0]:
+            raise FloatingPointError(metrics[0]["error"])
+        if report is not None:
+            report(metrics[0], state)
+
+    return train_members(model_cfg, [train_cfg], data, report_one, resume, device)[0]
+
+
+def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: PreparedData, report=None,
+                  resume=None, device=None, compile: bool = False) -> list[dict]:
+    """Train len(train_cfgs) trials of one architecture together; returns each member's final metrics.
+
+    `compile=True` runs the members' training step through torch.compile (CUDA graphs on a GPU).
+    """
     device = torch.device(device or default_device())
     check_data(model_cfg, data)
+    check_members(model_cfg, train_cfgs)
+    first, k = train_cfgs[0], len(train_cfgs)
     # Decided before any training: a CLIP loss or clip_mode="required" without weights stops here.
-    scorer, clip_status = clip.resolve_clip(train_cfg, device)
+    scorer, clip_status = clip.resolve_clip(first, device)
 
-    torch.manual_seed(train_cfg.seed)
+    torch.manual_seed(first.seed)  # the global stream draws the dropout masks; weights use the members' seeds
     tokenizer, encoder, encoder_source = load_text_encoder(model_cfg.text_encoder)
-    net = TextToImage(model_cfg, encoder).to(device)
+    net = TextToImage(model_cfg, encoder, seeds=[c.seed for c in train_cfgs]).to(device)
     texts = TextTable(tokenizer, data, model_cfg.max_tokens, device)
     if model_cfg.freeze_text_encoder:
         texts.cache_hidden(net)
-    train_images, val_images = _images(data.train, device), _images(data.val, device)
-    text_features = scorer.text_features(texts.texts) if train_cfg.loss != "l1" else None  # (U, E)
+    train_images, val_images = images(data.train, device), images(data.val, device)
+    text_features = scorer.text_features(texts.texts) if first.loss != "l1" else None  # (U, E)
 
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    start_epoch, best_val, best_model, history = 0, float("inf"), None, []
+    weights = FlatParams(net.generator)
+    opt = MemberAdamW(weights.flat, weights.grad, [c.lr for c in train_cfgs], [c.weight_decay for c in train_cfgs])
+    encoder_opt = None
+    if not model_cfg.freeze_text_encoder:  # K = 1 here (check_members)
+        encoder_opt = torch.optim.AdamW(net.text_encoder.parameters(), lr=first.lr, weight_decay=first.weight_decay)
+
+    start_epoch, best_val, best_model = 0, [float("inf")] * k, [None] * k
+    history, errors = [[] for _ in range(k)], [None] * k
     if resume is not None:
-        load_trainable(net, resume["model"])
-        opt.load_state_dict(resume["optimizer"])
+        if resume.get("format") != STATE_FORMAT or len(resume["train_configs"]) != k:
+            raise ValueError(f"this checkpoint is not a {k}-member training state of this code "
+                             f"(format {resume.get('format')}); start the trial afresh")
+        load_trainable(net, resume["model"])  # in place: the weights stay views of the (K, P) tensor
+        opt.load_state_dict(resume["optimizer"]["members"])
+        if encoder_opt is not None:
+            encoder_opt.load_state_dict(resume["optimizer"]["text_encoder"])
         set_rng_state(resume["rng"])
-        start_epoch, best_val, best_model = resume["epoch"], resume["best_val_l1"], resume["best_model"]
-        history = list(resume["history"])
+        start_epoch, best_val, best_model = resume["epoch"], list(resume["best_val_l1"]), list(resume["best_model"])
+        history, errors = [list(h) for h in resume["history"]], list(resume["errors"])
+        for m, error in enumerate(errors):
+            if error is not None:
+                opt.freeze(m)
 
-    n = len(data.train)
-    metrics = history[-1] if history else {}
-    for epoch in range(start_epoch, train_cfg.epochs):
+    def step_loss(hidden_idx, target_idx):
+        """Each member's loss and L1 on its own batch: text_idx and rows (K, B) -> (K,), (K,)."""
+        pred = texts.generate(net, hidden_idx)  # (K, B, 3, S, S)
+        l1 = member_l1(pred, train_images[target_idx])
+        if first.loss == "l1":
+            return l1, l1
+        b = pred.shape[1]
+        c = 1 - clip.clip_cosines(scorer, pred.flatten(0, 1), text_features[hidden_idx.flatten()]).view(k, b).mean(1)
+        return (c if first.loss == "clip" else l1 + first.clip_weight * c), l1
+
+    if compile:
+        # The batch is gathered outside the compiled step, so CUDA graphs copy only indices in, not the
+        # dataset; the weights keep their addresses (AdamW updates them in place), so they are static.
+        torch._dynamo.reset()
+        for p in net.generator.parameters():
+            torch._dynamo.mark_static_address(p)
+        step_loss = torch.compile(step_loss, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+
+    n, batch = len(data.train), first.batch_size
+    live = torch.tensor([e is None for e in errors], device=device)  # members still training
+    metrics = [h[-1] if h else {} for h in history]
+    for epoch in range(start_epoch, first.epochs):
+        if not live.any():
+            break
         net.train()
-        order = epoch_order(n, train_cfg.seed, epoch).to(device)
-        total = torch.zeros((), device=device)
+        orders = torch.stack([epoch_order(n, c.seed, epoch) for c in train_cfgs]).to(device)  # (K, N): own shuffles
+        totals = torch.zeros(k, device=device)
         t0 = time.perf_counter()
-        for i in range(0, n, train_cfg.batch_size):
-            idx = order[i:i + train_cfg.batch_size]
-            text_idx = texts.rows["train"][idx]
-            pred = texts.generate(net, text_idx)  # (B, 3, S, S)
-            l1 = F.l1_loss(pred, train_images[idx])
-            if train_cfg.loss == "l1":
-                loss = l1
-            else:
-                c = clip.clip_loss(scorer, pred, text_features[text_idx])
-                loss = c if train_cfg.loss == "clip" else l1 + train_cfg.clip_weight * c
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+        for i in range(0, n, batch):
+            idx = orders[:, i:i + batch]  # (K, B)
+            loss, l1 = step_loss(texts.rows["train"][idx], idx)
+            weights.grad.zero_()
+            if encoder_opt is not None:
+                encoder_opt.zero_grad(set_to_none=True)
+            loss.sum().backward()  # members share no weights: each row's gradient is its own loss's
+            if not live.all():  # a diverged member is frozen at zero weights, its NaNs kept out of AdamW
+                weights.grad.masked_fill_(~live[:, None], 0.0)
             opt.step()
-            total += l1.detach() * len(idx)
-        train_l1 = (total / n).item()  # one sync per epoch, not per step
+            if encoder_opt is not None:
+                encoder_opt.step()
+            totals += l1.detach() * idx.shape[1]
+        train_l1 = (totals / n).tolist()  # one sync per epoch, not per step
         elapsed = time.perf_counter() - t0
-        if not math.isfinite(train_l1):
-            raise FloatingPointError(divergence(train_l1, epoch, train_cfg))
+        val_l1 = member_l1(predict(net, texts, "val"), val_images).tolist()
 
-        val_l1 = F.l1_loss(predict(net, texts, "val"), val_images).item()
-        if val_l1 < best_val:
-            best_val, best_model = val_l1, {k: v.detach().cpu().clone() for k, v in net.trainable_state().items()}
-        metrics = {"epoch": epoch + 1, TRAIN_L1: train_l1, VAL_L1: val_l1, BEST_VAL_L1: best_val,
-                   SAMPLES_PER_S: n / elapsed}
-        history.append(metrics)
+        for m, cfg in enumerate(train_cfgs):
+            if errors[m] is None and not math.isfinite(train_l1[m]):
+                errors[m] = divergence(train_l1[m], epoch, cfg)
+                live[m] = False
+                opt.freeze(m)
+            if errors[m] is not None:
+                metrics[m] = {"epoch": epoch + 1, "error": errors[m]}
+                continue
+            if val_l1[m] < best_val[m]:
+                best_val[m], best_model[m] = val_l1[m], member_weights(net, weights, m)
+            # samples_per_s counts every member's samples: the step's total throughput.
+            metrics[m] = {"epoch": epoch + 1, TRAIN_L1: train_l1[m], VAL_L1: val_l1[m], BEST_VAL_L1: best_val[m],
+                          SAMPLES_PER_S: k * n / elapsed}
+            history[m].append(metrics[m])
         state = {
-            "model_config": asdict(model_cfg), "train_config": asdict(train_cfg),
+            "format": STATE_FORMAT, "model_config": asdict(model_cfg),
+            "train_configs": [asdict(c) for c in train_cfgs],
             "text_encoder": {"name": model_cfg.text_encoder, "source": encoder_source},
-            "epoch": epoch + 1, "model": {k: v.detach().cpu().clone() for k, v in net.trainable_state().items()},
-            "best_model": best_model, "optimizer": opt.state_dict(), "rng": rng_state(),
-            "best_val_l1": best_val, "history": list(history),
+            "epoch": epoch + 1, "model": {name: v.detach().cpu().clone() for name, v in net.trainable_state().items()},
+            "best_model": list(best_model), "optimizer": {
+                "members": opt.state_dict(), "text_encoder": encoder_opt and encoder_opt.state_dict()},
+            "rng": rng_state(), "best_val_l1": list(best_val), "history": [list(h) for h in history],
+            "errors": list(errors),
         }
-        if epoch + 1 == train_cfg.epochs:
-            metrics.update(final_metrics(net, best_model, texts, data, scorer, clip_status, device))
-            state["final"] = dict(metrics)
+        if epoch + 1 == first.epochs or not live.any():
+            final = final_metrics(net, weights, best_model, errors, texts, data, scorer, clip_status, device)
+            metrics = [{**mt, **f} for mt, f in zip(metrics, final)]
+            state["final"] = [dict(mt) for mt in metrics]
         if report is not None:
-            report(dict(metrics), state)
-    return dict(metrics)
+            report([dict(mt) for mt in metrics], state)
+    return [dict(mt) for mt in metrics]
 
 
 def load_trainable(net: TextToImage, weights: dict) -> None:
-    """Load a checkpoint's trainable weights; only a frozen encoder's (reloaded from its source) may be absent."""
+    """Load a checkpoint's trainable weights (copied into the existing tensors); only a frozen encoder's
+    (reloaded from its source) may be absent."""
     missing, unexpected = net.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not (net.cfg.freeze_text_encoder and k.startswith("text_encoder."))]
     if missing or unexpected:
         raise KeyError(f"checkpoint weights do not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def final_metrics(net, best_model, texts, data, scorer, clip_status, device) -> dict:
-    """Test metrics of the best-validation weights, and their text-faithfulness on validation too."""
-    load_trainable(net, best_model)
-    out = {}
+def member_weights(net: TextToImage, weights: FlatParams, m: int) -> dict:
+    """Member m's trainable weights as a one-member state dict on the CPU (what a checkpoint keeps)."""
+    out = weights.row(m, prefix="generator.")
+    if not net.cfg.freeze_text_encoder:
+        out.update({f"text_encoder.{k}": v.detach().cpu().clone() for k, v in net.text_encoder.state_dict().items()})
+    return out
+
+
+def load_member(net: TextToImage, weights: FlatParams, m: int, state: dict) -> None:
+    """The reverse of `member_weights`: member m's weights (and a fine-tuned encoder's) from a state dict."""
+    weights.load_row(m, state, prefix="generator.")
+    if not net.cfg.freeze_text_encoder:
+        net.text_encoder.load_state_dict({k[len("text_encoder."):]: v for k, v in state.items()
+                                          if k.startswith("text_encoder.")})
+
+
+def final_metrics(net, weights, best_model, errors, texts, data, scorer, clip_status, device) -> list[dict]:
+    """Each member's test metrics with its best-validation weights, and their text-faithfulness on
+    validation too. A member that diverged before any validation gets none."""
+    k = len(best_model)
+    for m in range(k):
+        if best_model[m] is not None:
+            load_member(net, weights, m, best_model[m])
+    out = [{} for _ in range(k)]
     for name in ("val", "test"):
-        generated, real = predict(net, texts, name), _images(data.split(name), device)
-        retrieval = clip.retrieval_accuracy(generated, real)
-        out[name] = {
-            "l1": F.l1_loss(generated, real).item(), "top1": retrieval["top1"], "top5": retrieval["top5"],
-            "chance": retrieval["chance_top1"],
-            "clip": scorer.score(generated, data.split(name).texts) if scorer is not None else None,
-        }
-    val, test = out["val"], out["test"]
-    return {
-        TEST_L1: test["l1"], TEST_CLIP: test["clip"], "test/clip_status": clip_status,
-        TEST_TOP1: test["top1"], TEST_TOP5: test["top5"], "test/retrieval_chance": test["chance"],
-        VAL_CLIP: val["clip"], VAL_TOP1: val["top1"],
-    }
+        split = data.split(name)
+        generated, real = predict(net, texts, name), images(split, device)  # (K, N, 3, S, S), (N, 3, S, S)
+        l1 = member_l1(generated, real).tolist()
+        for m in range(k):
+            if best_model[m] is None:
+                continue
+            retrieval = clip.retrieval_accuracy(generated[m], real)
+            score = scorer.score(generated[m], split.texts) if scorer is not None else None
+            if name == "val":
+                out[m].update({VAL_CLIP: score, VAL_TOP1: retrieval["top1"]})
+            else:
+                out[m].update({TEST_L1: l1[m], TEST_CLIP: score, "test/clip_status": clip_status,
+                               TEST_TOP1: retrieval["top1"], TEST_TOP5: retrieval["top5"],
+                               "test/retrieval_chance": retrieval["chance_top1"]})
+    return [o if errors[m] is None else {} for m, o in enumerate(out)]

@@ -1,0 +1,122 @@
+"""Fused trials: K members of one architecture in the one training loop, against K single runs (K = 1)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model import checkpoint
+from model.config import TEST_L1, TEST_TOP1, TRAIN_L1, VAL_L1, ModelConfig, TrainConfig
+from model.train import MemberAdamW, train, train_members
+from test_model import NO_DROPOUT, tiny_data
+
+SMALL = ModelConfig(image_size=32, d_model=32, ff_dim=64, n_layers=2, n_heads=2, max_tokens=32, **NO_DROPOUT)
+
+
+def test_member_adamw_is_torch_adamw_per_row():
+    torch.manual_seed(0)
+    lrs, wds = [1e-2, 3e-3, 1e-3], [0.1, 0.0, 0.5]  # weight decay large enough to matter in fp32
+    start = torch.randn(3, 50)
+    flat, grad = start.clone(), torch.zeros(3, 50)
+    rows = [start[k].clone().requires_grad_() for k in range(3)]
+    opt = MemberAdamW(flat, grad, lrs, wds)
+    torch_opts = [torch.optim.AdamW([rows[k]], lr=lrs[k], weight_decay=wds[k]) for k in range(3)]
+    for _ in range(5):
+        grads = torch.randn(3, 50)
+        grad.copy_(grads)
+        opt.step()
+        for k in range(3):
+            rows[k].grad = grads[k].clone()
+            torch_opts[k].step()
+    for k in range(3):
+        torch.testing.assert_close(flat[k], rows[k], rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(flat[0], start[0])
+
+
+def _run(model_cfg, cfg, data):
+    history, states = [], []
+    metrics = train(model_cfg, cfg, data, report=lambda m, s: (history.append(m), states.append(s)), device="cpu")
+    return history, states[-1], metrics
+
+
+@pytest.mark.parametrize("model_cfg", [SMALL, ModelConfig(image_size=32, d_model=32, ff_dim=48, n_layers=3, n_heads=4,
+                                                          max_tokens=32, **NO_DROPOUT)], ids=["2x2", "3x4"])
+def test_members_end_with_their_single_runs_weights(model_cfg):
+    data = tiny_data(n_train=12)
+    cfgs = [TrainConfig(lr=3e-3, weight_decay=1e-2, epochs=3, batch_size=4, clip_mode="off"),
+            TrainConfig(lr=1e-3, weight_decay=0.0, epochs=3, batch_size=4, clip_mode="off"),
+            TrainConfig(lr=3e-3, weight_decay=1e-2, epochs=3, batch_size=4, seed=7, clip_mode="off")]
+    fused_history, fused_states = [[] for _ in cfgs], []
+
+    def report(metrics, state):
+        for k, m in enumerate(metrics):
+            fused_history[k].append(m)
+        fused_states.append(state)
+
+    results = train_members(model_cfg, cfgs, data, report=report, device="cpu")
+    for k, cfg in enumerate(cfgs):
+        history, state, single = _run(model_cfg, cfg, data)
+        for mine, theirs in zip(fused_history[k], history, strict=True):
+            assert mine[TRAIN_L1] == pytest.approx(theirs[TRAIN_L1], rel=1e-4)
+            assert mine[VAL_L1] == pytest.approx(theirs[VAL_L1], rel=1e-4)
+        assert results[k][TEST_L1] == pytest.approx(single[TEST_L1], rel=1e-4)
+        assert results[k][TEST_TOP1] == single[TEST_TOP1]
+        # Same weights, to float rounding (batched vs single matmuls differ in the last bits, which
+        # Adam's normalized steps can carry to ~1e-4): tiny against how far training moved them.
+        for name, w in state["model"].items():
+            mine = fused_states[-1]["model"][name][k]
+            moved = (w[0] - fused_states[0]["model"][name][k]).abs().max()
+            assert (mine - w[0]).abs().max() <= 0.02 * moved + 1e-6, name
+        best = checkpoint.member(fused_states[-1], k)["best_model"][0]
+        for name, w in state["best_model"][0].items():
+            torch.testing.assert_close(best[name], w, rtol=1e-3, atol=5e-4)
+    assert len({round(r[TEST_L1], 6) for r in results}) == 3  # the members really differ: distinct runs compared
+
+
+def test_a_diverged_member_fails_alone():
+    data = tiny_data()
+    good = TrainConfig(lr=1e-3, epochs=2, batch_size=4, clip_mode="off")
+    bad = TrainConfig(lr=float("inf"), epochs=2, batch_size=4, clip_mode="off")
+    results = train_members(SMALL, [bad, good], data, device="cpu")
+    assert "diverged" in results[0]["error"] and TEST_L1 not in results[0]
+    _, _, single = _run(SMALL, good, data)
+    assert "error" not in results[1] and math.isfinite(results[1][TEST_L1])
+    assert results[1][TEST_L1] == pytest.approx(single[TEST_L1], rel=1e-4)
+    with pytest.raises(FloatingPointError, match="diverged"):  # alone, the same member raises
+        train(SMALL, bad, data, device="cpu")
+
+
+def test_fused_resume_continues_exactly(tmp_path):
+    data = tiny_data()
+    cfgs = [TrainConfig(lr=lr, epochs=4, batch_size=4, clip_mode="off") for lr in (1e-3, float("inf"), 3e-4)]
+    model_cfg = ModelConfig(image_size=32, d_model=32, ff_dim=64, max_tokens=32)  # dropout on: RNG must resume
+    full = []
+    train_members(model_cfg, cfgs, data, report=lambda m, s: full.append(s), device="cpu")
+
+    def stop_after_two(metrics, state):
+        checkpoint.save(state, tmp_path / f"epoch{state['epoch']}")
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt  # the trial's process dies here
+    with pytest.raises(KeyboardInterrupt):
+        train_members(model_cfg, cfgs, data, report=stop_after_two, device="cpu")
+    resumed = []
+    train_members(model_cfg, cfgs, data, report=lambda m, s: resumed.append(s), device="cpu",
+                  resume=checkpoint.load(tmp_path / "epoch2"))
+    assert [s["epoch"] for s in resumed] == [3, 4]
+    for name, w in full[-1]["model"].items():
+        assert torch.equal(w, resumed[-1]["model"][name]), name
+    assert resumed[-1]["errors"][1] and "diverged" in resumed[-1]["errors"][1]  # the dead member stays dead
+    def untimed(final):
+        return [{k: v for k, v in m.items() if k != "samples_per_s"} for m in final]
+    assert untimed(resumed[-1]["final"]) == untimed(full[-1]["final"])
+
+
+def test_fusing_refuses_what_members_cannot_share():
+    data = tiny_data()
+    with pytest.raises(ValueError, match="freeze_text_encoder=True"):
+        train_members(ModelConfig(image_size=32, freeze_text_encoder=False),
+                      [TrainConfig(clip_mode="off"), TrainConfig(lr=1e-3, clip_mode="off")], data)
+    with pytest.raises(ValueError, match="must share"):
+        train_members(SMALL, [TrainConfig(epochs=1, clip_mode="off"), TrainConfig(epochs=2, clip_mode="off")], data)
