@@ -11,8 +11,8 @@
 `data` is a Pokédex folder, a Complete-Pokédex csv folder, a parquet file or folder (see `sources`),
 or None / "synthetic" / "synthetic:<seed>" for the generated default. The flow:
 read + validate the fields (`sources`; rejects with reasons) → Ray Data decode/alpha→white/resize/
-rotate (`pipeline`; undecodable images rejected) → split the records that loaded by id → scale to
-[-1, 1] → PreparedData.save into the cache.
+rotate (`pipeline`; undecodable images rejected) → split the records that loaded by id →
+PreparedData.save into the cache (uint8 images; `Split.unit_images()` scales them to [-1, 1]).
 
 The cache is <cache_root>/prepared/<layout>-<fingerprint[:16]>/ with train/val/test.parquet and
 info.json (what `PreparedData.load` reads), plus summary.json (counts) and rejected.jsonl (one line
@@ -41,7 +41,7 @@ from data_pipeline.dataset import SPLITS, PreparedData, Split
 from data_pipeline.preprocess import enriched_text, rotation_angles, split_ids
 from data_pipeline.sources import Record, Rejection, read_source
 
-PIPELINE_VERSION = 1  # bump whenever a change to the code changes what a prepared dataset holds
+PIPELINE_VERSION = 2  # bump whenever a change to the code changes what a prepared dataset holds
 SYNTHETIC_RECORDS = 300
 
 

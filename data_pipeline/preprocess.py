@@ -16,9 +16,9 @@ One image goes through these steps, in the thesis's order:
 5. min–max scale [0, 255] → [-1, 1] (x / 127.5 - 1) as float32, channels first.
 
 Everything here is numpy and Pillow, no Ray. The Ray Data tasks (`pipeline.py`) run steps 1–4
-(`prepare_pixels`) and return uint8, a quarter of the bytes of float32 to move through the object
-store; step 5 (`to_unit_range`) is elementwise, so applying it to their output in the driver gives
-exactly the arrays of the per-record reference `preprocess_image`.
+(`prepare_pixels`) and the prepared dataset stores their uint8 output, a quarter of the bytes of
+float32; step 5 (`to_unit_range`, called by `Split.unit_images`) is elementwise, so applying it
+later gives exactly the arrays of the per-record reference `preprocess_image`.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def test_ray_pipeline_equals_plain_loop(local_ray, datafx):
     splits = {"train": [1, 2, 3, 4, 5, 6], "val": [7, 8], "test": [9, 10]}
     got, want = split_arrays(pixels, splits), preprocess_loop(images, splits, 16, 4)
     for name in splits:
-        assert got[name].dtype == np.float32 and got[name].shape == want[name].shape
+        assert got[name].dtype == np.uint8 and got[name].shape == want[name].shape
         np.testing.assert_array_equal(got[name], want[name])
     assert got["train"].shape == (24, 3, 16, 16) and got["val"].shape == (2, 3, 16, 16)
 
@@ -139,7 +139,10 @@ def test_prepare_bad_and_odd_input_end_to_end(local_ray, tmp_path, datafx, capsy
     assert data.train.images.shape == (16, 3, 16, 16) and len(data.val) == 2 and len(data.test) == 2
     assert data.train.ids.tolist() == [i for i in info["splits"]["train"] for _ in range(4)]
     for split in (data.train, data.val, data.test):
-        assert split.images.dtype == np.float32 and -1 <= split.images.min() and split.images.max() <= 1
+        assert split.images.dtype == np.uint8
+        unit = split.unit_images()
+        assert unit.dtype == np.float32 and -1 <= unit.min() and unit.max() <= 1
+        np.testing.assert_allclose(unit, split.images.astype(np.float64) / 127.5 - 1, atol=1e-6)
 
     # texts: enriched, one or two types
     row = {i: t for i, t in zip(data.val.ids.tolist() + data.train.ids.tolist(), data.val.texts + data.train.texts)}
@@ -150,7 +153,7 @@ def test_prepare_bad_and_odd_input_end_to_end(local_ray, tmp_path, datafx, capsy
     # the odd modes came out as the expected colours (16-bit grey 40000 → 156; P index 1 → green)
     ids = data.train.ids.tolist() + data.val.ids.tolist() + data.test.ids.tolist()
     imgs = np.concatenate([data.train.images, data.val.images, data.test.images])
-    centre = {i: np.round((imgs[ids.index(i), :, 8, 8] + 1) * 127.5).tolist() for i in range(1, 9)}
+    centre = {i: imgs[ids.index(i), :, 8, 8].tolist() for i in range(1, 9)}
     assert centre[5] == [77, 77, 77] and centre[6] == [156, 156, 156] and centre[3] == [10, 200, 30]
 
     assert info["source"] == str(folder.resolve()) and info["synthetic"] is False
@@ -251,7 +254,7 @@ def test_real_pokedex(local_ray, shared_pokedex, tmp_path):
     assert texts[4].endswith("This Pokémon is classified as a Lizard Pokémon. It is of fire type.")
     assert data.train.images.shape == (2 * 718, 3, 16, 16)
     # white background: the corners of every unrotated image are white
-    assert (data.val.images[:, :, 0, 0] > 0.95).mean() > 0.95
+    assert (data.val.images[:, :, 0, 0] >= 249).mean() > 0.95
 
 
 def test_bench_smoke(local_ray, shared_pokedex, capsys):
@@ -273,3 +276,26 @@ def test_synthetic_selector_parsing(tmp_path):
     assert _synthetic_seed(tmp_path) is None
     with pytest.raises(ValueError, match="integer seed"):
         _synthetic_seed("synthetic:seven")
+
+
+def test_split_stores_uint8_and_scales_on_request(tmp_path):
+    """The prepared format: uint8 in the Split and on disk (3·S·S bytes a row), floats only from unit_images()."""
+    import pyarrow.parquet as pq
+
+    from data_pipeline.dataset import Split
+
+    rng = np.random.default_rng(0)
+    splits = {name: Split(np.arange(n, dtype=np.int64), [f"t{i}" for i in range(n)],
+                          rng.integers(0, 256, (n, 3, 5, 5), dtype=np.uint8)) for name, n in (("train", 4), ("val", 2), ("test", 2))}
+    data = PreparedData(info={"settings": {"image_size": 5}}, **splits)
+    unit = data.train.unit_images()
+    assert unit.dtype == np.float32 and unit.shape == (4, 3, 5, 5)
+    np.testing.assert_allclose(unit, data.train.images / 127.5 - 1, atol=1e-6)
+    assert unit[data.train.images == 0].min() == -1 and unit[data.train.images == 255].max() == 1
+    data.save(tmp_path)
+    assert {len(b) for b in pq.read_table(tmp_path / "train.parquet").column("image").to_pylist()} == {3 * 5 * 5}
+    again = PreparedData.load(tmp_path)
+    assert again.train.images.dtype == np.uint8
+    np.testing.assert_array_equal(again.train.images, data.train.images)
+    with pytest.raises(ValueError, match="uint8"):
+        Split(np.arange(2), ["a", "b"], np.zeros((2, 3, 5, 5), np.float64))
