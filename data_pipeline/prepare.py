@@ -15,7 +15,7 @@ rotate (`pipeline`; undecodable images rejected) → split the records that load
 PreparedData.save into the cache (uint8 images; `Split.unit_images()` scales them to [-1, 1]).
 
 The cache is <cache_root>/prepared/<layout>-<fingerprint[:16]>/ with train/val/test.parquet and
-info.json (what `PreparedData.load` reads), plus summary.json (counts) and rejected.jsonl (one line
+info.json (what `PreparedData.load` reads: provenance, the split ids, `primary_types` = {"<id>": type}), plus summary.json (counts) and rejected.jsonl (one line
 per rejected record: id, file, field, reason). The fingerprint hashes every byte read from the source,
 the DataConfig and PIPELINE_VERSION: the same inputs and settings reuse the folder, anything else
 builds a new one. cache_root is `--out`, else $POKEMON_T2I_CACHE, else ~/.cache/pokemon_t2i.
@@ -164,6 +164,8 @@ def _build(records: list[Record], rejected: list[Rejection], cfg: DataConfig, in
         _fail(rejected, found, info, cache_dir)
 
     info["splits"] = split_ids(pixels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    # for per-type metrics (type accuracy): every loaded record's primary type, JSON keys being strings
+    info["primary_types"] = {str(i): by_id[i].primary for name in SPLITS for i in info["splits"][name]}
     arrays = split_arrays(pixels, info["splits"])
     built = {}
     for name in SPLITS:

@@ -162,6 +162,10 @@ def test_prepare_bad_and_odd_input_end_to_end(local_ray, tmp_path, datafx, capsy
     np.testing.assert_array_equal(again.train.images, data.train.images)
     assert again.train.texts == data.train.texts
 
+    # each loaded record's primary type, for per-type metrics, kept in info.json
+    types = {str(i): "Fire" if i % 2 else "Grass" for i in range(1, 9)}
+    assert info["primary_types"] == types and again.info["primary_types"] == types
+
 
 def test_cache_reused_then_rebuilt_on_change(local_ray, tmp_path, make_pokedex, datafx, monkeypatch):
     folder, cache = make_pokedex(8), tmp_path / "cache"
@@ -178,6 +182,7 @@ def test_cache_reused_then_rebuilt_on_change(local_ray, tmp_path, make_pokedex, 
     assert parquet.stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(second.train.images, first.train.images)
     assert second.info["splits"] == first.info["splits"]  # the split is identical across runs
+    assert second.info["primary_types"] == first.info["primary_types"] == {str(i): "Grass" for i in range(1, 9)}
     monkeypatch.undo()
 
     changed_setting = prepare_dataset(folder, DataConfig(**{**asdict(SMALL), "augment_rotations": 2}),
