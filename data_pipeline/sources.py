@@ -13,7 +13,9 @@ Layouts (`detect_layout` picks one from the path):
   or a Hugging Face image struct {bytes, path}).
 - "kaggle": "The Complete Pokédex Dataset": `pokemon.csv` (UTF-16 + tabs or UTF-8 + commas, both
   detected) with `national_number`, `english_name`, `primary_type`, `secondary_type`,
-  `classification`, `description`, and `images/small_images/<national_number>.png` beside it.
+  `classification`, `description`, and `images/small_images/<national_number>.png`. As downloaded,
+  the table is `<root>/data/pokemon.csv` and the images `<root>/images/small_images/`; a flat folder
+  (`pokemon.csv` beside `images/`) works too. The path is the folder or the csv file.
 
 Every field is checked here, before any pixel work: a record with no usable id, a missing, blank or
 non-text description, no type, no classification, a missing image file, or an id already taken by
@@ -87,13 +89,13 @@ def detect_layout(path: str | Path) -> str:
             return "kaggle"
     elif (path / "pokedex.json").is_file():
         return "pokedex"
-    elif (path / "pokemon.csv").is_file():
+    elif (path / "pokemon.csv").is_file() or (path / "data" / "pokemon.csv").is_file():
         return "kaggle"
     elif any(path.glob("*.parquet")):
         return "parquet"
     raise ValueError(
         f"cannot tell the dataset layout of {path}: expected a folder with pokedex.json (+ images/thumbnails/), "
-        "a folder with pokemon.csv (+ images/small_images/), a .parquet file or a folder of them")
+        "a folder with pokemon.csv or data/pokemon.csv (+ images/small_images/), a .parquet file or a folder of them")
 
 
 def read_source(path: str | Path) -> SourceData:
@@ -237,8 +239,18 @@ def _decode_csv(raw: bytes, csv_path: Path) -> str:
         raise ValueError(f"{csv_path} is neither UTF-16 nor UTF-8 ({exc}); re-save it as UTF-8") from exc
 
 
+def _kaggle_paths(path: Path) -> tuple[Path, Path]:
+    """(csv file, image folder) for a Complete-Pokédex folder or csv, flat or as downloaded (data/ + images/)."""
+    if path.is_file():
+        csv_path = path
+    else:
+        csv_path = path / "pokemon.csv" if (path / "pokemon.csv").is_file() else path / "data" / "pokemon.csv"
+    beside, above = csv_path.parent / "images" / "small_images", csv_path.parent.parent / "images" / "small_images"
+    return csv_path, (above if not beside.is_dir() and above.is_dir() else beside)
+
+
 def _read_kaggle(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
-    csv_path = path if path.is_file() else path / "pokemon.csv"
+    csv_path, image_dir = _kaggle_paths(path)
     raw = csv_path.read_bytes()
     hasher.update(raw)
     text = _decode_csv(raw, csv_path)
@@ -249,7 +261,6 @@ def _read_kaggle(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
     if missing:
         raise ValueError(f"{csv_path} lacks the column(s) {missing}; found {rows.fieldnames}. "
                          "Expected the Complete Pokédex layout (national_number, english_name, primary_type, ...)")
-    image_dir = csv_path.parent / "images" / "small_images"
     records, rejected = [], []
     for line, row in enumerate(rows, start=2):
         where = f"line {line} of {csv_path.name}"

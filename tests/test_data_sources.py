@@ -97,6 +97,20 @@ def test_parquet_reader_binary_and_hf_struct(tmp_path, datafx):
         assert (rej.id, rej.field) == (2, "description") and "row 1" in rej.reason
 
 
+def test_kaggle_as_downloaded_root_or_csv(tmp_path, datafx):
+    """The download keeps the table in data/ (beside other csv files) and the images under the root."""
+    root = tmp_path / "complete-pokedex"
+    write_kaggle(root, datafx)
+    (root / "data").mkdir()
+    (root / "pokemon.csv").rename(root / "data" / "pokemon.csv")
+    (root / "data" / "pokemon_utf8.csv").write_text("not the table we read\n")
+    for path in (root, root / "data" / "pokemon.csv"):
+        assert detect_layout(path) == "kaggle"
+        src = read_source(path)
+        assert [r.id for r in src.records] == [1, 4] and not src.rejected
+        assert src.records[1].file == str(root / "images" / "small_images" / "4.png")
+
+
 # ----------------------------------------------------------------------------- bad records
 
 
