@@ -249,20 +249,86 @@ def _kaggle_paths(path: Path) -> tuple[Path, Path]:
     return csv_path, (above if not beside.is_dir() and above.is_dir() else beside)
 
 
+class _Lines:
+    """The csv file's physical lines, handed to csv.reader one at a time: `pos` says how many it took."""
+
+    def __init__(self, lines: list[str], pos: int):
+        self.lines, self.pos = lines, pos
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
+def _csv_records(text: str, delimiter: str, csv_path: Path, rejected: list[Rejection]):
+    """(header, then (line number, row dict) for each record), every physical line accounted for.
+
+    A quoted field may hold line breaks (descriptions do), but a quote that is opened and never
+    closed makes csv read every following line into that field, silently losing those records. So a
+    record that spans several lines, one of which is itself a whole record (as many fields as the
+    header, an integer national_number), is rejected, naming its line and the field, and reading
+    starts again on the line after it. A record that csv cannot parse at all (a field past csv's size
+    limit, say) is handled the same way.
+    """
+    lines = list(io.StringIO(text, newline=""))
+    src = _Lines(lines, 0)
+    reader = csv.reader(src, delimiter=delimiter)
+    header = next(reader, [])
+    yield header
+    id_col = header.index("national_number") if "national_number" in header else 0
+
+    def whole_record(line: str) -> bool:
+        fields = next(csv.reader([line], delimiter=delimiter), [])
+        return len(fields) == len(header) and fields[id_col].strip().isdigit()
+
+    while True:
+        start = src.pos  # index of the record's first line; its line number is start + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            row, error = None, f"csv cannot parse it ({exc})"
+        else:
+            error = None
+            if src.pos - start > 1 and any(whole_record(line) for line in lines[start + 1:src.pos]):
+                broken = next((i for i, f in enumerate(row) if "\n" in f or "\r" in f), len(row) - 1)
+                column = header[broken] if broken < len(header) else f"column {broken + 1}"
+                error = (f"unclosed quote in field {column!r}: it runs over the next {src.pos - start - 1} line(s), "
+                         "which hold records of their own")
+        if error is None:
+            if row:  # csv gives [] for a blank line
+                yield start + 1, dict(zip(header, row + [None] * (len(header) - len(row))))
+            continue
+        first = next(csv.reader([lines[start]], delimiter=delimiter), [])
+        raw_id = first[id_col].strip() if len(first) > id_col and first[id_col].strip() else None
+        field_name = column if row is not None else "record"
+        rejected.append(Rejection(raw_id, str(csv_path), field_name,
+                                  f"{error}; the lines after it are read on their own (line {start + 1} of {csv_path.name})"))
+        src = _Lines(lines, start + 1)
+        reader = csv.reader(src, delimiter=delimiter)
+
+
 def _read_kaggle(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
     csv_path, image_dir = _kaggle_paths(path)
     raw = csv_path.read_bytes()
     hasher.update(raw)
     text = _decode_csv(raw, csv_path)
-    header = text.split("\n", 1)[0]
-    delimiter = "\t" if header.count("\t") > header.count(",") else ","
-    rows = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    missing = [c for c in KAGGLE_COLUMNS if c not in (rows.fieldnames or [])]
-    if missing:
-        raise ValueError(f"{csv_path} lacks the column(s) {missing}; found {rows.fieldnames}. "
-                         "Expected the Complete Pokédex layout (national_number, english_name, primary_type, ...)")
+    first_line = text.split("\n", 1)[0]
+    delimiter = "\t" if first_line.count("\t") > first_line.count(",") else ","
     records, rejected = [], []
-    for line, row in enumerate(rows, start=2):
+    rows = _csv_records(text, delimiter, csv_path, rejected)
+    header = next(rows)
+    missing = [c for c in KAGGLE_COLUMNS if c not in header]
+    if missing:
+        raise ValueError(f"{csv_path} lacks the column(s) {missing}; found {header}. "
+                         "Expected the Complete Pokédex layout (national_number, english_name, primary_type, ...)")
+    for line, row in rows:
         where = f"line {line} of {csv_path.name}"
         raw_id = row["national_number"]
         try:

@@ -114,6 +114,27 @@ def test_kaggle_as_downloaded_root_or_csv(tmp_path, datafx):
 # ----------------------------------------------------------------------------- bad records
 
 
+def test_kaggle_unclosed_quote_rejects_its_row_and_keeps_the_following_ones(tmp_path, datafx):
+    header = ",".join(KAGGLE_HEADER)
+    text = (f"{header}\n"
+            '1,I,Bulbasaur,grass,poison,Seed Pokémon,"A seed on its back,\ngrows larger."\n'  # lines 2-3: legal
+            '4,I,Charmander,fire,,"Lizard Pokémon,Prefers hot things.\n'                   # line 4: quote never closed
+            "7,I,Squirtle,water,,Tiny Turtle Pokémon,Shoots water.\n"
+            '9,I,Blastoise,water,,Shellfish Pokémon,"Jets of water,\ncrush steel."\n'
+            "25,I,Pikachu,electric,,Mouse Pokémon,Stores electricity.\n")
+    (tmp_path / "images" / "small_images").mkdir(parents=True)
+    (tmp_path / "pokemon.csv").write_text(text, encoding="utf-8")
+    for nr in (1, 4, 7, 9, 25):
+        (tmp_path / "images" / "small_images" / f"{nr}.png").write_bytes(datafx.png())
+    src = read_source(tmp_path)
+    assert [r.id for r in src.records] == [1, 7, 9, 25]  # every record after the broken one is back
+    assert src.records[0].description == "A seed on its back, grows larger."
+    assert src.records[2].description == "Jets of water, crush steel."
+    (rej,) = src.rejected  # every record read is loaded or rejected
+    assert (rej.id, rej.field) == ("4", "classification")
+    assert "unclosed quote" in rej.reason and "line 4 of pokemon.csv" in rej.reason
+
+
 def test_every_broken_record_is_reported_and_good_ones_kept(tmp_path, datafx):
     rec, png = datafx.pokedex_record, datafx.png
     records = [
