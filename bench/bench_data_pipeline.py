@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not Path(args.data).exists():
         raise SystemExit(f"no dataset at {args.data}; pass --data PATH")
     src = read_source(args.data)
-    records = src.records[:60] if args.smoke else src.records
+    records = list({r.id: r for r in reversed(src.records)}.values())[::-1]  # first copy of each id
+    records = records[:60] if args.smoke else records
     repeats = 1 if args.smoke else args.repeats
     size, rotations = args.image_size, args.augment_rotations
     images = {r.id: r.image for r in records}

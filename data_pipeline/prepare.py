@@ -39,7 +39,7 @@ import numpy as np
 from data_pipeline.config import DataConfig
 from data_pipeline.dataset import SPLITS, PreparedData, Split
 from data_pipeline.preprocess import enriched_text, rotation_angles, split_ids
-from data_pipeline.sources import Record, Rejection, read_source
+from data_pipeline.sources import Record, Rejection, keep_first_loaded, read_source
 
 PIPELINE_VERSION = 2  # bump whenever a change to the code changes what a prepared dataset holds
 SYNTHETIC_RECORDS = 300
@@ -152,14 +152,19 @@ def _build(records: list[Record], rejected: list[Rejection], cfg: DataConfig, in
     found = len(records) + len(rejected)
     if not records:
         _fail(rejected, found, info, cache_dir)
-    by_id = {r.id: r for r in records}
 
     init_ray()
     _log(progress, f"preprocessing {len(records)} images with Ray Data (size {cfg.image_size}, "
                    f"{cfg.augment_rotations} rotations of each training image) ...")
-    pixels, errors = run_ray([Item(r.id, r.image) for r in records], cfg.image_size, cfg.augment_rotations,
-                             progress=progress)
-    rejected = rejected + [Rejection(i, by_id[i].file, "image", reason) for i, reason in sorted(errors.items())]
+    # keyed by position, not id: copies of one id are all decoded, and the first that loads is kept
+    decoded, errors = run_ray([Item(k, r.image) for k, r in enumerate(records)], cfg.image_size,
+                              cfg.augment_rotations, progress=progress)
+    rejected = rejected + [Rejection(records[k].id, records[k].file, "image", f"{reason} ({records[k].where})")
+                           for k, reason in sorted(errors.items())]
+    keep, duplicates = keep_first_loaded(records, set(decoded))
+    rejected += duplicates
+    by_id = {records[k].id: records[k] for k in keep}
+    pixels = {records[k].id: decoded[k] for k in keep}
     if not pixels:
         _fail(rejected, found, info, cache_dir)
 

@@ -18,9 +18,10 @@ Layouts (`detect_layout` picks one from the path):
   (`pokemon.csv` beside `images/`) works too. The path is the folder or the csv file.
 
 Every field is checked here, before any pixel work: a record with no usable id, a missing, blank or
-non-text description, no type, no classification, a missing image file, or an id already taken by
-an earlier good record becomes a `Rejection(id, file, field, reason)`; the rest go on. Undecodable
-images are caught later, in the Ray tasks. A missing classification is rejected even when the
+non-text description, no type, no classification or a missing image file becomes a
+`Rejection(id, file, field, reason)`; the rest go on. Undecodable images are caught later, in the
+Ray tasks, and only then are duplicate ids settled (`keep_first_loaded`): the first copy of an id
+whose image loads is kept, so `records` may hold an id more than once. A missing classification is rejected even when the
 enriched text is off, so the set of records (and so the split) does not depend on that setting.
 
 `content_hash` covers every byte that was read (metadata file and each image file, in order),
@@ -53,6 +54,7 @@ class Record:
     classification: str
     image: bytes  # the encoded image file, decoded later in the Ray tasks
     file: str  # where the image came from, for reports
+    where: str = ""  # where the record sits in its source ("row 3 of x.parquet"), for reports
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,7 @@ def read_source(path: str | Path) -> SourceData:
     reader = {"pokedex": _read_pokedex, "parquet": _read_parquet, "kaggle": _read_kaggle}[layout]
     hasher = hashlib.sha256(layout.encode())
     records, rejected = reader(path, hasher)
-    records, duplicates = _drop_duplicates(records)
-    return SourceData(layout, path.resolve(), records, rejected + duplicates, hasher.hexdigest())
+    return SourceData(layout, path.resolve(), records, rejected, hasher.hexdigest())
 
 
 # ----------------------------------------------------------------------------- validation, shared
@@ -144,7 +145,8 @@ def _text(value, name: str, required: bool = True) -> str | None:
     return text or None
 
 
-def _record(raw_id, name, description, primary, secondary, classification, load_image, file: str) -> Record:
+def _record(raw_id, name, description, primary, secondary, classification, load_image, file: str,
+            where: str) -> Record:
     """Validate one record's fields in a fixed order; the first problem found is the one reported."""
     rid = _parse_id(raw_id)
     description = _text(description, "description")
@@ -152,12 +154,12 @@ def _record(raw_id, name, description, primary, secondary, classification, load_
     secondary = _text(secondary, "type", required=False)
     classification = _text(classification, "classification")
     name = _text(name, "name", required=False) or f"#{rid}"
-    return Record(rid, name, description, primary, secondary, classification, load_image(), file)
+    return Record(rid, name, description, primary, secondary, classification, load_image(), file, where)
 
 
 def _build(raw_id, fields: dict, load_image, file: str, where: str, records: list, rejected: list) -> None:
     try:
-        records.append(_record(raw_id, load_image=load_image, file=file, **fields))
+        records.append(_record(raw_id, load_image=load_image, file=file, where=where, **fields))
     except _Reject as r:
         shown_id = raw_id if isinstance(raw_id, (int, str)) and not isinstance(raw_id, bool) else None
         rejected.append(Rejection(shown_id, file, r.field, f"{r.reason} ({where})"))
@@ -175,17 +177,24 @@ def _file_loader(path: Path, hasher):
     return load
 
 
-def _drop_duplicates(records: list[Record]) -> tuple[list[Record], list[Rejection]]:
-    """Keep the first good record of each id; later ones are rejected (an id names one Pokémon)."""
-    seen: dict[int, Record] = {}
-    kept, rejected = [], []
-    for r in records:
-        if r.id in seen:
-            rejected.append(Rejection(r.id, r.file, "id", f"duplicate id {r.id}: already used by {seen[r.id].name} ({seen[r.id].file})"))
+def keep_first_loaded(records: list[Record], loaded: set[int]) -> tuple[list[int], list[Rejection]]:
+    """Indices (into `records`) of the first copy of each id whose image loaded (`loaded`: indices),
+    and a rejection for every later copy that loaded too (an id names one Pokémon). Decided after
+    decoding, so a good copy is not lost behind an earlier one whose image turns out unreadable;
+    copies that did not load are reported by whoever decoded them."""
+    kept: dict[int, Record] = {}
+    keep, rejected = [], []
+    for k, r in enumerate(records):
+        if k not in loaded:
+            continue
+        if r.id in kept:
+            first = kept[r.id]
+            rejected.append(Rejection(r.id, r.file, "id", f"duplicate id {r.id}: kept the first copy that loaded, "
+                                                         f"{first.name} ({first.where or first.file}) ({r.where})"))
         else:
-            seen[r.id] = r
-            kept.append(r)
-    return kept, rejected
+            kept[r.id] = r
+            keep.append(k)
+    return keep, rejected
 
 
 # ----------------------------------------------------------------------------- the three layouts

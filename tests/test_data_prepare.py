@@ -167,6 +167,28 @@ def test_prepare_bad_and_odd_input_end_to_end(local_ray, tmp_path, datafx, capsy
     assert info["primary_types"] == types and again.info["primary_types"] == types
 
 
+def test_duplicate_id_keeps_the_first_copy_that_decodes(local_ray, tmp_path, datafx):
+    """Copy 1 of id 2 does not decode: copy 2 is kept (not lost as a 'duplicate'); of id 3 both decode."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    red, green, blue = datafx.png((200, 0, 0, 255)), datafx.png((0, 200, 0, 255)), datafx.png((0, 0, 200, 255))
+    ids = [1, 2, 2, 3, 3, 4, 5]
+    images = [red, b"not an image", green, blue, red, red, red]
+    pq.write_table(pa.table({"id": ids, "name": [f"M{k}" for k in range(7)], "description": ["Text."] * 7,
+                             "primary_type": ["Fire"] * 7, "classification": ["X Pokémon"] * 7, "image": images}),
+                   tmp_path / "mons.parquet")
+    data = prepare_dataset(tmp_path / "mons.parquet", SMALL, cache_root=tmp_path / "cache", progress=False)
+    assert data.info["counts"]["loaded"] == 5 and data.info["counts"]["found"] == 7
+    rows = {int(i): img for split in (data.train, data.val, data.test) for i, img in zip(split.ids, split.images)}
+    assert rows[2][:, 8, 8].tolist() == [0, 200, 0] and rows[3][:, 8, 8].tolist() == [0, 0, 200]
+    lines = [json.loads(line) for line in (Path(data.info["cache_dir"]) / "rejected.jsonl").read_text().splitlines()]
+    assert {(r["id"], r["field"]) for r in lines} == {(2, "image"), (3, "id")}
+    dup = next(r for r in lines if r["field"] == "id")
+    assert "row 3 of mons.parquet" in dup["reason"] and "row 4 of mons.parquet" in dup["reason"]
+    assert "row 1 of mons.parquet" in next(r for r in lines if r["field"] == "image")["reason"]
+
+
 def test_cache_reused_then_rebuilt_on_change(local_ray, tmp_path, make_pokedex, datafx, monkeypatch):
     folder, cache = make_pokedex(8), tmp_path / "cache"
     first = prepare_dataset(folder, SMALL, cache_root=cache, progress=False)

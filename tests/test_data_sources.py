@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline.preprocess import preprocess_image
-from data_pipeline.sources import detect_layout, read_source
+from data_pipeline.sources import detect_layout, keep_first_loaded, read_source
 from data_pipeline.synthetic import FEATURES, TYPE_COLOURS, generate
 
 KAGGLE_HEADER = ["national_number", "gen", "english_name", "primary_type", "secondary_type", "classification",
@@ -153,11 +153,14 @@ def test_every_broken_record_is_reported_and_good_ones_kept(tmp_path, datafx):
     ]
     images = {f"{i:03d}.png": png() for i in (1, 3, 4, 5, 6, 7, 8, 9, 11)}
     src = read_source(datafx.write_pokedex(tmp_path, records, images))
-    assert [r.id for r in src.records] == [1, 8, 11]
-    assert src.records[1].description == "Creature number 8 naps in the sun."  # the first id-8 record wins
+    assert [r.id for r in src.records] == [1, 8, 8, 11]  # duplicates are settled after decoding
+    keep, duplicates = keep_first_loaded(src.records, loaded={0, 1, 2, 3})
+    assert keep == [0, 1, 3] and src.records[1].description == "Creature number 8 naps in the sun."
+    (dup,) = duplicates
+    assert (dup.id, dup.field) == (8, "id") and "duplicate id 8" in dup.reason and "record 7 of pokedex.json" in dup.reason
     got = {(r.id, r.field) for r in src.rejected}
     assert got == {(2, "image"), (3, "description"), (4, "description"), (5, "description"), (6, "type"),
-                   (None, "id"), (8, "id"), (9, "classification"), ("ten", "id")}
+                   (None, "id"), (9, "classification"), ("ten", "id")}
     for r in src.rejected:
         assert r.file and r.reason
         json.loads(r.to_json())
@@ -165,7 +168,6 @@ def test_every_broken_record_is_reported_and_good_ones_kept(tmp_path, datafx):
     assert "missing file" in reasons[(2, "image")] and reasons[(2, "image")]
     assert "blank description" in reasons[(3, "description")]
     assert "must be text" in reasons[(4, "description")]
-    assert "duplicate id 8" in reasons[(8, "id")]
     assert next(r for r in src.rejected if r.id == 2).file.endswith("002.png")
 
 
