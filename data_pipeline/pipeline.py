@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_pipeline.preprocess import prepare_pixels
+from data_pipeline.preprocess import ImageTooLarge, prepare_pixels
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,8 @@ class Item:
 
 
 def _error(exc: Exception) -> str:
+    if isinstance(exc, ImageTooLarge):
+        return f"image too large: {exc}"
     return f"unreadable image: {type(exc).__name__}: {exc}"
 
 
