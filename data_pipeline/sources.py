@@ -363,23 +363,45 @@ def _image_bytes(value):
 
 
 def _read_parquet(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
+    """Each file (and each row group) on its own: a corrupt part rejects its records, naming the file,
+    and the other parts still load. A part without the needed columns is an error (the wrong dataset)."""
     files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
     records, rejected = [], []
     for f in files:
         hasher.update(f.name.encode())
         hasher.update(f.read_bytes())
-        table = pq.read_table(f)
-        missing = [c for c in PARQUET_COLUMNS if c not in table.column_names and c not in ("name", "secondary_type")]
+        try:
+            part = pq.ParquetFile(f)
+        except Exception as exc:  # noqa: BLE001 — arrow raises several types for a damaged file
+            rejected.append(Rejection(None, str(f), "file", f"unreadable parquet file, none of its records could be "
+                                      f"read: {type(exc).__name__}: {exc}"))
+            continue
+        names = part.schema_arrow.names
+        missing = [c for c in PARQUET_COLUMNS if c not in names and c not in ("name", "secondary_type")]
         if missing:
-            raise ValueError(f"{f} lacks the column(s) {missing}; found {table.column_names}. "
+            raise ValueError(f"{f} lacks the column(s) {missing}; found {names}. "
                              f"Expected {list(PARQUET_COLUMNS)} with the image as encoded bytes")
-        columns = table.to_pydict()
-        n = table.num_rows
-        for i in range(n):
-            def cell(c, i=i):
-                return columns[c][i] if c in columns else None
-            fields = {"name": cell("name"), "description": cell("description"), "primary": cell("primary_type"),
-                      "secondary": cell("secondary_type"), "classification": cell("classification")}
-            image = cell("image")
-            _build(cell("id"), fields, lambda image=image: _image_bytes(image), str(f), f"row {i} of {f.name}", records, rejected)
+        row = 0
+        for g in range(part.num_row_groups):
+            n = part.metadata.row_group(g).num_rows
+            try:
+                columns = part.read_row_group(g).to_pydict()
+            except Exception as exc:  # noqa: BLE001
+                try:
+                    ids = part.read_row_group(g, columns=["id"]).column("id").to_pylist()
+                except Exception:  # noqa: BLE001 — the ids are damaged too
+                    ids = [None] * n
+                rejected += [Rejection(ids[i], str(f), "file", f"unreadable row group {g}: {type(exc).__name__}: "
+                                       f"{exc} (row {row + i} of {f.name})") for i in range(n)]
+                row += n
+                continue
+            for i in range(n):
+                def cell(c, i=i):
+                    return columns[c][i] if c in columns else None
+                fields = {"name": cell("name"), "description": cell("description"), "primary": cell("primary_type"),
+                          "secondary": cell("secondary_type"), "classification": cell("classification")}
+                image = cell("image")
+                _build(cell("id"), fields, lambda image=image: _image_bytes(image), str(f), f"row {row + i} of {f.name}",
+                       records, rejected)
+            row += n
     return records, rejected

@@ -84,6 +84,25 @@ def test_ray_pipeline_equals_plain_loop(local_ray, datafx):
     assert got["train"].shape == (24, 3, 16, 16) and got["val"].shape == (2, 3, 16, 16)
 
 
+def test_worker_crash_rejects_that_record_and_keeps_the_rest(local_ray, datafx, monkeypatch):
+    """A record whose decoding kills the worker process: its block fails (after Ray's retry), the block's
+    records are retried one by one, and only the crashing one is reported, with the reason."""
+    from data_pipeline import pipeline
+
+    real = pipeline.preprocess_batch
+
+    def crashing(batch, image_size, rotations):  # nested, so Ray ships it to the workers by value
+        if any(bytes(b) == b"CRASH" for b in batch["image"]):
+            os._exit(1)
+        return real(batch, image_size, rotations)
+
+    monkeypatch.setattr(pipeline, "preprocess_batch", crashing)
+    items = [Item(i, datafx.png((10 * i, 100, 100, 255))) for i in range(1, 7)] + [Item(99, b"CRASH")]
+    pixels, errors = run_ray(items, 8, rotations=1, num_blocks=2, progress=False)
+    assert sorted(pixels) == [1, 2, 3, 4, 5, 6] and list(errors) == [99]
+    assert "processing failed in its Ray task" in errors[99] and "Crash" in errors[99]
+
+
 def _odd_and_broken_pokedex(directory: Path, datafx) -> tuple[Path, dict]:
     """Ids 1-8 load (every odd mode), 11-18 are broken in one way each."""
     rec, png, encode = datafx.pokedex_record, datafx.png, datafx.encode

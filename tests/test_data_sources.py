@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -169,6 +170,22 @@ def test_every_broken_record_is_reported_and_good_ones_kept(tmp_path, datafx):
     assert "blank description" in reasons[(3, "description")]
     assert "must be text" in reasons[(4, "description")]
     assert next(r for r in src.rejected if r.id == 2).file.endswith("002.png")
+
+
+def test_corrupt_parquet_part_rejects_its_records_and_keeps_the_others(tmp_path, datafx):
+    img = datafx.png()
+    table = pa.table({"id": [1, 2], "description": ["One.", "Two."], "primary_type": ["Fire", "Ice"],
+                      "classification": ["X Pokémon"] * 2, "image": [img, img]})
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    pq.write_table(table.set_column(0, "id", pa.array([3, 4])), tmp_path / "part-1.parquet")
+    whole = (tmp_path / "part-1.parquet").read_bytes()
+    (tmp_path / "part-1.parquet").write_bytes(whole[: len(whole) // 2])  # an interrupted copy: no footer
+    (tmp_path / "part-2.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    src = read_source(tmp_path)
+    assert [r.id for r in src.records] == [1, 2]
+    assert [(r.id, r.field, Path(r.file).name) for r in src.rejected] == [
+        (None, "file", "part-1.parquet"), (None, "file", "part-2.parquet")]
+    assert all("unreadable parquet file" in r.reason for r in src.rejected)
 
 
 def test_content_hash_follows_content_not_location(tmp_path, make_pokedex, datafx):
