@@ -91,17 +91,42 @@ class PreparedData:
 
     @classmethod
     def load(cls, directory: str | Path) -> "PreparedData":
+        """Read what `save` wrote, checked: CacheDamaged (saying what is wrong) for a missing or unreadable
+        file, an image of the wrong size, or rows that disagree with info.json's counts and split ids."""
+        directory = Path(directory)
+        try:
+            return cls._load(directory)
+        except CacheDamaged:
+            raise
+        except Exception as exc:  # noqa: BLE001 — json, arrow and numpy each raise their own types
+            raise CacheDamaged(f"{directory}: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _load(cls, directory: Path) -> "PreparedData":
         import pyarrow.parquet as pq
 
-        directory = Path(directory)
         info = json.loads((directory / "info.json").read_text())
         size = int(info["settings"]["image_size"])
+        copies = int(info["settings"].get("augment_rotations", 1))
         splits = {}
         for name in SPLITS:
             t = pq.read_table(directory / f"{name}.parquet").to_pydict()
+            bad = next((i for i, b in enumerate(t["image"]) if len(b) != 3 * size * size), None)
+            if bad is not None:
+                raise CacheDamaged(f"{directory / name}.parquet row {bad}: image of {len(t['image'][bad])} bytes, "
+                                   f"expected {3 * size * size} (uint8 3x{size}x{size})")
+            if name in info.get("splits", {}):
+                want = [i for i in info["splits"][name] for _ in range(copies if name == "train" else 1)]
+                if t["id"] != want:
+                    raise CacheDamaged(f"{directory / name}.parquet holds {len(t['id'])} rows that do not match "
+                                       f"info.json's {len(want)} for the {name} split")
             images = np.stack([np.frombuffer(b, np.uint8) for b in t["image"]]) if t["image"] else np.zeros((0,), np.uint8)
             splits[name] = Split(np.asarray(t["id"], np.int64), t["text"], images.reshape(-1, 3, size, size))
         return cls(info=info, **splits)
+
+
+class CacheDamaged(ValueError):
+    """A prepared-data folder that cannot be loaded as written (`PreparedData.load` says why)."""
 
 
 def _as_uint8(image: np.ndarray) -> np.ndarray:

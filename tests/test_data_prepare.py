@@ -238,6 +238,80 @@ def test_cache_reused_then_rebuilt_on_change(local_ray, tmp_path, make_pokedex, 
     assert changed_source.info["fingerprint"] != first.info["fingerprint"]
 
 
+def _damage_missing_split(cache_dir: Path) -> None:
+    (cache_dir / "val.parquet").unlink()
+
+
+def _damage_truncated_split(cache_dir: Path) -> None:
+    data = (cache_dir / "train.parquet").read_bytes()
+    (cache_dir / "train.parquet").write_bytes(data[: len(data) // 2])
+
+
+def _damage_info(cache_dir: Path) -> None:
+    (cache_dir / "info.json").write_text('{"settings": {"image_si')
+
+
+def _damage_row_count(cache_dir: Path) -> None:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(cache_dir / "test.parquet")
+    pq.write_table(table.slice(0, table.num_rows - 1), cache_dir / "test.parquet")
+
+
+def test_damaged_cache_is_detected_and_rebuilt(local_ray, tmp_path, make_pokedex, capsys):
+    from data_pipeline.dataset import CacheDamaged
+
+    folder, cache = make_pokedex(8), tmp_path / "cache"
+    first = prepare_dataset(folder, SMALL, cache_root=cache, progress=False)
+    cache_dir = Path(first.info["cache_dir"])
+    for damage in (_damage_missing_split, _damage_truncated_split, _damage_info, _damage_row_count):
+        damage(cache_dir)
+        with pytest.raises(CacheDamaged):
+            PreparedData.load(cache_dir)
+        capsys.readouterr()
+        again = prepare_dataset(folder, SMALL, cache_root=cache, progress=False)
+        assert again.info["cache_reused"] is False, damage.__name__
+        assert "damaged, rebuilding" in capsys.readouterr().err
+        np.testing.assert_array_equal(again.test.images, first.test.images)
+        assert PreparedData.load(cache_dir).info["counts"] == first.info["counts"]  # whole again
+
+
+def test_stale_build_folders_are_removed(local_ray, tmp_path, make_pokedex):
+    import socket
+
+    folder, cache = make_pokedex(6), tmp_path / "cache"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    prepared = cache / "prepared"
+    stale = prepared / f"pokedex-0123456789abcdef.tmp-{host}-{dead.pid}-deadbeef"  # its process is gone
+    old = prepared / "pokedex-0123456789abcdef.tmp-1a2b3c4d"  # an older name, two days old
+    live = prepared / f"pokedex-fedcba9876543210.tmp-{host}-{os.getpid()}-0badf00d"  # a build still running
+    for d in (stale, old, live):
+        (d / "x").mkdir(parents=True)
+    os.utime(old, (os.path.getmtime(old) - 2 * 86400,) * 2)
+    prepare_dataset(folder, SMALL, cache_root=cache, progress=False)
+    assert not stale.exists() and not old.exists() and live.exists()
+
+
+def test_failed_cache_rename_is_reported(local_ray, tmp_path, make_pokedex, monkeypatch):
+    import errno
+
+    from data_pipeline.prepare import CacheWriteError
+
+    real_rename = Path.rename
+
+    def refuse(self, target):
+        if ".tmp-" in self.name:
+            raise OSError(errno.EACCES, "Permission denied", str(target))
+        return real_rename(self, target)
+    monkeypatch.setattr(Path, "rename", refuse)
+    cache = tmp_path / "cache"
+    with pytest.raises(CacheWriteError, match="could not write the prepared dataset to .*Permission denied"):
+        prepare_dataset(make_pokedex(6), SMALL, cache_root=cache, progress=False)
+    assert list((cache / "prepared").iterdir()) == []  # neither a cache nor a leftover build folder
+
+
 def test_zero_usable_records_is_a_clear_error(local_ray, tmp_path, datafx):
     rec = datafx.pokedex_record
     text_broken = datafx.write_pokedex(tmp_path / "a", [rec(1, description=""), rec(2, type=[])], {})
