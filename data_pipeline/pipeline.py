@@ -144,10 +144,10 @@ def run_ray(items: list[Item], image_size: int, rotations: int = 1, num_blocks: 
     try:
         ds = ray.data.from_arrow(tables)  # one block per chunk
         # Ray Data retries a failed task forever by default: a record that crashes its worker every
-        # time would hang the run. One retry covers a transient failure.
+        # time would hang the run. One retry covers a transient failure. (Ray 2.60 warns that
+        # ray_remote_args are deprecated but has no named parameter for max_retries yet.)
         ds = ds.map_batches(preprocess_batch, fn_kwargs={"image_size": image_size, "rotations": rotations},
-                            batch_size=None, batch_format="numpy", zero_copy_batch=True,
-                            ray_remote_args_fn=lambda: {"max_retries": 1})
+                            batch_size=None, batch_format="numpy", zero_copy_batch=True, max_retries=1)
         for batch in ds.materialize().iter_batches(batch_size=None, batch_format="numpy"):
             _collect(batch, pixels, errors)
     except Exception as exc:  # noqa: BLE001 — whatever broke the run, the records are retried one by one
