@@ -6,17 +6,18 @@
 
 Run from the repository root (Ray workers import `data_pipeline` from the driver's working directory).
 
-Both paths turn the same records into the same float32 split arrays (checked equal, element for
-element): the loop calls `preprocess_image` record by record (N rotated copies for training
-records, one otherwise); Ray Data decodes, resizes and rotates in parallel tasks (`run_ray`) and
-`split_arrays` scales the uint8 result once per split. Reading the files and starting Ray are
+Both paths turn the same records into the same uint8 split arrays, the prepared dataset's format
+(checked equal, element for element): the loop calls `prepare_pixels` record by record (N rotated
+copies for training records, one otherwise); Ray Data decodes, resizes and rotates in parallel tasks
+(`run_ray`) and `split_arrays` gathers the result per split. Reading the files and starting Ray are
 outside the timed region (both paths need the bytes; Ray starts once per process), and are
 reported on their own, as is the first Ray run, which also starts and warms the worker processes.
 The two paths alternate, so a change in the machine's load hits both alike; the table shows the
 median and best of the repeats, the load average and the processes' niceness, since other work
 may share the machine and Ray runs its workers at nice 15 (RAY_worker_niceness=0 changes that).
 
-Measured 2026-11-28 on a shared 2-core AMD EPYC VM (KVM) while other jobs kept the load average
+Measured 2026-11-28, when both paths still produced float32 (since PIPELINE_VERSION 2 neither
+scales), on a shared 2-core AMD EPYC VM (KVM) while other jobs kept the load average
 at 3-5, 7 repeats, five runs: median ratio 0.82x-1.20x (the machine's own 2-process speedup swung
 between 0.8x and 2x in the same minutes), best-time ratio 1.00x-1.28x; medians loop 1.51-1.61 s,
 Ray Data 1.29-1.96 s for 898 images (560-600 vs 460-700 images/s); arrays equal in every repeat. Ray's
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not Path(args.data).exists():
         raise SystemExit(f"no dataset at {args.data}; pass --data PATH")
     src = read_source(args.data)
-    records = src.records[:60] if args.smoke else src.records
+    records = list({r.id: r for r in reversed(src.records)}.values())[::-1]  # first copy of each id
+    records = records[:60] if args.smoke else records
     repeats = 1 if args.smoke else args.repeats
     size, rotations = args.image_size, args.augment_rotations
     images = {r.id: r.image for r in records}

@@ -4,7 +4,7 @@
     items = [Item(id=1, image=png_bytes), Item(id=2, image=other_bytes)]
     pixels, errors = run_ray(items, image_size=64, rotations=8)  # {1: (8, 3, 64, 64) uint8, 2: ...}, {}
     splits = {"train": [1], "val": [2], "test": []}
-    arrays = split_arrays(pixels, splits)          # train: all 8 copies, val/test: copy 0; float32 [-1, 1]
+    arrays = split_arrays(pixels, splits)          # train: all 8 copies, val/test: copy 0; uint8
     reference = preprocess_loop({1: png_bytes, 2: other_bytes}, splits, 64, 8)  # the plain loop
     assert all((arrays[s] == reference[s]).all() for s in splits)
 
@@ -19,8 +19,11 @@ Why the Ray Data plan looks the way it does (measured on 2 cores, ~900 small ima
   (`map_batches(batch_size=None)`): per-task overhead is what a finer cut would add, and the 89
   large 475-px images all sit at the end of the Pokédex by id, so cutting in id order would leave
   one task with most of the work;
-- tasks return uint8 (steps 1–4 of `preprocess`); the float32 scaling happens once per split in
-  `split_arrays` (a quarter of the bytes through the object store: float32 blocks cost ~0.5 s here);
+- tasks return uint8 (steps 1–4 of `preprocess`), and the prepared splits stay uint8: a quarter of
+  the bytes of float32 through the object store (float32 blocks cost ~0.5 s here), in the cache and
+  in every trial; the scaling to [-1, 1] (step 5) happens where floats are needed (`Split.unit_images`);
+- a block whose task fails (a worker crash, twice) is dropped, not fatal: its records are then run one
+  Ray task each, and those that still fail come back in `errors` with the reason;
 - Ray Data's per-operator resource reservation is switched off for this one-operator plan: it
   holds a lone map operator to half the CPUs while it ramps up, which on 2 cores means one task
   at a time (measured: 4 × 0.5 s tasks took 1.8 s with it, 1.05 s without).
@@ -30,11 +33,12 @@ from __future__ import annotations
 
 import heapq
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
-from data_pipeline.preprocess import prepare_pixels, preprocess_image, to_unit_range
+from data_pipeline.preprocess import ImageTooLarge, prepare_pixels
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class Item:
 
 
 def _error(exc: Exception) -> str:
+    if isinstance(exc, ImageTooLarge):
+        return f"image too large: {exc}"
     return f"unreadable image: {type(exc).__name__}: {exc}"
 
 
@@ -68,31 +74,25 @@ def preprocess_batch(batch: dict[str, np.ndarray], image_size: int, rotations: i
 
 def preprocess_loop(images: dict[int, bytes], splits: dict[str, list[int]], image_size: int,
                     rotations: int) -> dict[str, np.ndarray]:
-    """The plain single-process loop: `preprocess_image` record by record, N copies for training,
-    one otherwise. The reference the Ray pipeline is checked and timed against (on images that
-    decode: a broken one raises here)."""
+    """The plain single-process loop: `prepare_pixels` record by record, N copies for training,
+    one otherwise (uint8). The reference the Ray pipeline is checked and timed against (on images
+    that decode: a broken one raises here)."""
     out = {}
     for name, ids in splits.items():
         copies = rotations if name == "train" else 1
-        arrays = [preprocess_image(images[i], image_size, copies) for i in ids]
-        out[name] = np.concatenate(arrays) if arrays else np.zeros((0, 3, image_size, image_size), np.float32)
+        arrays = [prepare_pixels(images[i], image_size, copies) for i in ids]
+        out[name] = np.concatenate(arrays) if arrays else np.zeros((0, 3, image_size, image_size), np.uint8)
     return out
 
 
 def split_arrays(pixels: dict[int, np.ndarray], splits: dict[str, list[int]]) -> dict[str, np.ndarray]:
-    """Per split, the records' uint8 copies (all of them for train, copy 0 otherwise) in id order,
-    scaled to float32 [-1, 1]: the same arrays as `preprocess_loop`. Each record is scaled straight
-    into its rows of the output (no concatenated uint8 intermediate: ~0.1 s instead of ~0.8 s for
-    the Pokédex at 64 px, where the float32 train split is 290 MB)."""
+    """Per split, the records' uint8 copies (all of them for train, copy 0 otherwise) in the order
+    of `splits`: the same arrays as `preprocess_loop`."""
     size = next(iter(pixels.values())).shape[-1] if pixels else 0
     out = {}
     for name, ids in splits.items():
         parts = [pixels[i] if name == "train" else pixels[i][:1] for i in ids]
-        out[name] = np.empty((sum(len(p) for p in parts), 3, size, size), np.float32)
-        row = 0
-        for p in parts:
-            to_unit_range(p, out=out[name][row:row + len(p)])
-            row += len(p)
+        out[name] = np.concatenate(parts) if parts else np.zeros((0, 3, size, size), np.uint8)
     return out
 
 
@@ -135,20 +135,46 @@ def run_ray(items: list[Item], image_size: int, rotations: int = 1, num_blocks: 
                         "image": pa.array([it.image for it in c], pa.binary())}) for c in chunks]
 
     ctx = ray.data.DataContext.get_current()
-    saved = (ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.op_resource_reservation_enabled)
+    saved = (ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.op_resource_reservation_enabled,
+             ctx.max_errored_blocks)
     ctx.enable_progress_bars = ctx.print_on_execution_start = progress
     ctx.op_resource_reservation_enabled = False  # see the module docstring
+    ctx.max_errored_blocks = -1  # a failed block is dropped, not fatal: its records are retried below
+    pixels, errors = {}, {}
     try:
         ds = ray.data.from_arrow(tables)  # one block per chunk
+        # Ray Data retries a failed task forever by default: a record that crashes its worker every
+        # time would hang the run. One retry covers a transient failure. (Ray 2.60 warns that
+        # ray_remote_args are deprecated but has no named parameter for max_retries yet.)
         ds = ds.map_batches(preprocess_batch, fn_kwargs={"image_size": image_size, "rotations": rotations},
-                            batch_size=None, batch_format="numpy", zero_copy_batch=True)
-        ds = ds.materialize()
-        pixels, errors = {}, {}
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                            batch_size=None, batch_format="numpy", zero_copy_batch=True, max_retries=1)
+        for batch in ds.materialize().iter_batches(batch_size=None, batch_format="numpy"):
             _collect(batch, pixels, errors)
+    except Exception as exc:  # noqa: BLE001 — whatever broke the run, the records are retried one by one
+        print(f"Ray Data run failed ({type(exc).__name__}: {str(exc)[:300]}); retrying record by record",
+              file=sys.stderr, flush=True)
     finally:
-        ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.op_resource_reservation_enabled = saved
+        (ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.op_resource_reservation_enabled,
+         ctx.max_errored_blocks) = saved
+    lost = [it for it in items if it.id not in pixels and it.id not in errors]
+    if lost:
+        _one_by_one(lost, image_size, rotations, pixels, errors)
     return pixels, errors
+
+
+def _one_by_one(items: list[Item], image_size: int, rotations: int, pixels: dict, errors: dict) -> None:
+    """The records of failed blocks, one Ray task each and no retry: a record that still fails (its
+    worker crashed, say) is rejected with the reason, and the others come back."""
+    import ray
+
+    task = ray.remote(max_retries=0)(preprocess_batch)
+    refs = {it.id: task.remote({"id": np.array([it.id], np.int64), "image": np.array([it.image], dtype=object)},
+                               image_size, rotations) for it in items}
+    for rid, ref in refs.items():
+        try:
+            _collect(ray.get(ref), pixels, errors)
+        except Exception as exc:  # noqa: BLE001 — a crashed worker, a lost object: this record's failure
+            errors[rid] = f"processing failed in its Ray task: {type(exc).__name__}: {str(exc)[:300]}"
 
 
 def _collect(batch: dict[str, np.ndarray], pixels: dict[int, np.ndarray], errors: dict[int, str]) -> None:

@@ -11,14 +11,17 @@
 `data` is a Pokédex folder, a Complete-Pokédex csv folder, a parquet file or folder (see `sources`),
 or None / "synthetic" / "synthetic:<seed>" for the generated default. The flow:
 read + validate the fields (`sources`; rejects with reasons) → Ray Data decode/alpha→white/resize/
-rotate (`pipeline`; undecodable images rejected) → split the records that loaded by id → scale to
-[-1, 1] → PreparedData.save into the cache.
+rotate (`pipeline`; undecodable images rejected) → split the records that loaded by id →
+PreparedData.save into the cache (uint8 images; `Split.unit_images()` scales them to [-1, 1]).
 
 The cache is <cache_root>/prepared/<layout>-<fingerprint[:16]>/ with train/val/test.parquet and
-info.json (what `PreparedData.load` reads), plus summary.json (counts) and rejected.jsonl (one line
+info.json (what `PreparedData.load` reads: provenance, the split ids, `primary_types` = {"<id>": type}), plus summary.json (counts) and rejected.jsonl (one line
 per rejected record: id, file, field, reason). The fingerprint hashes every byte read from the source,
 the DataConfig and PIPELINE_VERSION: the same inputs and settings reuse the folder, anything else
 builds a new one. cache_root is `--out`, else $POKEMON_T2I_CACHE, else ~/.cache/pokemon_t2i.
+A cache folder that does not load as written (a file missing or damaged, rows that disagree with
+info.json) is rebuilt, saying so; a build that dies leaves a `*.tmp-*` folder that the next build
+removes; a cache that cannot be written is an error (CacheWriteError), not a silent miss.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
+import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -37,16 +42,23 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.config import DataConfig
-from data_pipeline.dataset import SPLITS, PreparedData, Split
+from data_pipeline.dataset import SPLITS, CacheDamaged, PreparedData, Split
 from data_pipeline.preprocess import enriched_text, rotation_angles, split_ids
-from data_pipeline.sources import Record, Rejection, read_source
+from data_pipeline.sources import Record, Rejection, keep_first_loaded, read_source
 
-PIPELINE_VERSION = 1  # bump whenever a change to the code changes what a prepared dataset holds
+PIPELINE_VERSION = 2  # bump whenever a change to the code changes what a prepared dataset holds
 SYNTHETIC_RECORDS = 300
+
+
+STALE_TMP_SECONDS = 24 * 3600  # a build folder this old is abandoned, whoever started it
 
 
 class NoUsableRecords(ValueError):
     """Every record of the source was rejected."""
+
+
+class CacheWriteError(OSError):
+    """The prepared dataset could not be moved into its cache folder."""
 
 
 def default_cache_root() -> Path:
@@ -128,11 +140,17 @@ def prepare_dataset(data: str | Path | None, cfg: DataConfig = DataConfig(), cac
     cache_dir = cache_root / "prepared" / f"{src.layout}-{key[:16]}"
 
     if (cache_dir / "info.json").is_file():
-        prepared = PreparedData.load(cache_dir)
-        # the same bytes may sit at another path now: describe this run's source, not the first one's
-        prepared.info.update(source=source_name, synthetic=seed is not None, cache_dir=str(cache_dir), cache_reused=True)
-        print(summary_line(prepared.info), flush=True)
-        return prepared
+        try:
+            prepared = PreparedData.load(cache_dir)
+        except CacheDamaged as exc:
+            print(f"the cached dataset is damaged, rebuilding it: {exc}", file=sys.stderr, flush=True)
+            shutil.rmtree(cache_dir)
+        else:
+            # the same bytes may sit at another path now: describe this run's source, not the first one's
+            prepared.info.update(source=source_name, synthetic=seed is not None, cache_dir=str(cache_dir),
+                                 cache_reused=True)
+            print(summary_line(prepared.info), flush=True)
+            return prepared
 
     info = {"source": source_name, "layout": src.layout, "fingerprint": key, "settings": asdict(cfg),
             "synthetic": seed is not None, "pipeline_version": PIPELINE_VERSION,
@@ -152,18 +170,25 @@ def _build(records: list[Record], rejected: list[Rejection], cfg: DataConfig, in
     found = len(records) + len(rejected)
     if not records:
         _fail(rejected, found, info, cache_dir)
-    by_id = {r.id: r for r in records}
 
     init_ray()
     _log(progress, f"preprocessing {len(records)} images with Ray Data (size {cfg.image_size}, "
                    f"{cfg.augment_rotations} rotations of each training image) ...")
-    pixels, errors = run_ray([Item(r.id, r.image) for r in records], cfg.image_size, cfg.augment_rotations,
-                             progress=progress)
-    rejected = rejected + [Rejection(i, by_id[i].file, "image", reason) for i, reason in sorted(errors.items())]
+    # keyed by position, not id: copies of one id are all decoded, and the first that loads is kept
+    decoded, errors = run_ray([Item(k, r.image) for k, r in enumerate(records)], cfg.image_size,
+                              cfg.augment_rotations, progress=progress)
+    rejected = rejected + [Rejection(records[k].id, records[k].file, "image", f"{reason} ({records[k].where})")
+                           for k, reason in sorted(errors.items())]
+    keep, duplicates = keep_first_loaded(records, set(decoded))
+    rejected += duplicates
+    by_id = {records[k].id: records[k] for k in keep}
+    pixels = {records[k].id: decoded[k] for k in keep}
     if not pixels:
         _fail(rejected, found, info, cache_dir)
 
     info["splits"] = split_ids(pixels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    # for per-type metrics (type accuracy): every loaded record's primary type, JSON keys being strings
+    info["primary_types"] = {str(i): by_id[i].primary for name in SPLITS for i in info["splits"][name]}
     arrays = split_arrays(pixels, info["splits"])
     built = {}
     for name in SPLITS:
@@ -188,20 +213,60 @@ def _fail(rejected: list[Rejection], found: int, info: dict, cache_dir: Path) ->
 
 def _write_cache(prepared: PreparedData, rejected: list[Rejection], cache_dir: Path) -> None:
     """Write into a temporary folder, then rename: a reader never sees a half-written cache, and of
-    two processes building the same cache, the second simply keeps the first one's."""
-    tmp = cache_dir.with_name(f"{cache_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    prepared.save(tmp)
-    (tmp / "rejected.jsonl").write_text("".join(r.to_json() + "\n" for r in rejected), encoding="utf-8")
-    summary = {**prepared.info["counts"], "source": prepared.info["source"], "synthetic": prepared.info["synthetic"],
-               "fingerprint": prepared.info["fingerprint"], "settings": prepared.info["settings"],
-               "cache_dir": str(cache_dir)}
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
-    if cache_dir.exists() and not (cache_dir / "info.json").exists():
-        shutil.rmtree(cache_dir)  # the report of an earlier failed build, not a cache
+    two processes building the same cache, the second simply keeps the first one's. A build that
+    dies leaves its temporary folder behind; the next build removes those (`_remove_stale_builds`)."""
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(cache_dir.parent)
+    tmp = cache_dir.with_name(f"{cache_dir.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
+        prepared.save(tmp)
+        (tmp / "rejected.jsonl").write_text("".join(r.to_json() + "\n" for r in rejected), encoding="utf-8")
+        summary = {**prepared.info["counts"], "source": prepared.info["source"],
+                   "synthetic": prepared.info["synthetic"], "fingerprint": prepared.info["fingerprint"],
+                   "settings": prepared.info["settings"], "cache_dir": str(cache_dir)}
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
+        if cache_dir.exists() and not (cache_dir / "info.json").exists():
+            shutil.rmtree(cache_dir)  # the report of an earlier failed build, or a cache missing its info.json
         tmp.rename(cache_dir)
-    except OSError:
+    except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            PreparedData.load(cache_dir)
+            return  # another process finished the same cache first: theirs holds the same data
+        except CacheDamaged:
+            pass
+        raise CacheWriteError(f"could not write the prepared dataset to {cache_dir}: {exc}. Check the space and "
+                              f"permissions there, or pass another cache root (--out / $POKEMON_T2I_CACHE)") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _remove_stale_builds(folder: Path) -> None:
+    """Remove `*.tmp-*` build folders left by builds that died: their process is gone (this machine)
+    or they are older than STALE_TMP_SECONDS (another machine sharing the cache, or an older name)."""
+    host = socket.gethostname()
+    for tmp in folder.glob("*.tmp-*"):
+        tmp_host, pid = None, None
+        parts = tmp.name.rsplit(".tmp-", 1)[1].rsplit("-", 2)
+        if len(parts) == 3 and parts[1].isdigit():
+            tmp_host, pid = parts[0], int(parts[1])
+        try:
+            age = time.time() - tmp.stat().st_mtime
+        except OSError:
+            continue  # already gone
+        if (tmp_host == host and not _process_alive(pid)) or age > STALE_TMP_SECONDS:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = DataConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataConfig)})
     try:
         prepare_dataset(args.data, cfg, cache_root=args.out, progress=not args.quiet)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

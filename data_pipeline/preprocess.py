@@ -9,6 +9,7 @@
 
 One image goes through these steps, in the thesis's order:
 1. decode (any mode: RGBA, RGB, P with transparency, LA, L, 16-bit, JPEG behind a .png name) to RGBA;
+   above MAX_PIXELS rejected (`ImageTooLarge`), above WORK_PIXELS shrunk by an integer factor first;
 2. alpha → white: composite over a white background, so transparent pixels become white;
 3. pad to a square with white (only if the image is not square), resize to size×size (bicubic);
 4. rotation copies: copy k is rotated counter-clockwise by k·360/N degrees, k = 0..N-1, so copy 0
@@ -16,9 +17,9 @@ One image goes through these steps, in the thesis's order:
 5. min–max scale [0, 255] → [-1, 1] (x / 127.5 - 1) as float32, channels first.
 
 Everything here is numpy and Pillow, no Ray. The Ray Data tasks (`pipeline.py`) run steps 1–4
-(`prepare_pixels`) and return uint8, a quarter of the bytes of float32 to move through the object
-store; step 5 (`to_unit_range`) is elementwise, so applying it to their output in the driver gives
-exactly the arrays of the per-record reference `preprocess_image`.
+(`prepare_pixels`) and the prepared dataset stores their uint8 output, a quarter of the bytes of
+float32; step 5 (`to_unit_range`, called by `Split.unit_images`) is elementwise, so applying it
+later gives exactly the arrays of the per-record reference `preprocess_image`.
 """
 
 from __future__ import annotations
@@ -39,11 +40,48 @@ ROTATE = Image.Resampling.BILINEAR
 # instead of scaling, so they are scaled by hand.
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 
+# Memory bounds for one image (Pillow's own decompression-bomb limit, ~89 Mpx, still means GBs here):
+MAX_PIXELS = 6000 * 6000  # larger images are rejected, saying their size, before decoding
+WORK_PIXELS = 2048 * 2048  # larger ones are shrunk by an integer factor right after decoding
 
-def decode_rgba(data: bytes) -> np.ndarray:
-    """Encoded image bytes → (H, W, 4) uint8 RGBA. Raises (OSError, ValueError, ...) on broken data."""
+
+class ImageTooLarge(ValueError):
+    """The image has more pixels than MAX_PIXELS (checked from its header, before decoding)."""
+
+
+def _reduce_factor(w: int, h: int, size: int | None) -> int:
+    """The integer shrink factor that brings a w×h image under WORK_PIXELS while its long side stays
+    at least 2·size (so the bicubic resize to size still has detail to work with); 1 = keep as is."""
+    if size is None or w * h <= WORK_PIXELS:
+        return 1
+    return max(1, min(math.ceil(math.sqrt(w * h / WORK_PIXELS)), max(w, h) // (2 * size)))
+
+
+def decode_rgba(data: bytes, size: int | None = None) -> np.ndarray:
+    """Encoded image bytes → (H, W, 4) uint8 RGBA. Raises (OSError, ValueError, ...) on broken data,
+    ImageTooLarge above MAX_PIXELS.
+
+    With `size` (the final side), an image above WORK_PIXELS is shrunk by an integer factor before
+    any conversion (JPEG even decodes at the smaller scale), so memory stays near one decoded image
+    of at most MAX_PIXELS, not the several full-size RGBA / uint16 copies the later steps make.
+    """
     with Image.open(io.BytesIO(data)) as img:
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            side = math.isqrt(MAX_PIXELS)
+            raise ImageTooLarge(f"image is {w}×{h} = {w * h / 1e6:.1f} Mpx, over the {MAX_PIXELS / 1e6:.0f} Mpx "
+                                f"this pipeline decodes; shrink it to at most {side}×{side}")
+        factor = _reduce_factor(w, h, size)
+        if factor > 1:
+            img.draft(img.mode, (w // factor, h // factor))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale
         img.load()  # decode now, so a truncated file fails here rather than somewhere later
+        if img.mode in _SIXTEEN_BIT_MODES and img.mode != "I":
+            img = img.convert("I")  # 32-bit, values kept; reduce works on it, not on I;16
+        factor = _reduce_factor(*img.size, size)  # what is left after draft
+        if factor > 1:
+            if img.mode not in ("RGBA", "RGB", "LA", "L", "I"):
+                img = img.convert("RGBA")  # P, 1, CMYK, ...: reduce needs plain channels (alpha premultiplied)
+            img = img.reduce(factor)
         if img.mode in _SIXTEEN_BIT_MODES:
             grey = np.asarray(img, dtype=np.int64).clip(0, 65535)
             grey = ((grey + 128) // 257).astype(np.uint8)  # 65535 / 257 = 255: exact rescale, rounded
@@ -94,7 +132,7 @@ def rotate_copies(rgb: np.ndarray, n: int) -> np.ndarray:
 
 def prepare_pixels(data: bytes, size: int, copies: int = 1) -> np.ndarray:
     """Encoded image → (copies, 3, size, size) uint8, channels first: steps 1–4 of the module docstring."""
-    rgb = resize(alpha_to_white(decode_rgba(data)), size)
+    rgb = resize(alpha_to_white(decode_rgba(data, size)), size)
     return np.ascontiguousarray(rotate_copies(rgb, copies).transpose(0, 3, 1, 2))
 
 

@@ -13,12 +13,15 @@ Layouts (`detect_layout` picks one from the path):
   or a Hugging Face image struct {bytes, path}).
 - "kaggle": "The Complete Pokédex Dataset": `pokemon.csv` (UTF-16 + tabs or UTF-8 + commas, both
   detected) with `national_number`, `english_name`, `primary_type`, `secondary_type`,
-  `classification`, `description`, and `images/small_images/<national_number>.png` beside it.
+  `classification`, `description`, and `images/small_images/<national_number>.png`. As downloaded,
+  the table is `<root>/data/pokemon.csv` and the images `<root>/images/small_images/`; a flat folder
+  (`pokemon.csv` beside `images/`) works too. The path is the folder or the csv file.
 
 Every field is checked here, before any pixel work: a record with no usable id, a missing, blank or
-non-text description, no type, no classification, a missing image file, or an id already taken by
-an earlier good record becomes a `Rejection(id, file, field, reason)`; the rest go on. Undecodable
-images are caught later, in the Ray tasks. A missing classification is rejected even when the
+non-text description, no type, no classification or a missing image file becomes a
+`Rejection(id, file, field, reason)`; the rest go on. Undecodable images are caught later, in the
+Ray tasks, and only then are duplicate ids settled (`keep_first_loaded`): the first copy of an id
+whose image loads is kept, so `records` may hold an id more than once. A missing classification is rejected even when the
 enriched text is off, so the set of records (and so the split) does not depend on that setting.
 
 `content_hash` covers every byte that was read (metadata file and each image file, in order),
@@ -51,6 +54,7 @@ class Record:
     classification: str
     image: bytes  # the encoded image file, decoded later in the Ray tasks
     file: str  # where the image came from, for reports
+    where: str = ""  # where the record sits in its source ("row 3 of x.parquet"), for reports
 
 
 @dataclass(frozen=True)
@@ -87,13 +91,13 @@ def detect_layout(path: str | Path) -> str:
             return "kaggle"
     elif (path / "pokedex.json").is_file():
         return "pokedex"
-    elif (path / "pokemon.csv").is_file():
+    elif (path / "pokemon.csv").is_file() or (path / "data" / "pokemon.csv").is_file():
         return "kaggle"
     elif any(path.glob("*.parquet")):
         return "parquet"
     raise ValueError(
         f"cannot tell the dataset layout of {path}: expected a folder with pokedex.json (+ images/thumbnails/), "
-        "a folder with pokemon.csv (+ images/small_images/), a .parquet file or a folder of them")
+        "a folder with pokemon.csv or data/pokemon.csv (+ images/small_images/), a .parquet file or a folder of them")
 
 
 def read_source(path: str | Path) -> SourceData:
@@ -103,8 +107,7 @@ def read_source(path: str | Path) -> SourceData:
     reader = {"pokedex": _read_pokedex, "parquet": _read_parquet, "kaggle": _read_kaggle}[layout]
     hasher = hashlib.sha256(layout.encode())
     records, rejected = reader(path, hasher)
-    records, duplicates = _drop_duplicates(records)
-    return SourceData(layout, path.resolve(), records, rejected + duplicates, hasher.hexdigest())
+    return SourceData(layout, path.resolve(), records, rejected, hasher.hexdigest())
 
 
 # ----------------------------------------------------------------------------- validation, shared
@@ -142,7 +145,8 @@ def _text(value, name: str, required: bool = True) -> str | None:
     return text or None
 
 
-def _record(raw_id, name, description, primary, secondary, classification, load_image, file: str) -> Record:
+def _record(raw_id, name, description, primary, secondary, classification, load_image, file: str,
+            where: str) -> Record:
     """Validate one record's fields in a fixed order; the first problem found is the one reported."""
     rid = _parse_id(raw_id)
     description = _text(description, "description")
@@ -150,12 +154,12 @@ def _record(raw_id, name, description, primary, secondary, classification, load_
     secondary = _text(secondary, "type", required=False)
     classification = _text(classification, "classification")
     name = _text(name, "name", required=False) or f"#{rid}"
-    return Record(rid, name, description, primary, secondary, classification, load_image(), file)
+    return Record(rid, name, description, primary, secondary, classification, load_image(), file, where)
 
 
 def _build(raw_id, fields: dict, load_image, file: str, where: str, records: list, rejected: list) -> None:
     try:
-        records.append(_record(raw_id, load_image=load_image, file=file, **fields))
+        records.append(_record(raw_id, load_image=load_image, file=file, where=where, **fields))
     except _Reject as r:
         shown_id = raw_id if isinstance(raw_id, (int, str)) and not isinstance(raw_id, bool) else None
         rejected.append(Rejection(shown_id, file, r.field, f"{r.reason} ({where})"))
@@ -173,17 +177,24 @@ def _file_loader(path: Path, hasher):
     return load
 
 
-def _drop_duplicates(records: list[Record]) -> tuple[list[Record], list[Rejection]]:
-    """Keep the first good record of each id; later ones are rejected (an id names one Pokémon)."""
-    seen: dict[int, Record] = {}
-    kept, rejected = [], []
-    for r in records:
-        if r.id in seen:
-            rejected.append(Rejection(r.id, r.file, "id", f"duplicate id {r.id}: already used by {seen[r.id].name} ({seen[r.id].file})"))
+def keep_first_loaded(records: list[Record], loaded: set[int]) -> tuple[list[int], list[Rejection]]:
+    """Indices (into `records`) of the first copy of each id whose image loaded (`loaded`: indices),
+    and a rejection for every later copy that loaded too (an id names one Pokémon). Decided after
+    decoding, so a good copy is not lost behind an earlier one whose image turns out unreadable;
+    copies that did not load are reported by whoever decoded them."""
+    kept: dict[int, Record] = {}
+    keep, rejected = [], []
+    for k, r in enumerate(records):
+        if k not in loaded:
+            continue
+        if r.id in kept:
+            first = kept[r.id]
+            rejected.append(Rejection(r.id, r.file, "id", f"duplicate id {r.id}: kept the first copy that loaded, "
+                                                         f"{first.name} ({first.where or first.file}) ({r.where})"))
         else:
-            seen[r.id] = r
-            kept.append(r)
-    return kept, rejected
+            kept[r.id] = r
+            keep.append(k)
+    return keep, rejected
 
 
 # ----------------------------------------------------------------------------- the three layouts
@@ -237,21 +248,96 @@ def _decode_csv(raw: bytes, csv_path: Path) -> str:
         raise ValueError(f"{csv_path} is neither UTF-16 nor UTF-8 ({exc}); re-save it as UTF-8") from exc
 
 
+def _kaggle_paths(path: Path) -> tuple[Path, Path]:
+    """(csv file, image folder) for a Complete-Pokédex folder or csv, flat or as downloaded (data/ + images/)."""
+    if path.is_file():
+        csv_path = path
+    else:
+        csv_path = path / "pokemon.csv" if (path / "pokemon.csv").is_file() else path / "data" / "pokemon.csv"
+    beside, above = csv_path.parent / "images" / "small_images", csv_path.parent.parent / "images" / "small_images"
+    return csv_path, (above if not beside.is_dir() and above.is_dir() else beside)
+
+
+class _Lines:
+    """The csv file's physical lines, handed to csv.reader one at a time: `pos` says how many it took."""
+
+    def __init__(self, lines: list[str], pos: int):
+        self.lines, self.pos = lines, pos
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
+def _csv_records(text: str, delimiter: str, csv_path: Path, rejected: list[Rejection]):
+    """(header, then (line number, row dict) for each record), every physical line accounted for.
+
+    A quoted field may hold line breaks (descriptions do), but a quote that is opened and never
+    closed makes csv read every following line into that field, silently losing those records. So a
+    record that spans several lines, one of which is itself a whole record (as many fields as the
+    header, an integer national_number), is rejected, naming its line and the field, and reading
+    starts again on the line after it. A record that csv cannot parse at all (a field past csv's size
+    limit, say) is handled the same way.
+    """
+    lines = list(io.StringIO(text, newline=""))
+    src = _Lines(lines, 0)
+    reader = csv.reader(src, delimiter=delimiter)
+    header = next(reader, [])
+    yield header
+    id_col = header.index("national_number") if "national_number" in header else 0
+
+    def whole_record(line: str) -> bool:
+        fields = next(csv.reader([line], delimiter=delimiter), [])
+        return len(fields) == len(header) and fields[id_col].strip().isdigit()
+
+    while True:
+        start = src.pos  # index of the record's first line; its line number is start + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            row, error = None, f"csv cannot parse it ({exc})"
+        else:
+            error = None
+            if src.pos - start > 1 and any(whole_record(line) for line in lines[start + 1:src.pos]):
+                broken = next((i for i, f in enumerate(row) if "\n" in f or "\r" in f), len(row) - 1)
+                column = header[broken] if broken < len(header) else f"column {broken + 1}"
+                error = (f"unclosed quote in field {column!r}: it runs over the next {src.pos - start - 1} line(s), "
+                         "which hold records of their own")
+        if error is None:
+            if row:  # csv gives [] for a blank line
+                yield start + 1, dict(zip(header, row + [None] * (len(header) - len(row))))
+            continue
+        first = next(csv.reader([lines[start]], delimiter=delimiter), [])
+        raw_id = first[id_col].strip() if len(first) > id_col and first[id_col].strip() else None
+        field_name = column if row is not None else "record"
+        rejected.append(Rejection(raw_id, str(csv_path), field_name,
+                                  f"{error}; the lines after it are read on their own (line {start + 1} of {csv_path.name})"))
+        src = _Lines(lines, start + 1)
+        reader = csv.reader(src, delimiter=delimiter)
+
+
 def _read_kaggle(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
-    csv_path = path if path.is_file() else path / "pokemon.csv"
+    csv_path, image_dir = _kaggle_paths(path)
     raw = csv_path.read_bytes()
     hasher.update(raw)
     text = _decode_csv(raw, csv_path)
-    header = text.split("\n", 1)[0]
-    delimiter = "\t" if header.count("\t") > header.count(",") else ","
-    rows = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    missing = [c for c in KAGGLE_COLUMNS if c not in (rows.fieldnames or [])]
-    if missing:
-        raise ValueError(f"{csv_path} lacks the column(s) {missing}; found {rows.fieldnames}. "
-                         "Expected the Complete Pokédex layout (national_number, english_name, primary_type, ...)")
-    image_dir = csv_path.parent / "images" / "small_images"
+    first_line = text.split("\n", 1)[0]
+    delimiter = "\t" if first_line.count("\t") > first_line.count(",") else ","
     records, rejected = [], []
-    for line, row in enumerate(rows, start=2):
+    rows = _csv_records(text, delimiter, csv_path, rejected)
+    header = next(rows)
+    missing = [c for c in KAGGLE_COLUMNS if c not in header]
+    if missing:
+        raise ValueError(f"{csv_path} lacks the column(s) {missing}; found {header}. "
+                         "Expected the Complete Pokédex layout (national_number, english_name, primary_type, ...)")
+    for line, row in rows:
         where = f"line {line} of {csv_path.name}"
         raw_id = row["national_number"]
         try:
@@ -277,23 +363,45 @@ def _image_bytes(value):
 
 
 def _read_parquet(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
+    """Each file (and each row group) on its own: a corrupt part rejects its records, naming the file,
+    and the other parts still load. A part without the needed columns is an error (the wrong dataset)."""
     files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
     records, rejected = [], []
     for f in files:
         hasher.update(f.name.encode())
         hasher.update(f.read_bytes())
-        table = pq.read_table(f)
-        missing = [c for c in PARQUET_COLUMNS if c not in table.column_names and c not in ("name", "secondary_type")]
+        try:
+            part = pq.ParquetFile(f)
+        except Exception as exc:  # noqa: BLE001 — arrow raises several types for a damaged file
+            rejected.append(Rejection(None, str(f), "file", f"unreadable parquet file, none of its records could be "
+                                      f"read: {type(exc).__name__}: {exc}"))
+            continue
+        names = part.schema_arrow.names
+        missing = [c for c in PARQUET_COLUMNS if c not in names and c not in ("name", "secondary_type")]
         if missing:
-            raise ValueError(f"{f} lacks the column(s) {missing}; found {table.column_names}. "
+            raise ValueError(f"{f} lacks the column(s) {missing}; found {names}. "
                              f"Expected {list(PARQUET_COLUMNS)} with the image as encoded bytes")
-        columns = table.to_pydict()
-        n = table.num_rows
-        for i in range(n):
-            def cell(c, i=i):
-                return columns[c][i] if c in columns else None
-            fields = {"name": cell("name"), "description": cell("description"), "primary": cell("primary_type"),
-                      "secondary": cell("secondary_type"), "classification": cell("classification")}
-            image = cell("image")
-            _build(cell("id"), fields, lambda image=image: _image_bytes(image), str(f), f"row {i} of {f.name}", records, rejected)
+        row = 0
+        for g in range(part.num_row_groups):
+            n = part.metadata.row_group(g).num_rows
+            try:
+                columns = part.read_row_group(g).to_pydict()
+            except Exception as exc:  # noqa: BLE001
+                try:
+                    ids = part.read_row_group(g, columns=["id"]).column("id").to_pylist()
+                except Exception:  # noqa: BLE001 — the ids are damaged too
+                    ids = [None] * n
+                rejected += [Rejection(ids[i], str(f), "file", f"unreadable row group {g}: {type(exc).__name__}: "
+                                       f"{exc} (row {row + i} of {f.name})") for i in range(n)]
+                row += n
+                continue
+            for i in range(n):
+                def cell(c, i=i):
+                    return columns[c][i] if c in columns else None
+                fields = {"name": cell("name"), "description": cell("description"), "primary": cell("primary_type"),
+                          "secondary": cell("secondary_type"), "classification": cell("classification")}
+                image = cell("image")
+                _build(cell("id"), fields, lambda image=image: _image_bytes(image), str(f), f"row {row + i} of {f.name}",
+                       records, rejected)
+            row += n
     return records, rejected

@@ -348,8 +348,8 @@ def baselines(scorer: ClipScorer | None, data: PreparedData, clip_status: str, s
     split complete the set.
     """
     test = data.test
-    test_images = torch.as_tensor(test.images)
-    train_images = torch.as_tensor(data.train.images)
+    test_images = torch.as_tensor(test.unit_images())  # (N, 3, S, S) in [-1, 1]
+    train_images = torch.as_tensor(data.train.unit_images())
     mean_image = train_images.mean(0, keepdim=True)  # (1, 3, S, S)
     median_image = train_images.median(0, keepdim=True).values  # (1, 3, S, S)
     n_test = len(test)
@@ -372,9 +372,9 @@ def baselines(scorer: ClipScorer | None, data: PreparedData, clip_status: str, s
     white = torch.ones_like(mean_image)  # white is 1 in [-1, 1]
     text_feats = scorer.text_features(texts)  # (N, E)
     with torch.no_grad():
-        out["baseline/clip_real_own_text"] = scorer.score(test.images, texts)
+        out["baseline/clip_real_own_text"] = scorer.score(test_images, texts)
         if len(test) > 1:
-            out["baseline/clip_real_shuffled_text"] = scorer.score(test.images, [texts[j] for j in
+            out["baseline/clip_real_shuffled_text"] = scorer.score(test_images, [texts[j] for j in
                                                                                  _derangement(len(test), seed)])
         out["baseline/clip_white_image"] = (scorer.image_features(white) @ text_feats.T).mean().item()
         out["baseline/clip_mean_train_image"] = (scorer.image_features(mean_image) @ text_feats.T).mean().item()

@@ -72,7 +72,7 @@ def samples(net, tokenizer, split: Split, path: str | Path, title: str, k: int =
     from model.generate import generate
 
     rows = first_records(split, k)
-    real = split.images[rows]
+    real = Split(split.ids[rows], [split.texts[i] for i in rows], split.images[rows]).unit_images()  # [-1, 1]
     fake = generate(net, tokenizer, [split.texts[i] for i in rows]).float().cpu().numpy()
     fig, axes = plt.subplots(2, len(rows), figsize=(1.5 * len(rows), 3.4), squeeze=False)
     for j in range(len(rows)):

@@ -279,6 +279,18 @@ def test_baselines_without_clip_say_why_and_keep_the_l1():
     assert b["baseline/test_l1_mean_train_image"] > 0
 
 
+def test_baselines_scale_uint8_splits_like_float_ones():
+    """A prepared dataset holds uint8 images: the baselines compare in [-1, 1] all the same."""
+    data = tiny_data()
+
+    def to_uint8(s: Split) -> Split:
+        return Split(s.ids, s.texts, np.round((s.images + 1) * 127.5).astype(np.uint8))
+    as_uint8 = PreparedData(to_uint8(data.train), to_uint8(data.val), to_uint8(data.test), data.info)
+    want, got = clip.baselines(None, data, "none"), clip.baselines(None, as_uint8, "none")
+    for key in ("baseline/test_l1_mean_train_image", "baseline/test_l1_median_train_image"):
+        assert got[key] == pytest.approx(want[key], abs=0.01)
+
+
 def test_shuffled_texts_never_keep_their_own():
     for n in (2, 3, 10):
         perm = clip._derangement(n, seed=0)

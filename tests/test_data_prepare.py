@@ -79,9 +79,28 @@ def test_ray_pipeline_equals_plain_loop(local_ray, datafx):
     splits = {"train": [1, 2, 3, 4, 5, 6], "val": [7, 8], "test": [9, 10]}
     got, want = split_arrays(pixels, splits), preprocess_loop(images, splits, 16, 4)
     for name in splits:
-        assert got[name].dtype == np.float32 and got[name].shape == want[name].shape
+        assert got[name].dtype == np.uint8 and got[name].shape == want[name].shape
         np.testing.assert_array_equal(got[name], want[name])
     assert got["train"].shape == (24, 3, 16, 16) and got["val"].shape == (2, 3, 16, 16)
+
+
+def test_worker_crash_rejects_that_record_and_keeps_the_rest(local_ray, datafx, monkeypatch):
+    """A record whose decoding kills the worker process: its block fails (after Ray's retry), the block's
+    records are retried one by one, and only the crashing one is reported, with the reason."""
+    from data_pipeline import pipeline
+
+    real = pipeline.preprocess_batch
+
+    def crashing(batch, image_size, rotations):  # nested, so Ray ships it to the workers by value
+        if any(bytes(b) == b"CRASH" for b in batch["image"]):
+            os._exit(1)
+        return real(batch, image_size, rotations)
+
+    monkeypatch.setattr(pipeline, "preprocess_batch", crashing)
+    items = [Item(i, datafx.png((10 * i, 100, 100, 255))) for i in range(1, 7)] + [Item(99, b"CRASH")]
+    pixels, errors = run_ray(items, 8, rotations=1, num_blocks=2, progress=False)
+    assert sorted(pixels) == [1, 2, 3, 4, 5, 6] and list(errors) == [99]
+    assert "processing failed in its Ray task" in errors[99] and "Crash" in errors[99]
 
 
 def _odd_and_broken_pokedex(directory: Path, datafx) -> tuple[Path, dict]:
@@ -139,7 +158,10 @@ def test_prepare_bad_and_odd_input_end_to_end(local_ray, tmp_path, datafx, capsy
     assert data.train.images.shape == (16, 3, 16, 16) and len(data.val) == 2 and len(data.test) == 2
     assert data.train.ids.tolist() == [i for i in info["splits"]["train"] for _ in range(4)]
     for split in (data.train, data.val, data.test):
-        assert split.images.dtype == np.float32 and -1 <= split.images.min() and split.images.max() <= 1
+        assert split.images.dtype == np.uint8
+        unit = split.unit_images()
+        assert unit.dtype == np.float32 and -1 <= unit.min() and unit.max() <= 1
+        np.testing.assert_allclose(unit, split.images.astype(np.float64) / 127.5 - 1, atol=1e-6)
 
     # texts: enriched, one or two types
     row = {i: t for i, t in zip(data.val.ids.tolist() + data.train.ids.tolist(), data.val.texts + data.train.texts)}
@@ -150,7 +172,7 @@ def test_prepare_bad_and_odd_input_end_to_end(local_ray, tmp_path, datafx, capsy
     # the odd modes came out as the expected colours (16-bit grey 40000 → 156; P index 1 → green)
     ids = data.train.ids.tolist() + data.val.ids.tolist() + data.test.ids.tolist()
     imgs = np.concatenate([data.train.images, data.val.images, data.test.images])
-    centre = {i: np.round((imgs[ids.index(i), :, 8, 8] + 1) * 127.5).tolist() for i in range(1, 9)}
+    centre = {i: imgs[ids.index(i), :, 8, 8].tolist() for i in range(1, 9)}
     assert centre[5] == [77, 77, 77] and centre[6] == [156, 156, 156] and centre[3] == [10, 200, 30]
 
     assert info["source"] == str(folder.resolve()) and info["synthetic"] is False
@@ -158,6 +180,32 @@ def test_prepare_bad_and_odd_input_end_to_end(local_ray, tmp_path, datafx, capsy
     again = PreparedData.load(cache_dir)
     np.testing.assert_array_equal(again.train.images, data.train.images)
     assert again.train.texts == data.train.texts
+
+    # each loaded record's primary type, for per-type metrics, kept in info.json
+    types = {str(i): "Fire" if i % 2 else "Grass" for i in range(1, 9)}
+    assert info["primary_types"] == types and again.info["primary_types"] == types
+
+
+def test_duplicate_id_keeps_the_first_copy_that_decodes(local_ray, tmp_path, datafx):
+    """Copy 1 of id 2 does not decode: copy 2 is kept (not lost as a 'duplicate'); of id 3 both decode."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    red, green, blue = datafx.png((200, 0, 0, 255)), datafx.png((0, 200, 0, 255)), datafx.png((0, 0, 200, 255))
+    ids = [1, 2, 2, 3, 3, 4, 5]
+    images = [red, b"not an image", green, blue, red, red, red]
+    pq.write_table(pa.table({"id": ids, "name": [f"M{k}" for k in range(7)], "description": ["Text."] * 7,
+                             "primary_type": ["Fire"] * 7, "classification": ["X Pokémon"] * 7, "image": images}),
+                   tmp_path / "mons.parquet")
+    data = prepare_dataset(tmp_path / "mons.parquet", SMALL, cache_root=tmp_path / "cache", progress=False)
+    assert data.info["counts"]["loaded"] == 5 and data.info["counts"]["found"] == 7
+    rows = {int(i): img for split in (data.train, data.val, data.test) for i, img in zip(split.ids, split.images)}
+    assert rows[2][:, 8, 8].tolist() == [0, 200, 0] and rows[3][:, 8, 8].tolist() == [0, 0, 200]
+    lines = [json.loads(line) for line in (Path(data.info["cache_dir"]) / "rejected.jsonl").read_text().splitlines()]
+    assert {(r["id"], r["field"]) for r in lines} == {(2, "image"), (3, "id")}
+    dup = next(r for r in lines if r["field"] == "id")
+    assert "row 3 of mons.parquet" in dup["reason"] and "row 4 of mons.parquet" in dup["reason"]
+    assert "row 1 of mons.parquet" in next(r for r in lines if r["field"] == "image")["reason"]
 
 
 def test_cache_reused_then_rebuilt_on_change(local_ray, tmp_path, make_pokedex, datafx, monkeypatch):
@@ -175,6 +223,7 @@ def test_cache_reused_then_rebuilt_on_change(local_ray, tmp_path, make_pokedex, 
     assert parquet.stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(second.train.images, first.train.images)
     assert second.info["splits"] == first.info["splits"]  # the split is identical across runs
+    assert second.info["primary_types"] == first.info["primary_types"] == {str(i): "Grass" for i in range(1, 9)}
     monkeypatch.undo()
 
     changed_setting = prepare_dataset(folder, DataConfig(**{**asdict(SMALL), "augment_rotations": 2}),
@@ -187,6 +236,80 @@ def test_cache_reused_then_rebuilt_on_change(local_ray, tmp_path, make_pokedex, 
     changed_source = prepare_dataset(folder, SMALL, cache_root=cache, progress=False)
     assert changed_source.info["cache_reused"] is False
     assert changed_source.info["fingerprint"] != first.info["fingerprint"]
+
+
+def _damage_missing_split(cache_dir: Path) -> None:
+    (cache_dir / "val.parquet").unlink()
+
+
+def _damage_truncated_split(cache_dir: Path) -> None:
+    data = (cache_dir / "train.parquet").read_bytes()
+    (cache_dir / "train.parquet").write_bytes(data[: len(data) // 2])
+
+
+def _damage_info(cache_dir: Path) -> None:
+    (cache_dir / "info.json").write_text('{"settings": {"image_si')
+
+
+def _damage_row_count(cache_dir: Path) -> None:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(cache_dir / "test.parquet")
+    pq.write_table(table.slice(0, table.num_rows - 1), cache_dir / "test.parquet")
+
+
+def test_damaged_cache_is_detected_and_rebuilt(local_ray, tmp_path, make_pokedex, capsys):
+    from data_pipeline.dataset import CacheDamaged
+
+    folder, cache = make_pokedex(8), tmp_path / "cache"
+    first = prepare_dataset(folder, SMALL, cache_root=cache, progress=False)
+    cache_dir = Path(first.info["cache_dir"])
+    for damage in (_damage_missing_split, _damage_truncated_split, _damage_info, _damage_row_count):
+        damage(cache_dir)
+        with pytest.raises(CacheDamaged):
+            PreparedData.load(cache_dir)
+        capsys.readouterr()
+        again = prepare_dataset(folder, SMALL, cache_root=cache, progress=False)
+        assert again.info["cache_reused"] is False, damage.__name__
+        assert "damaged, rebuilding" in capsys.readouterr().err
+        np.testing.assert_array_equal(again.test.images, first.test.images)
+        assert PreparedData.load(cache_dir).info["counts"] == first.info["counts"]  # whole again
+
+
+def test_stale_build_folders_are_removed(local_ray, tmp_path, make_pokedex):
+    import socket
+
+    folder, cache = make_pokedex(6), tmp_path / "cache"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    prepared = cache / "prepared"
+    stale = prepared / f"pokedex-0123456789abcdef.tmp-{host}-{dead.pid}-deadbeef"  # its process is gone
+    old = prepared / "pokedex-0123456789abcdef.tmp-1a2b3c4d"  # an older name, two days old
+    live = prepared / f"pokedex-fedcba9876543210.tmp-{host}-{os.getpid()}-0badf00d"  # a build still running
+    for d in (stale, old, live):
+        (d / "x").mkdir(parents=True)
+    os.utime(old, (os.path.getmtime(old) - 2 * 86400,) * 2)
+    prepare_dataset(folder, SMALL, cache_root=cache, progress=False)
+    assert not stale.exists() and not old.exists() and live.exists()
+
+
+def test_failed_cache_rename_is_reported(local_ray, tmp_path, make_pokedex, monkeypatch):
+    import errno
+
+    from data_pipeline.prepare import CacheWriteError
+
+    real_rename = Path.rename
+
+    def refuse(self, target):
+        if ".tmp-" in self.name:
+            raise OSError(errno.EACCES, "Permission denied", str(target))
+        return real_rename(self, target)
+    monkeypatch.setattr(Path, "rename", refuse)
+    cache = tmp_path / "cache"
+    with pytest.raises(CacheWriteError, match="could not write the prepared dataset to .*Permission denied"):
+        prepare_dataset(make_pokedex(6), SMALL, cache_root=cache, progress=False)
+    assert list((cache / "prepared").iterdir()) == []  # neither a cache nor a leftover build folder
 
 
 def test_zero_usable_records_is_a_clear_error(local_ray, tmp_path, datafx):
@@ -251,7 +374,7 @@ def test_real_pokedex(local_ray, shared_pokedex, tmp_path):
     assert texts[4].endswith("This Pokémon is classified as a Lizard Pokémon. It is of fire type.")
     assert data.train.images.shape == (2 * 718, 3, 16, 16)
     # white background: the corners of every unrotated image are white
-    assert (data.val.images[:, :, 0, 0] > 0.95).mean() > 0.95
+    assert (data.val.images[:, :, 0, 0] >= 249).mean() > 0.95
 
 
 def test_bench_smoke(local_ray, shared_pokedex, capsys):
@@ -273,3 +396,26 @@ def test_synthetic_selector_parsing(tmp_path):
     assert _synthetic_seed(tmp_path) is None
     with pytest.raises(ValueError, match="integer seed"):
         _synthetic_seed("synthetic:seven")
+
+
+def test_split_stores_uint8_and_scales_on_request(tmp_path):
+    """The prepared format: uint8 in the Split and on disk (3·S·S bytes a row), floats only from unit_images()."""
+    import pyarrow.parquet as pq
+
+    from data_pipeline.dataset import Split
+
+    rng = np.random.default_rng(0)
+    splits = {name: Split(np.arange(n, dtype=np.int64), [f"t{i}" for i in range(n)],
+                          rng.integers(0, 256, (n, 3, 5, 5), dtype=np.uint8)) for name, n in (("train", 4), ("val", 2), ("test", 2))}
+    data = PreparedData(info={"settings": {"image_size": 5}}, **splits)
+    unit = data.train.unit_images()
+    assert unit.dtype == np.float32 and unit.shape == (4, 3, 5, 5)
+    np.testing.assert_allclose(unit, data.train.images / 127.5 - 1, atol=1e-6)
+    assert unit[data.train.images == 0].min() == -1 and unit[data.train.images == 255].max() == 1
+    data.save(tmp_path)
+    assert {len(b) for b in pq.read_table(tmp_path / "train.parquet").column("image").to_pylist()} == {3 * 5 * 5}
+    again = PreparedData.load(tmp_path)
+    assert again.train.images.dtype == np.uint8
+    np.testing.assert_array_equal(again.train.images, data.train.images)
+    with pytest.raises(ValueError, match="uint8"):
+        Split(np.arange(2), ["a", "b"], np.zeros((2, 3, 5, 5), np.float64))

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from data_pipeline.config import DataConfig
-from data_pipeline.preprocess import (alpha_to_white, decode_rgba, enriched_text, preprocess_image,
-                                      rotation_angles, split_ids)
+from data_pipeline.pipeline import preprocess_batch
+from data_pipeline.preprocess import (ImageTooLarge, alpha_to_white, decode_rgba, enriched_text, prepare_pixels,
+                                      preprocess_image, resize, rotation_angles, split_ids)
 
 
 def unit(v):
@@ -203,3 +204,55 @@ def test_data_config_needs_val_and_test(val, test):
     # Training selects weights on val and reports test: a config that empties either is refused up front.
     with pytest.raises(ValueError, match="val_fraction and test_fraction"):
         DataConfig(val_fraction=val, test_fraction=test)
+
+
+# ----------------------------------------------------------------------------- memory bounds
+
+
+def grey_png(width: int, height: int, value: int = 90) -> bytes:
+    """A valid 8-bit greyscale PNG of any size, compressed row by row (never the whole image in memory)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    z, row, parts = zlib.compressobj(1), b"\x00" + bytes([value]) * width, []
+    for _ in range(height):
+        parts.append(z.compress(row))
+    parts.append(z.flush())
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+
+
+def test_image_over_the_pixel_cap_is_rejected_naming_its_size():
+    # 81 Mpx: under Pillow's decompression-bomb limit (~89 Mpx), which would let it through to GBs of copies
+    data = grey_png(9000, 9000)
+    assert Image.open(__import__("io").BytesIO(data)).size == (9000, 9000)
+    with pytest.raises(ImageTooLarge, match="9000×9000"):
+        prepare_pixels(data, 16)
+    batch = preprocess_batch({"id": np.array([7]), "image": np.array([data], dtype=object)}, 16, 1)
+    assert batch["error"][0].startswith("image too large: image is 9000×9000 = 81.0 Mpx")
+
+
+def test_large_image_is_shrunk_before_conversion(monkeypatch):
+    """Above WORK_PIXELS the image reaches the numpy steps already shrunk, and the result matches the
+    full-size path (the one without the bound) to a level or two."""
+    import data_pipeline.preprocess as pp
+
+    yy, xx = np.mgrid[0:2400, 0:3000]
+    rgba = np.stack([xx * 255 // 2999, yy * 255 // 2399, (xx + yy) * 255 // 5398, np.full_like(xx, 255)], -1)
+    rgba[:300, :, 3] = 0  # a transparent band: must turn white, not bleed black into the shrunk image
+    data = encode_png(rgba.astype(np.uint8))
+    seen = []
+    real = pp.alpha_to_white
+    monkeypatch.setattr(pp, "alpha_to_white", lambda a: seen.append(a.shape) or real(a))
+    got = prepare_pixels(data, 32)[0].astype(int)
+    (shape,) = seen
+    assert shape[0] * shape[1] <= pp.WORK_PIXELS and shape[:2] == (1200, 1500)
+    full = resize(real(decode_rgba(data)), 32).transpose(2, 0, 1).astype(int)  # decode_rgba without size: full
+    assert np.abs(got - full).max() <= 2
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()

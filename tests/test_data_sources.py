@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline.preprocess import preprocess_image
-from data_pipeline.sources import detect_layout, read_source
+from data_pipeline.sources import detect_layout, keep_first_loaded, read_source
 from data_pipeline.synthetic import FEATURES, TYPE_COLOURS, generate
 
 KAGGLE_HEADER = ["national_number", "gen", "english_name", "primary_type", "secondary_type", "classification",
@@ -97,7 +98,42 @@ def test_parquet_reader_binary_and_hf_struct(tmp_path, datafx):
         assert (rej.id, rej.field) == (2, "description") and "row 1" in rej.reason
 
 
+def test_kaggle_as_downloaded_root_or_csv(tmp_path, datafx):
+    """The download keeps the table in data/ (beside other csv files) and the images under the root."""
+    root = tmp_path / "complete-pokedex"
+    write_kaggle(root, datafx)
+    (root / "data").mkdir()
+    (root / "pokemon.csv").rename(root / "data" / "pokemon.csv")
+    (root / "data" / "pokemon_utf8.csv").write_text("not the table we read\n")
+    for path in (root, root / "data" / "pokemon.csv"):
+        assert detect_layout(path) == "kaggle"
+        src = read_source(path)
+        assert [r.id for r in src.records] == [1, 4] and not src.rejected
+        assert src.records[1].file == str(root / "images" / "small_images" / "4.png")
+
+
 # ----------------------------------------------------------------------------- bad records
+
+
+def test_kaggle_unclosed_quote_rejects_its_row_and_keeps_the_following_ones(tmp_path, datafx):
+    header = ",".join(KAGGLE_HEADER)
+    text = (f"{header}\n"
+            '1,I,Bulbasaur,grass,poison,Seed Pokémon,"A seed on its back,\ngrows larger."\n'  # lines 2-3: legal
+            '4,I,Charmander,fire,,"Lizard Pokémon,Prefers hot things.\n'                   # line 4: quote never closed
+            "7,I,Squirtle,water,,Tiny Turtle Pokémon,Shoots water.\n"
+            '9,I,Blastoise,water,,Shellfish Pokémon,"Jets of water,\ncrush steel."\n'
+            "25,I,Pikachu,electric,,Mouse Pokémon,Stores electricity.\n")
+    (tmp_path / "images" / "small_images").mkdir(parents=True)
+    (tmp_path / "pokemon.csv").write_text(text, encoding="utf-8")
+    for nr in (1, 4, 7, 9, 25):
+        (tmp_path / "images" / "small_images" / f"{nr}.png").write_bytes(datafx.png())
+    src = read_source(tmp_path)
+    assert [r.id for r in src.records] == [1, 7, 9, 25]  # every record after the broken one is back
+    assert src.records[0].description == "A seed on its back, grows larger."
+    assert src.records[2].description == "Jets of water, crush steel."
+    (rej,) = src.rejected  # every record read is loaded or rejected
+    assert (rej.id, rej.field) == ("4", "classification")
+    assert "unclosed quote" in rej.reason and "line 4 of pokemon.csv" in rej.reason
 
 
 def test_every_broken_record_is_reported_and_good_ones_kept(tmp_path, datafx):
@@ -118,11 +154,14 @@ def test_every_broken_record_is_reported_and_good_ones_kept(tmp_path, datafx):
     ]
     images = {f"{i:03d}.png": png() for i in (1, 3, 4, 5, 6, 7, 8, 9, 11)}
     src = read_source(datafx.write_pokedex(tmp_path, records, images))
-    assert [r.id for r in src.records] == [1, 8, 11]
-    assert src.records[1].description == "Creature number 8 naps in the sun."  # the first id-8 record wins
+    assert [r.id for r in src.records] == [1, 8, 8, 11]  # duplicates are settled after decoding
+    keep, duplicates = keep_first_loaded(src.records, loaded={0, 1, 2, 3})
+    assert keep == [0, 1, 3] and src.records[1].description == "Creature number 8 naps in the sun."
+    (dup,) = duplicates
+    assert (dup.id, dup.field) == (8, "id") and "duplicate id 8" in dup.reason and "record 7 of pokedex.json" in dup.reason
     got = {(r.id, r.field) for r in src.rejected}
     assert got == {(2, "image"), (3, "description"), (4, "description"), (5, "description"), (6, "type"),
-                   (None, "id"), (8, "id"), (9, "classification"), ("ten", "id")}
+                   (None, "id"), (9, "classification"), ("ten", "id")}
     for r in src.rejected:
         assert r.file and r.reason
         json.loads(r.to_json())
@@ -130,8 +169,23 @@ def test_every_broken_record_is_reported_and_good_ones_kept(tmp_path, datafx):
     assert "missing file" in reasons[(2, "image")] and reasons[(2, "image")]
     assert "blank description" in reasons[(3, "description")]
     assert "must be text" in reasons[(4, "description")]
-    assert "duplicate id 8" in reasons[(8, "id")]
     assert next(r for r in src.rejected if r.id == 2).file.endswith("002.png")
+
+
+def test_corrupt_parquet_part_rejects_its_records_and_keeps_the_others(tmp_path, datafx):
+    img = datafx.png()
+    table = pa.table({"id": [1, 2], "description": ["One.", "Two."], "primary_type": ["Fire", "Ice"],
+                      "classification": ["X Pokémon"] * 2, "image": [img, img]})
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    pq.write_table(table.set_column(0, "id", pa.array([3, 4])), tmp_path / "part-1.parquet")
+    whole = (tmp_path / "part-1.parquet").read_bytes()
+    (tmp_path / "part-1.parquet").write_bytes(whole[: len(whole) // 2])  # an interrupted copy: no footer
+    (tmp_path / "part-2.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    src = read_source(tmp_path)
+    assert [r.id for r in src.records] == [1, 2]
+    assert [(r.id, r.field, Path(r.file).name) for r in src.rejected] == [
+        (None, "file", "part-1.parquet"), (None, "file", "part-2.parquet")]
+    assert all("unreadable parquet file" in r.reason for r in src.rejected)
 
 
 def test_content_hash_follows_content_not_location(tmp_path, make_pokedex, datafx):
