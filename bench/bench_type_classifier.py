@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--augment-rotations", type=int, default=2)
     p.add_argument("--out", default=None, help="cache root for the prepared data (default: a temporary folder)")
-    p.add_argument("--cv", action="store_true", help="also: 5-fold cross-validation of the L2 penalty on the training records")
+    p.add_argument("--cv", action="store_true",
+                   help="also: 5-fold cross-validation of the L2 penalty on the training records")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -74,9 +75,10 @@ def main(argv=None) -> int:
         "uniform noise": torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1,
     }
     base = ff.type_baselines(clf, data, types)
-    print(f"{data.info['source']} at {data.image_size} px, {args.augment_rotations} rotations: {len(data.train)} training "
-          f"images, {len(clf.classes)} types, {n} test records; torch {torch.__version__}, 1 thread")
-    print(f"fit {fit_s:.2f} s wall ({fit_cpu_s:.2f} s CPU; wall > CPU means a busy machine), cached load {load_s:.3f} s ({path})")
+    print(f"{data.info['source']} at {data.image_size} px, {args.augment_rotations} rotations: "
+          f"{len(data.train)} training images, {len(clf.classes)} types, {n} test records; torch {torch.__version__}, 1 thread")
+    print(f"fit {fit_s:.2f} s wall ({fit_cpu_s:.2f} s CPU; wall > CPU means a busy machine), "
+          f"cached load {load_s:.3f} s ({path})")
     rows = [("ceiling: real test images", base[ff.BASELINE_CEILING]),
             ("chance: majority type's share", base[ff.BASELINE_CHANCE]),
             ("real val images", ff.type_accuracy(clf, ff._split_images(data.val), val_labels))]
@@ -85,7 +87,8 @@ def main(argv=None) -> int:
         print(f"  {name:<40} {acc:.3f}")
     if args.cv:
         for l2 in (1e-4, 1e-3, 1e-2, 1e-1):
-            print(f"  5-fold CV on training records, l2 {l2:<8g} {cross_validate(data, types, ff.ClassifierConfig(l2=l2)):.3f}")
+            acc = cross_validate(data, types, ff.ClassifierConfig(l2=l2))
+            print(f"  5-fold CV on training records, l2 {l2:<8g} {acc:.3f}")
     return 0
 
 
@@ -96,7 +99,8 @@ def cross_validate(data, types: dict, cfg: ff.ClassifierConfig, folds: int = 5) 
     images = ff._split_images(data.train)
     ids = torch.as_tensor(data.train.ids)
     unique = ids.unique()
-    fold_of = dict(zip(unique.tolist(), (torch.randperm(len(unique), generator=torch.Generator().manual_seed(0)) % folds).tolist()))
+    order = torch.randperm(len(unique), generator=torch.Generator().manual_seed(0))
+    fold_of = dict(zip(unique.tolist(), (order % folds).tolist()))
     fold = torch.tensor([fold_of[i] for i in ids.tolist()])
     first = torch.zeros(len(ids), dtype=torch.bool)
     first[[ids.tolist().index(i) for i in unique.tolist()]] = True

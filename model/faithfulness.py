@@ -4,13 +4,13 @@
     clf = ff.load_or_train(data, device)             # once per dataset version: cached in data.info["cache_dir"]
     labels, _ = ff.type_labels(data.test, data.info["primary_types"], clf.classes)
     metrics[ff.TEST_TYPE_ACC] = ff.type_accuracy(clf, generated, labels)   # generated: (N_test, 3, S, S) in [-1, 1]
-    baselines.update(ff.type_baselines(clf, data))   # {"baseline/type_acc_ceiling": ..., "baseline/type_acc_chance": ...}
+    baselines.update(ff.type_baselines(clf, data))   # baseline/type_acc_ceiling, baseline/type_acc_chance
 
 With enriched text (the default) every description states the Pokémon's primary type ("It is of fire
 type ..."), and on the real Pokédex the type shows mostly in the colours. So a classifier of the
 primary type, trained only on the training split's real images, asks of each generated test image:
-does it look like the type its text names? `test/type_acc` is the share of test records whose generated image is classified as the
-record's primary type. Read it beside two baselines on the same test records:
+does it look like the type its text names? `test/type_acc` is the share of test records whose
+generated image is classified as the record's primary type. Read it beside two baselines on the same test records:
 - ceiling (`baseline/type_acc_ceiling`): the same classifier on the real test images;
 - chance (`baseline/type_acc_chance`): the best a text-blind constant output can score, i.e. the
   share of the test records of the most frequent type (among the classifier's types). A constant
@@ -82,8 +82,8 @@ UNKNOWN = -1  # the label of a record whose type the classifier never saw in tra
 class ClassifierConfig:
     resolution: int = 32  # images are area-downsampled to this before the histogram
     bins: int = 4  # per channel: a bins**3 RGB histogram
-    white_margin: float = 0.15  # a pixel counts fully as foreground once its darkest channel is this far below white (of 1)
-    l2: float = 1e-2  # on the Pokédex, 5-fold CV over training records ties 1e-3 and 1e-2 (0.31-0.32); the larger fits faster
+    white_margin: float = 0.15  # a pixel is fully foreground once its darkest channel is this far below white (1)
+    l2: float = 1e-2  # Pokédex 5-fold CV on training records ties 1e-3 and 1e-2 (0.31-0.32); the larger fits faster
     max_iter: int = 500  # L-BFGS iterations; about 150 reach the tolerance on the Pokédex
 
 
@@ -185,7 +185,7 @@ class TypeClassifier(nn.Module):
 def fit(images, labels: torch.Tensor, classes: list[str], cfg: ClassifierConfig = ClassifierConfig()) -> TypeClassifier:
     """Fit a TypeClassifier on (images, labels) on the CPU, one thread; deterministic (strictly convex, zero init)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same float reductions whatever the caller's setting, and no thread spin on a busy box
+    torch.set_num_threads(1)  # the same float sums whatever the caller's setting; no thread spin on a busy box
     try:
         return _fit(torch.as_tensor(images), labels, classes, cfg)
     finally:
@@ -219,7 +219,8 @@ def _fit(images: torch.Tensor, labels: torch.Tensor, classes: list[str], cfg: Cl
     return clf.eval().requires_grad_(False)
 
 
-def train_classifier(data, primary_types: dict | None = None, cfg: ClassifierConfig = ClassifierConfig()) -> TypeClassifier:
+def train_classifier(data, primary_types: dict | None = None,
+                     cfg: ClassifierConfig = ClassifierConfig()) -> TypeClassifier:
     """Fit on the training split's real images (its rotated copies included); no cache."""
     labels, classes = type_labels(data.train, _primary_types(data, primary_types))
     return fit(_split_images(data.train), labels, classes, cfg)
