@@ -67,6 +67,8 @@ TEST_L1 = "test/l1"
 TEST_CLIP = "test/clip_score"
 TEST_TOP1 = "test/retrieval_top1"
 TEST_TOP5 = "test/retrieval_top5"
+# Does the generated test image look like its text's primary type? (model/faithfulness.py)
+TEST_TYPE_ACC = "test/type_acc"
 # The same text-faithfulness metrics on the validation split: what a searcher may select on
 # without looking at the test set.
 VAL_CLIP = "val/clip_score"

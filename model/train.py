@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from data_pipeline.dataset import PreparedData, Split
-from model import clip
+from model import clip, faithfulness
 from model.config import (
-    BEST_VAL_L1, SAMPLES_PER_S, TEST_CLIP, TEST_L1, TEST_TOP1, TEST_TOP5, TRAIN_L1, VAL_CLIP, VAL_L1, VAL_TOP1,
-    ModelConfig, TrainConfig,
+    BEST_VAL_L1, SAMPLES_PER_S, TEST_CLIP, TEST_L1, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, TRAIN_L1, VAL_CLIP, VAL_L1,
+    VAL_TOP1, ModelConfig, TrainConfig,
 )
 from model.network import TextToImage, load_text_encoder
 
@@ -301,6 +301,10 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
             torch._dynamo.mark_static_address(p)
         step_loss = torch.compile(step_loss, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
 
+    # Type accuracy needs each record's primary type (the data pipeline records it); data built in
+    # memory without it (tests) reports none.
+    type_clf = faithfulness.load_or_train(data, device) if "primary_types" in data.info else None
+
     n, batch = len(data.train), first.batch_size
     live = torch.tensor([e is None for e in errors], device=device)  # members still training
     metrics = [h[-1] if h else {} for h in history]
@@ -353,7 +357,7 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
             "errors": list(errors),
         }
         if epoch + 1 == first.epochs or not live.any():
-            final = final_metrics(net, weights, best_model, errors, texts, data, scorer, clip_status, device)
+            final = final_metrics(net, weights, best_model, errors, texts, data, scorer, clip_status, type_clf, device)
             metrics = [{**mt, **f} for mt, f in zip(metrics, final)]
             state["final"] = [dict(mt) for mt in metrics]
         if report is not None:
@@ -386,7 +390,7 @@ def load_member(net: TextToImage, weights: FlatParams, m: int, state: dict) -> N
                                           if k.startswith("text_encoder.")})
 
 
-def final_metrics(net, weights, best_model, errors, texts, data, scorer, clip_status, device) -> list[dict]:
+def final_metrics(net, weights, best_model, errors, texts, data, scorer, clip_status, type_clf, device) -> list[dict]:
     """Each member's test metrics with its best-validation weights, and their text-faithfulness on
     validation too. A member that diverged before any validation gets none."""
     k = len(best_model)
@@ -394,6 +398,8 @@ def final_metrics(net, weights, best_model, errors, texts, data, scorer, clip_st
         if best_model[m] is not None:
             load_member(net, weights, m, best_model[m])
     out = [{} for _ in range(k)]
+    if type_clf is not None:
+        type_labels, _ = faithfulness.type_labels(data.test, data.info["primary_types"], type_clf.classes)
     for name in ("val", "test"):
         split = data.split(name)
         generated, real = predict(net, texts, name), images(split, device)  # (K, N, 3, S, S), (N, 3, S, S)
@@ -408,5 +414,7 @@ def final_metrics(net, weights, best_model, errors, texts, data, scorer, clip_st
             else:
                 out[m].update({TEST_L1: l1[m], TEST_CLIP: score, "test/clip_status": clip_status,
                                TEST_TOP1: retrieval["top1"], TEST_TOP5: retrieval["top5"],
-                               "test/retrieval_chance": retrieval["chance_top1"]})
+                               "test/retrieval_chance": retrieval["chance_top1"],
+                               TEST_TYPE_ACC: faithfulness.type_accuracy(type_clf, generated[m], type_labels)
+                               if type_clf is not None else None})
     return [o if errors[m] is None else {} for m, o in enumerate(out)]

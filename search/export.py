@@ -23,7 +23,8 @@ from collections import Counter
 from pathlib import Path
 
 from search.figures import learning_curves, samples
-from search.results import atomic_write, curves, load_trials, replace_dir, table_rows, write_tables
+from model import checkpoint
+from search.results import atomic_write, curves, load_trials, replace_dir, row_key, table_rows, write_tables
 from search.settings import Settings, load_data
 
 PROVENANCE = "provenance.json"
@@ -59,10 +60,11 @@ def export(results_dir: str | Path, data=None) -> list[dict]:
     prov["devices"] = devices(prov, rows)
     prov["exported"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     best = next((r for r in rows if r["best"]), None)
-    prov["best_trial"] = best and {k: best[k] for k in (*prov["settings"]["grid"], "trial_id")}
+    prov["best_trial"] = best and {k: best[k] for k in (*prov["settings"]["grid"], "trial_id", "member")}
     write_tables(rows, prov, results_dir)
     title = f"{prov['experiment']} (preset {prov['settings']['preset']})"
-    learning_curves(curves(trials), best and best["trial_id"], results_dir / "learning_curves.png", title)
+    best_key = best and row_key(best["trial_id"], best["member"])
+    learning_curves(curves(trials, prov), best_key, results_dir / "learning_curves.png", title)
 
     if best is None:
         print(f"[export] no trial completed in {prov['ray_experiment']}: no best checkpoint or sample figures")
@@ -70,6 +72,8 @@ def export(results_dir: str | Path, data=None) -> list[dict]:
         record = next(t for t in trials if t.trial_id == best["trial_id"])
         tmp = tempfile.mkdtemp(dir=results_dir, prefix=".best_checkpoint.")
         record.checkpoint.to_directory(tmp)
+        if best["member"] is not None:  # a fused trial's checkpoint holds every member: keep the best one alone
+            checkpoint.save(checkpoint.member(checkpoint.load(tmp), best["member"]), tmp)
         replace_dir(tmp, results_dir / "best_checkpoint")
 
         from model.generate import load_model
@@ -79,7 +83,7 @@ def export(results_dir: str | Path, data=None) -> list[dict]:
         net, tokenizer = load_model(results_dir / "best_checkpoint", device="cpu")
         for split in ("train", "test"):
             samples(net, tokenizer, data.split(split), results_dir / f"samples_{split}.png",
-                    title=f"{split}: real (top) vs generated (bottom), best trial {best['trial_id']}")
+                    title=f"{split}: real (top) vs generated (bottom), best trial {best_key}")
     write_provenance(results_dir, prov)
     return rows
 

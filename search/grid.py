@@ -7,11 +7,17 @@
     python -m search.grid --scheduler asha                 # early stopping on val/l1
     python -m search.grid --search optuna --num-samples 16 # TPE, val L1 × CLIP score (or retrieval)
     python -m search.grid --address auto                   # on a running cluster (ray up cluster.yaml)
+    python -m search.grid --fuse on                        # the grid as 8 fused trials of 4 members each
 
 The preset (`full`: the thesis's settings when Ray or torch sees a GPU; `laptop` otherwise;
 `smoke`) is printed at start and recorded. Any config field can be overridden by its
 own flag (`--epochs 50`, `--image-size 32`); a swept field's flag replaces its grid axis
 (`--lr 1e-3 1e-4`). Results: results/<experiment>/ (see search/export.py).
+
+Fusing (`--fuse auto`, the default, turns it on when trials get GPUs): each Tune trial is one
+architecture, training the grid's learning-rate x weight-decay points as members of one batched
+model (model/train.py); the table still has one row per grid point. A GPU step of this small model
+is bound by kernel launches, so 4 members cost about what 1 does; on CPUs it saves nothing.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ from model.config import BEST_VAL_L1, VAL_CLIP, VAL_L1, VAL_TOP1
 from search.export import PROVENANCE, export, read_provenance, write_provenance
 from search.results import code_version
 from search.settings import PRESETS, Settings, add_config_flags, config_overrides, load_data, resolve
-from search.space import SEARCHES, grid_size, param_space
+from search.space import SEARCHES, fused_space, grid_size, param_space
 
 SCHEDULERS = ("fifo", "asha")
+FUSE_MODES = ("auto", "on", "off")
 # Every report carries a checkpoint and only the latest is kept, so Tune snapshots the experiment
 # state after each report (that is what makes --resume exact); its warning about it is noise here.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -48,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--search", choices=SEARCHES, default="grid", help="every grid point once, or Optuna's TPE")
     p.add_argument("--num-samples", type=int, default=None, help="trials for --search optuna (default 16)")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="fifo", help="asha: stop poor trials early on val/l1")
+    p.add_argument("--fuse", choices=FUSE_MODES, default="auto",
+                   help="train each architecture's learning-rate x weight-decay points as one fused trial "
+                        "(auto: on when trials get GPUs and the search is the FIFO grid)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="fractions pack trials onto a GPU (0.25 = 4 per GPU); default 1 with GPUs, else 0")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
@@ -95,18 +105,48 @@ def trial_settings(settings: Settings, driver_clip_status: str) -> Settings:
     return replace(settings, train=replace(settings.train, clip_mode="required"))
 
 
+def fuse_decision(mode: str, search: str, scheduler: str, gpus_per_trial: float,
+                  settings: Settings) -> tuple[list[dict] | None, str]:
+    """(the member points, or None to run unfused; the one-line reason printed and recorded)."""
+    _, members = fused_space(settings.grid)
+    why_not = None
+    if search != "grid":
+        why_not = f"--search {search} chooses grid points one at a time"
+    elif scheduler != "fifo":
+        why_not = f"--scheduler {scheduler} stops single grid points early, and fused members train in lockstep"
+    elif not settings.model.freeze_text_encoder:
+        why_not = "a fine-tuned text encoder (--no-freeze-text-encoder) cannot be shared by members"
+    elif len(members) < 2:
+        why_not = "each architecture has a single learning-rate x weight-decay point: nothing to fuse"
+    if mode == "on" and why_not:
+        raise ValueError(f"--fuse on: {why_not}; use --fuse auto or off")
+    if mode == "off":
+        return None, "off (--fuse off)"
+    if why_not:
+        return None, f"off: {why_not}"
+    if mode == "auto" and gpus_per_trial <= 0:
+        return None, "off: trials run on CPUs, whose steps are compute-bound (fusing saves launches, not arithmetic)"
+    axes = ", ".join(members[0])
+    return members, f"on: each architecture is one trial of {len(members)} members ({axes})"
+
+
 def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def new_provenance(args, argv, experiment, ray_experiment, settings, data, per_trial, cluster) -> dict:
+def new_provenance(args, argv, experiment, ray_experiment, settings, data, per_trial, cluster, fuse) -> dict:
     """What the results will carry; written before the first trial, read back by --resume and search.export."""
     import ray
     import torch
 
-    from model import clip
+    from model import clip, faithfulness
 
     scorer, clip_status = clip.resolve_clip(settings.train, "cpu")
+    baselines = clip.baselines(scorer, data, clip_status)
+    if "primary_types" in data.info:
+        baselines.update(faithfulness.type_baselines(faithfulness.load_or_train(data), data))
+    members, fuse_reason = fuse
+    points = grid_size(settings.grid) if args.search == "grid" else (args.num_samples or 16)
     data_arg = str(Path(args.data).resolve()) if args.data and Path(args.data).exists() else args.data
     # The searcher's second objective: the CLIP score when weights exist, else retrieval top-1; both
     # on the validation split, so the search never selects on the test set it reports.
@@ -116,7 +156,8 @@ def new_provenance(args, argv, experiment, ray_experiment, settings, data, per_t
         "command": [sys.executable, "-m", "search.grid", *(sys.argv[1:] if argv is None else argv)],
         "settings": settings.to_dict(), "preset_about": PRESETS[settings.preset].about,
         "search": {"search": args.search, "scheduler": args.scheduler,
-                   "trials": grid_size(settings.grid) if args.search == "grid" else (args.num_samples or 16),
+                   "trials": points // len(members) if members else points, "points": points,
+                   "fuse": {"on": members is not None, "reason": fuse_reason, "members": members},
                    "objectives": objectives, "resources_per_trial": per_trial,
                    "max_concurrent": args.max_concurrent, "max_failures": args.max_failures},
         # A path is stored absolute, so --resume and search.export find it from any directory.
@@ -126,7 +167,7 @@ def new_provenance(args, argv, experiment, ray_experiment, settings, data, per_t
                     "split_ids": data.info.get("splits")},
         "clip": {"model": settings.train.clip_model, "pretrained": settings.train.clip_pretrained,
                  "mode": settings.train.clip_mode, "status": clip_status},
-        "baselines": clip.baselines(scorer, data, clip_status),
+        "baselines": baselines,
         "code_version": code_version(), "ray_version": ray.__version__, "torch_version": torch.__version__,
         "python": platform.python_version(), "cluster": cluster, "devices": None,
     }
@@ -138,9 +179,10 @@ def new_tuner(trainable, settings: Settings, prov: dict, storage: str):
     from search.progress import Progress
 
     search = prov["search"]
+    space = fused_space(settings.grid)[0] if search["fuse"]["on"] else settings.grid
     return tune.Tuner(
         trainable,
-        param_space=param_space(settings.grid, search["search"]),
+        param_space=param_space(space, search["search"]),
         tune_config=tune.TuneConfig(
             scheduler=scheduler(search["scheduler"], settings.train.epochs),
             search_alg=searcher(search["search"], [tuple(o) for o in search["objectives"]], settings.train.seed),
@@ -205,8 +247,13 @@ def main(argv=None) -> list[dict]:
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if cluster["GPU"] > 0 else 0.0)
     per_trial = {"cpu": args.cpus_per_trial, "gpu": gpus}
     if not args.resume:
-        prov = new_provenance(args, argv, experiment, ray_experiment, settings, data, per_trial, cluster)
+        try:
+            fuse = fuse_decision(args.fuse, args.search, args.scheduler, gpus, settings)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        prov = new_provenance(args, argv, experiment, ray_experiment, settings, data, per_trial, cluster, fuse)
         write_provenance(results_dir, prov)
+    print(f"[search] fused: {prov['search']['fuse']['reason']}", flush=True)
     if prov["search"]["search"] == "optuna":
         # The second objective (val/clip_score or val/retrieval_top1) comes only with a trial's last
         # report; Tune's strict check would reject every earlier report for lacking it.
@@ -214,7 +261,8 @@ def main(argv=None) -> list[dict]:
     settings = trial_settings(settings, prov["clip"]["status"])
 
     # The dataset enters the object store once; each trial gets a reference, not a copy of its own.
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, settings=settings), per_trial)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, settings=settings,
+                                                         members=prov["search"]["fuse"]["members"]), per_trial)
     if args.resume:
         # resume_errored: a trial that failed for a passing reason gets another go from its checkpoint.
         # The stored RunConfig comes back with it, including its Progress callback.
@@ -222,7 +270,7 @@ def main(argv=None) -> list[dict]:
     else:
         tuner = new_tuner(trainable, settings, prov, storage)
     search = prov["search"]
-    print(f"[search] {search['trials']} trials ({search['search']}, {search['scheduler']}), "
+    print(f"[search] {search['trials']} trials for {search['points']} points ({search['search']}, {search['scheduler']}), "
           f"per trial {per_trial}, cluster {cluster}", flush=True)
     t_fit = time.time()
     tuner.fit()

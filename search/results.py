@@ -24,11 +24,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.config import BEST_VAL_L1, TEST_CLIP, TEST_L1, TEST_TOP1, TEST_TOP5, TRAIN_L1, VAL_CLIP, VAL_L1, VAL_TOP1
+from model.config import (BEST_VAL_L1, TEST_CLIP, TEST_L1, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, TRAIN_L1, VAL_CLIP,
+                          VAL_L1, VAL_TOP1)
 
 TABLE = "best_config"
-METRIC_COLUMNS = (BEST_VAL_L1, TEST_L1, TEST_CLIP, TEST_TOP1, TEST_TOP5, VAL_CLIP, VAL_TOP1)
-RUN_COLUMNS = ("epochs", "wall_s", "status", "trial_id", "hostname", "node_id", "device")
+METRIC_COLUMNS = (BEST_VAL_L1, TEST_L1, TEST_CLIP, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, VAL_CLIP, VAL_TOP1)
+# member: a fused trial's rows are its members (search/trainable.py), numbered in the provenance's order.
+RUN_COLUMNS = ("epochs", "wall_s", "status", "trial_id", "member", "hostname", "node_id", "device")
+NODE_KEYS = ("time_total_s", "hostname", "node_id", "device")
 
 
 @dataclass
@@ -120,25 +123,49 @@ def pareto_front(rows: list[dict], objectives: list[tuple[str, str]]) -> list[di
     return front
 
 
+def row_key(trial_id: str, member: int | None) -> str:
+    """A table row's name: the Tune trial id, with /m<k> for a member of a fused trial."""
+    return trial_id if member is None else f"{trial_id}/m{member}"
+
+
+def member_history(history: list[dict], member: int | None) -> list[dict]:
+    """A fused trial's reports cut to one member's (`m<k>/` prefix dropped); a plain trial's as they are."""
+    if member is None:
+        return history
+    prefix = f"m{member}/"
+    return [{**{k: h.get(k) for k in NODE_KEYS}, "epoch": h.get("epoch"),
+             **{k[len(prefix):]: v for k, v in h.items() if k.startswith(prefix)}} for h in history]
+
+
+def trial_runs(t: TrialRecord, provenance: dict) -> list[tuple[dict, int | None, list[dict]]]:
+    """(grid point, member, history) for each table row of a trial: one, or one per fused member."""
+    members = provenance["search"].get("fuse", {}).get("members")
+    if not members:
+        return [(dict(t.config), None, t.history)]
+    return [({**t.config, **point}, k, member_history(t.history, k)) for k, point in enumerate(members)]
+
+
 def table_rows(trials: list[TrialRecord], provenance: dict) -> list[dict]:
     settings = provenance["settings"]
     search = provenance["search"]
     rows = []
-    for t in trials:
-        last = t.history[-1] if t.history else {}
+    for t, point, member, history in ((t, *run) for t in trials for run in trial_runs(t, provenance)):
+        last = history[-1] if history else {}
         epochs = int(last.get("epoch") or 0)
         def clip(metric):  # never a number when there is no score; the reason is in the table's header
             status = last.get("test/clip_status")
             if last.get(metric) is None and status:
                 return "off" if status.startswith("off") else "unavailable"
             return last.get(metric)
-        row = {k: t.config.get(k) for k in settings["grid"]}
+        row = {k: point.get(k) for k in settings["grid"]}
         row.update({BEST_VAL_L1: _finite(last.get(BEST_VAL_L1)), TEST_L1: _finite(last.get(TEST_L1)),
                     TEST_CLIP: clip(TEST_CLIP), TEST_TOP1: last.get(TEST_TOP1), TEST_TOP5: last.get(TEST_TOP5),
+                    TEST_TYPE_ACC: last.get(TEST_TYPE_ACC),
                     VAL_CLIP: clip(VAL_CLIP), VAL_TOP1: last.get(VAL_TOP1), "epochs": epochs,
                     "wall_s": round(last["time_total_s"], 1) if last.get("time_total_s") is not None else None,
-                    "status": _status(t, epochs, settings["train"]["epochs"], search["scheduler"]),
-                    "trial_id": t.trial_id, "hostname": last.get("hostname"), "node_id": last.get("node_id"),
+                    "status": (f"error: FloatingPointError: {last['error']}" if last.get("error") else
+                               _status(t, epochs, settings["train"]["epochs"], search["scheduler"])),
+                    "trial_id": t.trial_id, "member": member, "hostname": last.get("hostname"), "node_id": last.get("node_id"),
                     "device": last.get("device")})
         rows.append(row)
     rows.sort(key=_sort_key)
@@ -208,6 +235,7 @@ def provenance_lines(p: dict) -> list[str]:
         f"- preset: **{p['settings']['preset']}** ({p['preset_about']})",
         f"- search: {s['search']}, scheduler {s['scheduler']}, {s['trials']} trials, "
         f"resources per trial {s['resources_per_trial']}, max failures {s['max_failures']}",
+        f"- fused trials: {s.get('fuse', {}).get('reason', 'off')}",
         f"- dataset: {'SYNTHETIC ' if d.get('synthetic') else ''}{d.get('source')} "
         f"(fingerprint {d.get('fingerprint')}); rows {counts}" + (f"; {d['subset']}" if d.get("subset") else ""),
         f"- split: val_fraction {p['settings']['data']['val_fraction']}, test_fraction "
@@ -265,8 +293,9 @@ def code_version() -> str:
         return "unknown"
 
 
-def curves(trials: list[TrialRecord]) -> dict[str, dict]:
-    """Per trial: epochs and the train/val L1 series, for the learning-curve figure."""
-    return {t.trial_id: {"epoch": [h.get("epoch") for h in t.history],
-                         TRAIN_L1: [h.get(TRAIN_L1) for h in t.history],
-                         VAL_L1: [h.get(VAL_L1) for h in t.history]} for t in trials if t.history}
+def curves(trials: list[TrialRecord], provenance: dict) -> dict[str, dict]:
+    """Per table row (`row_key`): epochs and the train/val L1 series, for the learning-curve figure."""
+    return {row_key(t.trial_id, member): {"epoch": [h.get("epoch") for h in history],
+                                          TRAIN_L1: [h.get(TRAIN_L1) for h in history],
+                                          VAL_L1: [h.get(VAL_L1) for h in history]}
+            for t in trials for _, member, history in trial_runs(t, provenance) if history}

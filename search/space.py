@@ -1,9 +1,10 @@
 """The thesis's grid, defined once, and how one point of it becomes a trial's configs.
 
-    from search.space import GRID, grid_size, param_space, trial_configs
+    from search.space import GRID, fused_space, grid_size, param_space, trial_configs
     grid_size(GRID)                                   # 32
     param_space(GRID, "grid")                         # {"lr": tune.grid_search([...]), ...}
     model_cfg, train_cfg = trial_configs({"lr": 1e-4, "n_heads": 4}, ModelConfig(), TrainConfig())
+    trial_grid, members = fused_space(GRID)           # 8 architectures; 4 (lr, weight_decay) members each
 
 The space holds only the swept fields, spelled as the config fields they set. Everything
 else (epochs, image size, device, paths) reaches a trial through its base configs, so a
@@ -12,6 +13,7 @@ trial's config in Ray, its results row and its checkpoint carry exactly these fi
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import fields, replace
 
@@ -54,3 +56,17 @@ def trial_configs(point: dict, model: ModelConfig, train: TrainConfig) -> tuple[
     model = replace(model, **{k: v for k, v in point.items() if k in model_keys})
     train = replace(train, **{k: v for k, v in point.items() if k in train_keys})
     return model, train
+
+
+def fused_space(grid: dict[str, tuple]) -> tuple[dict[str, tuple], list[dict]]:
+    """The grid as fused trials: (the trial axes, the member points).
+
+    A fused trial is one point of the axes that shape the network (ModelConfig fields); its members are
+    every point of the axes a TrainConfig holds (learning rate, weight decay, ...), trained together by
+    `model.train.train_members`. The thesis grid: 8 architectures x 4 members = the same 32 points.
+    """
+    train_keys = {f.name for f in fields(TrainConfig)}
+    member_keys = [k for k in grid if k in train_keys]
+    trial_grid = {k: v for k, v in grid.items() if k not in train_keys}
+    members = [dict(zip(member_keys, values)) for values in itertools.product(*(grid[k] for k in member_keys))]
+    return trial_grid, members

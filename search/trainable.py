@@ -1,17 +1,23 @@
-"""The Ray Tune adapter: one trial = `model.train.train` plus checkpoints and reports.
+"""The Ray Tune adapter: one trial = `model.train.train_members` plus checkpoints and reports.
 
-    trainable = tune.with_parameters(train_trial, data=data, settings=settings)
+    trainable = tune.with_parameters(train_trial, data=data, settings=settings, members=None)
     tune.Tuner(trainable, param_space=param_space(GRID, "grid")).fit()
 
 `config` holds only the swept fields; the base configs and the data come in through
 `tune.with_parameters`, so the dataset goes into the object store once per search and
 every trial on a node reads the same copy. Each epoch's metrics are reported with the
 training state as a checkpoint; a retried or resumed trial continues from the latest one.
+
+Fused (`members` = the member points of `search.space.fused_space`): the trial is one architecture
+and trains every member point with it at once. Its reports hold each member's metrics under
+`m<k>/` (`m0/val/l1`, `m2/test/l1`, `m1/error`) and, for the progress line and schedulers, the
+best live member's `val/l1`; the results table expands them into one row per member.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import tempfile
 from pathlib import Path
@@ -22,7 +28,8 @@ from ray import tune
 
 from data_pipeline.dataset import PreparedData
 from model import checkpoint
-from model.train import default_device, train
+from model.config import BEST_VAL_L1, VAL_L1
+from model.train import default_device, train_members
 from search.settings import Settings
 from search.space import trial_configs
 
@@ -30,6 +37,7 @@ from search.space import trial_configs
 # last checkpoint with the same RNG state, so a FailureConfig retry would diverge again at the
 # same step: the retry reads the note and fails at once instead of re-running the epoch. (The
 # directory is per node and Ray session: a retry elsewhere, or `--resume`, re-runs one epoch.)
+# A fused trial needs no note: its checkpoint records which members diverged.
 DIVERGED = "diverged.txt"
 
 
@@ -39,8 +47,22 @@ def where() -> dict:
     return {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "device": device}
 
 
-def train_trial(config: dict, data: PreparedData, settings: Settings) -> None:
-    model_cfg, train_cfg = trial_configs(config, settings.model, settings.train)
+def member_report(metrics: list[dict]) -> dict:
+    """A fused trial's per-member metrics as one flat Tune result."""
+    out = {"epoch": max(m.get("epoch", 0) for m in metrics)}
+    for k, m in enumerate(metrics):
+        out.update({f"m{k}/{key}": value for key, value in m.items()})
+    live = [m for m in metrics if "error" not in m and VAL_L1 in m]
+    out[VAL_L1] = min((m[VAL_L1] for m in live), default=math.nan)
+    out[BEST_VAL_L1] = min((m[BEST_VAL_L1] for m in live), default=math.nan)
+    return out
+
+
+def train_trial(config: dict, data: PreparedData, settings: Settings, members: list[dict] | None = None) -> None:
+    fused = members is not None
+    points = [{**config, **m} for m in members] if fused else [config]
+    configs = [trial_configs(p, settings.model, settings.train) for p in points]
+    model_cfg, train_cfgs = configs[0][0], [t for _, t in configs]
     # Ray logs one "Checkpoint successfully created" line per report otherwise: 3,200 for the grid.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     # Ray gives a trial its CPU share; without this torch would start one thread per core in every trial.
@@ -57,14 +79,17 @@ def train_trial(config: dict, data: PreparedData, settings: Settings) -> None:
             resume = checkpoint.load(d)
     node = where()
 
-    def report(metrics: dict, state: dict) -> None:
+    def report(metrics: list[dict], state: dict) -> None:
+        if not fused and "error" in metrics[0]:
+            raise FloatingPointError(metrics[0]["error"])
         if "final" in state:
             # A finished trial is never trained again: its last checkpoint keeps the best weights
             # (for export and generate) and drops the optimizer and last weights, 3 of 4 copies.
             state = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+        result = member_report(metrics) if fused else metrics[0]
         with tempfile.TemporaryDirectory() as d:
             checkpoint.save(state, d)
-            tune.report({**metrics, **node}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**result, **node}, checkpoint=tune.Checkpoint.from_directory(d))
 
     if resume is not None and "final" in resume:
         # The driver died after this trial's last report but before Tune recorded it as done:
@@ -72,7 +97,7 @@ def train_trial(config: dict, data: PreparedData, settings: Settings) -> None:
         report(resume["final"], resume)
         return
     try:
-        train(model_cfg, train_cfg, data, report=report, resume=resume, device=default_device())
+        train_members(model_cfg, train_cfgs, data, report=report, resume=resume, device=default_device())
     except FloatingPointError as e:
         diverged.write_text(str(e))
         raise
