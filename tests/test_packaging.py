@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 import tomllib
 from importlib.metadata import packages_distributions
@@ -47,3 +48,14 @@ def test_every_imported_package_is_declared():
     tests = runtime | _declared(project["optional-dependencies"]["test"])
     missing = {m: d for m, d in _distributions(_imports("tests")).items() if not d & tests}
     assert not missing, f"imported by the tests but not declared (dependencies or the test extra): {missing}"
+
+
+def test_help_does_not_import_matplotlib():
+    code = ("import sys, runpy; sys.argv = ['search.grid', '--help']\n"
+            "try: runpy.run_module('search.grid', run_name='__main__')\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in ('matplotlib', 'torch', 'ray') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "usage: python -m search.grid" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "[]"  # --help loads none of the heavy packages
