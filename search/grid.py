@@ -82,13 +82,13 @@ def user_error(message: str) -> SystemExit:
 
 
 @contextmanager
-def user_errors():
+def user_errors(flag: str = ""):
     """Turn what the data pipeline raises for a bad --data (FileNotFoundError, ValueError, incl.
-    NoUsableRecords) and a bad flag value into `error: ...`; anything else keeps its traceback."""
+    NoUsableRecords) and a bad flag value into `error: [flag: ]...`; anything else keeps its traceback."""
     try:
         yield
     except (FileNotFoundError, ValueError) as e:
-        raise user_error(e) from None
+        raise user_error(f"{flag}: {e}" if flag else e) from None
 
 
 def check_data(data: str | None) -> None:
@@ -97,7 +97,7 @@ def check_data(data: str | None) -> None:
         return
     from data_pipeline.sources import detect_layout
 
-    with user_errors():
+    with user_errors("--data"):
         detect_layout(data)
 
 
@@ -304,7 +304,7 @@ def main(argv=None) -> list[dict]:
         scorer, clip_status = check_clip(settings.train)
 
     # Prepared once per search, before any trial: the data pipeline never competes with trials for CPUs.
-    with user_errors():
+    with user_errors("--data"):
         data = load_data(prov["dataset"]["data_arg"] if args.resume else args.data, settings)
     if args.resume and data.info.get("fingerprint") != prov["dataset"]["fingerprint"]:
         raise user_error(f"--resume: the dataset at {prov['dataset']['data_arg']} changed since the search started "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -13,7 +14,7 @@ def test_images_are_written_at_a_viewable_size_with_sharp_pixels(tmp_path):
     images = torch.rand(3, 3, 32, 32) * 2 - 1
     save_grid(images, tmp_path / "big.png")
     with Image.open(tmp_path / "big.png") as im:
-        big = torch.tensor(list(im.getdata()), dtype=torch.float32).view(im.height, im.width, 3)
+        big = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32))  # (H, W, 3)
     # 3 images near-square: 2 columns × 2 rows of 256 px (factor 8), white 2 px gaps.
     assert (big.shape[1], big.shape[0]) == (2 * 256 + 3 * 2, 2 * 256 + 3 * 2)
     first = big[2:2 + 256, 2:2 + 256]  # image 0, upscaled

@@ -177,7 +177,7 @@ def test_a_bad_data_path_is_a_one_line_error(kind, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         grid_cli.check_data(str(path))
     err = capsys.readouterr().err
-    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and str(path) in err
+    assert e.value.code == 2 and err.startswith("error: --data: ") and err.count("\n") == 1 and str(path) in err
 
 
 def test_a_source_without_usable_records_is_a_one_line_error(make_pokedex, capsys, monkeypatch, tmp_path):
@@ -185,10 +185,10 @@ def test_a_source_without_usable_records_is_a_one_line_error(make_pokedex, capsy
     folder = make_pokedex(3)
     for png_file in (folder / "images" / "thumbnails").iterdir():
         png_file.unlink()  # every record rejected while reading, before Ray starts
-    with pytest.raises(SystemExit) as e, grid_cli.user_errors():
+    with pytest.raises(SystemExit) as e, grid_cli.user_errors("--data"):
         grid_cli.load_data(str(folder), resolve("smoke", {}))
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("reading ")]
-    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: no usable records")
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: --data: no usable records")
 
 
 def test_clip_required_without_weights_is_a_one_line_error(capsys):
