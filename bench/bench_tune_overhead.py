@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
                      "--cpus-per-trial", str(args.cpus_per_trial)])
         total = time.time() - t0
         prov = json.loads((Path(tmp) / "bench" / "provenance.json").read_text())
-        trials = load_trials(str(Path(tmp) / "bench"))
+        trials = load_trials(prov["ray_experiment"])  # Ray's files sit beside the results set
     fit_s = prov["fit_s"][-1]
     trial_s = [t.history[-1]["time_total_s"] for t in trials]
     concurrency = min(prov["cluster"]["CPU"] // args.cpus_per_trial, len(trials))

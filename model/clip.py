@@ -276,7 +276,9 @@ def resolve_clip(train_cfg, device) -> tuple[ClipScorer | None, str]:
             raise ClipUnavailable(f"loss={train_cfg.loss!r} needs CLIP weights. {e}") from e
         if train_cfg.clip_mode == "required":
             raise
-        if str(e) not in _WARNED:  # loudly, but once per process: a search's workers run many trials
+        # Loudly, but once: once per process, and not at all in a Ray worker (a search's trial),
+        # whose driver has printed it already; the status below records it in every trial's results.
+        if str(e) not in _WARNED and not _in_ray_worker():
             _WARNED.add(str(e))
             bar = "=" * 100
             print(f"{bar}\nWARNING: no CLIP score for this run (clip_mode='auto'); test/clip_score is recorded "
@@ -285,6 +287,12 @@ def resolve_clip(train_cfg, device) -> tuple[ClipScorer | None, str]:
 
 
 _WARNED: set[str] = set()
+
+
+def _in_ray_worker() -> bool:
+    """Inside a Ray actor (a Tune trial; its output is forwarded to the driver), not the driver itself."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
 # ---------------------------------------------------------------------------------------------

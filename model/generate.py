@@ -3,21 +3,24 @@
     python -m model.generate --checkpoint results/<experiment>/best_checkpoint \\
         "A small green seed Pokémon. It is of grass type and poison type." --out bulba.png
 
-Several prompts make one grid, in prompt order. As a library:
+Several prompts make one grid, in prompt order. Each image is enlarged to about 256 px
+(`--size`, nearest-neighbour, so the model's pixels stay sharp squares); `--raw` writes the
+model's own 32 or 64 px. As a library:
 
     net, tokenizer = load_model("results/exp/best_checkpoint")
     images = generate(net, tokenizer, ["..."])      # (B, 3, S, S) in [-1, 1]
-    to_image(images).save("grid.png")
+    save_grid(images, "grid.png", size=256)
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 
-import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
+from torchvision.utils import make_grid, save_image
 
 from model import checkpoint
 from model.config import ModelConfig
@@ -25,18 +28,36 @@ from model.network import TextToImage, load_text_encoder
 from model.train import STATE_FORMAT, default_device, load_trainable
 
 
+def read_checkpoint(path, member: int = 0) -> dict:
+    """One member's state (a fused trial's checkpoint holds several); ValueError naming the file when
+    it is missing, not one of ours, or the member has no weights to generate with."""
+    try:
+        state = checkpoint.load(path)
+        ModelConfig(**state["model_config"])
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from e
+    except Exception as e:  # noqa: BLE001 — torch.load's many ways to reject a foreign file
+        detail = " ".join(str(e).split())[:200]
+        raise ValueError(f"{path} is not a checkpoint written by model.train or search.grid "
+                         f"({type(e).__name__}: {detail})") from e
+    if state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} was written by an older version of this code (format {state.get('format')}, "
+                         f"expected {STATE_FORMAT}); retrain it")
+    try:
+        state = checkpoint.member(state, member)
+    except IndexError as e:
+        raise ValueError(f"{path}: {e}") from e
+    if state["best_model"][0] is None:
+        raise ValueError(f"{path}: member {member} has no best-validation weights (it diverged before its first "
+                         f"validation): {state.get('errors', [None])[0]}")
+    return state
+
+
 def load_model(path, device=None, member: int = 0):
     """Rebuild the network a checkpoint describes, with its best-validation weights. A fused trial's
     checkpoint holds several members: `member` picks one."""
     device = device or default_device()
-    state = checkpoint.load(path)
-    if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} was written by an older version of this code (format {state.get('format')}, "
-                         f"expected {STATE_FORMAT}); retrain it")
-    state = checkpoint.member(state, member)
-    if state["best_model"][0] is None:
-        raise ValueError(f"{path}: member {member} has no best-validation weights (it diverged before its first "
-                         f"validation): {state.get('errors', [None])[0]}")
+    state = read_checkpoint(path, member)
     cfg = ModelConfig(**state["model_config"])
     tokenizer, encoder, _ = load_text_encoder(cfg.text_encoder)
     net = TextToImage(cfg, encoder)
@@ -51,17 +72,22 @@ def generate(net: TextToImage, tokenizer, prompts: list[str]) -> torch.Tensor:
     return net.eval()(tok["input_ids"].to(device), tok["attention_mask"].to(device))[0]  # a one-member network
 
 
-def to_image(images: torch.Tensor, ncol: int | None = None) -> Image.Image:
-    """(B, 3, S, S) in [-1, 1] -> one RGB image, a grid of ncol columns (default: near-square)."""
-    b, _, s, _ = images.shape
-    ncol = ncol or math.ceil(math.sqrt(b))
-    nrow = math.ceil(b / ncol)
-    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    grid = np.full((nrow * s, ncol * s, 3), 255, np.uint8)
-    for i, img in enumerate(pixels.permute(0, 2, 3, 1).numpy()):
-        r, c = divmod(i, ncol)
-        grid[r * s:(r + 1) * s, c * s:(c + 1) * s] = img
-    return Image.fromarray(grid)
+def grid_tensor(images: torch.Tensor, size: int | None = 256, ncol: int | None = None) -> torch.Tensor:
+    """(B, 3, S, S) in [-1, 1] -> one (3, H, W) grid in [0, 1]: ncol columns (default near-square), white
+    2 px gaps, each image enlarged by the whole factor that brings it to at least `size` px (None: as is)."""
+    images = images.detach().float().cpu().clamp(-1, 1)
+    s = images.shape[-1]
+    factor = max(1, math.ceil(size / s)) if size else 1
+    if factor > 1:
+        images = F.interpolate(images, scale_factor=factor, mode="nearest")
+    ncol = ncol or math.ceil(math.sqrt(len(images)))
+    return make_grid((images + 1) / 2, nrow=ncol, padding=2 * (len(images) > 1), pad_value=1.0)
+
+
+def save_grid(images: torch.Tensor, path, size: int | None = 256, ncol: int | None = None) -> torch.Tensor:
+    grid = grid_tensor(images, size, ncol)
+    save_image(grid, path)
+    return grid
 
 
 def main(argv=None):
@@ -70,11 +96,22 @@ def main(argv=None):
     parser.add_argument("prompts", nargs="+", help="one or more descriptions")
     parser.add_argument("--out", default="generated.png", help="PNG to write (a grid for several prompts)")
     parser.add_argument("--member", type=int, default=0, help="which member of a fused trial's checkpoint (default 0)")
+    view = parser.add_mutually_exclusive_group()
+    view.add_argument("--size", type=int, default=256,
+                      help="enlarge each image (nearest-neighbour) to at least this many px (default 256)")
+    view.add_argument("--raw", action="store_true", help="write the model's own resolution (32 or 64 px)")
     parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     args = parser.parse_args(argv)
+    try:
+        read_checkpoint(args.checkpoint, args.member)  # a wrong --checkpoint is a user error: one line, no traceback
+    except ValueError as e:
+        print(f"error: --checkpoint: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     net, tokenizer = load_model(args.checkpoint, args.device, args.member)
-    to_image(generate(net, tokenizer, args.prompts)).save(args.out)
-    print(f"wrote {args.out} ({len(args.prompts)} image{'s' * (len(args.prompts) > 1)}, {net.cfg.image_size}px)")
+    grid = save_grid(generate(net, tokenizer, args.prompts), args.out, size=None if args.raw else args.size)
+    n = len(args.prompts)
+    print(f"wrote {args.out} ({n} image{'s' * (n > 1)}, {net.cfg.image_size} px each, grid "
+          f"{grid.shape[2]}×{grid.shape[1]} px)")
     return args.out
 
 

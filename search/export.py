@@ -4,30 +4,39 @@
 
 `python -m search.grid` calls `export` when the search ends; run it by hand after a search
 that was interrupted, or to redraw results from an experiment on s3:// or NFS (the Ray
-experiment location is read from provenance.json). Writes into the directory given:
+experiment location is read from provenance.json). The set is built in a temporary folder
+beside the one given and swapped in as a whole: a reader sees the old set or the new one,
+never files of two runs side by side. It holds:
 
     best_config.csv / .md / .json   one row per trial, sorted by best val L1, best marked
     learning_curves.png             train and val L1 per epoch, every trial
     samples_train.png / _test.png   generated vs real, best trial
     best_checkpoint/                for `python -m model.generate --checkpoint`
     provenance.json                 dataset, encoders, preset, code version, seed, devices
+
+Ray's own files live elsewhere (<results>/tune/<experiment>, or --storage-path). The sample
+figures are drawn only from the data the search trained on (same fingerprint); otherwise
+they are skipped and the run says why.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from search.figures import learning_curves, samples
 from model import checkpoint
-from search.results import atomic_write, curves, load_trials, replace_dir, row_key, table_rows, write_tables
+from search.results import atomic_write, curves, load_trials, row_key, staged_dir, table_rows, write_tables
 from search.settings import Settings, load_data
 
 PROVENANCE = "provenance.json"
+
+
+class SetLayoutError(ValueError):
+    """The results folder also holds Ray's experiment, so it cannot be replaced as a whole."""
 
 
 def read_provenance(results_dir: str | Path) -> dict:
@@ -51,40 +60,74 @@ def devices(provenance: dict, rows: list[dict]) -> str:
             f"trials ran on {trials}, across {len(nodes)} node(s)")
 
 
+def figure_data(prov: dict, data=None):
+    """(the search's dataset, None), or (None, why not) when it cannot be read or is not the data the
+    search trained on (its fingerprint differs): sample figures from other data would mislead."""
+    arg, stored = prov["dataset"]["data_arg"], prov["dataset"]["fingerprint"]
+    if data is None:
+        try:
+            data = load_data(arg, Settings.from_dict(prov["settings"]))
+        except (FileNotFoundError, ValueError) as e:
+            return None, f"the search's data {arg} cannot be read ({e})"
+    if data.info.get("fingerprint") != stored:
+        return None, (f"the data at {arg} changed since the search (fingerprint {data.info.get('fingerprint')} "
+                      f"!= stored {stored}); restore that data to draw them")
+    return data, None
+
+
+def not_started_line(trials) -> str | None:
+    pending = sum(1 for t in trials if not t.history and t.ray_status == "PENDING")
+    silent = sum(1 for t in trials if not t.history and t.ray_status != "PENDING")
+    parts = [f"{pending} not started"] * bool(pending) + [f"{silent} started but not reported yet"] * bool(silent)
+    return f"[export] {len(trials)} trials, {', '.join(parts)}" if parts else None
+
+
 def export(results_dir: str | Path, data=None) -> list[dict]:
     """Write every results file; `data` (the search's PreparedData) saves re-reading the dataset cache."""
-    results_dir = Path(results_dir)
+    from search.figures import learning_curves, samples  # matplotlib: not for `--help` or a failing flag
+
+    results_dir = Path(results_dir).resolve()
     prov = read_provenance(results_dir)
-    trials = load_trials(prov["ray_experiment"])
+    ray_experiment = prov["ray_experiment"]
+    if "://" not in ray_experiment and Path(ray_experiment).resolve() in (results_dir, *results_dir.parents):
+        raise SetLayoutError(
+            f"{results_dir} holds Ray's experiment too (written before results and Ray's files were kept apart): "
+            f"search.export replaces that folder as a whole and would drop it. Move the Ray files (trial_*, "
+            f"experiment_state-*.json, basic-variant-state-*, tuner.pkl) to their own folder and set "
+            f"ray_experiment in {results_dir / PROVENANCE} to it")
+    trials = load_trials(ray_experiment)
+    if line := not_started_line(trials):
+        print(line, flush=True)
     rows = table_rows(trials, prov)
     prov["devices"] = devices(prov, rows)
     prov["exported"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     best = next((r for r in rows if r["best"]), None)
     prov["best_trial"] = best and {k: best[k] for k in (*prov["settings"]["grid"], "trial_id", "member")}
-    write_tables(rows, prov, results_dir)
     title = f"{prov['experiment']} (preset {prov['settings']['preset']})"
     best_key = best and row_key(best["trial_id"], best["member"])
-    learning_curves(curves(trials, prov), best_key, results_dir / "learning_curves.png", title)
 
-    if best is None:
-        print(f"[export] no trial completed in {prov['ray_experiment']}: no best checkpoint or sample figures")
-    else:
-        record = next(t for t in trials if t.trial_id == best["trial_id"])
-        tmp = tempfile.mkdtemp(dir=results_dir, prefix=".best_checkpoint.")
-        record.checkpoint.to_directory(tmp)
-        if best["member"] is not None:  # a fused trial's checkpoint holds every member: keep the best one alone
-            checkpoint.save(checkpoint.member(checkpoint.load(tmp), best["member"]), tmp)
-        replace_dir(tmp, results_dir / "best_checkpoint")
+    with staged_dir(results_dir) as out:
+        write_tables(rows, prov, out)
+        learning_curves(curves(trials, prov), best_key, out / "learning_curves.png", title)
+        if best is None:
+            print(f"[export] no trial completed in {ray_experiment}: no best checkpoint or sample figures")
+        else:
+            record = next(t for t in trials if t.trial_id == best["trial_id"])
+            record.checkpoint.to_directory(str(out / "best_checkpoint"))
+            if best["member"] is not None:  # a fused trial's checkpoint holds every member: keep the best alone
+                state = checkpoint.load(out / "best_checkpoint")
+                checkpoint.save(checkpoint.member(state, best["member"]), out / "best_checkpoint")
+            data, why_not = figure_data(prov, data)
+            if data is None:
+                print(f"[export] sample figures skipped: {why_not}", flush=True)
+            else:
+                from model.generate import load_model
 
-        from model.generate import load_model
-
-        if data is None:
-            data = load_data(prov["dataset"]["data_arg"], Settings.from_dict(prov["settings"]))
-        net, tokenizer = load_model(results_dir / "best_checkpoint", device="cpu")
-        for split in ("train", "test"):
-            samples(net, tokenizer, data.split(split), results_dir / f"samples_{split}.png",
-                    title=f"{split}: real (top) vs generated (bottom), best trial {best_key}")
-    write_provenance(results_dir, prov)
+                net, tokenizer = load_model(out / "best_checkpoint", device="cpu")
+                for split in ("train", "test"):
+                    samples(net, tokenizer, data.split(split), out / f"samples_{split}.png",
+                            title=f"{split}: real (top) vs generated (bottom), best trial {best_key}")
+        write_provenance(out, prov)
     return rows
 
 
@@ -92,7 +135,11 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m search.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("results_dir", help="results/<experiment>, as written by python -m search.grid")
     args = parser.parse_args(argv)
-    rows = export(args.results_dir)
+    try:
+        rows = export(args.results_dir)
+    except (FileNotFoundError, SetLayoutError) as e:  # not a results folder, or one it must not replace
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     print(f"[export] {len(rows)} trials -> {Path(args.results_dir) / 'best_config.md'}")
     return rows
 

@@ -23,21 +23,25 @@ is bound by kernel launches, so 4 members cost about what 1 does; on CPUs it sav
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 from model.config import BEST_VAL_L1, VAL_CLIP, VAL_L1, VAL_TOP1
-from search.export import PROVENANCE, export, read_provenance, write_provenance
+from search.export import PROVENANCE, SetLayoutError, export, read_provenance, write_provenance
 from search.results import code_version
 from search.settings import PRESETS, Settings, add_config_flags, config_overrides, load_data, resolve
 from search.space import SEARCHES, fused_space, grid_size, param_space
 
 SCHEDULERS = ("fifo", "asha")
 FUSE_MODES = ("auto", "on", "off")
+TUNE_DIR = "tune"  # <results>/tune/<experiment>: Ray's files, beside (never inside) the results set
+INTERRUPTED = 130  # the shell's exit status for Ctrl-C: scripts and CI can tell a partial search
 # Every report carries a checkpoint and only the latest is kept, so Tune snapshots the experiment
 # state after each report (that is what makes --resume exact); its warning about it is noise here.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -52,12 +56,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--experiment", default=None, help="experiment name (default: <search>-<preset>)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="default: full when a GPU is visible to Ray or torch, else laptop")
-    p.add_argument("--search", choices=SEARCHES, default="grid", help="every grid point once, or Optuna's TPE")
+    # search and scheduler default to None so that --resume can tell a given flag from a default.
+    p.add_argument("--search", choices=SEARCHES, default=None, help="every grid point once (default), or Optuna's TPE")
     p.add_argument("--num-samples", type=int, default=None, help="trials for --search optuna (default 16)")
-    p.add_argument("--scheduler", choices=SCHEDULERS, default="fifo", help="asha: stop poor trials early on val/l1")
-    p.add_argument("--fuse", choices=FUSE_MODES, default="auto",
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=None,
+                   help="fifo (default), or asha: stop poor trials early on val/l1")
+    p.add_argument("--fuse", choices=FUSE_MODES, default=None,
                    help="train each architecture's learning-rate x weight-decay points as one fused trial "
-                        "(auto: on when trials get GPUs and the search is the FIFO grid)")
+                        "(default auto: on when trials get GPUs and the search is the FIFO grid)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="fractions pack trials onto a GPU (0.25 = 4 per GPU); default 1 with GPUs, else 0")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
@@ -66,15 +72,78 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial, from its last checkpoint")
     p.add_argument("--address", default=None, help="join a running Ray cluster ('auto' or host:port); default local")
     p.add_argument("--storage-path", default=None,
-                   help="where Ray stores the experiment: a local or NFS path, s3://..., gs://... (default: --results)")
-    p.add_argument("--resume", action="store_true", help="continue the stored experiment; finished trials are kept")
+                   help="where Ray stores the experiment: a local or NFS path, s3://..., gs://... "
+                        f"(default: <results>/{TUNE_DIR}); --resume reads it from provenance.json")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the stored experiment with its stored settings; finished trials are kept")
     add_config_flags(p)
     args = p.parse_args(argv)
-    if args.num_samples is not None and args.search != "optuna":
+    if args.num_samples is not None and args.search != "optuna" and not args.resume:
         p.error("--num-samples applies to --search optuna only (the grid runs every point once)")
-    if args.resume and config_overrides(args):
-        p.error(f"--resume continues with the stored settings; drop {sorted(config_overrides(args))}")
+    if args.experiment == TUNE_DIR:
+        p.error(f"--experiment {TUNE_DIR}: that name is the folder of Ray's own files; pick another")
     return args
+
+
+def user_error(message: str) -> SystemExit:
+    """A mistake in the command or its inputs: one line on stderr, exit status 2, no traceback."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    return SystemExit(2)
+
+
+@contextmanager
+def user_errors(flag: str = ""):
+    """Turn what the data pipeline raises for a bad --data (FileNotFoundError, ValueError, incl.
+    NoUsableRecords) and a bad flag value into `error: [flag: ]...`; anything else keeps its traceback."""
+    try:
+        yield
+    except (FileNotFoundError, ValueError) as e:
+        raise user_error(f"{flag}: {e}" if flag else e) from None
+
+
+def check_data(data: str | None) -> None:
+    """Fail before Ray starts on a --data path that cannot be a dataset (load_data would, seconds later)."""
+    if data is None or data == "synthetic" or data.startswith("synthetic:"):
+        return
+    from data_pipeline.sources import detect_layout
+
+    with user_errors("--data"):
+        detect_layout(data)
+
+
+def check_clip(train_cfg, device: str = "cpu"):
+    """(scorer, status) for the baselines; --clip-mode required (or a CLIP loss) without weights is a user error."""
+    from model import clip
+
+    try:
+        return clip.resolve_clip(train_cfg, device)
+    except clip.ClipUnavailable as e:
+        raise user_error(f"{str(e).splitlines()[0]} {clip.FIX_SUMMARY}") from None
+
+
+def data_arg(data: str | None) -> str | None:
+    """--data as stored: a path absolute, so --resume and search.export find it from any directory."""
+    return str(Path(data).resolve()) if data and Path(data).exists() else data
+
+
+def resume_conflicts(args: argparse.Namespace, prov: dict, ray_experiment: str | None) -> list[str]:
+    """Flags given with --resume whose value differs from the stored search. Equal values are fine:
+    rerunning the same command with --resume is what the interrupted search tells the user to do."""
+    stored = Settings.from_dict(prov["settings"])
+    stored_values = {**vars(stored.train), **vars(stored.data), **vars(stored.model), **stored.grid}
+    given = {name: (tuple(v) if name in stored.grid else v) for name, v in config_overrides(args).items()}
+    search = prov["search"]
+    given.update({k: v for k, v in (("preset", args.preset), ("search", args.search),
+                                    ("scheduler", args.scheduler), ("num_samples", args.num_samples),
+                                    ("fuse", args.fuse),
+                                    ("storage_path", ray_experiment), ("data", data_arg(args.data)))
+                  if v is not None})
+    stored_values.update(preset=stored.preset, search=search["search"], scheduler=search["scheduler"],
+                         fuse=search["fuse"]["mode"],
+                         num_samples=search["trials"] if search["search"] == "optuna" else None,
+                         storage_path=prov["ray_experiment"], data=prov["dataset"]["data_arg"])
+    return [f"--{name.replace('_', '-')} (stored {stored_values[name]!r}, given {value!r})"
+            for name, value in given.items() if value != stored_values[name]]
 
 
 def scheduler(name: str, epochs: int):
@@ -95,6 +164,48 @@ def searcher(name: str, objectives: list[tuple[str, str]], seed: int):
 
     return OptunaSearch(metric=[m for m, _ in objectives], mode=[mode for _, mode in objectives],
                         sampler=TPESampler(seed=seed, multivariate=True))
+
+
+def stored_search(args: argparse.Namespace, results_dir: Path) -> tuple[dict | None, str, bool]:
+    """(provenance or None, the Ray experiment's path, whether Tune can restore it) for this command.
+
+    A new search refuses a folder that already holds one. --resume takes the experiment's path
+    from provenance.json (an s3:// --storage-path need not be repeated) and refuses flags that
+    differ from the stored search.
+    """
+    from ray import tune
+
+    experiment = results_dir.name
+    given_storage = args.storage_path and (args.storage_path if "://" in args.storage_path
+                                           else str(Path(args.storage_path).resolve()))
+    storage = given_storage or str(results_dir.parent / TUNE_DIR)
+    ray_experiment = f"{storage.rstrip('/')}/{experiment}"
+    if "://" not in ray_experiment and Path(ray_experiment) in (results_dir, *results_dir.parents):
+        raise user_error(f"--storage-path {args.storage_path} would put Ray's files in or above the results "
+                         f"folder {results_dir}, which search.export replaces as a whole; pick another folder")
+    prov = read_provenance(results_dir) if (results_dir / PROVENANCE).is_file() else None
+    if not args.resume:
+        if prov is not None or tune.Tuner.can_restore(ray_experiment):
+            raise user_error(f"{results_dir} already holds a search: add --resume to continue it, "
+                             "or pass --experiment NAME for a new one")
+        return None, ray_experiment, False
+    if prov is None:
+        raise user_error(f"--resume: {results_dir} holds no search ({PROVENANCE} not found); "
+                         "check --results and --experiment (or --search/--preset, which name it)")
+    conflicts = resume_conflicts(args, prov, given_storage and ray_experiment)
+    if conflicts:
+        raise user_error(f"--resume continues {experiment} with its stored settings, but {', '.join(conflicts)}; "
+                         "drop those flags, or start a new search with --experiment NAME")
+    return prov, prov["ray_experiment"], restorable(prov["ray_experiment"])
+
+
+def restorable(ray_experiment: str) -> bool:
+    """Tune wrote its tuner.pkl and at least one experiment snapshot. tuner.pkl alone (the driver
+    stopped before the first snapshot) is not enough for Tuner.restore to continue from."""
+    from ray import tune
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint  # Ray pinned to 2.60
+
+    return tune.Tuner.can_restore(ray_experiment) and _find_newest_experiment_checkpoint(ray_experiment) is not None
 
 
 def trial_settings(settings: Settings, driver_clip_status: str) -> Settings:
@@ -134,20 +245,19 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def new_provenance(args, argv, experiment, ray_experiment, settings, data, per_trial, cluster, fuse) -> dict:
+def new_provenance(args, argv, experiment, ray_experiment, settings, data, per_trial, cluster,
+                   scorer, clip_status, fuse) -> dict:
     """What the results will carry; written before the first trial, read back by --resume and search.export."""
     import ray
     import torch
 
     from model import clip, faithfulness
 
-    scorer, clip_status = clip.resolve_clip(settings.train, "cpu")
     baselines = clip.baselines(scorer, data, clip_status)
     if "primary_types" in data.info:
         baselines.update(faithfulness.type_baselines(faithfulness.load_or_train(data), data))
     members, fuse_reason = fuse
-    points = grid_size(settings.grid) if args.search == "grid" else (args.num_samples or 16)
-    data_arg = str(Path(args.data).resolve()) if args.data and Path(args.data).exists() else args.data
+    points = grid_size(settings.grid) if args.search in (None, "grid") else (args.num_samples or 16)
     # The searcher's second objective: the CLIP score when weights exist, else retrieval top-1; both
     # on the validation split, so the search never selects on the test set it reports.
     objectives = [(BEST_VAL_L1, "min"), (VAL_CLIP if scorer is not None else VAL_TOP1, "max")]
@@ -155,13 +265,13 @@ def new_provenance(args, argv, experiment, ray_experiment, settings, data, per_t
         "experiment": experiment, "ray_experiment": ray_experiment, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": [sys.executable, "-m", "search.grid", *(sys.argv[1:] if argv is None else argv)],
         "settings": settings.to_dict(), "preset_about": PRESETS[settings.preset].about,
-        "search": {"search": args.search, "scheduler": args.scheduler,
+        "search": {"search": args.search or "grid", "scheduler": args.scheduler or "fifo",
                    "trials": points // len(members) if members else points, "points": points,
-                   "fuse": {"on": members is not None, "reason": fuse_reason, "members": members},
+                   "fuse": {"mode": args.fuse or "auto", "on": members is not None, "reason": fuse_reason,
+                            "members": members},
                    "objectives": objectives, "resources_per_trial": per_trial,
                    "max_concurrent": args.max_concurrent, "max_failures": args.max_failures},
-        # A path is stored absolute, so --resume and search.export find it from any directory.
-        "dataset": {"data_arg": data_arg,
+        "dataset": {"data_arg": data_arg(args.data),
                     **{k: v for k, v in data.info.items() if k != "splits"},
                     "counts": {s: len(data.split(s)) for s in ("train", "val", "test")},
                     "split_ids": data.info.get("splits")},
@@ -203,6 +313,7 @@ def new_tuner(trainable, settings: Settings, prov: dict, storage: str):
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     t_start = time.time()
+    check_data(None if args.resume else args.data)
     from data_pipeline.ray_env import init_ray
 
     init_ray(address=args.address)
@@ -216,42 +327,45 @@ def main(argv=None) -> list[dict]:
     cluster = {"CPU": resources.get("CPU", 0.0), "GPU": resources.get("GPU", 0.0), "nodes": len(ray.nodes())}
     has_gpu = cluster["GPU"] > 0 or torch.cuda.is_available()
     preset = args.preset or ("full" if has_gpu else "laptop")
-    experiment = args.experiment or f"{args.search}-{preset}"
+    experiment = args.experiment or f"{args.search or 'grid'}-{preset}"
     results_dir = Path(args.results).resolve() / experiment
-    storage = args.storage_path or str(Path(args.results).resolve())
-    storage = storage if "://" in storage else str(Path(storage).resolve())
-    ray_experiment = f"{storage.rstrip('/')}/{experiment}"
-
+    prov, ray_experiment, restore = stored_search(args, results_dir)
     if args.resume:
-        if not tune.Tuner.can_restore(ray_experiment):
-            sys.exit(f"--resume: no Ray experiment at {ray_experiment} to continue")
-        prov = read_provenance(results_dir)
         settings = Settings.from_dict(prov["settings"])
-        print(f"[search] resuming {ray_experiment} with its stored settings", flush=True)
+        if restore:
+            print(f"[search] resuming {ray_experiment} with its stored settings", flush=True)
+        else:
+            # The driver stopped after writing provenance.json but before Tune's first snapshot:
+            # nothing ran, so the stored search starts from its beginning.
+            print(f"[search] no Tune snapshot at {ray_experiment} (stopped before any trial ran): "
+                  "starting the stored search from the beginning", flush=True)
     else:
-        if tune.Tuner.can_restore(ray_experiment) or (results_dir / PROVENANCE).exists():
-            sys.exit(f"{results_dir} already holds a search: add --resume to continue it, "
-                     "or pass --experiment NAME for a new one")
-        settings = resolve(preset, config_overrides(args))
+        with user_errors():
+            settings = resolve(preset, config_overrides(args))
     auto = "" if args.preset or args.resume else f" (auto: {'a' if has_gpu else 'no'} GPU visible to Ray/torch)"
     print(f"[search] preset {settings.preset}{auto}: {PRESETS[settings.preset].about}", flush=True)
+    if prov is None:
+        # Before the data: --clip-mode required without weights stops here, not after preprocessing.
+        scorer, clip_status = check_clip(settings.train)
 
     # Prepared once per search, before any trial: the data pipeline never competes with trials for CPUs.
-    data = load_data(prov["dataset"]["data_arg"] if args.resume else args.data, settings)
+    with user_errors("--data"):
+        data = load_data(prov["dataset"]["data_arg"] if args.resume else args.data, settings)
     if args.resume and data.info.get("fingerprint") != prov["dataset"]["fingerprint"]:
-        sys.exit(f"--resume: the dataset changed since the search started (fingerprint "
-                 f"{data.info.get('fingerprint')} != stored {prov['dataset']['fingerprint']})")
+        raise user_error(f"--resume: the dataset at {prov['dataset']['data_arg']} changed since the search started "
+                         f"(fingerprint {data.info.get('fingerprint')} != stored {prov['dataset']['fingerprint']})")
     print(f"[search] data: {'SYNTHETIC ' if data.info.get('synthetic') else ''}{data.info.get('source')}, "
           f"train/val/test rows {len(data.train)}/{len(data.val)}/{len(data.test)}", flush=True)
 
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if cluster["GPU"] > 0 else 0.0)
     per_trial = {"cpu": args.cpus_per_trial, "gpu": gpus}
-    if not args.resume:
+    if prov is None:
         try:
-            fuse = fuse_decision(args.fuse, args.search, args.scheduler, gpus, settings)
+            fuse = fuse_decision(args.fuse or "auto", args.search or "grid", args.scheduler or "fifo", gpus, settings)
         except ValueError as e:
-            sys.exit(f"error: {e}")
-        prov = new_provenance(args, argv, experiment, ray_experiment, settings, data, per_trial, cluster, fuse)
+            raise user_error(str(e)) from None
+        prov = new_provenance(args, argv, experiment, ray_experiment, settings, data, per_trial, cluster,
+                              scorer, clip_status, fuse)
         write_provenance(results_dir, prov)
     print(f"[search] fused: {prov['search']['fuse']['reason']}", flush=True)
     if prov["search"]["search"] == "optuna":
@@ -263,33 +377,46 @@ def main(argv=None) -> list[dict]:
     # The dataset enters the object store once; each trial gets a reference, not a copy of its own.
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, settings=settings,
                                                          members=prov["search"]["fuse"]["members"]), per_trial)
-    if args.resume:
+    if restore:
         # resume_errored: a trial that failed for a passing reason gets another go from its checkpoint.
         # The stored RunConfig comes back with it, including its Progress callback.
         tuner = tune.Tuner.restore(ray_experiment, trainable, resume_errored=True)
     else:
-        tuner = new_tuner(trainable, settings, prov, storage)
+        tuner = new_tuner(trainable, settings, prov, prov["ray_experiment"][:-len(prov["experiment"]) - 1])
     search = prov["search"]
     print(f"[search] {search['trials']} trials for {search['points']} points ({search['search']}, {search['scheduler']}), "
           f"per trial {per_trial}, cluster {cluster}", flush=True)
+    # After a Ctrl-C, Tune's closing ExperimentAnalysis logs a FileNotFoundError for every trial that had
+    # not started (no result file); search.export says "N not started" once instead.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     t_fit = time.time()
-    tuner.fit()
+    tuner.fit()  # Ctrl-C: Tune stops the trials, snapshots the experiment and returns
     prov = read_provenance(results_dir)
     # Tune's own wall time per driver run (a resumed search has several): bench/bench_tune_overhead.py reads it.
     prov["fit_s"] = [*prov.get("fit_s", []), round(time.time() - t_fit, 2)]
     write_provenance(results_dir, prov)
 
-    rows = export(results_dir, data=data)
+    try:
+        rows = export(results_dir, data=data)
+    except SetLayoutError as e:
+        raise user_error(e) from None
     best = next((r for r in rows if r["best"]), None)
     print(f"[search] {len(rows)} trials, {sum(r['status'] == 'ok' for r in rows)} completed, "
           f"{sum(r['status'].startswith('error') for r in rows)} errored; wall time {time.time() - t_start:.0f} s")
     if best:
         print(f"[search] best: {({k: best[k] for k in settings.grid})} {BEST_VAL_L1} {best[BEST_VAL_L1]:.4f}")
+    print(f"[search] results: {results_dir}/best_config.md", flush=True)
     if any(r["status"] in ("pending", "running", "paused") for r in rows):
-        print("[search] interrupted before every trial finished: rerun the same command with --resume")
-    print(f"[search] results: {results_dir}/best_config.md")
+        print("[search] interrupted before every trial finished (partial results saved): "
+              "rerun the same command with --resume", flush=True)
+        raise SystemExit(INTERRUPTED)
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # before or after Tune's own handler (data preparation, export)
+        print("[search] interrupted: rerun the same command (with --resume once it says the search exists)",
+              file=sys.stderr, flush=True)
+        sys.exit(INTERRUPTED)

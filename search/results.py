@@ -14,13 +14,16 @@ in the table's header and provenance.
 from __future__ import annotations
 
 import csv
+import ctypes
 import io
 import json
+import logging
 import math
 import os
 import shutil
 import subprocess
-import tempfile
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +77,9 @@ def error_reason(text: str | None) -> str | None:
 def load_trials(experiment_path: str) -> list[TrialRecord]:
     from ray.tune import ExperimentAnalysis
 
+    # A trial that has not started has no result file; Tune logs a FileNotFoundError for each such
+    # trial. export() says "not started" once instead.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     analysis = ExperimentAnalysis(str(experiment_path))
     out = []
     for trial in analysis.trials:
@@ -188,25 +194,76 @@ def columns(rows: list[dict]) -> list[str]:
 # ---------------------------------------------------------------------------- writing
 
 
+def _beside(path: Path, tag: str) -> Path:
+    """A hidden, unique name next to `path` for its temporary or previous version."""
+    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 def atomic_write(path: str | Path, data: str | bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: a reader never sees half a table."""
+    """Write to a temporary file beside `path`, then rename: a reader never sees half a table.
+
+    The file is created with open(), so it gets the usual mode (0644 under umask 022), not
+    mkstemp's 0600: others on shared storage can read the results.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    tmp = _beside(path, "tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where that is unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def replace_dir(filled_tmp: str | Path, dst: str | Path) -> None:
-    """Swap a fully written directory into place: `dst` is always the old or the new one, never half."""
-    dst = Path(dst)
-    old = dst.with_name(f".{dst.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
+    """Swap a fully written directory into place: `dst` is always the old or the new one, never half.
+
+    On Linux the two trade places atomically; elsewhere (or on a filesystem without the call)
+    there is a moment between two renames when `dst` is absent.
+    """
+    filled_tmp, dst = Path(filled_tmp), Path(dst)
+    if dst.exists() and _exchange(filled_tmp, dst):
+        shutil.rmtree(filled_tmp)  # the old directory, now under the temporary name
+        return
+    old = _beside(dst, "old")
     if dst.exists():
         os.replace(dst, old)
     os.replace(filled_tmp, dst)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged_dir(dst: str | Path):
+    """An empty folder beside `dst` to build a new version in; when the block ends without an
+    error it replaces `dst` as a whole (replace_dir), otherwise it is removed and `dst` is untouched.
+
+        with staged_dir("results/grid") as tmp:
+            (tmp / "a.csv").write_text(...)       # readers still see the old results/grid
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (*dst.parent.glob(f".{dst.name}.staged-*"), *dst.parent.glob(f".{dst.name}.old-*")):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a process killed mid-way
+    tmp = _beside(dst, "staged")
+    tmp.mkdir()  # os.mkdir: the usual mode, not mkdtemp's 0700
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, dst)
 
 
 def _fmt(value, col: str = "") -> str:

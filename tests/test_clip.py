@@ -153,6 +153,24 @@ def test_modes_and_the_loss_rule(scorer, tiny_clip_file, capsys):
             clip.resolve_clip(TrainConfig(loss="l1+clip", clip_mode=mode, **bogus), "cpu")
 
 
+def test_the_unavailable_banner_is_printed_by_the_driver_not_by_each_trial(monkeypatch, capsys):
+    import sys
+    from types import SimpleNamespace
+
+    def ray_process(actor_id):  # what a Tune trial (an actor) or the driver sees of Ray
+        context = SimpleNamespace(get_actor_id=lambda: actor_id)
+        return SimpleNamespace(is_initialized=lambda: True, get_runtime_context=lambda: context)
+
+    cfg = TrainConfig(clip_mode="auto", clip_model=TINY, clip_pretrained=BOGUS)
+    clip._WARNED.clear()
+    monkeypatch.setitem(sys.modules, "ray", ray_process("a1b2"))
+    _, status = clip.resolve_clip(cfg, "cpu")
+    assert status.startswith("unavailable:") and "WARNING" not in capsys.readouterr().err  # trial: recorded, quiet
+    monkeypatch.setitem(sys.modules, "ray", ray_process(None))
+    assert clip.resolve_clip(cfg, "cpu") == (None, status)
+    assert "WARNING: no CLIP score" in capsys.readouterr().err  # the driver says it, once
+
+
 # --- preprocessing and score ----------------------------------------------------------------------
 
 

@@ -48,6 +48,9 @@ def test_cluster_yaml_is_a_valid_ray_cluster_config():
     assert any("pip install" in c and "pokemon-t2i" in c for c in config["setup_commands"])  # installs this project
     for cmds in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
         assert any("RAY_AUTH_MODE=token" in c for c in cmds)  # the same auth mode on every node
+    # The dashboard's job API on the head's loopback only; README's `ray dashboard` tunnel reaches it there.
+    hosts = re.findall(r"--dashboard-host[= ](\S+)", " ".join(config["head_start_ray_commands"]))
+    assert hosts == ["127.0.0.1"], hosts
     assert set(re.findall(r"<YOUR_[A-Z0-9_]+>", text)) >= {"<YOUR_AWS_REGION>", "<YOUR_S3_INSTANCE_PROFILE_ARN>"}
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
+import stat
 from dataclasses import fields
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,9 +20,10 @@ import pytest
 from data_pipeline.config import DataConfig
 from data_pipeline.dataset import PreparedData, Split
 from model.config import BEST_VAL_L1, TEST_CLIP, TEST_L1, TEST_TOP1, VAL_TOP1, ModelConfig, TrainConfig
+from search import export as export_mod
 from search import grid as grid_cli
-from search.results import (TrialRecord, atomic_write, error_reason, pareto_front, replace_dir, table_rows,
-                            write_tables)
+from search.results import (TrialRecord, atomic_write, error_reason, pareto_front, replace_dir, staged_dir,
+                            table_rows, write_tables)
 from search.settings import PRESETS, Settings, add_config_flags, config_fields, config_overrides, limit_records, resolve
 from search.space import GRID, grid_size, param_space, trial_configs
 
@@ -83,7 +87,7 @@ def test_cli_rejects_contradictions():
     with pytest.raises(SystemExit):
         _parse(["--num-samples", "4"])  # only for --search optuna
     with pytest.raises(SystemExit):
-        _parse(["--resume", "--epochs", "3"])  # a resumed search keeps its stored settings
+        _parse(["--experiment", "tune"])  # the folder of Ray's own files beside the results
     with pytest.raises(ValueError, match="divisible"):
         resolve("smoke", {"d_model": 30})  # caught before Ray starts, not in trial 17
 
@@ -105,7 +109,95 @@ def _provenance(search="grid", epochs=2):
             "experiment": "t", "preset_about": "tiny", "clip": {"model": "m", "pretrained": "p", "status": "off"},
             "dataset": {"source": "synthetic:0", "synthetic": True, "fingerprint": "abc", "counts": {"train": 8}},
             "code_version": "unknown", "ray_version": "2.60.0", "torch_version": "x", "devices": "cpu",
-            "ray_experiment": "/tmp/x", "baselines": {"baseline/test_l1_mean_train_image": 0.41}}
+            "ray_experiment": "/tmp/x", "baselines": {"baseline/test_l1_mean_train_image": 0.41},
+            "cluster": {"nodes": 1, "CPU": 2.0, "GPU": 0.0}}
+
+
+# ---------------------------------------------------------------------------- resume
+
+
+def test_resume_accepts_the_same_command_and_names_a_changed_flag():
+    prov = _provenance(epochs=2)
+    prov["dataset"]["data_arg"] = None
+    prov["search"]["scheduler"] = "fifo"
+    same = _parse(["--preset", "smoke", "--epochs", "2", "--lr", "1e-4", "1e-5", "--scheduler", "fifo", "--resume"])
+    assert grid_cli.resume_conflicts(same, prov, None) == []  # what the interrupted search says to run
+    changed = _parse(["--preset", "smoke", "--epochs", "3", "--lr", "1e-3", "--resume"])
+    assert sorted(grid_cli.resume_conflicts(changed, prov, None)) == [
+        "--epochs (stored 2, given 3)", "--lr (stored (0.0001, 1e-05), given (0.001,))"]
+    assert grid_cli.resume_conflicts(_parse(["--preset", "laptop", "--resume"]), prov, None) == [
+        "--preset (stored 'smoke', given 'laptop')"]
+
+
+def _stored(tmp_path, ray_experiment, snapshot):
+    """A results folder holding provenance.json, its Ray experiment elsewhere, with or without Tune's snapshot."""
+    prov = {**_provenance(), "experiment": "exp", "ray_experiment": str(ray_experiment)}
+    prov["dataset"]["data_arg"] = None
+    export_mod.write_provenance(tmp_path / "results" / "exp", prov)
+    ray_experiment.mkdir(parents=True)
+    (ray_experiment / "tuner.pkl").write_bytes(b"")  # Tune writes it as fit() starts
+    if snapshot:
+        (ray_experiment / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    return tmp_path / "results" / "exp"
+
+
+def test_resume_finds_the_experiment_from_provenance(tmp_path):
+    # Stored with --storage-path elsewhere; --resume without the flag still finds it.
+    results_dir = _stored(tmp_path, tmp_path / "bucket" / "exp", snapshot=True)
+    prov, ray_experiment, restore = grid_cli.stored_search(_parse(["--resume"]), results_dir)
+    assert ray_experiment == str(tmp_path / "bucket" / "exp") and restore and prov["experiment"] == "exp"
+    with pytest.raises(SystemExit) as e:  # a new search into the same folder is refused
+        grid_cli.stored_search(_parse([]), results_dir)
+    assert e.value.code == 2
+
+
+def test_resume_before_the_first_snapshot_starts_the_stored_search(tmp_path):
+    # Killed between writing provenance.json and Tune's first snapshot: not stuck.
+    results_dir = _stored(tmp_path, tmp_path / "results" / "tune" / "exp", snapshot=False)
+    prov, ray_experiment, restore = grid_cli.stored_search(_parse(["--resume"]), results_dir)
+    assert not restore and ray_experiment == prov["ray_experiment"]
+
+
+def test_resume_without_a_stored_search_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        grid_cli.stored_search(_parse(["--resume"]), tmp_path / "results" / "nothing")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: --resume:") and err.count("\n") == 1
+    assert str(tmp_path / "results" / "nothing") in err
+
+
+# ---------------------------------------------------------------------------- user errors
+
+
+@pytest.mark.parametrize("kind", ["missing", "no layout"])
+def test_a_bad_data_path_is_a_one_line_error(kind, tmp_path, capsys):
+    path = tmp_path / ("absent" if kind == "missing" else "empty")
+    if kind == "no layout":
+        path.mkdir()
+    with pytest.raises(SystemExit) as e:
+        grid_cli.check_data(str(path))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: --data: ") and err.count("\n") == 1 and str(path) in err
+
+
+def test_a_source_without_usable_records_is_a_one_line_error(make_pokedex, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("POKEMON_T2I_CACHE", str(tmp_path / "cache"))
+    folder = make_pokedex(3)
+    for png_file in (folder / "images" / "thumbnails").iterdir():
+        png_file.unlink()  # every record rejected while reading, before Ray starts
+    with pytest.raises(SystemExit) as e, grid_cli.user_errors("--data"):
+        grid_cli.load_data(str(folder), resolve("smoke", {}))
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("reading ")]
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: --data: no usable records")
+
+
+def test_clip_required_without_weights_is_a_one_line_error(capsys):
+    cfg = TrainConfig(clip_mode="required", clip_pretrained="/nonexistent/clip_weights.pt")
+    with pytest.raises(SystemExit) as e:
+        grid_cli.check_clip(cfg)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "/nonexistent/clip_weights.pt" in err and "--clip-pretrained" in err
 
 
 def _trial(tid, lr, best, status="TERMINATED", epochs=2, error=None, top1=0.1):
@@ -158,10 +250,22 @@ def test_write_tables_csv_json_md(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_config.csv", "best_config.json", "best_config.md"]
 
 
-def test_atomic_writes_leave_no_partial_files(tmp_path):
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_writes_leave_no_partial_files(tmp_path, umask_022):
     atomic_write(tmp_path / "a.txt", "one")
     atomic_write(tmp_path / "a.txt", b"two")
     assert (tmp_path / "a.txt").read_text() == "two" and len(list(tmp_path.iterdir())) == 1
+    assert _mode(tmp_path / "a.txt") == 0o644  # readable by others on shared storage, not mkstemp's 0600
     for content in ("old", "new"):
         src = tmp_path / f"src_{content}"
         src.mkdir()
@@ -169,6 +273,77 @@ def test_atomic_writes_leave_no_partial_files(tmp_path):
         replace_dir(src, tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "f").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "ckpt"]
+
+
+def test_a_results_set_is_replaced_whole_or_not_at_all(tmp_path, umask_022):
+    dst = tmp_path / "exp"
+    dst.mkdir()
+    for name in ("best_config.csv", "samples_test.png"):
+        (dst / name).write_text("old")
+    with pytest.raises(KeyboardInterrupt), staged_dir(dst) as out:  # killed half-way through an export
+        (out / "best_config.csv").write_text("new")
+        raise KeyboardInterrupt
+    assert {p.name: p.read_text() for p in dst.iterdir()} == {"best_config.csv": "old", "samples_test.png": "old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["exp"]  # no staging folder left
+
+    with staged_dir(dst) as out:
+        (out / "best_config.csv").write_text("new")
+        (out / "best_checkpoint").mkdir()
+        assert (dst / "best_config.csv").read_text() == "old"  # readers see the old set until the swap
+    assert {p.name for p in dst.iterdir()} == {"best_config.csv", "best_checkpoint"}  # not two runs' files
+    assert (dst / "best_config.csv").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["exp"]
+    assert _mode(dst) == _mode(dst / "best_checkpoint") == 0o755  # not mkdtemp's 0700
+
+
+class _Checkpoint:
+    def to_directory(self, path):
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "checkpoint.pt"), "w") as f:
+            f.write("weights")
+
+
+def _exported_search(tmp_path, monkeypatch, fingerprint):
+    """search.export on a stored search of 3 trials (one pending), reading a dataset with `fingerprint`."""
+    results_dir = tmp_path / "results" / "exp"
+    prov = {**_provenance(), "experiment": "exp", "ray_experiment": str(tmp_path / "results" / "tune" / "exp")}
+    prov["dataset"]["data_arg"] = None
+    export_mod.write_provenance(results_dir, prov)
+    (results_dir / "samples_test.png").write_text("from an earlier export")
+    trials = [_trial("a", 1e-4, 0.5), _trial("b", 1e-5, 0.3), TrialRecord("c", {"lr": 1e-5}, "PENDING")]
+    trials[1].checkpoint = _Checkpoint()
+    monkeypatch.setattr(export_mod, "load_trials", lambda path: trials)
+    monkeypatch.setattr(export_mod, "load_data", lambda arg, settings: SimpleNamespace(info={"fingerprint": fingerprint}))
+    import search.figures
+
+    def no_samples(*args, **kwargs):
+        raise AssertionError("sample figures drawn from data the search did not train on")
+
+    monkeypatch.setattr(search.figures, "samples", no_samples)
+    rows = export_mod.export(results_dir)
+    return results_dir, rows
+
+
+def test_export_skips_sample_figures_when_the_data_changed(tmp_path, monkeypatch, capsys, umask_022):
+    results_dir, rows = _exported_search(tmp_path, monkeypatch, fingerprint="changed")
+    out = capsys.readouterr().out
+    assert "sample figures skipped: the data" in out and "changed" in out and "abc" in out
+    assert out.count("not started") == 1 and "1 not started" in out  # once, not a FileNotFoundError per trial
+    assert rows[0]["trial_id"] == "b" and rows[0]["best"]
+    assert sorted(p.name for p in results_dir.iterdir()) == [
+        "best_checkpoint", "best_config.csv", "best_config.json", "best_config.md", "learning_curves.png",
+        "provenance.json"]  # the earlier export's samples_test.png is gone with its set
+    for path in (results_dir, *results_dir.rglob("*")):
+        assert _mode(path) & 0o044 == 0o044, path  # group and others can read
+    assert [p.name for p in results_dir.parent.iterdir()] == ["exp"]  # no staging or .best_checkpoint.* left
+
+
+def test_export_refuses_a_folder_that_also_holds_the_ray_experiment(tmp_path):
+    results_dir = tmp_path / "exp"
+    export_mod.write_provenance(results_dir, {**_provenance(), "ray_experiment": str(results_dir)})
+    (results_dir / "trial_x").mkdir()
+    with pytest.raises(export_mod.SetLayoutError, match="replaces that folder as a whole"):
+        export_mod.export(results_dir)
+    assert (results_dir / "trial_x").is_dir()
 
 
 def test_error_reason_names_the_exception():

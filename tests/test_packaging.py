@@ -1,0 +1,61 @@
+"""What the install declares and what the entry points import (fast; no Ray, no model).
+
+pyproject.toml must name every third-party package the code imports itself, not rely on it
+arriving as someone else's dependency; `--help` must answer without loading matplotlib.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL = {"model", "data_pipeline", "search", "bench", "tests", "conftest"}
+
+
+def _imports(folder: str) -> set[str]:
+    names = set()
+    for path in (REPO / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    siblings = {p.stem for p in (REPO / folder).glob("*.py")}  # tests import each other's helpers
+    return names - LOCAL - siblings - set(sys.stdlib_module_names)
+
+
+def _declared(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+
+def _distributions(modules: set[str]) -> dict[str, set[str]]:
+    dists = packages_distributions()
+    return {m: {d.lower().replace("_", "-") for d in dists.get(m, [])} for m in modules}
+
+
+def test_every_imported_package_is_declared():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    runtime = _declared(project["dependencies"])
+    missing = {m: d for folder in ("model", "data_pipeline", "search")
+               for m, d in _distributions(_imports(folder)).items() if not d & runtime}
+    assert not missing, f"imported by the code but not in [project] dependencies: {missing}"
+    tests = runtime | _declared(project["optional-dependencies"]["test"])
+    missing = {m: d for m, d in _distributions(_imports("tests")).items() if not d & tests}
+    assert not missing, f"imported by the tests but not declared (dependencies or the test extra): {missing}"
+
+
+def test_help_does_not_import_matplotlib():
+    code = ("import sys, runpy; sys.argv = ['search.grid', '--help']\n"
+            "try: runpy.run_module('search.grid', run_name='__main__')\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in ('matplotlib', 'torch', 'ray') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "usage: python -m search.grid" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "[]"  # --help loads none of the heavy packages
