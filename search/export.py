@@ -28,7 +28,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from model import checkpoint
 from search.results import atomic_write, curves, load_trials, row_key, staged_dir, table_rows, write_tables
 from search.settings import Settings, load_data
 
@@ -115,6 +114,8 @@ def export(results_dir: str | Path, data=None) -> list[dict]:
             record = next(t for t in trials if t.trial_id == best["trial_id"])
             record.checkpoint.to_directory(str(out / "best_checkpoint"))
             if best["member"] is not None:  # a fused trial's checkpoint holds every member: keep the best alone
+                from model import checkpoint
+
                 state = checkpoint.load(out / "best_checkpoint")
                 checkpoint.save(checkpoint.member(state, best["member"]), out / "best_checkpoint")
             data, why_not = figure_data(prov, data)

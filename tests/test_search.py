@@ -103,7 +103,8 @@ def test_limit_records_keeps_every_rotation_of_a_kept_record():
 
 def _provenance(search="grid", epochs=2):
     s = resolve("smoke", {"epochs": epochs})
-    return {"settings": s.to_dict(), "search": {"search": search, "scheduler": "fifo", "trials": 3,
+    return {"settings": s.to_dict(), "search": {"search": search, "scheduler": "fifo", "trials": 3, "points": 3,
+                                                "fuse": {"mode": "auto", "on": False, "reason": "off", "members": None},
                                                 "objectives": [[BEST_VAL_L1, "min"], [VAL_TOP1, "max"]],
                                                 "resources_per_trial": {"cpu": 1, "gpu": 0}, "max_failures": 2},
             "experiment": "t", "preset_about": "tiny", "clip": {"model": "m", "pretrained": "p", "status": "off"},
@@ -127,6 +128,8 @@ def test_resume_accepts_the_same_command_and_names_a_changed_flag():
         "--epochs (stored 2, given 3)", "--lr (stored (0.0001, 1e-05), given (0.001,))"]
     assert grid_cli.resume_conflicts(_parse(["--preset", "laptop", "--resume"]), prov, None) == [
         "--preset (stored 'smoke', given 'laptop')"]
+    assert grid_cli.resume_conflicts(_parse(["--fuse", "on", "--resume"]), prov, None) == [
+        "--fuse (stored 'auto', given 'on')"]
 
 
 def _stored(tmp_path, ray_experiment, snapshot):
