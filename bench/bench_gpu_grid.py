@@ -1,55 +1,50 @@
-"""Issue 6: how fast can the full thesis grid train on one GPU? Each row switches on one more lever.
+"""The whole thesis grid on one GPU through the fused path, measured, not projected (issue 10).
 
-    python bench/bench_gpu_grid.py                  # on the GPU box: torch + transformers only, no Ray
-    python bench/bench_gpu_grid.py --quick          # a tiny CPU run that exercises every row
+    python bench/bench_gpu_grid.py --data shared/pokedex --procs 4     # on the GPU box: torch + transformers only
+    python bench/bench_gpu_grid.py --quick                             # a tiny CPU run of the same code
 
-Rows (cumulative, all at batch 10, 64 px, the grid's first architecture, frozen text encoder):
-  A  text features recomputed every step (lever 1 off); dataset resident on the device (lever 2)
-  B  + text features computed once per text and reused (lever 1): `model.train.train` as shipped
-  C  + the 4 trials of one architecture packed as one batched model (lever 5, `model.packed`)
-  D  + `torch.compile` of the packed step, CUDA graphs on a GPU (lever 3)
-  E  + P processes on the device at once, each a packed group (lever 4), P from --procs
-Samples/s count optimizer-step samples of every trial together (a packed step of 4 members
-at batch 10 is 40). The grid's wall time is *projected*: 32 trials x 100 epochs x the real
-training split (718 records x 8 rotations = 5,744 rows) = 18.4 M samples, divided by the row's
-samples/s, which is measured over the steady epochs of a short run (the first epoch, with its
-compilation, is left out and reported beside it).
+What runs: the 32 grid points as 8 fused trials (one per architecture, its 4 learning-rate x
+weight-decay points as members of `model.train.train_members`), at the thesis's fidelity by default:
+64 px, N = 8 rotations, 100 epochs, batch 10, dropout 0.3, enriched text, the frozen text encoder.
+`--procs P` processes share the device, each training its share of the architectures one after
+another. It prints the measured wall time of the whole grid (data preparation excluded, process
+start-up included) and samples/s (every member's trained samples / wall), one row per architecture.
 
-Then a check that the fastest path keeps the metrics: the 4 trials of one architecture trained
-for --check-epochs by the plain loop and by the packed (and compiled, where D ran) path, from
-the same seeds; |delta best val L1| is compared with the seed-to-seed spread of the plain loop.
+Then the metric check: the first architecture's 4 points, dropout off, `--check-epochs` epochs, once
+as 4 single trials (K = 1, the unfused path) and once fused (K = 4): per point, best val L1 and test
+L1 side by side. Same seeds and data, so they must agree to float rounding.
 
-Data: generated images and texts of the real shape, the text deciding the image (colour and shape
-words among ~45 filler words), so the metric check compares runs that learn. Text encoder:
+Needs only torch and transformers, since the GPU image has no Ray, pyarrow, open_clip or optuna:
+the data are prepared in this process (`data_pipeline.prepare.prepare_in_memory`, the pipeline's own
+per-record functions); `--data synthetic` generates the embedded synthetic set. Text encoder:
 all-MiniLM-L6-v2 when its package is installed, else a randomly initialized BERT of the same shape,
-said so in the output; with the encoder frozen, its weights never affect the step time.
+said so in the output (a frozen encoder's weights do not change the step time; the metric check
+compares like with like).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import multiprocessing as mp
 import os
-import statistics
-import subprocess
+import pickle
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_pipeline.dataset import PreparedData, Split  # noqa: E402
-from model import train as train_mod  # noqa: E402
-from model.config import BEST_VAL_L1, DEFAULT_TEXT_ENCODER, SAMPLES_PER_S, ModelConfig, TrainConfig  # noqa: E402
-from model.packed import train_packed  # noqa: E402
-
-GRID_SAMPLES = 32 * 100 * 718 * 8
-GROUP = [(1e-4, 1e-5), (1e-4, 1e-6), (1e-5, 1e-5), (1e-5, 1e-6)]  # the 4 trials of one architecture
+from data_pipeline.config import DataConfig  # noqa: E402
+from data_pipeline.prepare import prepare_in_memory  # noqa: E402
+from model.config import BEST_VAL_L1, DEFAULT_TEXT_ENCODER, TEST_L1, ModelConfig, TrainConfig  # noqa: E402
+from model.train import default_device, train, train_members  # noqa: E402
+from search.space import GRID, fused_space  # noqa: E402
 
 
 def machine() -> str:
@@ -65,204 +60,152 @@ def text_encoder(workdir: Path) -> tuple[str, str]:
         return DEFAULT_TEXT_ENCODER, "all-MiniLM-L6-v2 (pretrained)"
     except ImportError:
         pass
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder = workdir / "random-minilm-shaped-bert"
-    if not (folder / "config.json").exists():  # a run that died half-way left no config: build again
-        words = ([f"w{i}" for i in range(200)] + [str(i) for i in range(1000)] + list(COLOURS) + list(SHAPES)
-                 + ["record", "a", "creature", ",", "."])
-        vocab = folder / "vocab.txt"
+    if not (folder / "config.json").exists():
         folder.mkdir(parents=True, exist_ok=True)
-        vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+        letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+        words = sorted({w for a in letters for w in (a, "##" + a)} | set(".,'-é0123456789"))
+        (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+        BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(folder)
         torch.manual_seed(0)
         BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                              intermediate_size=1536)).save_pretrained(folder)
-    return str(folder), "randomly initialized BERT shaped like all-MiniLM-L6-v2 (package absent; speed only)"
+    return str(folder), "randomly initialized BERT shaped like all-MiniLM-L6-v2 (its package is absent: speed only)"
 
 
-COLOURS = {"red": (1, -1, -1), "green": (-1, 1, -1), "blue": (-1, -1, 1), "yellow": (1, 1, -1),
-           "purple": (0, -1, 1), "cyan": (-1, 1, 1), "black": (-1, -1, -1), "orange": (1, 0, -1)}
-SHAPES = ("square", "column", "band", "corner")
+def architectures() -> tuple[list[dict], list[dict]]:
+    trial_grid, members = fused_space(GRID)
+    return [dict(zip(trial_grid, v)) for v in itertools.product(*trial_grid.values())], members
 
 
-def make_data(records: int, rotations: int, size: int, seed: int = 0) -> PreparedData:
-    """Texts of the real length (~60 tokens) whose colour and shape words decide the image: a model
-    can learn them, so the metric check compares runs that actually learn."""
-    rng = np.random.default_rng(seed)
-
-    def split(n, copies, offset):
-        ids = np.repeat(np.arange(offset, offset + n), copies)
-        texts, images = [], []
-        for i in range(n):
-            colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
-            img = np.ones((3, size, size), np.float32)  # white
-            a, b = size // 4, 3 * size // 4
-            region = {"square": np.s_[:, a:b, a:b], "column": np.s_[:, :, a:b // 2 + a],
-                      "band": np.s_[:, a:b // 2 + a, :], "corner": np.s_[:, :size // 2, :size // 2]}[shape]
-            img[region] = np.array(COLOURS[colour], np.float32)[:, None, None]
-            filler = " ".join(f"w{j}" for j in rng.integers(0, 200, 45))
-            texts.append(f"a {colour} {shape} creature , record {offset + i} . {filler}")
-            images += [np.rot90(img, r, axes=(1, 2)).copy() for r in range(copies)]
-        return Split(ids, [t for t in texts for _ in range(copies)], np.stack(images))
-
-    n_eval = max(3, records // 8)
-    return PreparedData(split(records, rotations, 0), split(n_eval, 1, 100_000), split(n_eval, 1, 200_000),
-                        info={"source": f"generated colour-and-shape set, {records} records x {rotations} "
-                                        f"rotations, {size} px"})
+def train_architectures(rank: int, jobs: list[dict], spec: dict, out) -> None:
+    """One process: its architectures, one fused trial after another; one JSON line per trial to `out`."""
+    if spec["device"] == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec["procs"]))
+    with open(spec["data_file"], "rb") as f:
+        data = pickle.load(f)
+    _, members = architectures()
+    for arch in jobs:
+        model_cfg = ModelConfig(**{**spec["model"], **arch})
+        cfgs = [TrainConfig(**{**spec["train"], **m}) for m in members]
+        t0 = time.perf_counter()
+        results = train_members(model_cfg, cfgs, data, device=spec["device"], compile=spec["compile"])
+        out.put({"rank": rank, "arch": arch, "wall_s": time.perf_counter() - t0,
+                 "best_val_l1": [r.get(BEST_VAL_L1) for r in results], "test_l1": [r.get(TEST_L1) for r in results]})
 
 
-def steady(speeds: list[float]) -> float:
-    """Median samples/s of the epochs after the first (the first holds warm-up and compilation)."""
-    return statistics.median(speeds[1:]) if len(speeds) > 1 else speeds[0]
-
-
-def run_row(row: str, model_cfg, cfgs, data, epochs: int, device: str) -> dict:
+def run_grid(data, spec: dict, workdir: Path) -> dict:
+    archs, members = architectures()
+    spec = {**spec, "data_file": str(workdir / "data.pkl")}
+    with open(spec["data_file"], "wb") as f:
+        pickle.dump(data, f)
+    ctx = mp.get_context("spawn")  # CUDA needs fresh processes
+    queue = ctx.Queue()
     t0 = time.perf_counter()
-    speeds = []
-    if row in ("A", "B"):
-        cache = train_mod.TextTable.cache_hidden
-        if row == "A":
-            train_mod.TextTable.cache_hidden = lambda self, net: None  # features recomputed in every step
-        try:
-            train_mod.train(model_cfg, replace(cfgs[0], epochs=epochs), data, device=device,
-                            report=lambda m, s: speeds.append(m[SAMPLES_PER_S]))
-        finally:
-            train_mod.TextTable.cache_hidden = cache
-    else:
-        group = [replace(c, epochs=epochs) for c in cfgs]
-        train_packed(model_cfg, group, data, device=device, compile=row == "D",
-                     report=lambda k, m: speeds.append(m[SAMPLES_PER_S]) if k == 0 else None)
-    return {"row": row, "samples_per_s": steady(speeds), "first_epoch_samples_per_s": speeds[0],
-            "wall_s": time.perf_counter() - t0}
-
-
-def worker(args) -> None:
-    """One process of row E: a packed group, its steady samples/s printed as JSON."""
-    spec = json.loads(args.worker)
-    if spec["device"] == "cpu":  # share the cores instead of each process taking them all
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec["processes"]))
-    model_cfg = ModelConfig(**spec["model"])
-    cfgs = [TrainConfig(**c) for c in spec["train"]]
-    data = make_data(spec["records"], spec["rotations"], model_cfg.image_size)
-    print("RESULT " + json.dumps(run_row(spec["row"], model_cfg, cfgs, data, spec["epochs"], spec["device"])),
-          flush=True)
-
-
-def processes(p: int, spec: dict) -> dict:
-    t0 = time.perf_counter()
-    spec = {**spec, "processes": p}
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdout=subprocess.PIPE,
-                              text=True) for _ in range(p)]
-    try:
-        outs = [proc.communicate(timeout=300)[0] for proc in procs]  # a hung worker must not eat the device time
-    except subprocess.TimeoutExpired as e:
-        for proc in procs:
-            proc.kill()
-        raise RuntimeError(f"a worker of row E ran over {e.timeout} s") from e
-    if any(proc.returncode for proc in procs):
-        raise RuntimeError(f"a worker of row E failed: {[proc.returncode for proc in procs]}")
-    results = [json.loads(line[7:]) for out in outs for line in out.splitlines() if line.startswith("RESULT ")]
-    return {"row": f"E (P={p})", "processes": p, "each": spec["row"], "samples_per_s": sum(r["samples_per_s"] for r in results),
-            "first_epoch_samples_per_s": sum(r["first_epoch_samples_per_s"] for r in results),
-            "wall_s": time.perf_counter() - t0}
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("--records", type=int, default=250, help="training records per speed run (x rotations rows)")
-    p.add_argument("--rotations", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=3, help="epochs per speed row; the first is warm-up")
-    p.add_argument("--procs", default="4,8", help="processes per device for row E")
-    p.add_argument("--rows", default="ABCDE")
-    p.add_argument("--check-epochs", type=int, default=3, help="epochs of the metric check (0 skips it)")
-    p.add_argument("--check-records", type=int, default=100, help="training records of the metric check")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing useful")
-    p.add_argument("--json", default=None, help="also write the rows here")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.worker:
-        return worker(args)
-    if args.quick:
-        args.records, args.rotations, args.epochs, args.procs, args.check_epochs, args.check_records = 12, 2, 2, "2", 2, 12
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 2)))
-    workdir = Path(tempfile.gettempdir()) / "bench_gpu_grid"
-    encoder, encoder_about = text_encoder(workdir)
-    size = 32 if args.quick else 64
-    model_cfg = ModelConfig(image_size=size, text_encoder=encoder, **({"d_model": 32} if args.quick else {}))
-    cfgs = [TrainConfig(lr=lr, weight_decay=wd, clip_mode="off") for lr, wd in GROUP]
-    data = make_data(args.records, args.rotations, size)
-    print(f"machine: {machine()}\ndate: {time.strftime('%Y-%m-%d %H:%M %Z')}\ntext encoder: {encoder_about}\n"
-          f"data: {data.info['source']} ({len(data.train)} training rows per epoch); architecture "
-          f"heads {model_cfg.n_heads}, ff {model_cfg.ff_dim}, layers {model_cfg.n_layers}; batch 10; "
-          f"{args.epochs} epochs per row\n", flush=True)
-
+    procs = [ctx.Process(target=train_architectures, args=(r, archs[r::spec["procs"]], spec, queue))
+             for r in range(spec["procs"])]
+    for p in procs:
+        p.start()
     rows = []
-    # A row that fails (say torch.compile without a working compiler on the GPU box) is reported and
-    # skipped: the device time is short, and the other rows are still worth having.
-    failed = set()
-    for row in args.rows.replace("E", ""):
+    while len(rows) < len(archs):
+        if not any(p.is_alive() for p in procs) and queue.empty():
+            raise RuntimeError(f"a worker died: exit codes {[p.exitcode for p in procs]}")
         try:
-            rows.append(run_row(row, model_cfg, cfgs, data, args.epochs, device))
-            print(f"  row {row}: {rows[-1]['samples_per_s']:.0f} samples/s", flush=True)
-        except Exception as e:  # noqa: BLE001
-            failed.add(row)
-            print(f"  row {row} FAILED, skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                  flush=True)
-    if "E" in args.rows:
-        packed_row = "D" if "D" in args.rows and "D" not in failed else "C"
-        spec = {"model": asdict(model_cfg), "train": [asdict(c) for c in cfgs], "records": args.records,
-                "rotations": args.rotations, "epochs": args.epochs, "device": device, "row": packed_row}
-        for n in [int(x) for x in args.procs.split(",") if x]:
-            try:
-                rows.append(processes(n, spec))
-                print(f"  row E, {n} processes of row {packed_row}: {rows[-1]['samples_per_s']:.0f} samples/s",
-                      flush=True)
-            except RuntimeError as e:
-                print(f"  row E with {n} processes FAILED, skipped: {e}", flush=True)
+            rows.append(queue.get(timeout=5))
+        except Exception:  # noqa: BLE001 — queue.Empty: keep waiting while workers live
+            continue
+        r = rows[-1]
+        print(f"  [{time.perf_counter() - t0:7.1f} s] process {r['rank']}: {r['arch']} done in {r['wall_s']:.1f} s",
+              flush=True)
+    for p in procs:
+        p.join()
+    wall = time.perf_counter() - t0
+    samples = len(archs) * len(members) * spec["train"]["epochs"] * len(data.train)
+    return {"wall_s": wall, "samples": samples, "samples_per_s": samples / wall, "rows": rows}
 
-    if rows:
-        table(rows, args, len(data.train))
-    if args.check_epochs:
-        check(model_cfg, cfgs, make_data(args.check_records, args.rotations, size, seed=1), args.check_epochs, device,
-              compiled="D" in args.rows and "D" not in failed)
+
+def metric_check(data, model_base: dict, train_base: dict, epochs: int, device: str) -> list[dict]:
+    """The first architecture's points, dropout off: single trials (K = 1) vs one fused trial (K = 4)."""
+    archs, members = architectures()
+    model_cfg = ModelConfig(**{**model_base, **archs[0], "dropout_encoder": 0.0, "dropout_attention": 0.0,
+                               "dropout_decoder": 0.0})
+    cfgs = [TrainConfig(**{**train_base, **m, "epochs": epochs}) for m in members]
+    fused = train_members(model_cfg, cfgs, data, device=device)
+    out = []
+    for m, cfg, f in zip(members, cfgs, fused):
+        single = train(model_cfg, cfg, data, device=device)
+        out.append({**m, "single_val": single[BEST_VAL_L1], "fused_val": f[BEST_VAL_L1],
+                    "single_test": single[TEST_L1], "fused_test": f[TEST_L1]})
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="synthetic", help="a Pokédex folder (e.g. a copy of the shared one), or synthetic")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--augment-rotations", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--procs", type=int, default=4, help="processes sharing the device")
+    p.add_argument("--compile", action="store_true", help="torch.compile the fused step (CUDA graphs on a GPU)")
+    p.add_argument("--check-epochs", type=int, default=1, help="epochs of the metric check (0 skips it)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes on any device: checks the script, measures nothing")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    device = default_device()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        encoder, about = text_encoder(workdir)
+        source = args.data
+        if source == "synthetic":
+            from data_pipeline.synthetic import generate
+
+            source = generate(workdir / "synthetic", n=40 if args.quick else 300, seed=0)
+        data_cfg = DataConfig(image_size=32 if args.quick else args.image_size,
+                              augment_rotations=1 if args.quick else args.augment_rotations)
+        t0 = time.perf_counter()
+        data = prepare_in_memory(source, data_cfg)
+        if args.quick:
+            data = replace(data, train=data.train.take(12), val=data.val.take(4), test=data.test.take(4))
+        prep_s = time.perf_counter() - t0
+        model_base = {"image_size": data_cfg.image_size, "text_encoder": encoder,
+                      **({"d_model": 32, "max_tokens": 32} if args.quick else {})}
+        train_base = {"epochs": 1 if args.quick else args.epochs, "batch_size": 10, "clip_mode": "off"}
+        print(f"machine: {machine()}\ntext encoder: {about}\ndata: {data.info['source']}, {data_cfg.image_size} px, "
+              f"{data_cfg.augment_rotations} rotations: train/val/test rows {len(data.train)}/{len(data.val)}/"
+              f"{len(data.test)} (prepared in {prep_s:.1f} s, not counted)\n"
+              f"grid: 8 fused trials x 4 members, {train_base['epochs']} epochs, batch 10, {args.procs} processes "
+              f"on {device}{', compiled' if args.compile else ''}", flush=True)
+        spec = {"model": model_base, "train": train_base, "device": device, "procs": args.procs,
+                "compile": args.compile}
+        grid = run_grid(data, spec, workdir)
+        check = metric_check(data, model_base, train_base, 1 if args.quick else args.check_epochs, device) \
+            if args.check_epochs else []
+
+    print("\n| n_heads | ff_dim | n_layers | wall s (fused trial) | best val L1 per member (lr, wd order) |")
+    print("|---|---|---|---|---|")
+    for r in sorted(grid["rows"], key=lambda r: tuple(r["arch"].values())):
+        vals = " ".join(f"{v:.4f}" if v is not None else "diverged" for v in r["best_val_l1"])
+        print(f"| {r['arch']['n_heads']} | {r['arch']['ff_dim']} | {r['arch']['n_layers']} | {r['wall_s']:.1f} | {vals} |")
+    print(f"\nwhole grid, measured: {grid['wall_s']:.1f} s wall ({grid['wall_s'] / 60:.2f} min), "
+          f"{grid['samples']:,} samples, {grid['samples_per_s']:,.0f} samples/s")
+    if check:
+        print("\n| lr | weight_decay | best val L1 single | fused | test L1 single | fused | max rel diff |")
+        print("|---|---|---|---|---|---|---|")
+        worst = 0.0
+        for c in check:
+            rel = max(abs(c["fused_val"] - c["single_val"]) / c["single_val"],
+                      abs(c["fused_test"] - c["single_test"]) / c["single_test"])
+            worst = max(worst, rel)
+            print(f"| {c['lr']:g} | {c['weight_decay']:g} | {c['single_val']:.5f} | {c['fused_val']:.5f} | "
+                  f"{c['single_test']:.5f} | {c['fused_test']:.5f} | {rel:.1e} |")
+        print(f"\nmetric check: fused vs single trials, dropout off: max relative difference {worst:.1e} "
+              f"({'float rounding' if worst < 1e-3 else 'MORE THAN FLOAT ROUNDING'})")
+    result = {"machine": machine(), "text_encoder": about, "grid": grid, "check": check, "quick": args.quick}
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
-
-
-def table(rows: list[dict], args, train_rows: int) -> None:
-    base = rows[0]["samples_per_s"]
-    print(f"\n| row | levers on | samples/s (steady) | first epoch samples/s | x row {rows[0]['row']} | "
-          "projected grid wall |")
-    print("|---|---|---:|---:|---:|---:|")
-    about = {"A": "2 (data on device)", "B": "1, 2", "C": "1, 2, 5 (4 trials packed)", "D": "1, 2, 5, 3 (compiled)"}
-    for r in rows:
-        levers = about.get(r["row"]) or f"{about[r['each']].split(' (')[0]}, 4 ({r['processes']} processes)"
-        grid_s = GRID_SAMPLES / r["samples_per_s"]
-        print(f"| {r['row']} | {levers} | {r['samples_per_s']:,.0f} | {r['first_epoch_samples_per_s']:,.0f} | "
-              f"{r['samples_per_s'] / base:.1f}x | {grid_s / 60:,.1f} min |")
-    print(f"\nprojected grid wall = {GRID_SAMPLES:,} samples (32 trials x 100 epochs x 5,744 rows) / steady samples/s "
-          f"of a {args.epochs}-epoch run on {train_rows} rows: a projection, not a measured grid.")
-
-
-def check(model_cfg, cfgs, data, epochs: int, device: str, compiled: bool) -> None:
-    """The packed path's best val L1 per trial against the plain loop's, beside the seed-to-seed spread."""
-    cfgs = [replace(c, epochs=epochs) for c in cfgs]
-    plain = [train_mod.train(model_cfg, c, data, device=device)[BEST_VAL_L1] for c in cfgs]
-    other_seed = [train_mod.train(model_cfg, replace(c, seed=1), data, device=device)[BEST_VAL_L1] for c in cfgs]
-    fast = [r[BEST_VAL_L1] for r in train_packed(model_cfg, cfgs, data, device=device, compile=compiled)]
-    print(f"\nmetric check ({epochs} epochs on {len(data.train)} rows, dropout 0.3, "
-          f"{'packed + compiled' if compiled else 'packed'} vs plain):")
-    print("| lr | weight decay | plain best val L1 | fast best val L1 | abs diff | plain, seed 1 | seed spread |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for c, a, b, s in zip(cfgs, plain, fast, other_seed):
-        print(f"| {c.lr:g} | {c.weight_decay:g} | {a:.4f} | {b:.4f} | {abs(a - b):.4f} | {s:.4f} | {abs(a - s):.4f} |")
-    diff = max(abs(a - b) for a, b in zip(plain, fast))
-    spread = max(abs(a - s) for a, s in zip(plain, other_seed))
-    print(f"max |fast - plain| {diff:.4f} vs max seed-to-seed {spread:.4f}: "
-          f"{'within' if diff <= max(spread, 1e-3) else 'OUTSIDE'} run-to-run noise")
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python bench/bench_tune_overhead.py                  # the smoke grid, default resources
     python bench/bench_tune_overhead.py --preset laptop  # the default main job's trials instead
+    python bench/bench_tune_overhead.py --fuse on        # only the fused grid (8 trials of 4 members)
 
 overhead = 1 - (sum of trial times / concurrency) / Tune wall time, where a trial's time is
 Tune's `time_total_s` (its function running: training, reports, checkpoint saves) and the
@@ -37,14 +38,8 @@ def machine() -> str:
     return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, load average {load:.1f} at start"
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="smoke", choices=("smoke", "laptop"))
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    args = p.parse_args(argv)
-
-    import ray
-
+def measure(fuse: str, preset: str, cpus_per_trial: float) -> dict:
+    """One search.grid run in this process (`--fuse fuse`), its Tune overhead."""
     from search.grid import main as grid
     from search.progress import Progress
     from search.results import load_trials
@@ -58,36 +53,55 @@ def main(argv=None) -> dict:
 
     Progress.setup = timed_setup
     Progress.on_trial_start = lambda self, iteration, trials, trial, **info: stamps.setdefault("first", time.time())
-
-    where = machine()
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.time()
-        rows = grid(["--preset", args.preset, "--results", tmp, "--experiment", "bench",
-                     "--cpus-per-trial", str(args.cpus_per_trial)])
-        total = time.time() - t0
-        prov = json.loads((Path(tmp) / "bench" / "provenance.json").read_text())
-        trials = load_trials(prov["ray_experiment"])  # Ray's files sit beside the results set
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.time()
+            rows = grid(["--preset", preset, "--results", tmp, "--experiment", "bench", "--fuse", fuse,
+                         "--cpus-per-trial", str(cpus_per_trial)])
+            total = time.time() - t0
+            prov = json.loads((Path(tmp) / "bench" / "provenance.json").read_text())
+            trials = load_trials(prov["ray_experiment"])  # Ray's files sit beside the results set
+    finally:
+        Progress.setup = setup
+        del Progress.on_trial_start
     fit_s = prov["fit_s"][-1]
     trial_s = [t.history[-1]["time_total_s"] for t in trials]
-    concurrency = min(prov["cluster"]["CPU"] // args.cpus_per_trial, len(trials))
+    concurrency = min(prov["cluster"]["CPU"] // cpus_per_trial, len(trials))
     ideal = sum(trial_s) / concurrency
-    overhead = 1 - ideal / fit_s
     startup = stamps["first"] - stamps["fit_start"]
-    steady = 1 - ideal / (fit_s - startup)
-    result = {"trials": len(trials), "concurrency": int(concurrency), "sum_trial_s": sum(trial_s), "ideal_s": ideal,
-              "fit_s": fit_s, "overhead": overhead, "startup_s": startup, "steady_overhead": steady,
-              "command_s": total, "ok": sum(r["status"] == "ok" for r in rows)}
+    return {"fuse": fuse, "trials": len(trials), "rows": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
+            "concurrency": int(concurrency), "sum_trial_s": sum(trial_s), "ideal_s": ideal, "fit_s": fit_s,
+            "overhead": 1 - ideal / fit_s, "startup_s": startup, "steady_overhead": 1 - ideal / (fit_s - startup),
+            "command_s": total}
 
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="smoke", choices=("smoke", "laptop"))
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--fuse", nargs="+", default=["off", "on"], choices=("off", "on"),
+                   help="run the grid unfused (32 trials), fused (8 trials of 4 members), or both (default)")
+    args = p.parse_args(argv)
+
+    import ray
+
+    where = machine()
+    results = [measure(fuse, args.preset, args.cpus_per_trial) for fuse in args.fuse]
     print(f"\nRay Tune overhead, {time.strftime('%Y-%m-%d')}, Ray {ray.__version__}, {where}")
     print(f"preset {args.preset}, {args.cpus_per_trial:g} CPU per trial, reuse_actors, one checkpoint per epoch\n")
-    print("| trials | concurrency | sum of trial times (s) | ideal wall = sum / concurrency (s) "
-          "| Tune wall, fit() (s) | overhead | start-up (s) | overhead after start-up | whole command (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {len(trials)} ({result['ok']} ok) | {result['concurrency']} | {sum(trial_s):.1f} | {ideal:.1f} "
-          f"| {fit_s:.1f} | {overhead:.1%} | {startup:.1f} | {steady:.1%} | {total:.1f} |")
-    print(f"\ntarget <= 10%: {'met' if overhead <= 0.10 else 'NOT met'} "
-          "(whole command adds Ray start, data preparation and the results export)")
-    return result
+    print("| --fuse | Tune trials (table rows) | concurrency | sum of trial times (s) "
+          "| ideal wall = sum / concurrency (s) | Tune wall, fit() (s) | overhead | start-up (s) "
+          "| overhead after start-up | whole command (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['fuse']} | {r['trials']} ({r['rows']} rows, {r['ok']} ok) | {r['concurrency']} "
+              f"| {r['sum_trial_s']:.1f} | {r['ideal_s']:.1f} | {r['fit_s']:.1f} | {r['overhead']:.1%} "
+              f"| {r['startup_s']:.1f} | {r['steady_overhead']:.1%} | {r['command_s']:.1f} |")
+    for r in results:
+        print(f"--fuse {r['fuse']}: overhead {r['overhead']:.1%}, target <= 10% "
+              f"{'met' if r['overhead'] <= 0.10 else 'NOT met'}")
+    print("(the whole command adds Ray start, data preparation and the results export)")
+    return results
 
 
 if __name__ == "__main__":

@@ -162,6 +162,17 @@ def run_ray(items: list[Item], image_size: int, rotations: int = 1, num_blocks: 
     return pixels, errors
 
 
+def run_local(items: list[Item], image_size: int, rotations: int = 1,
+              progress: bool = False) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """`run_ray`'s result computed in this process, record by record, without Ray: for a machine that
+    has no Ray (a GPU box that only trains, see `prepare.prepare_in_memory`)."""
+    pixels, errors = {}, {}
+    for it in items:
+        batch = {"id": np.array([it.id], np.int64), "image": np.array([it.image], dtype=object)}
+        _collect(preprocess_batch(batch, image_size, rotations), pixels, errors)
+    return pixels, errors
+
+
 def _one_by_one(items: list[Item], image_size: int, rotations: int, pixels: dict, errors: dict) -> None:
     """The records of failed blocks, one Ray task each and no retry: a record that still fails (its
     worker crashed, say) is rejected with the reason, and the others come back."""

@@ -162,20 +162,39 @@ def prepare_dataset(data: str | Path | None, cfg: DataConfig = DataConfig(), cac
     return prepared
 
 
+def prepare_in_memory(data: str | Path, cfg: DataConfig = DataConfig()) -> PreparedData:
+    """What `prepare_dataset` returns for a dataset path, built in this process without Ray and without
+    the cache (so without pyarrow): for a machine that only trains, such as a GPU box with torch and
+    transformers alone (bench/bench_gpu_grid.py). Slower than Ray Data on many cores; same arrays."""
+    from data_pipeline.pipeline import run_local
+
+    src = read_source(Path(data).expanduser())
+    info = {"source": str(Path(data).resolve()), "layout": src.layout, "fingerprint": fingerprint(src.content_hash, cfg),
+            "settings": asdict(cfg), "synthetic": False, "pipeline_version": PIPELINE_VERSION,
+            "rotation_angles": rotation_angles(cfg.augment_rotations), "built_in_memory": True}
+    prepared, _ = _build(src.records, src.rejected, cfg, info, False, None, decode=run_local)
+    return prepared
+
+
 def _build(records: list[Record], rejected: list[Rejection], cfg: DataConfig, info: dict, progress: bool,
-           cache_dir: Path) -> tuple[PreparedData, list[Rejection]]:
-    from data_pipeline.pipeline import Item, run_ray, split_arrays
-    from data_pipeline.ray_env import init_ray
+           cache_dir: Path | None, decode=None) -> tuple[PreparedData, list[Rejection]]:
+    """Decode, split and scale the records; `decode` is `pipeline.run_ray` (Ray Data) unless given."""
+    from data_pipeline.pipeline import Item, split_arrays
 
     found = len(records) + len(rejected)
     if not records:
         _fail(rejected, found, info, cache_dir)
 
-    init_ray()
+    if decode is None:
+        from data_pipeline.pipeline import run_ray
+        from data_pipeline.ray_env import init_ray
+
+        init_ray()
+        decode = run_ray
     _log(progress, f"preprocessing {len(records)} images with Ray Data (size {cfg.image_size}, "
                    f"{cfg.augment_rotations} rotations of each training image) ...")
     # keyed by position, not id: copies of one id are all decoded, and the first that loads is kept
-    decoded, errors = run_ray([Item(k, r.image) for k, r in enumerate(records)], cfg.image_size,
+    decoded, errors = decode([Item(k, r.image) for k, r in enumerate(records)], cfg.image_size,
                               cfg.augment_rotations, progress=progress)
     rejected = rejected + [Rejection(records[k].id, records[k].file, "image", f"{reason} ({records[k].where})")
                            for k, reason in sorted(errors.items())]
@@ -202,13 +221,15 @@ def _build(records: list[Record], rejected: list[Rejection], cfg: DataConfig, in
     return PreparedData(info=info, **built), rejected
 
 
-def _fail(rejected: list[Rejection], found: int, info: dict, cache_dir: Path) -> None:
-    """Write the report where the cache would have gone and raise with the first few reasons."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    (cache_dir / "rejected.jsonl").write_text("".join(r.to_json() + "\n" for r in rejected), encoding="utf-8")
+def _fail(rejected: list[Rejection], found: int, info: dict, cache_dir: Path | None) -> None:
+    """Write the report where the cache would have gone (if any) and raise with the first few reasons."""
+    where = ""
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        (cache_dir / "rejected.jsonl").write_text("".join(r.to_json() + "\n" for r in rejected), encoding="utf-8")
+        where = f" Full list: {cache_dir / 'rejected.jsonl'}"
     first = "; ".join(f"id {r.id} {r.field}: {r.reason}" for r in rejected[:3])
-    raise NoUsableRecords(f"no usable records in {info['source']}: all {found} were rejected "
-                          f"(e.g. {first}). Full list: {cache_dir / 'rejected.jsonl'}")
+    raise NoUsableRecords(f"no usable records in {info['source']}: all {found} were rejected (e.g. {first}).{where}")
 
 
 def _write_cache(prepared: PreparedData, rejected: list[Rejection], cache_dir: Path) -> None:

@@ -37,7 +37,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
 
 LAYOUTS = ("pokedex", "parquet", "kaggle")
 KAGGLE_COLUMNS = ("national_number", "english_name", "primary_type", "secondary_type", "classification", "description")
@@ -365,6 +364,8 @@ def _image_bytes(value):
 def _read_parquet(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
     """Each file (and each row group) on its own: a corrupt part rejects its records, naming the file,
     and the other parts still load. A part without the needed columns is an error (the wrong dataset)."""
+    import pyarrow.parquet as pq  # here: the other layouts need no pyarrow (a GPU box that only trains has none)
+
     files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
     records, rejected = [], []
     for f in files:

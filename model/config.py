@@ -31,6 +31,7 @@ class ModelConfig:
     max_tokens: int = 128  # longer texts are truncated by the tokenizer
     text_encoder: str = DEFAULT_TEXT_ENCODER  # hub name or local folder of a BERT-family model
     freeze_text_encoder: bool = True
+    pooled_text: bool = False  # also condition the image queries on the text's mean token (model/network.py)
 
     def __post_init__(self):
         if self.image_size not in (32, 64, 128):
@@ -51,6 +52,10 @@ class TrainConfig:
     clip_model: str = "ViT-B-32"  # open_clip model name
     clip_pretrained: str = "openai"  # open_clip pretrained tag, or a local checkpoint file
     clip_mode: str = "auto"  # "auto": score if weights load, else say so; "required": stop; "off": skip
+    # Augmenting the target images on the fly, beside the data pipeline's rotations: a random horizontal
+    # flip, and a random shift of up to this fraction of the image side (white fills the border).
+    augment_flip: bool = False
+    augment_shift: float = 0.0
 
     def __post_init__(self):
         if self.loss not in ("l1", "clip", "l1+clip"):

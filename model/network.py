@@ -185,20 +185,27 @@ class EncoderLayer(nn.Module):
 
 
 class TextToLatent(nn.Module):
-    """Learned image queries attend to the encoded text: (K, B, T, D) -> (K, B, D, L, L)."""
+    """Learned image queries attend to the encoded text: (K, B, T, D) -> (K, B, D, L, L).
 
-    def __init__(self, k: int, d: int, n_heads: int, dropout: float, latent_size: int):
+    With `pooled`, each query also gets its own linear map of the text's mean token (K, B, D): a direct
+    path from the whole sentence to every latent position, beside the attention's weighted average.
+    """
+
+    def __init__(self, k: int, d: int, n_heads: int, dropout: float, latent_size: int, pooled: bool = False):
         super().__init__()
         self.latent_size = latent_size
         self.queries = nn.Parameter(torch.empty(k, latent_size * latent_size, d))
+        self.pool = Linear(k, d, latent_size * latent_size * d) if pooled else None
         self.attn = Attention(k, d, n_heads, dropout)
         self.norm = LayerNorm(k, d)
 
     def init_member(self, m: int, gen: torch.Generator) -> None:
         nn.init.normal_(self.queries[m], generator=gen)
 
-    def forward(self, text, key_bias):
+    def forward(self, text, key_bias, pooled=None):
         q = self.queries[:, None].expand(-1, text.shape[1], -1, -1)  # (K, B, L*L, D)
+        if self.pool is not None:
+            q = q + self.pool(pooled).view(q.shape)  # (K, B, L*L, D)
         latent = self.norm(q + self.attn(q, text, key_bias))  # (K, B, L*L, D)
         k, b, _, d = latent.shape
         return latent.transpose(-1, -2).reshape(k, b, d, self.latent_size, self.latent_size)
@@ -273,7 +280,7 @@ class Generator(nn.Module):
         self.proj = Linear(k, text_dim, d)
         self.layers = nn.ModuleList([EncoderLayer(k, d, cfg.n_heads, cfg.ff_dim, cfg.dropout_encoder)
                                      for _ in range(cfg.n_layers)])
-        self.to_latent = TextToLatent(k, d, cfg.n_heads, cfg.dropout_attention, self.LATENT_SIZE)
+        self.to_latent = TextToLatent(k, d, cfg.n_heads, cfg.dropout_attention, self.LATENT_SIZE, cfg.pooled_text)
         n_up = int(math.log2(cfg.image_size // self.LATENT_SIZE))  # 32 -> 3, 64 -> 4, 128 -> 5
         channels = [d] + [max(256 >> i, 16) for i in range(1, n_up + 1)]  # e.g. 256,128,64,32,16
         self.decoder = nn.ModuleList([UpBlock(k, channels[i], channels[i + 1], cfg.dropout_decoder)
@@ -300,7 +307,11 @@ class Generator(nn.Module):
         x = self.proj(hidden)  # (K, B, T, D)
         for layer in self.layers:
             x = layer(x, key_bias)  # (K, B, T, D)
-        latent = self.to_latent(x, key_bias)  # (K, B, D, 4, 4)
+        pooled = None
+        if self.to_latent.pool is not None:
+            tokens = attention_mask.unsqueeze(-1).to(x.dtype)  # (K, B, T, 1)
+            pooled = (x * tokens).sum(2) / tokens.sum(2).clamp(min=1)  # (K, B, D): the mean of the real tokens
+        latent = self.to_latent(x, key_bias, pooled)  # (K, B, D, 4, 4)
         y = latent.transpose(0, 1).reshape(b, -1, *latent.shape[-2:])  # (B, K*D, 4, 4)
         for block in self.decoder:
             y = block(y)  # (B, K*C, 2H, 2W)

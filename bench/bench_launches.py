@@ -1,0 +1,98 @@
+"""Launch proxy, CPU: aten ops dispatched per trained sample by one trial (K = 1) and a fused trial
+(K = 4, the grid's 4 learning-rate x weight-decay points of one architecture), eager and compiled.
+
+    python bench/bench_launches.py [--image-size 32] [--rows 20]
+
+A GPU step of this model is bound by kernel launches, which a CPU cannot show; what it can count is
+the operators dispatched. Method: `model.train.train_members` runs twice under torch.profiler, with
+`rows` and 2 x `rows` training rows (1 epoch, batch 10, the grid's first architecture, dropout 0.3):
+the difference in ops divided by the difference in trained samples (K x rows) is the training step's
+cost per sample alone, setup and validation cancelling out. "ops" counts every aten op the profiler
+records; "kernel ops" those that call no other aten op and do not merely re-view memory (on a GPU, roughly one
+kernel launch each). A compiled
+step runs Inductor's generated kernels, which are no aten ops: its row counts what is still
+dispatched through aten (None where torch.compile cannot run here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from model.config import ModelConfig, TrainConfig  # noqa: E402
+from model.train import train_members  # noqa: E402
+from test_model import tiny_data  # noqa: E402
+
+# Ops that only make a new view of existing memory: no kernel on a GPU.
+METADATA = {"aten::view", "aten::as_strided", "aten::_unsafe_view", "aten::_reshape_alias", "aten::resolve_conj",
+            "aten::resolve_neg", "aten::empty", "aten::empty_strided", "aten::t", "aten::transpose", "aten::permute",
+            "aten::expand", "aten::reshape", "aten::unsqueeze", "aten::squeeze", "aten::select", "aten::slice",
+            "aten::detach", "aten::alias", "aten::split", "aten::chunk", "aten::narrow", "aten::unbind",
+            "aten::as_strided_", "aten::lift_fresh", "aten::resize_", "aten::flatten", "aten::contiguous",
+            "aten::split_with_sizes", "aten::_has_compatible_shallow_copy_type", "aten::is_nonzero", "aten::item",
+            "aten::_local_scalar_dense", "aten::result_type", "aten::to"}
+GROUP = [(1e-4, 1e-5), (1e-4, 1e-6), (1e-5, 1e-5), (1e-5, 1e-6)]  # one architecture's 4 grid points
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").exists():
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if "model name" in ln]
+        cpu = names[0] if names else cpu
+    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def count(k: int, rows: int, size: int, compiled: bool) -> tuple[int, int]:
+    """(aten ops, kernel ops) of one 1-epoch run of K members on `rows` training rows."""
+    cfgs = [TrainConfig(lr=lr, weight_decay=wd, epochs=1, batch_size=10, clip_mode="off") for lr, wd in GROUP[:k]]
+    data = tiny_data(n_train=rows, size=size)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_members(ModelConfig(image_size=size), cfgs, data, device="cpu", compile=compiled)
+    aten = [e for e in prof.events() if e.name.startswith("aten::")]
+    leaves = [e for e in aten if e.name not in METADATA and not any(c.name.startswith("aten::") for c in e.cpu_children)]
+    return len(aten), len(leaves)
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--rows", type=int, default=20, help="training rows of the short run (the long one has twice)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    print(f"machine: {machine()}\n")
+    out = []
+    for k, compiled in ((1, False), (4, False), (1, True), (4, True)):
+        try:
+            short, long = count(k, args.rows, args.image_size, compiled), count(k, 2 * args.rows, args.image_size,
+                                                                                compiled)
+            samples = k * args.rows
+            out.append({"k": k, "compiled": compiled, "ops": (long[0] - short[0]) / samples,
+                        "leaf": (long[1] - short[1]) / samples})
+        except Exception as e:  # noqa: BLE001 — torch.compile needs a working C++ toolchain; report, go on
+            out.append({"k": k, "compiled": compiled, "ops": None, "leaf": None, "why": f"{type(e).__name__}: {e}"})
+    base = out[0]
+    print(f"| members K | compiled | aten ops / trained sample | kernel ops / trained sample | kernel ops vs one trial |")
+    print("|---|---|---|---|---|")
+    for r in out:
+        if r["ops"] is None:
+            print(f"| {r['k']} | {'yes' if r['compiled'] else 'no'} | — | — | not run: {r['why'][:80]} |")
+            continue
+        print(f"| {r['k']} | {'yes' if r['compiled'] else 'no'} | {r['ops']:.1f} | {r['leaf']:.1f} | "
+              f"{r['leaf'] / base['leaf']:.2f}x |")
+    print(f"\n{args.image_size} px, batch 10, grid architecture (n_heads 2, ff_dim 512, n_layers 2), one thread; "
+          f"per-sample cost from runs of {args.rows} and {2 * args.rows} training rows")
+    return out
+
+
+if __name__ == "__main__":
+    main()
