@@ -39,17 +39,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import machine  # noqa: E402
 
 from data_pipeline.config import DataConfig  # noqa: E402
 from data_pipeline.prepare import prepare_in_memory  # noqa: E402
 from model.config import BEST_VAL_L1, DEFAULT_TEXT_ENCODER, TEST_L1, ModelConfig, TrainConfig  # noqa: E402
 from model.train import default_device, train, train_members  # noqa: E402
 from search.space import GRID, fused_space  # noqa: E402
-
-
-def machine() -> str:
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{gpu}; {os.cpu_count()} CPU cores; torch {torch.__version__}; python {sys.version.split()[0]}"
 
 
 def text_encoder(workdir: Path) -> tuple[str, str]:

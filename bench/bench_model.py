@@ -12,29 +12,20 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import platform
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from machine import machine  # noqa: E402
 
 from model.config import SAMPLES_PER_S, ModelConfig, TrainConfig  # noqa: E402
 from model.network import TextToImage, load_text_encoder  # noqa: E402
 from model.train import train  # noqa: E402
 from test_model import tiny_data  # noqa: E402
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        names = [l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in l]
-        cpu = names[0] if names else cpu
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
 
 
 def main():

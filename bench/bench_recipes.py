@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
-import tempfile
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import machine  # noqa: E402
 
 from data_pipeline.config import DataConfig  # noqa: E402
 from model import checkpoint, clip, faithfulness  # noqa: E402
@@ -43,22 +42,14 @@ RECIPES = {
     "wd": ("a weight decay that acts: 1e-2 (the grid's 1e-5 rounds away in float32)", {"weight_decay": 1e-2}),
     "flip": ("+ random horizontal flips and shifts of up to 1/8 of the side", {"augment_flip": True,
                                                                             "augment_shift": 0.125}),
-    "pooled": ("+ the image queries conditioned on the pooled text too", {"pooled_text": True}),
+    "pooled": ("+ the pooled text conditions the image queries and the decoder (FiLM)", {"pooled_text": True}),
     "nodrop": ("dropout 0 (encoder, attention, decoder)", {"dropout_encoder": 0.0, "dropout_attention": 0.0,
                                                            "dropout_decoder": 0.0}),
-    "laptop": ("the laptop preset's departures: lr 1e-3, pooled text, d_model 128",
-               {"lr": 1e-3, "pooled_text": True, "d_model": 128}),
+    "pooled2e-3": ("+ pooled text, learning rate 2e-3", {"pooled_text": True, "lr": 2e-3}),
+    "laptop": ("the laptop preset's model and learning rate: d_model 64, pooled text, lr 2e-3",
+               {"lr": 2e-3, "pooled_text": True, "d_model": 64}),
 }
 __doc__ += "\n".join(f"    {name:8s} {about}" for name, (about, _) in RECIPES.items()) + "\n"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if "model name" in ln]
-        cpu = names[0] if names else cpu
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def split_overrides(overrides: dict) -> tuple[dict, dict, dict]:

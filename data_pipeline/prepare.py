@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare_dataset(args.data, cfg, cache_root=args.out, progress=not args.quiet)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2  # a user error (a bad --data path or layout, no usable record), as search.grid says it
     return 0
 
 

@@ -28,10 +28,13 @@ class ModelConfig:
     dropout_decoder: float = 0.3
     image_size: int = 64  # 32, 64 or 128
     d_model: int = 256  # width the text encoder's hidden states are projected to
+    decoder_channels: int = 256  # the decoder's widths halve from this at each upsampling: 128, 64, 32, ...
     max_tokens: int = 128  # longer texts are truncated by the tokenizer
     text_encoder: str = DEFAULT_TEXT_ENCODER  # hub name or local folder of a BERT-family model
     freeze_text_encoder: bool = True
-    pooled_text: bool = False  # also condition the image queries on the text's mean token (model/network.py)
+    # Also condition on the text's mean token: each image query, and every decoder block's channels (FiLM
+    # after its GroupNorm, which would otherwise normalize away a global colour). model/network.py.
+    pooled_text: bool = False
 
     def __post_init__(self):
         if self.image_size not in (32, 64, 128):

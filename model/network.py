@@ -102,13 +102,18 @@ def _linear(x, weight, bias):
 class Linear(nn.Module):
     """K independent nn.Linear layers."""
 
-    def __init__(self, k: int, d_in: int, d_out: int, zero_bias: bool = False):
+    def __init__(self, k: int, d_in: int, d_out: int, zero_bias: bool = False, zero: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(k, d_out, d_in))
         self.bias = nn.Parameter(torch.empty(k, d_out))
         self.zero_bias = zero_bias  # nn.MultiheadAttention's output projection starts with a zero bias
+        self.zero = zero  # starts as the zero map: a new conditioning path that leaves the network as it was
 
     def init_member(self, m: int, gen: torch.Generator) -> None:
+        if self.zero:
+            self.weight[m] = 0.0
+            self.bias[m] = 0.0
+            return
         nn.init.kaiming_uniform_(self.weight[m], a=math.sqrt(5), generator=gen)
         bound = 0.0 if self.zero_bias else 1 / math.sqrt(self.weight.shape[-1])
         nn.init.uniform_(self.bias[m], -bound, bound, generator=gen)
@@ -253,17 +258,26 @@ class GroupNorm(nn.Module):
 
 class UpBlock(nn.Module):
     """Upsample x2 -> conv 3x3 -> GroupNorm -> GELU -> dropout. GroupNorm rather than BatchNorm: no
-    running statistics, so batches of 10 (and members side by side) behave the same in train and eval."""
+    running statistics, so batches of 10 (and members side by side) behave the same in train and eval.
 
-    def __init__(self, k: int, c_in: int, c_out: int, dropout: float):
+    GroupNorm normalizes each image's channel groups, which wipes out a global offset such as the body
+    colour; with `film` (d_text > 0) the pooled text scales and shifts every channel after it (FiLM, as
+    AdaIN re-injects style), starting as the identity."""
+
+    def __init__(self, k: int, c_in: int, c_out: int, dropout: float, d_text: int = 0):
         super().__init__()
         self.conv = Conv(k, c_in, c_out)
         self.norm = GroupNorm(k, min(8, c_out), c_out)
+        self.film = Linear(k, d_text, 2 * c_out, zero=True) if d_text else None
         self.dropout = dropout
 
-    def forward(self, y):
-        y = self.conv(F.interpolate(y, scale_factor=2, mode="nearest"))
-        return F.dropout(F.gelu(self.norm(y)), self.dropout, self.training)
+    def forward(self, y, pooled=None):
+        y = self.norm(self.conv(F.interpolate(y, scale_factor=2, mode="nearest")))  # (B, K*C, H, W)
+        if self.film is not None:
+            scale, shift = self.film(pooled).chunk(2, dim=-1)  # (K, B, C) each
+            b = y.shape[0]
+            y = y * (1 + scale.transpose(0, 1).reshape(b, -1, 1, 1)) + shift.transpose(0, 1).reshape(b, -1, 1, 1)
+        return F.dropout(F.gelu(y), self.dropout, self.training)
 
 
 class Generator(nn.Module):
@@ -282,9 +296,10 @@ class Generator(nn.Module):
                                      for _ in range(cfg.n_layers)])
         self.to_latent = TextToLatent(k, d, cfg.n_heads, cfg.dropout_attention, self.LATENT_SIZE, cfg.pooled_text)
         n_up = int(math.log2(cfg.image_size // self.LATENT_SIZE))  # 32 -> 3, 64 -> 4, 128 -> 5
-        channels = [d] + [max(256 >> i, 16) for i in range(1, n_up + 1)]  # e.g. 256,128,64,32,16
-        self.decoder = nn.ModuleList([UpBlock(k, channels[i], channels[i + 1], cfg.dropout_decoder)
-                                      for i in range(n_up)])
+        # e.g. d, 128, 64, 32, 16 for the default decoder_channels 256
+        channels = [d] + [max(cfg.decoder_channels >> i, 16) for i in range(1, n_up + 1)]
+        self.decoder = nn.ModuleList([UpBlock(k, channels[i], channels[i + 1], cfg.dropout_decoder,
+                                              d if cfg.pooled_text else 0) for i in range(n_up)])
         self.out = Conv(k, channels[-1], 3)
         with torch.no_grad():
             for m, seed in enumerate(seeds):
@@ -314,7 +329,7 @@ class Generator(nn.Module):
         latent = self.to_latent(x, key_bias, pooled)  # (K, B, D, 4, 4)
         y = latent.transpose(0, 1).reshape(b, -1, *latent.shape[-2:])  # (B, K*D, 4, 4)
         for block in self.decoder:
-            y = block(y)  # (B, K*C, 2H, 2W)
+            y = block(y, pooled)  # (B, K*C, 2H, 2W)
         y = torch.tanh(self.out(y))  # (B, K*3, S, S)
         return y.reshape(b, k, 3, *y.shape[-2:]).transpose(0, 1)  # (K, B, 3, S, S)
 

@@ -56,6 +56,9 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+_HIDDEN: list = [None, None]  # (key, hidden states): the last text set a frozen encoder encoded in this process
+
+
 class TextTable:
     """Every distinct text tokenized once; each split row points at its text by index."""
 
@@ -70,9 +73,16 @@ class TextTable:
         self.hidden = None  # (U, T, H) once cached
 
     def cache_hidden(self, net: TextToImage):
-        with torch.no_grad():
-            self.hidden = torch.cat([net.encode_text(self.input_ids[i:i + EVAL_BATCH], self.mask[i:i + EVAL_BATCH])
-                                     for i in range(0, len(self.texts), EVAL_BATCH)])
+        """A frozen encoder's hidden states of every text, computed once per process: a search's worker runs
+        trial after trial on the same texts (seconds each on a CPU), so the last set is kept for the next."""
+        key = (net.cfg.text_encoder, tuple(self.texts), tuple(self.input_ids.shape), str(self.input_ids.device))
+        if _HIDDEN[0] != key:
+            with torch.no_grad():
+                hidden = torch.cat([net.encode_text(self.input_ids[i:i + EVAL_BATCH], self.mask[i:i + EVAL_BATCH])
+                                    for i in range(0, len(self.texts), EVAL_BATCH)])
+            _HIDDEN[:] = [key, hidden]
+        self.hidden = _HIDDEN[1]  # (U, T, H), never written to
+
 
     def generate(self, net: TextToImage, text_idx):
         """text_idx (K, B): member k's texts -> (K, B, 3, S, S)."""

@@ -351,7 +351,10 @@ def test_cli_prepares_and_reports(local_ray, tmp_path, datafx, capsys):
     assert summary["settings"]["enriched_text"] is False
     assert len((cache_dir / "rejected.jsonl").read_text().splitlines()) == 8
     assert PreparedData.load(cache_dir).val.texts[0].startswith("Creature number")
-    assert main(["--data", str(tmp_path / "missing"), "--out", str(out)]) == 1
+    capsys.readouterr()
+    assert main(["--data", str(tmp_path / "missing"), "--out", str(out)]) == 2  # a user error, as search.grid
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "missing" in err[0]  # one line naming the path
 
 
 def test_synthetic_default_says_so(local_ray, tmp_path, capsys):

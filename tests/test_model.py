@@ -8,13 +8,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
 
 from data_pipeline.dataset import PreparedData, Split
 from model import checkpoint
 from model.config import BEST_VAL_L1, SAMPLES_PER_S, TEST_L1, TRAIN_L1, VAL_L1, ModelConfig, TrainConfig
 from model.network import Generator, TextEncoderUnavailable, load_text_encoder
-from model.train import train
+from model.train import augment, train
 
 COLOURS = {"red": (1, -1, -1), "green": (-1, 1, -1), "blue": (-1, -1, 1), "yellow": (1, 1, -1)}
 SHAPES = ("square", "stripe")
@@ -128,9 +127,9 @@ def test_every_grid_architecture_equals_torch_nn_reference(encoder, n_heads, ff_
     assert (mine[0] - mine[1]).abs().max() > 1e-3  # two texts, two images: the comparison is not of constants
 
 
-@pytest.mark.parametrize("size", [64, 128])
-def test_members_are_independent_networks_at_every_image_size(size):
-    cfg = ModelConfig(image_size=size, d_model=32, ff_dim=64, **NO_DROPOUT)
+@pytest.mark.parametrize("size,pooled", [(64, False), (128, False), (32, True)])
+def test_members_are_independent_networks_at_every_image_size(size, pooled):
+    cfg = ModelConfig(image_size=size, d_model=32, ff_dim=64, pooled_text=pooled, **NO_DROPOUT)
     both, alone = Generator(cfg, 384, seeds=(1, 2)).eval(), Generator(cfg, 384, seeds=(2,)).eval()
     for (name, a), (_, b) in zip(both.named_parameters(), alone.named_parameters()):
         assert torch.equal(a[1], b[0]), name  # member 1 starts where a one-member network with its seed starts
@@ -223,3 +222,32 @@ def test_empty_validation_split_is_a_clear_error_before_training():
     no_val = PreparedData(d.train, empty, d.test, info={"source": "two-record set"})
     with pytest.raises(ValueError, match="val split of two-record set is empty"):
         train(ModelConfig(image_size=32), QUIET, no_val)
+
+
+def test_pooled_text_starts_as_identity_film_and_learns_it():
+    cfg = ModelConfig(image_size=32, d_model=32, ff_dim=64, pooled_text=True, **NO_DROPOUT)
+    gen = Generator(cfg, 384, seeds=(0,))
+    films = [block.film for block in gen.decoder]
+    assert all(f is not None and not f.weight.any() and not f.bias.any() for f in films)  # identity at start
+    hidden, mask = torch.randn(1, 4, 7, 384), torch.ones(1, 4, 7)
+    gen(hidden, mask).abs().mean().backward()
+    assert all(f.weight.grad.abs().sum() > 0 for f in films)  # the pooled text reaches every block
+    assert gen.to_latent.pool.weight.grad.abs().sum() > 0
+    assert all(block.film is None for block in Generator(ModelConfig(image_size=32, d_model=32), 384).decoder)
+
+
+def test_augment_flips_and_shifts_targets_keeping_the_whole_creature():
+    torch.manual_seed(0)
+    img = torch.ones(200, 3, 16, 16)
+    img[:, :, 6:10, 3:7] = -1  # a dark 4x4 square left of centre on white
+    out = augment(img, flip=True, shift=0.125)  # shifts of at most 2 px, white moving in
+    dark = (out == -1).all(1)  # (N, 16, 16)
+    assert (dark.flatten(1).sum(1) == 16).all()  # never cut, never blurred
+    rows = dark.any(2).float().argmax(1)  # each image's first dark row
+    cols = dark.any(1).float().argmax(1)  # and column
+    assert set(rows.tolist()) == {4, 5, 6, 7, 8}  # every vertical shift in [-2, 2]
+    flipped = cols >= 6  # mirrored, the square sits right of centre: columns 9..12, shifted by up to 2
+    assert 0.3 < flipped.float().mean() < 0.7
+    assert set(cols[~flipped].tolist()) == {1, 2, 3, 4, 5} and set(cols[flipped].tolist()) == {7, 8, 9, 10, 11}
+    assert torch.equal(augment(img, flip=False, shift=0.0), img)  # off: the targets are untouched
+
