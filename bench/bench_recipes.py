@@ -46,6 +46,7 @@ RECIPES = {
     "nodrop": ("dropout 0 (encoder, attention, decoder)", {"dropout_encoder": 0.0, "dropout_attention": 0.0,
                                                            "dropout_decoder": 0.0}),
     "pooled2e-3": ("+ pooled text, learning rate 2e-3", {"pooled_text": True, "lr": 2e-3}),
+    "para3": ("+ 3 texts per training record (its own and 2 rewordings)", {"paraphrases": 3}),
     "laptop": ("the laptop preset's model and learning rate: d_model 64, pooled text, lr 2e-3",
                {"lr": 2e-3, "pooled_text": True, "d_model": 64}),
 }
@@ -58,7 +59,12 @@ def split_overrides(overrides: dict) -> tuple[dict, dict, dict]:
 
 
 def run(name: str, data, base_model: ModelConfig, base_train: TrainConfig, out: Path) -> dict:
-    model_over, train_over, _ = split_overrides({**SEED, **RECIPES[name][1]})
+    model_over, train_over, data_over = split_overrides({**SEED, **RECIPES[name][1]})
+    if data_over:  # a data recipe (paraphrases): the same records and split, other training rows
+        from data_pipeline.prepare import prepare_dataset
+
+        data = prepare_dataset(data.info["data_arg"], replace(DataConfig(**data.info["settings"]), **data_over),
+                               progress=False)
     model_cfg, train_cfg = replace(base_model, **model_over), replace(base_train, **train_over)
     history, last = [], {}
 
@@ -96,6 +102,7 @@ def main(argv=None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_dataset(args.data, DataConfig(image_size=args.image_size, augment_rotations=args.augment_rotations),
                            progress=False)
+    data.info["data_arg"] = args.data
     base_model = ModelConfig(image_size=args.image_size)
     base_train = TrainConfig(epochs=args.epochs, clip_mode="off")
     base = clip.baselines(None, data, "off")

@@ -43,7 +43,7 @@ import numpy as np
 
 from data_pipeline.config import DataConfig
 from data_pipeline.dataset import SPLITS, CacheDamaged, PreparedData, Split
-from data_pipeline.preprocess import enriched_text, rotation_angles, split_ids
+from data_pipeline.preprocess import enriched_text, paraphrases, rotation_angles, split_ids
 from data_pipeline.sources import Record, Rejection, keep_first_loaded, read_source
 
 PIPELINE_VERSION = 2  # bump whenever a change to the code changes what a prepared dataset holds
@@ -100,14 +100,23 @@ def record_text(r: Record, enriched: bool) -> str:
     return enriched_text(r.description, r.classification, r.primary, r.secondary) if enriched else r.description
 
 
+def train_texts(r: Record, cfg: DataConfig) -> list[str]:
+    """A training record's texts: its own, then cfg.paraphrases - 1 rewordings of it."""
+    if cfg.paraphrases == 1:
+        return [record_text(r, cfg.enriched_text)]
+    return paraphrases(r.description, r.classification, r.primary, r.secondary, cfg.paraphrases, cfg.enriched_text)
+
+
 def summary_line(info: dict) -> str:
     c = info["counts"]
     what = "reused" if info.get("cache_reused") else "prepared"
     rejected = f"{c['rejected']} rejected (see {Path(info['cache_dir']) / 'rejected.jsonl'})" if c["rejected"] else "0 rejected"
     synthetic = " [SYNTHETIC default]" if info["synthetic"] else ""
+    p = info["settings"].get("paraphrases", 1)
+    paraphrased = f", each with {p} texts" if p > 1 else ""
     return (f"{what} {c['loaded']} of {c['found']} records from {info['source']}{synthetic}: {rejected}; "
             f"split train {c['train']} / val {c['val']} / test {c['test']} ({c['train_rows']} training images, "
-            f"{info['settings']['augment_rotations']} rotations each); cache {info['cache_dir']}")
+            f"{info['settings']['augment_rotations']} rotations each{paraphrased}); cache {info['cache_dir']}")
 
 
 def prepare_dataset(data: str | Path | None, cfg: DataConfig = DataConfig(), cache_root: str | Path | None = None,
@@ -212,10 +221,13 @@ def _build(records: list[Record], rejected: list[Rejection], cfg: DataConfig, in
     built = {}
     for name in SPLITS:
         ids = info["splits"][name]
-        copies = cfg.augment_rotations if name == "train" else 1
-        built[name] = Split(np.repeat(np.asarray(ids, np.int64), copies),
-                            [record_text(by_id[i], cfg.enriched_text) for i in ids for _ in range(copies)],
-                            arrays[name])
+        if name == "train":  # each rotated copy once per paraphrase: rows (rotation, paraphrase) per record
+            texts = [t for i in ids for _ in range(cfg.augment_rotations) for t in train_texts(by_id[i], cfg)]
+            built[name] = Split(np.repeat(np.asarray(ids, np.int64), cfg.augment_rotations * cfg.paraphrases),
+                                texts, np.repeat(arrays[name], cfg.paraphrases, axis=0))
+        else:
+            built[name] = Split(np.asarray(ids, np.int64), [record_text(by_id[i], cfg.enriched_text) for i in ids],
+                                arrays[name])
     info["counts"] = {"found": found, "loaded": len(pixels), "rejected": len(rejected),
                       **{name: len(info["splits"][name]) for name in SPLITS}, "train_rows": len(built["train"])}
     return PreparedData(info=info, **built), rejected

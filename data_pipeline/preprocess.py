@@ -155,6 +155,42 @@ def enriched_text(description: str, classification: str, primary: str, secondary
     return f"{description} This Pokémon is classified as a {classification}. It is of {types}."
 
 
+# Other words for the enriched fields: {c} classification, {types} "grass type and poison type".
+_FIELD_TEMPLATES = ("This Pokémon is classified as a {c}. It is of {types}.", "A {c} of {types}.",
+                    "It is a {c}, of {types}.", "Of {types}, this is a {c}.")
+
+
+def paraphrases(description: str, classification: str, primary: str, secondary: str | None, n: int,
+                enriched: bool = True) -> list[str]:
+    """n texts for one training record, built from its own sentences and fields (no external model).
+
+    Text 0 is the record's own text, as validation and test see it (`enriched_text`, or the bare
+    description). The others reorder the description's sentences, drop one from a description of three
+    or more, and state the classification and types in other words, before or after the description.
+    Deterministic: the same record gives the same texts on every run.
+    """
+    import random
+    import re
+
+    base = enriched_text(description, classification, primary, secondary) if enriched else description
+    sentences = [x for x in re.split(r"(?<=[.!?])\s+", description.strip()) if x]
+    types = f"{primary.lower()} type" + (f" and {secondary.lower()} type" if secondary else "")
+    out, tries = [base], 0
+    while len(out) < n and tries < 20 * n:
+        tries += 1
+        rng = random.Random(f"{description}|{classification}|{tries}")
+        order = rng.sample(sentences, len(sentences))
+        if len(order) >= 3 and rng.random() < 0.5:
+            order.pop(rng.randrange(len(order)))
+        text = " ".join(order)
+        if enriched:
+            fields = rng.choice(_FIELD_TEMPLATES).format(c=classification, types=types)
+            text = f"{fields} {text}" if rng.random() < 0.5 else f"{text} {fields}"
+        if text not in out:
+            out.append(text)
+    return out + [base] * (n - len(out))  # a one-sentence plain description has no other wording
+
+
 def split_ids(ids: Iterable[int], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
     """Deterministic split by record id: each id gets a seeded hash; the lowest test_fraction of the
     hashes go to test, the next val_fraction to val, the rest to train. Each list is sorted.

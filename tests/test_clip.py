@@ -347,3 +347,20 @@ def test_train_with_clip_loss_and_score(tiny_clip_file):
                                           clip_model=TINY, clip_pretrained=tiny_clip_file), tiny_data())
     assert metrics["test/clip_status"] == "ok" and isinstance(metrics[TEST_CLIP], float)
     assert np.isfinite(metrics["train/l1"])
+
+
+def test_fused_members_with_a_clip_loss_equal_their_single_runs(tiny_clip_file):
+    """A CLIP loss fuses: each member's loss is its own batch's, so a fused member trains as it would alone."""
+    from model.train import train, train_members
+
+    model_cfg = ModelConfig(image_size=32, d_model=32, ff_dim=64, n_layers=1, dropout_encoder=0.0,
+                            dropout_attention=0.0, dropout_decoder=0.0)
+    cfgs = [TrainConfig(lr=lr, epochs=2, batch_size=2, loss="l1+clip", clip_weight=1.0, clip_mode="required",
+                        clip_model=TINY, clip_pretrained=tiny_clip_file) for lr in (3e-3, 1e-3)]
+    data = tiny_data()
+    fused = train_members(model_cfg, cfgs, data, device="cpu")
+    for f, cfg in zip(fused, cfgs):
+        single = train(model_cfg, cfg, data, device="cpu")
+        assert f["train/l1"] == pytest.approx(single["train/l1"], rel=1e-4)
+        assert f[TEST_CLIP] == pytest.approx(single[TEST_CLIP], rel=1e-4)
+    assert fused[0]["train/l1"] != pytest.approx(fused[1]["train/l1"], rel=1e-4)  # two different runs compared

@@ -437,3 +437,30 @@ def test_split_stores_uint8_and_scales_on_request(tmp_path):
     np.testing.assert_array_equal(again.train.images, data.train.images)
     with pytest.raises(ValueError, match="uint8"):
         Split(np.arange(2), ["a", "b"], np.zeros((2, 3, 5, 5), np.float64))
+
+
+def test_paraphrases_reword_training_texts_and_never_touch_val_or_test(local_ray, tmp_path, make_pokedex):
+    folder = make_pokedex(12)
+    records = json.loads((folder / "pokedex.json").read_text())
+    for r in records:  # three sentences each, so rewordings can reorder and drop
+        r["description"] = f"Creature {r['id']} naps in the sun. It hums softly. Its tail glows at night."
+    (folder / "pokedex.json").write_text(json.dumps(records))
+    plain = prepare_dataset(folder, DataConfig(image_size=8, augment_rotations=2), cache_root=tmp_path, progress=False)
+    para = prepare_dataset(folder, DataConfig(image_size=8, augment_rotations=2, paraphrases=3), cache_root=tmp_path,
+                           progress=False)
+    for name in ("val", "test"):  # untouched: the same rows, texts and images
+        assert para.split(name).texts == plain.split(name).texts
+        np.testing.assert_array_equal(para.split(name).images, plain.split(name).images)
+    train, base = para.train, plain.train
+    assert len(train) == 3 * len(base) and train.ids.tolist() == np.repeat(base.ids, 3).tolist()
+    for rid in set(base.ids.tolist()):
+        mine = [t for t, i in zip(train.texts, train.ids) if i == rid]
+        own = next(t for t, i in zip(base.texts, base.ids) if i == rid)
+        assert mine[:3] == mine[3:] and mine[0] == own and len(set(mine)) == 3  # per rotation: own text + 2 new
+        allowed = set(own.replace(".", " ").replace(",", " ").lower().split()) | {"a", "of", "it", "is", "this"}
+        for t in mine[1:]:  # built from the record's own words: its sentences, classification and types
+            assert set(t.replace(".", " ").replace(",", " ").lower().split()) <= allowed, t
+            assert "grass type and poison type" in t  # the enriched fields are always stated
+    # each copy keeps its own image: the rotation's, repeated once per text
+    np.testing.assert_array_equal(train.images[::3], base.images)
+    np.testing.assert_array_equal(train.images[1::3], base.images)
