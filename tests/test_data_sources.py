@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -198,10 +197,8 @@ def test_content_hash_follows_content_not_location(tmp_path, make_pokedex, dataf
 # ----------------------------------------------------------------------------- synthetic default
 
 
-def test_synthetic_is_deterministic_and_fast(tmp_path):
-    t = time.perf_counter()
+def test_synthetic_is_deterministic(tmp_path):
     a = generate(tmp_path / "a", n=300, seed=0)
-    assert time.perf_counter() - t < 5
     b = generate(tmp_path / "b", n=300, seed=0)
     c = generate(tmp_path / "c", n=300, seed=1)
     ha, hb, hc = (read_source(p).content_hash for p in (a, b, c))
