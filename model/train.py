@@ -15,11 +15,11 @@ test metrics, computed with each member's best-validation weights; the same list
 
 Members share the frozen text encoder and the data, and differ in what a TrainConfig sets: learning
 rate, weight decay, seed. Their weights sit side by side (the network's member axis, see
-model/network.py) in one (K, P) tensor, so one forward, one backward and one AdamW update (a handful
-of kernels, each row with its own learning rate, weight decay and moments) serve all K: on a
+model/network.py) in one flat tensor, so one forward, one backward and one AdamW update (a handful
+of kernels, each member with its own learning rate, weight decay and moments) serve all K: on a
 launch-bound GPU K trials cost about as many kernel launches as one. Every member still takes its own
 batch-10 steps over its own seeded shuffle; with dropout off a member's weights are the ones its
-single-trial run ends with (tests/test_model.py). A member whose loss diverges stops alone with the
+single-trial run ends with (tests/test_members.py). A member whose loss diverges stops alone with the
 reason in its metrics ("error"); the single-trial `train` raises FloatingPointError instead.
 
 Speed: the whole preprocessed dataset is moved to the device once; with a frozen text encoder (the
@@ -316,7 +316,7 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
         if resume.get("format") != STATE_FORMAT or len(resume["train_configs"]) != k:
             raise ValueError(f"this checkpoint is not a {k}-member training state of this code "
                              f"(format {resume.get('format')}); start the trial afresh")
-        load_trainable(net, resume["model"])  # in place: the weights stay views of the (K, P) tensor
+        load_trainable(net, resume["model"])  # in place: the weights stay views of the flat tensor
         opt.load_state_dict(resume["optimizer"]["members"])
         if encoder_opt is not None:
             encoder_opt.load_state_dict(resume["optimizer"]["text_encoder"])
