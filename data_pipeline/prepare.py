@@ -44,7 +44,7 @@ import numpy as np
 from data_pipeline.config import DataConfig
 from data_pipeline.dataset import SPLITS, CacheDamaged, PreparedData, Split
 from data_pipeline.preprocess import enriched_text, paraphrases, rotation_angles, split_ids
-from data_pipeline.sources import Record, Rejection, keep_first_loaded, read_source
+from data_pipeline.sources import Record, Rejection, detect_layout, keep_first_loaded, read_source
 
 PIPELINE_VERSION = 2  # bump whenever a change to the code changes what a prepared dataset holds
 SYNTHETIC_RECORDS = 300
@@ -143,6 +143,7 @@ def prepare_dataset(data: str | Path | None, cfg: DataConfig = DataConfig(), cac
         path = Path(data).expanduser()
         source_name = str(path.resolve())
 
+    detect_layout(path)  # a path that is no dataset fails here, before any progress line: one error line
     _log(progress, f"reading {path} ...")
     src = read_source(path)
     key = fingerprint(src.content_hash, cfg)

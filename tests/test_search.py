@@ -53,8 +53,15 @@ def test_full_preset_is_the_thesis():
     assert s.data.enriched_text and s.train.loss == "l1" and s.max_records is None
     assert (s.model.dropout_encoder, s.model.dropout_attention, s.model.dropout_decoder) == (0.3, 0.3, 0.3)
     assert s.grid == GRID
-    for name in ("laptop", "smoke"):
-        assert resolve(name, {}).grid == GRID  # a preset shrinks the run, never the grid
+    assert resolve("smoke", {}).grid == GRID  # a preset shrinks the run, not the grid
+    # The laptop preset keeps the grid's 32 points and four of its axes; its learning rates are the thesis's
+    # scaled x20 for its short schedule, and its printed line says so.
+    laptop = resolve("laptop", {})
+    assert grid_size(laptop.grid) == 32 and {k: v for k, v in laptop.grid.items() if k != "lr"} == {
+        k: v for k, v in GRID.items() if k != "lr"}
+    assert laptop.grid["lr"] == pytest.approx(tuple(20 * lr for lr in GRID["lr"]))
+    assert "twenty times the thesis's" in PRESETS["laptop"].about
+    assert resolve("laptop", {"lr": [1e-4]}).grid["lr"] == (1e-4,)  # a flag still replaces the axis
 
 
 def _parse(argv):

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -82,31 +83,34 @@ def interrupt_after(cmd, tune_exp: Path, at_least: int, sig: int, log: Path, whi
     return rc, finished
 
 
-def test_smoke_grid_interrupted_resumed_and_exported(tmp_path):
-    """The 32-trial grid: Ctrl-C, --resume, a crash (SIGKILL) of the resumed driver, --resume again,
-    then rebuild the results with search.export. The command carries a config flag (its stored
-    value) because "rerun the same command with --resume" is what the search tells the user."""
-    results = tmp_path / "results"
-    exp, tune_exp = results / "grid-smoke", results / "tune" / "grid-smoke"
-    cmd = [sys.executable, "-m", "search.grid", "--preset", "smoke", "--epochs", "2", "--results", str(results)]
+# Dropout off and 12 epochs: the unfused and the fused grid then train identically (a fused member equals
+# its single run to float rounding), and a fused trial lasts long enough to be killed mid-training.
+SMOKE = ["--preset", "smoke", "--epochs", "12", "--dropout-encoder", "0", "--dropout-attention", "0",
+         "--dropout-decoder", "0"]
 
-    rc, finished = interrupt_after(cmd, tune_exp, 4, signal.SIGINT, tmp_path / "ctrl-c.log")
-    log = (tmp_path / "ctrl-c.log").read_text()
-    assert rc == 130, log[-3000:]  # a partial search is not a success
-    assert len(finished) < 32, "the search finished before the interrupt: nothing was resumed"
-    partial = read_table(exp)  # saved before exiting
-    assert len(partial) == 32 and {r["status"] for r in partial} >= {"ok", "pending"}
-    assert "FileNotFoundError" not in log and log.count(" not started") == 1, log[-3000:]
+
+@pytest.fixture(scope="module")
+def unfused(tmp_path_factory):
+    """The 32-trial grid, unfused: its driver crashed (SIGKILL) after 4 trials, then `--resume` to the end.
+    The command carries config flags (their stored values) because "rerun the same command with --resume"
+    is what the search tells the user. Shared by the two tests below (the fused grid is compared with it)."""
+    tmp = tmp_path_factory.mktemp("unfused")
+    results = tmp / "results"
+    tune_exp = results / "tune" / "grid-smoke"
+    cmd = [sys.executable, "-m", "search.grid", *SMOKE, "--fuse", "off", "--results", str(results)]
+    rc, finished = interrupt_after(cmd, tune_exp, 4, signal.SIGKILL, tmp / "crash.log")
+    assert rc == -signal.SIGKILL and len(finished) < 32, "the search finished before the crash: nothing resumed"
     kept = {t: next(tune_exp.glob(f"trial_{t}/result.json")).read_text() for t in finished}
-
-    rc, finished = interrupt_after([*cmd, "--resume"], tune_exp, len(finished) + 4, signal.SIGKILL,
-                                   tmp_path / "crash.log")
-    assert rc == -signal.SIGKILL and len(finished) < 32, "the resumed search finished before the crash"
     run_cli(*cmd[2:], "--resume")
+    return SimpleNamespace(tmp=tmp, results=results, exp=results / "grid-smoke", tune_exp=tune_exp, kept=kept)
 
+
+def test_smoke_grid_crashed_resumed_and_exported(unfused):
+    """The unfused grid after a driver crash and --resume; then search.export rebuilds the results."""
+    results, exp, tune_exp, tmp_path = unfused.results, unfused.exp, unfused.tune_exp, unfused.tmp
     states = trial_states(tune_exp)
     assert len(states) == 32 and set(states.values()) == {"TERMINATED"}
-    for t, text in kept.items():  # finished before the interrupt: not run again
+    for t, text in unfused.kept.items():  # finished before the crash: not run again
         assert next(tune_exp.glob(f"trial_{t}/result.json")).read_text() == text
 
     rows = read_table(exp)
@@ -200,16 +204,15 @@ def test_optuna_multi_objective_reports_pareto_front(tmp_path):
     assert objectives == [["best/val_l1", "min"], ["val/retrieval_top1", "max"]]  # no CLIP weights; never test
 
 
-def test_fused_grid_survives_a_killed_trial_and_ctrl_c_and_matches_unfused(tmp_path):
+def test_fused_grid_survives_a_killed_trial_and_ctrl_c_and_matches_unfused(tmp_path, unfused):
     """`--fuse on`: 8 Tune trials, one per architecture, each training its 4 (lr, weight_decay) points.
     One trial's process is SIGKILLed mid-training (FailureConfig retries it from its last epoch
-    checkpoint), then the driver gets Ctrl-C and the search is resumed. With dropout off the 32 rows
-    must equal the unfused search's, point by point: nothing was lost or trained twice."""
+    checkpoint), then the driver gets Ctrl-C (exit 130, partial results saved) and the search is resumed.
+    With dropout off the 32 rows must equal the unfused search's, point by point: nothing was lost or
+    trained twice."""
     results = tmp_path / "results"
-    flags = ["--preset", "smoke", "--epochs", "12", "--dropout-encoder", "0", "--dropout-attention", "0",
-             "--dropout-decoder", "0", "--results", str(results)]
-    run_cli("search.grid", *flags, "--fuse", "off", "--experiment", "plain")
-    plain = {tuple(r[k] for k in GRID_KEYS): r for r in read_table(results / "plain")}
+    flags = [*SMOKE, "--results", str(results)]
+    plain = {tuple(r[k] for k in GRID_KEYS): r for r in read_table(unfused.exp)}
 
     cmd = [sys.executable, "-m", "search.grid", *flags, "--fuse", "on", "--experiment", "fused"]
     tune_exp = results / "tune" / "fused"
@@ -224,8 +227,12 @@ def test_fused_grid_survives_a_killed_trial_and_ctrl_c_and_matches_unfused(tmp_p
 
     rc, finished = interrupt_after(cmd, tune_exp, 3, signal.SIGINT, tmp_path / "fused.log",
                                    while_waiting=kill_one_trial_mid_training)
-    assert rc == 130 and killed, (tmp_path / "fused.log").read_text()[-3000:]
+    log = (tmp_path / "fused.log").read_text()
+    assert rc == 130 and killed, log[-3000:]  # a partial search is not a success
     assert len(finished) < 8, "the fused search finished before the interrupt: nothing was resumed"
+    partial = read_table(results / "fused")  # saved before exiting, one row per grid point
+    assert len(partial) == 32 and {r["status"] for r in partial} >= {"ok", "pending"}
+    assert "FileNotFoundError" not in log and log.count(" not started") == 1, log[-3000:]
     run_cli(*cmd[2:], "--resume")
 
     exp = results / "fused"
