@@ -305,8 +305,11 @@ def new_tuner(trainable, settings: Settings, prov: dict, storage: str):
             name=prov["experiment"], storage_path=storage, verbose=0,
             callbacks=[Progress(search["trials"], every_s=10.0 if settings.preset == "smoke" else 30.0)],
             failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
-            # Only the latest state per trial: it holds the best-validation weights too.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+            # The latest state per trial holds everything (the best-validation weights too); the one before it
+            # is kept as well because Tune's experiment snapshot can lag one report behind: a driver killed
+            # between a report (which deletes the older checkpoint) and the next snapshot would otherwise
+            # leave --resume pointing at a deleted checkpoint (seen: "Could not recover from checkpoint").
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
 
 
