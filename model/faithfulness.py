@@ -101,7 +101,7 @@ def _unit(images) -> torch.Tensor:
 
 
 def _split_images(split) -> torch.Tensor:
-    return _unit(split.unit_images() if hasattr(split, "unit_images") else split.images)
+    return _unit(split.unit_images())  # every Split scales its own images (uint8 or float)
 
 
 def _primary_types(data, primary_types: dict | None) -> dict:
