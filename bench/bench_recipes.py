@@ -49,6 +49,12 @@ RECIPES = {
     "para3": ("+ 3 texts per training record (its own and 2 rewordings)", {"paraphrases": 3}),
     "laptop": ("the laptop preset's model and learning rate: d_model 64, pooled text, lr 2e-3",
                {"lr": 2e-3, "pooled_text": True, "d_model": 64}),
+    # Staged recipes keep the total: stage 1 is --epochs minus finetune_epochs.
+    "staged": ("staged: the last 2 epochs from stage 1's best weights, the encoder's top 2 layers unfrozen, "
+               "lr 1e-5", {"finetune_epochs": 2, "finetune_layers": 2, "finetune_lr": 1e-5}),
+    "laptop-staged": ("laptop, staged: the last 2 epochs from stage 1's best weights, the encoder's top 2 layers "
+                      "unfrozen, lr 2e-4", {"lr": 2e-3, "pooled_text": True, "d_model": 64, "finetune_epochs": 2,
+                                            "finetune_layers": 2, "finetune_lr": 2e-4}),
 }
 __doc__ += "\n".join(f"    {name:8s} {about}" for name, (about, _) in RECIPES.items()) + "\n"
 
@@ -65,6 +71,8 @@ def run(name: str, data, base_model: ModelConfig, base_train: TrainConfig, out: 
 
         data = prepare_dataset(data.info["data_arg"], replace(DataConfig(**data.info["settings"]), **data_over),
                                progress=False)
+    if train_over.get("finetune_epochs"):  # a staged recipe trains as many epochs in all as the others
+        train_over["epochs"] = base_train.epochs - train_over["finetune_epochs"]
     model_cfg, train_cfg = replace(base_model, **model_over), replace(base_train, **train_over)
     history, last = [], {}
 

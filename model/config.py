@@ -59,12 +59,26 @@ class TrainConfig:
     # flip, and a random shift of up to this fraction of the image side (white fills the border).
     augment_flip: bool = False
     augment_shift: float = 0.0
+    # Staged training (the thesis's future work): after `epochs` with the text encoder frozen, stage 2
+    # trains `finetune_epochs` more from stage 1's best weights, the encoder's top `finetune_layers`
+    # unfrozen, everything (those layers and the generator) at `finetune_lr`. 0 epochs: one stage.
+    finetune_epochs: int = 0
+    finetune_layers: int = 2
+    finetune_lr: float = 1e-5
 
     def __post_init__(self):
         if self.loss not in ("l1", "clip", "l1+clip"):
             raise ValueError(f"loss must be 'l1', 'clip' or 'l1+clip', got {self.loss!r}")
         if self.clip_mode not in ("auto", "required", "off"):
             raise ValueError(f"clip_mode must be 'auto', 'required' or 'off', got {self.clip_mode!r}")
+        if self.finetune_epochs < 0 or self.finetune_layers < 1:
+            raise ValueError(f"finetune_epochs must be >= 0 and finetune_layers >= 1, got {self.finetune_epochs} "
+                             f"and {self.finetune_layers}")
+
+    @property
+    def total_epochs(self) -> int:
+        """Both stages' epochs: what a trial reports."""
+        return self.epochs + self.finetune_epochs
 
 
 # Metric names: the same strings in reports, the results table and the figures.

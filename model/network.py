@@ -370,6 +370,7 @@ class TextToImage(nn.Module):
 
     def trainable_state(self) -> dict:
         """The weights a checkpoint must hold: a frozen encoder is reloaded from its source instead."""
-        if self.cfg.freeze_text_encoder:
-            return {f"generator.{k}": v for k, v in self.generator.state_dict().items()}
+        if self.cfg.freeze_text_encoder:  # and the top layers staged training unfroze, if it did
+            return {**{f"generator.{k}": v for k, v in self.generator.state_dict().items()},
+                    **{f"text_encoder.{k}": p for k, p in self.text_encoder.named_parameters() if p.requires_grad}}
         return self.state_dict()

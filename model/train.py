@@ -22,6 +22,10 @@ batch-10 steps over its own seeded shuffle; with dropout off a member's weights 
 single-trial run ends with (tests/test_members.py). A member whose loss diverges stops alone with the
 reason in its metrics ("error"); the single-trial `train` raises FloatingPointError instead.
 
+Staged training (`TrainConfig.finetune_epochs` > 0, K = 1): after `epochs` with the encoder frozen, the
+loop reloads the best-validation weights and trains `finetune_epochs` more with the encoder's top
+`finetune_layers` unfrozen, at `finetune_lr`; best weights, history and the final metrics span both stages.
+
 Speed: the whole preprocessed dataset is moved to the device once; with a frozen text encoder (the
 default) its hidden states are computed once per distinct text and reused by every step.
 """
@@ -49,7 +53,7 @@ STATE_FORMAT = 2  # checkpoints hold every weight with a leading member axis
 # The per-member configs must agree on these: one loop runs the members' steps in lockstep, and they
 # share one CLIP model. lr, weight_decay and seed may differ.
 SHARED_FIELDS = ("epochs", "batch_size", "loss", "clip_weight", "clip_model", "clip_pretrained", "clip_mode",
-                 "augment_flip", "augment_shift")
+                 "augment_flip", "augment_shift", "finetune_epochs", "finetune_layers", "finetune_lr")
 
 
 def default_device() -> str:
@@ -180,6 +184,13 @@ def check_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig]) -> None
                              f"vs {[first[f] for f in differ]}")
     if len(train_cfgs) > 1 and not model_cfg.freeze_text_encoder:
         raise ValueError("members share one text encoder, so fused training needs freeze_text_encoder=True")
+    if train_cfgs[0].finetune_epochs:
+        if len(train_cfgs) > 1:
+            raise ValueError("staged training fine-tunes the text encoder in stage 2, and members share one: "
+                             "train a staged trial alone")
+        if not model_cfg.freeze_text_encoder:
+            raise ValueError("staged training needs freeze_text_encoder=True: stage 1 trains with the encoder "
+                             "frozen (freeze_text_encoder=False fine-tunes all of it from the first epoch)")
 
 
 # ---------------------------------------------------------------------------- the members' weights
@@ -265,6 +276,25 @@ class MemberAdamW:
         self.exp_avg_sq.copy_(state["exp_avg_sq"])
 
 
+def unfreeze_top_layers(net: TextToImage, cfg: TrainConfig) -> torch.optim.AdamW:
+    """Stage 2 of staged training: the text encoder's top `finetune_layers` become trainable (a BERT-family
+    model's `encoder.layer`); returns their optimizer. The encoder stays in eval mode (no dropout)."""
+    layers = net.text_encoder.encoder.layer
+    if cfg.finetune_layers > len(layers):
+        raise ValueError(f"finetune_layers={cfg.finetune_layers}, but {net.cfg.text_encoder} has {len(layers)} layers")
+    params = [p for layer in layers[-cfg.finetune_layers:] for p in layer.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return torch.optim.AdamW(params, lr=cfg.finetune_lr, weight_decay=cfg.weight_decay)
+
+
+def member_optimizer(weights: FlatParams, train_cfgs: list[TrainConfig], stage2: bool = False) -> MemberAdamW:
+    """The generator's AdamW: each member's lr (stage 2 of staged training: its finetune_lr) and weight decay."""
+    lrs = [c.finetune_lr if stage2 else c.lr for c in train_cfgs]
+    return MemberAdamW(weights.flat, weights.grad, weights.per_member(lrs),
+                       weights.per_member([c.weight_decay for c in train_cfgs]))
+
+
 # ---------------------------------------------------------------------------- the loop
 
 
@@ -304,11 +334,14 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
     text_features = scorer.text_features(texts.texts) if first.loss != "l1" else None  # (U, E)
 
     weights = FlatParams(net.generator)
-    opt = MemberAdamW(weights.flat, weights.grad, weights.per_member([c.lr for c in train_cfgs]),
-                      weights.per_member([c.weight_decay for c in train_cfgs]))
+    # Staged training's stage 2 begins at epoch `first.epochs`; a run resumed inside it starts there.
+    stage2 = first.finetune_epochs > 0 and resume is not None and resume["epoch"] > first.epochs
+    opt = member_optimizer(weights, train_cfgs, stage2)
     encoder_opt = None
     if not model_cfg.freeze_text_encoder:  # K = 1 here (check_members)
         encoder_opt = torch.optim.AdamW(net.text_encoder.parameters(), lr=first.lr, weight_decay=first.weight_decay)
+    if stage2:
+        encoder_opt, texts.hidden = unfreeze_top_layers(net, first), None
 
     start_epoch, best_val, best_model = 0, [float("inf")] * k, [None] * k
     history, errors = [[] for _ in range(k)], [None] * k
@@ -352,9 +385,16 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
     live = torch.tensor([e is None for e in errors], device=device)  # members still training
     dead = weights.per_member(~live) if not live.all() else None  # their entries of the flat weights
     metrics = [h[-1] if h else {} for h in history]
-    for epoch in range(start_epoch, first.epochs):
+    for epoch in range(start_epoch, first.total_epochs):
         if not live.any():
             break
+        if first.finetune_epochs and epoch == first.epochs:
+            # Stage 2 starts from stage 1's best weights (K = 1), with fresh optimizer moments; its best
+            # weights now include the encoder's top layers (stage 1's: the pretrained ones).
+            encoder_opt, texts.hidden = unfreeze_top_layers(net, first), None  # the encoder changes now
+            best_model[0] = {**best_model[0], **encoder_weights(net)}
+            load_member(net, weights, 0, best_model[0])
+            opt = member_optimizer(weights, train_cfgs, stage2=True)
         net.train()
         orders = torch.stack([epoch_order(n, c.seed, epoch) for c in train_cfgs]).to(device)  # (K, N): own shuffles
         totals = torch.zeros(k, device=device)
@@ -401,7 +441,7 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
             "rng": rng_state(), "best_val_l1": list(best_val), "history": [list(h) for h in history],
             "errors": list(errors),
         }
-        if epoch + 1 == first.epochs or not live.any():
+        if epoch + 1 == first.total_epochs or not live.any():
             final = final_metrics(net, weights, best_model, errors, texts, data, scorer, clip_status, type_clf, device)
             metrics = [{**mt, **f} for mt, f in zip(metrics, final)]
             state["final"] = [dict(mt) for mt in metrics]
@@ -420,19 +460,26 @@ def load_trainable(net: TextToImage, weights: dict) -> None:
 
 
 def member_weights(net: TextToImage, weights: FlatParams, m: int) -> dict:
-    """Member m's trainable weights as a one-member state dict on the CPU (what a checkpoint keeps)."""
-    out = weights.row(m, prefix="generator.")
+    """Member m's trainable weights as a one-member state dict on the CPU (what a checkpoint keeps): the
+    generator's, and a fine-tuned encoder's (all of it, or the top layers staged training unfroze)."""
+    return {**weights.row(m, prefix="generator."), **encoder_weights(net)}
+
+
+def encoder_weights(net: TextToImage) -> dict:
+    """A fine-tuned encoder's weights (all of it, or the top layers staged training unfroze) on the CPU."""
     if not net.cfg.freeze_text_encoder:
-        out.update({f"text_encoder.{k}": v.detach().cpu().clone() for k, v in net.text_encoder.state_dict().items()})
-    return out
+        named = net.text_encoder.state_dict().items()
+    else:
+        named = [(k, p) for k, p in net.text_encoder.named_parameters() if p.requires_grad]
+    return {f"text_encoder.{k}": v.detach().cpu().clone() for k, v in named}
 
 
 def load_member(net: TextToImage, weights: FlatParams, m: int, state: dict) -> None:
     """The reverse of `member_weights`: member m's weights (and a fine-tuned encoder's) from a state dict."""
     weights.load_row(m, state, prefix="generator.")
-    if not net.cfg.freeze_text_encoder:
-        net.text_encoder.load_state_dict({k[len("text_encoder."):]: v for k, v in state.items()
-                                          if k.startswith("text_encoder.")})
+    encoder = {k[len("text_encoder."):]: v for k, v in state.items() if k.startswith("text_encoder.")}
+    if encoder:  # a frozen encoder's unfrozen top layers are a part of it
+        net.text_encoder.load_state_dict(encoder, strict=not net.cfg.freeze_text_encoder)
 
 
 def final_metrics(net, weights, best_model, errors, texts, data, scorer, clip_status, type_clf, device) -> list[dict]:

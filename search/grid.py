@@ -227,6 +227,8 @@ def fuse_decision(mode: str, search: str, scheduler: str, gpus_per_trial: float,
         why_not = f"--scheduler {scheduler} stops single grid points early, and fused members train in lockstep"
     elif not settings.model.freeze_text_encoder:
         why_not = "a fine-tuned text encoder (--no-freeze-text-encoder) cannot be shared by members"
+    elif settings.train.finetune_epochs:
+        why_not = "staged training (--finetune-epochs) fine-tunes the text encoder, which members cannot share"
     elif len(members) < 2:
         why_not = "each architecture has a single learning-rate x weight-decay point: nothing to fuse"
     if mode == "on" and why_not:
@@ -294,7 +296,7 @@ def new_tuner(trainable, settings: Settings, prov: dict, storage: str):
         trainable,
         param_space=param_space(space, search["search"]),
         tune_config=tune.TuneConfig(
-            scheduler=scheduler(search["scheduler"], settings.train.epochs),
+            scheduler=scheduler(search["scheduler"], settings.train.total_epochs),
             search_alg=searcher(search["search"], [tuple(o) for o in search["objectives"]], settings.train.seed),
             num_samples=1 if search["search"] == "grid" else search["trials"],
             max_concurrent_trials=search["max_concurrent"], trial_dirname_creator=trial_dirname,

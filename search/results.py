@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.config import (BEST_VAL_L1, TEST_CLIP, TEST_L1, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, TRAIN_L1, VAL_CLIP,
-                          VAL_L1, VAL_TOP1)
+                          VAL_L1, VAL_TOP1, TrainConfig)
 
 TABLE = "best_config"
 METRIC_COLUMNS = (BEST_VAL_L1, TEST_L1, TEST_CLIP, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, VAL_CLIP, VAL_TOP1)
@@ -170,7 +170,7 @@ def table_rows(trials: list[TrialRecord], provenance: dict) -> list[dict]:
                     VAL_CLIP: clip(VAL_CLIP), VAL_TOP1: last.get(VAL_TOP1), "epochs": epochs,
                     "wall_s": round(last["time_total_s"], 1) if last.get("time_total_s") is not None else None,
                     "status": (f"error: FloatingPointError: {last['error']}" if last.get("error") else
-                               _status(t, epochs, settings["train"]["epochs"], search["scheduler"])),
+                               _status(t, epochs, TrainConfig(**settings["train"]).total_epochs, search["scheduler"])),
                     "trial_id": t.trial_id, "member": member, "hostname": last.get("hostname"), "node_id": last.get("node_id"),
                     "device": last.get("device")})
         rows.append(row)

@@ -381,3 +381,18 @@ def test_trials_require_clip_when_the_driver_loaded_it():
     assert grid_cli.trial_settings(s, unavailable).train.clip_mode == "auto"  # the table already says why
     off = resolve("laptop", {"clip_mode": "off"})
     assert grid_cli.trial_settings(off, "off: CLIP scoring disabled") == off
+
+
+def test_fusing_decides_from_the_search_and_says_why_not():
+    settings = resolve("smoke", {})
+    members, reason = grid_cli.fuse_decision("auto", "grid", "fifo", 1.0, settings)
+    assert len(members) == 4 and reason.startswith("on: each architecture is one trial of 4 members")
+    assert grid_cli.fuse_decision("auto", "grid", "fifo", 0.0, settings)[0] is None  # CPU trials: compute-bound
+    staged = resolve("smoke", config_overrides(_parse(["--finetune-epochs", "2"])))
+    assert staged.train.total_epochs == 4
+    members, reason = grid_cli.fuse_decision("auto", "grid", "fifo", 1.0, staged)
+    assert members is None and "staged training (--finetune-epochs)" in reason
+    with pytest.raises(ValueError, match="--fuse on: staged training"):
+        grid_cli.fuse_decision("on", "grid", "fifo", 1.0, staged)
+    with pytest.raises(ValueError, match="--fuse on: --scheduler asha"):
+        grid_cli.fuse_decision("on", "grid", "asha", 1.0, settings)
