@@ -79,6 +79,8 @@ def run(name: str, data, base_model: ModelConfig, base_train: TrainConfig, out: 
     def report(metrics, state):
         history.append(metrics)
         last["state"] = state
+        print(f"[{name}] epoch {metrics['epoch']}: train L1 {metrics[TRAIN_L1]:.4f}, val L1 {metrics[VAL_L1]:.4f}",
+              flush=True)
 
     t0 = time.perf_counter()
     final = train(model_cfg, train_cfg, data, report=report)
@@ -121,10 +123,13 @@ def main(argv=None) -> list[dict]:
     median, mean = base["baseline/test_l1_median_train_image"], base["baseline/test_l1_mean_train_image"]
     chance1, chance5 = base["baseline/retrieval_chance_top1"], base["baseline/retrieval_chance_top5"]
     ceiling, chance_t = base[faithfulness.BASELINE_CEILING], base[faithfulness.BASELINE_CHANCE]
+    oracle_l1, oracle_t = base[faithfulness.BASELINE_ORACLE_L1], base[faithfulness.BASELINE_ORACLE]
     print(f"\nmachine: {machine()}\ndata: {data.info['source']}, {args.image_size} px, {args.augment_rotations} "
           f"rotations, train/val/test rows {len(data.train)}/{len(data.val)}/{len(data.test)}; {args.epochs} epochs, "
           f"batch 10\ntext-blind test L1: median image {median:.4f}, mean image {mean:.4f}; retrieval chance top-1 "
-          f"{chance1:.3f}, top-5 {chance5:.3f}; type accuracy ceiling {ceiling:.3f}, chance {chance_t:.3f}\n")
+          f"{chance1:.3f}, top-5 {chance5:.3f}; type accuracy ceiling {ceiling:.3f}, chance {chance_t:.3f}\n"
+          f"type oracle (each test record's type's median training image): test L1 {oracle_l1:.4f} "
+          f"({oracle_l1 / median - 1:+.1%}), type accuracy {oracle_t:.3f}\n")
     print("| recipe | best val L1 (epoch) | test L1 | vs median image | top-1 | top-5 | type acc | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -26,7 +26,10 @@ area-downsampled to `resolution` (32 px), so 64 px costs little more.
 
 Measured on the real Pokédex (18 types, 718/90/90 records; `bench/bench_type_classifier.py`, one
 thread): ceiling 0.344 on the test records, chance 0.167; the mean and the median training image
-0.122, a white image 0.044, uniform noise 0.04-0.13. Fit: 2.8 s CPU at 32 px with 2 rotations (1436
+0.122, a white image 0.044, uniform noise 0.04-0.13. The type oracle (each record's primary type's median training
+image; L1-optimal for a model that knows the type and nothing else) scores 0.122 at 32 px (2 rotations)
+and 0.200 at 64 px (8): medians of many poses are pale, so even the type's own median image is rarely
+recognised. An L1-trained model must know more than the type to score well here. Fit: 2.8 s CPU at 32 px with 2 rotations (1436
 images), 5.4 s at 64 px with 8 (5744). Nothing else tried did better: RGB/hue histograms, other bins,
 margins or penalties all cross-validate at 0.29-0.32 on the training records; a small CNN on the same
 32 px images scored about 0.3-0.36 on val/test and took 10-20x longer. A 90-record test set moves
@@ -75,6 +78,11 @@ from model.config import TEST_TYPE_ACC  # noqa: F401 (re-exported: the metric th
 
 BASELINE_CEILING = "baseline/type_acc_ceiling"
 BASELINE_CHANCE = "baseline/type_acc_chance"
+# The type oracle: each test record gets the per-pixel median training image of its primary type, the L1
+# optimum of a model that learned the type from the text and nothing else. Its L1 is the bar for "learned more
+# than the type"; its type accuracy is what the L1-optimal use of the type scores on this metric.
+BASELINE_ORACLE_L1 = "baseline/test_l1_type_median_image"
+BASELINE_ORACLE = "baseline/type_acc_type_median_image"
 CLASSIFIER_VERSION = 1  # bump whenever a code change changes what a fitted classifier predicts
 UNKNOWN = -1  # the label of a record whose type the classifier never saw in training: always a miss
 
@@ -309,7 +317,16 @@ def chance_accuracy(labels: torch.Tensor, n_classes: int) -> float:
 
 
 def type_baselines(clf: TypeClassifier, data, primary_types: dict | None = None) -> dict:
-    """Ceiling (the classifier on the real test images) and chance, on the test split's records (JSON-ready)."""
-    labels, _ = type_labels(data.test, _primary_types(data, primary_types), clf.classes)
-    return {BASELINE_CEILING: type_accuracy(clf, _split_images(data.test), labels),
-            BASELINE_CHANCE: chance_accuracy(labels, len(clf.classes))}
+    """On the test split's records (JSON-ready): the ceiling (the classifier on the real test images), chance,
+    and the type oracle's L1 and type accuracy (per-type median training images; the global median for a
+    type training never saw)."""
+    types = _primary_types(data, primary_types)
+    labels, _ = type_labels(data.test, types, clf.classes)
+    test, train = _split_images(data.test), _split_images(data.train)
+    train_labels, _ = type_labels(data.train, types, clf.classes)
+    medians = {c: train[train_labels == c].median(0).values for c in train_labels.unique().tolist()}
+    fallback = train.median(0).values
+    oracle = torch.stack([medians.get(c, fallback) for c in labels.tolist()]) if len(labels) else test
+    return {BASELINE_CEILING: type_accuracy(clf, test, labels), BASELINE_CHANCE: chance_accuracy(labels, len(clf.classes)),
+            BASELINE_ORACLE_L1: (oracle - test).abs().mean().item() if len(labels) else float("nan"),
+            BASELINE_ORACLE: type_accuracy(clf, oracle, labels)}

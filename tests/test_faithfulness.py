@@ -90,6 +90,11 @@ def test_recognises_the_type_of_held_out_real_images(fitted):
     base = ff.type_baselines(clf, data, types)
     assert base[ff.BASELINE_CEILING] == acc
     assert base[ff.BASELINE_CHANCE] == pytest.approx(max(TEST_PER_TYPE) / sum(TEST_PER_TYPE))
+    # The type oracle (each type's median training image): where the type decides the colour it is recognised,
+    # and its L1 beats the one median image's, computed here independently.
+    test, train = torch.as_tensor(data.test.images), torch.as_tensor(data.train.images)
+    assert base[ff.BASELINE_ORACLE] >= 0.8
+    assert base[ff.BASELINE_ORACLE_L1] < (test - train.median(0).values).abs().mean().item() - 0.01
 
 
 def test_text_blind_images_score_near_chance(fitted):
