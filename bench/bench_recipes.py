@@ -49,12 +49,23 @@ RECIPES = {
     "para3": ("+ 3 texts per training record (its own and 2 rewordings)", {"paraphrases": 3}),
     "laptop": ("the laptop preset's model and learning rate: d_model 64, pooled text, lr 2e-3",
                {"lr": 2e-3, "pooled_text": True, "d_model": 64}),
+    "laptop-reg": ("laptop against memorizing: + flips, shifts of up to 1/8, weight decay 0.1",
+                   {"lr": 2e-3, "pooled_text": True, "d_model": 64, "augment_flip": True, "augment_shift": 0.125,
+                    "weight_decay": 0.1}),
+    "laptop-small": ("laptop with a smaller decoder: 64 channels at the first block (256 by default)",
+                     {"lr": 2e-3, "pooled_text": True, "d_model": 64, "decoder_channels": 64}),
     # Staged recipes keep the total: stage 1 is --epochs minus finetune_epochs.
     "staged": ("staged: the last 2 epochs from stage 1's best weights, the encoder's top 2 layers unfrozen, "
                "lr 1e-5", {"finetune_epochs": 2, "finetune_layers": 2, "finetune_lr": 1e-5}),
     "laptop-staged": ("laptop, staged: the last 2 epochs from stage 1's best weights, the encoder's top 2 layers "
                       "unfrozen, lr 2e-4", {"lr": 2e-3, "pooled_text": True, "d_model": 64, "finetune_epochs": 2,
                                             "finetune_layers": 2, "finetune_lr": 2e-4}),
+    "laptop-restart": ("laptop, the control for laptop-staged: the same stage 2 with the encoder left frozen",
+                       {"lr": 2e-3, "pooled_text": True, "d_model": 64, "finetune_epochs": 2, "finetune_layers": 0,
+                        "finetune_lr": 2e-4}),
+    "laptop-staged4": ("laptop, staged, a longer stage 2: 2 epochs, then 4 with the encoder's top 2 layers",
+                       {"lr": 2e-3, "pooled_text": True, "d_model": 64, "finetune_epochs": 4, "finetune_layers": 2,
+                        "finetune_lr": 2e-4}),
 }
 __doc__ += "\n".join(f"    {name:8s} {about}" for name, (about, _) in RECIPES.items()) + "\n"
 

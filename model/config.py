@@ -61,7 +61,8 @@ class TrainConfig:
     augment_shift: float = 0.0
     # Staged training (the thesis's future work): after `epochs` with the text encoder frozen, stage 2
     # trains `finetune_epochs` more from stage 1's best weights, the encoder's top `finetune_layers`
-    # unfrozen, everything (those layers and the generator) at `finetune_lr`. 0 epochs: one stage.
+    # unfrozen, everything (those layers and the generator) at `finetune_lr`. 0 epochs: one stage;
+    # 0 layers: stage 2 only restarts from the best weights at the lower learning rate (a control).
     finetune_epochs: int = 0
     finetune_layers: int = 2
     finetune_lr: float = 1e-5
@@ -71,8 +72,8 @@ class TrainConfig:
             raise ValueError(f"loss must be 'l1', 'clip' or 'l1+clip', got {self.loss!r}")
         if self.clip_mode not in ("auto", "required", "off"):
             raise ValueError(f"clip_mode must be 'auto', 'required' or 'off', got {self.clip_mode!r}")
-        if self.finetune_epochs < 0 or self.finetune_layers < 1:
-            raise ValueError(f"finetune_epochs must be >= 0 and finetune_layers >= 1, got {self.finetune_epochs} "
+        if self.finetune_epochs < 0 or self.finetune_layers < 0:
+            raise ValueError(f"finetune_epochs and finetune_layers must be >= 0, got {self.finetune_epochs} "
                              f"and {self.finetune_layers}")
 
     @property

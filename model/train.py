@@ -276,9 +276,12 @@ class MemberAdamW:
         self.exp_avg_sq.copy_(state["exp_avg_sq"])
 
 
-def unfreeze_top_layers(net: TextToImage, cfg: TrainConfig) -> torch.optim.AdamW:
+def unfreeze_top_layers(net: TextToImage, cfg: TrainConfig) -> torch.optim.AdamW | None:
     """Stage 2 of staged training: the text encoder's top `finetune_layers` become trainable (a BERT-family
-    model's `encoder.layer`); returns their optimizer. The encoder stays in eval mode (no dropout)."""
+    model's `encoder.layer`); returns their optimizer (None for 0 layers). The encoder stays in eval mode
+    (no dropout)."""
+    if not cfg.finetune_layers:
+        return None
     layers = net.text_encoder.encoder.layer
     if cfg.finetune_layers > len(layers):
         raise ValueError(f"finetune_layers={cfg.finetune_layers}, but {net.cfg.text_encoder} has {len(layers)} layers")
@@ -340,8 +343,8 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
     encoder_opt = None
     if not model_cfg.freeze_text_encoder:  # K = 1 here (check_members)
         encoder_opt = torch.optim.AdamW(net.text_encoder.parameters(), lr=first.lr, weight_decay=first.weight_decay)
-    if stage2:
-        encoder_opt, texts.hidden = unfreeze_top_layers(net, first), None
+    if stage2 and first.finetune_layers:
+        encoder_opt, texts.hidden = unfreeze_top_layers(net, first), None  # the encoder changes: no cache
 
     start_epoch, best_val, best_model = 0, [float("inf")] * k, [None] * k
     history, errors = [[] for _ in range(k)], [None] * k
@@ -391,7 +394,8 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
         if first.finetune_epochs and epoch == first.epochs:
             # Stage 2 starts from stage 1's best weights (K = 1), with fresh optimizer moments; its best
             # weights now include the encoder's top layers (stage 1's: the pretrained ones).
-            encoder_opt, texts.hidden = unfreeze_top_layers(net, first), None  # the encoder changes now
+            if first.finetune_layers:
+                encoder_opt, texts.hidden = unfreeze_top_layers(net, first), None  # the encoder changes now
             best_model[0] = {**best_model[0], **encoder_weights(net)}
             load_member(net, weights, 0, best_model[0])
             opt = member_optimizer(weights, train_cfgs, stage2=True)

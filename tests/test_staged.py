@@ -41,7 +41,8 @@ def _pretrained(name: str) -> dict:
     return {f"text_encoder.{k}": v for k, v in load_text_encoder()[1].named_parameters() if k.startswith(name)}
 
 
-def test_stage_two_starts_from_stage_one_best_weights():
+@pytest.mark.parametrize("layers", [2, 0])
+def test_stage_two_starts_from_stage_one_best_weights(layers):
     # Training images black, validation images white: the better a model fits training, the worse its
     # validation, so stage 1's best weights are its first epoch's, far from its last.
     data = tiny_data(n_train=12)
@@ -49,7 +50,7 @@ def test_stage_two_starts_from_stage_one_best_weights():
     val_split = Split(data.val.ids, data.val.texts, np.ones_like(data.val.images))
     data = PreparedData(train_split, val_split, data.test, data.info)
     # finetune_lr 0: stage 2 moves nothing, so its weights are exactly the ones it started from.
-    history, states, _ = _run(SMALL, STAGED, data)
+    history, states, _ = _run(SMALL, replace(STAGED, finetune_layers=layers), data)
 
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert np.argmin([h[VAL_L1] for h in history[:3]]) == 0 and history[2][VAL_L1] > history[0][VAL_L1] + 0.05
@@ -59,8 +60,8 @@ def test_stage_two_starts_from_stage_one_best_weights():
     stage2 = states[3]["model"]
     for k, w in stage1_best.items():
         assert torch.equal(stage2[k], w), k  # the generator starts from stage 1's best, not its last weights
-    top = _pretrained("encoder.layer.4.") | _pretrained("encoder.layer.5.")
-    assert set(k for k in stage2 if k.startswith("text_encoder.")) == set(top)  # the top 2 of 6 layers, no more
+    top = _pretrained("encoder.layer.4.") | _pretrained("encoder.layer.5.") if layers else {}
+    assert set(k for k in stage2 if k.startswith("text_encoder.")) == set(top)  # the top 2 of 6 layers, or none
     for k, w in top.items():
         assert torch.equal(stage2[k], w), k  # ... and from the pretrained encoder
     assert history[3][VAL_L1] == pytest.approx(history[0][VAL_L1], rel=1e-5)
@@ -98,5 +99,5 @@ def test_staged_training_trains_alone_from_a_frozen_encoder():
         train(replace(SMALL, freeze_text_encoder=False), STAGED, data)
     with pytest.raises(ValueError, match="has 6 layers"):
         train(SMALL, replace(STAGED, epochs=1, finetune_layers=7), data, device="cpu")
-    with pytest.raises(ValueError, match="finetune_layers >= 1"):
-        TrainConfig(finetune_epochs=1, finetune_layers=0)
+    with pytest.raises(ValueError, match="finetune_layers must be >= 0"):
+        TrainConfig(finetune_epochs=1, finetune_layers=-1)
