@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
+from model import checkpoint
 from model.config import BEST_VAL_L1
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,16 +176,20 @@ def test_nan_trial_errors_alone_and_is_not_retried(tmp_path):
     assert "not retried" in bad["status"]
 
 
-def test_asha_stops_trials_early(tmp_path):
+def test_asha_stops_staged_trials_early(tmp_path):
+    """ASHA over staged trials (4 epochs, then 2 with the encoder's top layer unfrozen): a trial lasts 6."""
     results = tmp_path / "results"
     run_cli("search.grid", "--preset", "smoke", "--results", str(results), "--scheduler", "asha", "--epochs", "4",
-            "--lr", "1e-4", "1e-5", "--weight-decay", "1e-5", "--n-layers", "2")
+            "--finetune-epochs", "2", "--finetune-layers", "1", "--lr", "1e-4", "1e-5", "--weight-decay", "1e-5",
+            "--n-layers", "2")
     rows = read_table(results / "grid-smoke")
     assert len(rows) == 8
     assert any(r["status"].startswith("stopped early (asha)") for r in rows)
     best = next(r for r in rows if r["best"] == "yes")
-    assert best["status"] == "ok" and best["epochs"] == "4"
+    assert best["status"] == "ok" and best["epochs"] == "6"
     assert "scheduler asha" in (results / "grid-smoke" / "best_config.md").read_text()
+    best_weights = checkpoint.load(results / "grid-smoke" / "best_checkpoint")["best_model"][0]
+    assert {k.split(".")[3] for k in best_weights if k.startswith("text_encoder.")} == {"5"}  # the top layer
 
 
 def test_optuna_multi_objective_reports_pareto_front(tmp_path):
