@@ -66,6 +66,9 @@ RECIPES = {
     "laptop-staged4": ("laptop, staged, a longer stage 2: 2 epochs, then 4 with the encoder's top 2 layers",
                        {"lr": 2e-3, "pooled_text": True, "d_model": 64, "finetune_epochs": 4, "finetune_layers": 2,
                         "finetune_lr": 2e-4}),
+    "laptop-staged4-all": ("laptop-staged4 with all 6 encoder layers unfrozen in stage 2",
+                           {"lr": 2e-3, "pooled_text": True, "d_model": 64, "finetune_epochs": 4, "finetune_layers": 6,
+                            "finetune_lr": 2e-4}),
 }
 __doc__ += "\n".join(f"    {name:8s} {about}" for name, (about, _) in RECIPES.items()) + "\n"
 
