@@ -218,10 +218,6 @@ class FlatParams:
             self.layout.append((name, offset, n, tuple(p.shape)))
             offset += n
 
-    def blocks(self, t: torch.Tensor):
-        """Each parameter's block of a flat tensor (`flat`, `grad`, optimizer moments) as a (K, numel) view."""
-        return [t[o:o + n].view(self.k, -1) for _, o, n, _ in self.layout]
-
     def per_member(self, values) -> torch.Tensor:
         """A flat tensor holding values[k] at every entry of member k (a learning rate, a mask)."""
         v = torch.as_tensor(values, device=self.flat.device)
@@ -291,11 +287,18 @@ def unfreeze_top_layers(net: TextToImage, cfg: TrainConfig) -> torch.optim.AdamW
     return torch.optim.AdamW(params, lr=cfg.finetune_lr, weight_decay=cfg.weight_decay)
 
 
-def member_optimizer(weights: FlatParams, train_cfgs: list[TrainConfig], stage2: bool = False) -> MemberAdamW:
-    """The generator's AdamW: each member's lr (stage 2 of staged training: its finetune_lr) and weight decay."""
+def optimizers(net: TextToImage, weights: FlatParams, train_cfgs: list[TrainConfig], stage2: bool):
+    """(the generator's AdamW: each member's lr and weight decay, the encoder's optimizer or None), fresh.
+    Stage 2 of staged training: every lr is finetune_lr, and the encoder's top layers train."""
+    first = train_cfgs[0]
     lrs = [c.finetune_lr if stage2 else c.lr for c in train_cfgs]
-    return MemberAdamW(weights.flat, weights.grad, weights.per_member(lrs),
-                       weights.per_member([c.weight_decay for c in train_cfgs]))
+    opt = MemberAdamW(weights.flat, weights.grad, weights.per_member(lrs),
+                      weights.per_member([c.weight_decay for c in train_cfgs]))
+    if stage2:
+        return opt, unfreeze_top_layers(net, first)
+    if not net.cfg.freeze_text_encoder:  # K = 1 here (check_members)
+        return opt, torch.optim.AdamW(net.text_encoder.parameters(), lr=first.lr, weight_decay=first.weight_decay)
+    return opt, None
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -338,13 +341,10 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
 
     weights = FlatParams(net.generator)
     # Staged training's stage 2 begins at epoch `first.epochs`; a run resumed inside it starts there.
-    stage2 = first.finetune_epochs > 0 and resume is not None and resume["epoch"] > first.epochs
-    opt = member_optimizer(weights, train_cfgs, stage2)
-    encoder_opt = None
-    if not model_cfg.freeze_text_encoder:  # K = 1 here (check_members)
-        encoder_opt = torch.optim.AdamW(net.text_encoder.parameters(), lr=first.lr, weight_decay=first.weight_decay)
-    if stage2 and first.finetune_layers:
-        encoder_opt, texts.hidden = unfreeze_top_layers(net, first), None  # the encoder changes: no cache
+    in_stage2 = first.finetune_epochs > 0 and resume is not None and resume["epoch"] > first.epochs
+    opt, encoder_opt = optimizers(net, weights, train_cfgs, in_stage2)
+    if encoder_opt is not None:
+        texts.hidden = None  # the encoder trains: its hidden states are computed at every step
 
     start_epoch, best_val, best_model = 0, [float("inf")] * k, [None] * k
     history, errors = [[] for _ in range(k)], [None] * k
@@ -394,11 +394,11 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
         if first.finetune_epochs and epoch == first.epochs:
             # Stage 2 starts from stage 1's best weights (K = 1), with fresh optimizer moments; its best
             # weights now include the encoder's top layers (stage 1's: the pretrained ones).
-            if first.finetune_layers:
-                encoder_opt, texts.hidden = unfreeze_top_layers(net, first), None  # the encoder changes now
+            opt, encoder_opt = optimizers(net, weights, train_cfgs, stage2=True)
+            if encoder_opt is not None:
+                texts.hidden = None  # the encoder trains from now on
             best_model[0] = {**best_model[0], **encoder_weights(net)}
             load_member(net, weights, 0, best_model[0])
-            opt = member_optimizer(weights, train_cfgs, stage2=True)
         net.train()
         orders = torch.stack([epoch_order(n, c.seed, epoch) for c in train_cfgs]).to(device)  # (K, N): own shuffles
         totals = torch.zeros(k, device=device)
@@ -470,12 +470,9 @@ def member_weights(net: TextToImage, weights: FlatParams, m: int) -> dict:
 
 
 def encoder_weights(net: TextToImage) -> dict:
-    """A fine-tuned encoder's weights (all of it, or the top layers staged training unfroze) on the CPU."""
-    if not net.cfg.freeze_text_encoder:
-        named = net.text_encoder.state_dict().items()
-    else:
-        named = [(k, p) for k, p in net.text_encoder.named_parameters() if p.requires_grad]
-    return {f"text_encoder.{k}": v.detach().cpu().clone() for k, v in named}
+    """The encoder's part of what a checkpoint holds (`trainable_state`: all of a fine-tuned encoder, the
+    top layers staged training unfroze, or nothing), on the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in net.trainable_state().items() if k.startswith("text_encoder.")}
 
 
 def load_member(net: TextToImage, weights: FlatParams, m: int, state: dict) -> None:
