@@ -107,7 +107,7 @@ class PreparedData:
 
         info = json.loads((directory / "info.json").read_text())
         size = int(info["settings"]["image_size"])
-        copies = int(info["settings"].get("augment_rotations", 1))
+        copies = train_copies(info["settings"])
         splits = {}
         for name in SPLITS:
             t = pq.read_table(directory / f"{name}.parquet").to_pydict()
@@ -123,6 +123,11 @@ class PreparedData:
             images = np.stack([np.frombuffer(b, np.uint8) for b in t["image"]]) if t["image"] else np.zeros((0,), np.uint8)
             splits[name] = Split(np.asarray(t["id"], np.int64), t["text"], images.reshape(-1, 3, size, size))
         return cls(info=info, **splits)
+
+
+def train_copies(settings: dict) -> int:
+    """Rows per training record: each rotated copy once per paraphrase (data_pipeline/prepare.py)."""
+    return int(settings.get("augment_rotations", 1)) * int(settings.get("paraphrases", 1))
 
 
 class CacheDamaged(ValueError):

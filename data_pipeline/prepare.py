@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.config import DataConfig
-from data_pipeline.dataset import SPLITS, CacheDamaged, PreparedData, Split
+from data_pipeline.dataset import SPLITS, CacheDamaged, PreparedData, Split, train_copies
 from data_pipeline.preprocess import enriched_text, paraphrases, rotation_angles, split_ids
 from data_pipeline.sources import Record, Rejection, detect_layout, keep_first_loaded, read_source
 
@@ -101,9 +101,7 @@ def record_text(r: Record, enriched: bool) -> str:
 
 
 def train_texts(r: Record, cfg: DataConfig) -> list[str]:
-    """A training record's texts: its own, then cfg.paraphrases - 1 rewordings of it."""
-    if cfg.paraphrases == 1:
-        return [record_text(r, cfg.enriched_text)]
+    """A training record's texts: its own (`record_text`), then cfg.paraphrases - 1 rewordings of it."""
     return paraphrases(r.description, r.classification, r.primary, r.secondary, cfg.paraphrases, cfg.enriched_text)
 
 
@@ -223,8 +221,9 @@ def _build(records: list[Record], rejected: list[Rejection], cfg: DataConfig, in
     for name in SPLITS:
         ids = info["splits"][name]
         if name == "train":  # each rotated copy once per paraphrase: rows (rotation, paraphrase) per record
-            texts = [t for i in ids for _ in range(cfg.augment_rotations) for t in train_texts(by_id[i], cfg)]
-            built[name] = Split(np.repeat(np.asarray(ids, np.int64), cfg.augment_rotations * cfg.paraphrases),
+            own = {i: train_texts(by_id[i], cfg) for i in ids}  # the same texts for every rotated copy
+            texts = [t for i in ids for _ in range(cfg.augment_rotations) for t in own[i]]
+            built[name] = Split(np.repeat(np.asarray(ids, np.int64), train_copies(asdict(cfg))),
                                 texts, np.repeat(arrays[name], cfg.paraphrases, axis=0))
         else:
             built[name] = Split(np.asarray(ids, np.int64), [record_text(by_id[i], cfg.enriched_text) for i in ids],

@@ -464,3 +464,7 @@ def test_paraphrases_reword_training_texts_and_never_touch_val_or_test(local_ray
     # each copy keeps its own image: the rotation's, repeated once per text
     np.testing.assert_array_equal(train.images[::3], base.images)
     np.testing.assert_array_equal(train.images[1::3], base.images)
+    # the paraphrased cache loads as written: a second run reuses it, rows and texts unchanged
+    again = prepare_dataset(folder, DataConfig(image_size=8, augment_rotations=2, paraphrases=3), cache_root=tmp_path,
+                            progress=False)
+    assert again.info["cache_reused"] and again.train.texts == train.texts
