@@ -168,8 +168,7 @@ def run_local(items: list[Item], image_size: int, rotations: int = 1,
     has no Ray (a GPU box that only trains, see `prepare.prepare_in_memory`)."""
     pixels, errors = {}, {}
     for it in items:
-        batch = {"id": np.array([it.id], np.int64), "image": np.array([it.image], dtype=object)}
-        _collect(preprocess_batch(batch, image_size, rotations), pixels, errors)
+        _collect(preprocess_batch(_one_record(it), image_size, rotations), pixels, errors)
     return pixels, errors
 
 
@@ -179,13 +178,17 @@ def _one_by_one(items: list[Item], image_size: int, rotations: int, pixels: dict
     import ray
 
     task = ray.remote(max_retries=0)(preprocess_batch)
-    refs = {it.id: task.remote({"id": np.array([it.id], np.int64), "image": np.array([it.image], dtype=object)},
-                               image_size, rotations) for it in items}
+    refs = {it.id: task.remote(_one_record(it), image_size, rotations) for it in items}
     for rid, ref in refs.items():
         try:
             _collect(ray.get(ref), pixels, errors)
         except Exception as exc:  # noqa: BLE001 — a crashed worker, a lost object: this record's failure
             errors[rid] = f"processing failed in its Ray task: {type(exc).__name__}: {str(exc)[:300]}"
+
+
+def _one_record(it: Item) -> dict[str, np.ndarray]:
+    """One record as a batch of `preprocess_batch`'s input."""
+    return {"id": np.array([it.id], np.int64), "image": np.array([it.image], dtype=object)}
 
 
 def _collect(batch: dict[str, np.ndarray], pixels: dict[int, np.ndarray], errors: dict[int, str]) -> None:

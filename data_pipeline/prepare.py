@@ -160,9 +160,7 @@ def prepare_dataset(data: str | Path | None, cfg: DataConfig = DataConfig(), cac
             print(summary_line(prepared.info), flush=True)
             return prepared
 
-    info = {"source": source_name, "layout": src.layout, "fingerprint": key, "settings": asdict(cfg),
-            "synthetic": seed is not None, "pipeline_version": PIPELINE_VERSION,
-            "rotation_angles": rotation_angles(cfg.augment_rotations), "cache_dir": str(cache_dir),
+    info = {**_info(src, source_name, cfg, synthetic=seed is not None), "cache_dir": str(cache_dir),
             "cache_reused": False}
     prepared, rejected = _build(src.records, src.rejected, cfg, info, progress, cache_dir)
     _write_cache(prepared, rejected, cache_dir)
@@ -177,11 +175,16 @@ def prepare_in_memory(data: str | Path, cfg: DataConfig = DataConfig()) -> Prepa
     from data_pipeline.pipeline import run_local
 
     src = read_source(Path(data).expanduser())
-    info = {"source": str(Path(data).resolve()), "layout": src.layout, "fingerprint": fingerprint(src.content_hash, cfg),
-            "settings": asdict(cfg), "synthetic": False, "pipeline_version": PIPELINE_VERSION,
-            "rotation_angles": rotation_angles(cfg.augment_rotations), "built_in_memory": True}
+    info = {**_info(src, str(Path(data).resolve()), cfg, synthetic=False), "built_in_memory": True}
     prepared, _ = _build(src.records, src.rejected, cfg, info, False, None, decode=run_local)
     return prepared
+
+
+def _info(src, source_name: str, cfg: DataConfig, synthetic: bool) -> dict:
+    """What a prepared dataset says of itself, before the build adds its splits and counts."""
+    return {"source": source_name, "layout": src.layout, "fingerprint": fingerprint(src.content_hash, cfg),
+            "settings": asdict(cfg), "synthetic": synthetic, "pipeline_version": PIPELINE_VERSION,
+            "rotation_angles": rotation_angles(cfg.augment_rotations)}
 
 
 def _build(records: list[Record], rejected: list[Rejection], cfg: DataConfig, info: dict, progress: bool,
@@ -193,13 +196,14 @@ def _build(records: list[Record], rejected: list[Rejection], cfg: DataConfig, in
     if not records:
         _fail(rejected, found, info, cache_dir)
 
+    how = "in this process"
     if decode is None:
         from data_pipeline.pipeline import run_ray
         from data_pipeline.ray_env import init_ray
 
         init_ray()
-        decode = run_ray
-    _log(progress, f"preprocessing {len(records)} images with Ray Data (size {cfg.image_size}, "
+        decode, how = run_ray, "with Ray Data"
+    _log(progress, f"preprocessing {len(records)} images {how} (size {cfg.image_size}, "
                    f"{cfg.augment_rotations} rotations of each training image) ...")
     # keyed by position, not id: copies of one id are all decoded, and the first that loads is kept
     decoded, errors = decode([Item(k, r.image) for k, r in enumerate(records)], cfg.image_size,
