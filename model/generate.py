@@ -56,8 +56,12 @@ def read_checkpoint(path, member: int = 0) -> dict:
 def load_model(path, device=None, member: int = 0):
     """Rebuild the network a checkpoint describes, with its best-validation weights. A fused trial's
     checkpoint holds several members: `member` picks one."""
+    return model_from_state(read_checkpoint(path, member), device)
+
+
+def model_from_state(state: dict, device=None):
+    """The network of a one-member state (`read_checkpoint`'s), with its best-validation weights."""
     device = device or default_device()
-    state = read_checkpoint(path, member)
     cfg = ModelConfig(**state["model_config"])
     tokenizer, encoder, _ = load_text_encoder(cfg.text_encoder)
     net = TextToImage(cfg, encoder)
@@ -103,11 +107,11 @@ def main(argv=None):
     parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     args = parser.parse_args(argv)
     try:
-        read_checkpoint(args.checkpoint, args.member)  # a wrong --checkpoint is a user error: one line, no traceback
+        state = read_checkpoint(args.checkpoint, args.member)  # a wrong --checkpoint is a user error: one line
     except ValueError as e:
         print(f"error: --checkpoint: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    net, tokenizer = load_model(args.checkpoint, args.device, args.member)
+    net, tokenizer = model_from_state(state, args.device)
     grid = save_grid(generate(net, tokenizer, args.prompts), args.out, size=None if args.raw else args.size)
     n = len(args.prompts)
     print(f"wrote {args.out} ({n} image{'s' * (n > 1)}, {net.cfg.image_size} px each, grid "

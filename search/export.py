@@ -59,18 +59,45 @@ def devices(provenance: dict, rows: list[dict]) -> str:
             f"trials ran on {trials}, across {len(nodes)} node(s)")
 
 
+def user_error(message) -> SystemExit:
+    """A mistake in the command or its inputs: one line on stderr, exit status 2, no traceback."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    return SystemExit(2)
+
+
+def ray_files_inside(results_dir: Path, ray_experiment: str) -> bool:
+    """Whether Ray's experiment folder is the results folder or above it (export replaces that folder whole)."""
+    return "://" not in ray_experiment and Path(ray_experiment).resolve() in (results_dir, *results_dir.parents)
+
+
+def check_layout(results_dir: Path, ray_experiment: str) -> None:
+    if ray_files_inside(results_dir, ray_experiment):
+        raise SetLayoutError(
+            f"{results_dir} holds Ray's experiment too (written before results and Ray's files were kept apart): "
+            f"search.export replaces that folder as a whole and would drop it. Move the Ray files (trial_*, "
+            f"experiment_state-*.json, basic-variant-state-*, tuner.pkl) to their own folder and set "
+            f"ray_experiment in {results_dir / PROVENANCE} to it")
+
+
+def data_changed(prov: dict, data) -> str | None:
+    """Why `data` is not the data the search trained on (its fingerprint differs), or None."""
+    stored, now = prov["dataset"]["fingerprint"], data.info.get("fingerprint")
+    if now == stored:
+        return None
+    return f"the data at {prov['dataset']['data_arg']} changed since the search (fingerprint {now} != stored {stored})"
+
+
 def figure_data(prov: dict, data=None):
     """(the search's dataset, None), or (None, why not) when it cannot be read or is not the data the
     search trained on (its fingerprint differs): sample figures from other data would mislead."""
-    arg, stored = prov["dataset"]["data_arg"], prov["dataset"]["fingerprint"]
+    arg = prov["dataset"]["data_arg"]
     if data is None:
         try:
             data = load_data(arg, Settings.from_dict(prov["settings"]))
         except (FileNotFoundError, ValueError) as e:
             return None, f"the search's data {arg} cannot be read ({e})"
-    if data.info.get("fingerprint") != stored:
-        return None, (f"the data at {arg} changed since the search (fingerprint {data.info.get('fingerprint')} "
-                      f"!= stored {stored}); restore that data to draw them")
+    if why := data_changed(prov, data):
+        return None, f"{why}; restore that data to draw them"
     return data, None
 
 
@@ -88,12 +115,7 @@ def export(results_dir: str | Path, data=None) -> list[dict]:
     results_dir = Path(results_dir).resolve()
     prov = read_provenance(results_dir)
     ray_experiment = prov["ray_experiment"]
-    if "://" not in ray_experiment and Path(ray_experiment).resolve() in (results_dir, *results_dir.parents):
-        raise SetLayoutError(
-            f"{results_dir} holds Ray's experiment too (written before results and Ray's files were kept apart): "
-            f"search.export replaces that folder as a whole and would drop it. Move the Ray files (trial_*, "
-            f"experiment_state-*.json, basic-variant-state-*, tuner.pkl) to their own folder and set "
-            f"ray_experiment in {results_dir / PROVENANCE} to it")
+    check_layout(results_dir, ray_experiment)
     trials = load_trials(ray_experiment)
     if line := not_started_line(trials):
         print(line, flush=True)
@@ -139,8 +161,7 @@ def main(argv=None) -> list[dict]:
     try:
         rows = export(args.results_dir)
     except (FileNotFoundError, SetLayoutError) as e:  # not a results folder, or one it must not replace
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        raise user_error(e) from None
     print(f"[export] {len(rows)} trials -> {Path(args.results_dir) / 'best_config.md'}")
     return rows
 

@@ -23,7 +23,6 @@ is bound by kernel launches, so 4 members cost about what 1 does; on CPUs it sav
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import platform
 import sys
@@ -33,13 +32,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from model.config import BEST_VAL_L1, VAL_CLIP, VAL_L1, VAL_TOP1
-from search.export import PROVENANCE, SetLayoutError, export, read_provenance, write_provenance
-from search.results import code_version
+from search.export import (PROVENANCE, SetLayoutError, check_layout, data_changed, export, ray_files_inside,
+                           read_provenance, user_error, write_provenance)
+from search.results import code_version, quiet_unstarted_trials
 from search.settings import PRESETS, Settings, add_config_flags, config_overrides, load_data, resolve
 from search.space import SEARCHES, fused_space, grid_size, param_space
 
 SCHEDULERS = ("fifo", "asha")
 FUSE_MODES = ("auto", "on", "off")
+# These flags default to None, so --resume can tell a flag given from a default; filled in after that check.
+DEFAULTS = {"search": "grid", "scheduler": "fifo", "fuse": "auto"}
 TUNE_DIR = "tune"  # <results>/tune/<experiment>: Ray's files, beside (never inside) the results set
 INTERRUPTED = 130  # the shell's exit status for Ctrl-C: scripts and CI can tell a partial search
 # Every report carries a checkpoint and only the latest is kept, so Tune snapshots the experiment
@@ -83,12 +85,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.experiment == TUNE_DIR:
         p.error(f"--experiment {TUNE_DIR}: that name is the folder of Ray's own files; pick another")
     return args
-
-
-def user_error(message: str) -> SystemExit:
-    """A mistake in the command or its inputs: one line on stderr, exit status 2, no traceback."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-    return SystemExit(2)
 
 
 @contextmanager
@@ -180,7 +176,7 @@ def stored_search(args: argparse.Namespace, results_dir: Path) -> tuple[dict | N
                                            else str(Path(args.storage_path).resolve()))
     storage = given_storage or str(results_dir.parent / TUNE_DIR)
     ray_experiment = f"{storage.rstrip('/')}/{experiment}"
-    if "://" not in ray_experiment and Path(ray_experiment) in (results_dir, *results_dir.parents):
+    if ray_files_inside(results_dir, ray_experiment):
         raise user_error(f"--storage-path {args.storage_path} would put Ray's files in or above the results "
                          f"folder {results_dir}, which search.export replaces as a whole; pick another folder")
     prov = read_provenance(results_dir) if (results_dir / PROVENANCE).is_file() else None
@@ -196,6 +192,10 @@ def stored_search(args: argparse.Namespace, results_dir: Path) -> tuple[dict | N
     if conflicts:
         raise user_error(f"--resume continues {experiment} with its stored settings, but {', '.join(conflicts)}; "
                          "drop those flags, or start a new search with --experiment NAME")
+    try:  # before training: the export at the end would refuse the folder
+        check_layout(results_dir, prov["ray_experiment"])
+    except SetLayoutError as e:
+        raise user_error(e) from None
     return prov, prov["ray_experiment"], restorable(prov["ray_experiment"])
 
 
@@ -259,7 +259,7 @@ def new_provenance(args, argv, experiment, ray_experiment, settings, data, per_t
     if "primary_types" in data.info:
         baselines.update(faithfulness.type_baselines(faithfulness.load_or_train(data), data))
     members, fuse_reason = fuse
-    points = grid_size(settings.grid) if args.search in (None, "grid") else (args.num_samples or 16)
+    points = grid_size(settings.grid) if args.search == "grid" else (args.num_samples or 16)
     # The searcher's second objective: the CLIP score when weights exist, else retrieval top-1; both
     # on the validation split, so the search never selects on the test set it reports.
     objectives = [(BEST_VAL_L1, "min"), (VAL_CLIP if scorer is not None else VAL_TOP1, "max")]
@@ -267,9 +267,9 @@ def new_provenance(args, argv, experiment, ray_experiment, settings, data, per_t
         "experiment": experiment, "ray_experiment": ray_experiment, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": [sys.executable, "-m", "search.grid", *(sys.argv[1:] if argv is None else argv)],
         "settings": settings.to_dict(), "preset_about": PRESETS[settings.preset].about,
-        "search": {"search": args.search or "grid", "scheduler": args.scheduler or "fifo",
+        "search": {"search": args.search, "scheduler": args.scheduler,
                    "trials": points // len(members) if members else points, "points": points,
-                   "fuse": {"mode": args.fuse or "auto", "on": members is not None, "reason": fuse_reason,
+                   "fuse": {"mode": args.fuse, "on": members is not None, "reason": fuse_reason,
                             "members": members},
                    "objectives": objectives, "resources_per_trial": per_trial,
                    "max_concurrent": args.max_concurrent, "max_failures": args.max_failures},
@@ -332,9 +332,11 @@ def main(argv=None) -> list[dict]:
     cluster = {"CPU": resources.get("CPU", 0.0), "GPU": resources.get("GPU", 0.0), "nodes": len(ray.nodes())}
     has_gpu = cluster["GPU"] > 0 or torch.cuda.is_available()
     preset = args.preset or ("full" if has_gpu else "laptop")
-    experiment = args.experiment or f"{args.search or 'grid'}-{preset}"
+    experiment = args.experiment or f"{args.search or DEFAULTS['search']}-{preset}"
     results_dir = Path(args.results).resolve() / experiment
-    prov, ray_experiment, restore = stored_search(args, results_dir)
+    prov, ray_experiment, restore = stored_search(args, results_dir)  # compares only the flags given
+    for name, value in DEFAULTS.items():
+        setattr(args, name, getattr(args, name) or value)
     if args.resume:
         settings = Settings.from_dict(prov["settings"])
         if restore:
@@ -356,9 +358,8 @@ def main(argv=None) -> list[dict]:
     # Prepared once per search, before any trial: the data pipeline never competes with trials for CPUs.
     with user_errors("--data"):
         data = load_data(prov["dataset"]["data_arg"] if args.resume else args.data, settings)
-    if args.resume and data.info.get("fingerprint") != prov["dataset"]["fingerprint"]:
-        raise user_error(f"--resume: the dataset at {prov['dataset']['data_arg']} changed since the search started "
-                         f"(fingerprint {data.info.get('fingerprint')} != stored {prov['dataset']['fingerprint']})")
+    if args.resume and (why := data_changed(prov, data)):
+        raise user_error(f"--resume: {why}")
     print(f"[search] data: {'SYNTHETIC ' if data.info.get('synthetic') else ''}{data.info.get('source')}, "
           f"train/val/test rows {len(data.train)}/{len(data.val)}/{len(data.test)}", flush=True)
 
@@ -366,7 +367,7 @@ def main(argv=None) -> list[dict]:
     per_trial = {"cpu": args.cpus_per_trial, "gpu": gpus}
     if prov is None:
         try:
-            fuse = fuse_decision(args.fuse or "auto", args.search or "grid", args.scheduler or "fifo", gpus, settings)
+            fuse = fuse_decision(args.fuse, args.search, args.scheduler, gpus, settings)
         except ValueError as e:
             raise user_error(str(e)) from None
         prov = new_provenance(args, argv, experiment, ray_experiment, settings, data, per_trial, cluster,
@@ -387,13 +388,11 @@ def main(argv=None) -> list[dict]:
         # The stored RunConfig comes back with it, including its Progress callback.
         tuner = tune.Tuner.restore(ray_experiment, trainable, resume_errored=True)
     else:
-        tuner = new_tuner(trainable, settings, prov, prov["ray_experiment"][:-len(prov["experiment"]) - 1])
+        tuner = new_tuner(trainable, settings, prov, prov["ray_experiment"].rsplit("/", 1)[0])
     search = prov["search"]
     print(f"[search] {search['trials']} trials for {search['points']} points ({search['search']}, {search['scheduler']}), "
           f"per trial {per_trial}, cluster {cluster}", flush=True)
-    # After a Ctrl-C, Tune's closing ExperimentAnalysis logs a FileNotFoundError for every trial that had
-    # not started (no result file); search.export says "N not started" once instead.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    quiet_unstarted_trials()  # a Ctrl-C's closing analysis would log one error per trial not started
     t_fit = time.time()
     tuner.fit()  # Ctrl-C: Tune stops the trials, snapshots the experiment and returns
     prov = read_provenance(results_dir)
@@ -401,10 +400,7 @@ def main(argv=None) -> list[dict]:
     prov["fit_s"] = [*prov.get("fit_s", []), round(time.time() - t_fit, 2)]
     write_provenance(results_dir, prov)
 
-    try:
-        rows = export(results_dir, data=data)
-    except SetLayoutError as e:
-        raise user_error(e) from None
+    rows = export(results_dir, data=data)  # the layout was checked before training (stored_search)
     best = next((r for r in rows if r["best"]), None)
     print(f"[search] {len(rows)} trials, {sum(r['status'] == 'ok' for r in rows)} completed, "
           f"{sum(r['status'].startswith('error') for r in rows)} errored; wall time {time.time() - t_start:.0f} s")

@@ -74,12 +74,16 @@ def error_reason(text: str | None) -> str | None:
     return reason.split("ray::", 1)[0] if reason.startswith("ray::") else reason
 
 
+def quiet_unstarted_trials() -> None:
+    """A trial that has not started has no result file, and Tune's ExperimentAnalysis (also the one fit()
+    builds after a Ctrl-C) logs a FileNotFoundError for each: export says "N not started" once instead."""
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+
 def load_trials(experiment_path: str) -> list[TrialRecord]:
     from ray.tune import ExperimentAnalysis
 
-    # A trial that has not started has no result file; Tune logs a FileNotFoundError for each such
-    # trial. export() says "not started" once instead.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    quiet_unstarted_trials()
     analysis = ExperimentAnalysis(str(experiment_path))
     out = []
     for trial in analysis.trials:
@@ -154,6 +158,7 @@ def trial_runs(t: TrialRecord, provenance: dict) -> list[tuple[dict, int | None,
 def table_rows(trials: list[TrialRecord], provenance: dict) -> list[dict]:
     settings = provenance["settings"]
     search = provenance["search"]
+    target = TrainConfig(**settings["train"]).total_epochs  # both stages of a staged trial
     rows = []
     for t, point, member, history in ((t, *run) for t in trials for run in trial_runs(t, provenance)):
         last = history[-1] if history else {}
@@ -170,7 +175,7 @@ def table_rows(trials: list[TrialRecord], provenance: dict) -> list[dict]:
                     VAL_CLIP: clip(VAL_CLIP), VAL_TOP1: last.get(VAL_TOP1), "epochs": epochs,
                     "wall_s": round(last["time_total_s"], 1) if last.get("time_total_s") is not None else None,
                     "status": (f"error: FloatingPointError: {last['error']}" if last.get("error") else
-                               _status(t, epochs, TrainConfig(**settings["train"]).total_epochs, search["scheduler"])),
+                               _status(t, epochs, target, search["scheduler"])),
                     "trial_id": t.trial_id, "member": member, "hostname": last.get("hostname"), "node_id": last.get("node_id"),
                     "device": last.get("device")})
         rows.append(row)

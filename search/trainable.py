@@ -29,7 +29,7 @@ from ray import tune
 from data_pipeline.dataset import PreparedData
 from model import checkpoint
 from model.config import BEST_VAL_L1, VAL_L1
-from model.train import default_device, train_members
+from model.train import default_device, train, train_members
 from search.settings import Settings
 from search.space import trial_configs
 
@@ -80,8 +80,6 @@ def train_trial(config: dict, data: PreparedData, settings: Settings, members: l
     node = where()
 
     def report(metrics: list[dict], state: dict) -> None:
-        if not fused and "error" in metrics[0]:
-            raise FloatingPointError(metrics[0]["error"])
         if "final" in state:
             # A finished trial is never trained again: its last checkpoint keeps the best weights
             # (for export and generate) and drops the optimizer and last weights, 3 of 4 copies.
@@ -97,7 +95,11 @@ def train_trial(config: dict, data: PreparedData, settings: Settings, members: l
         report(resume["final"], resume)
         return
     try:
-        train_members(model_cfg, train_cfgs, data, report=report, resume=resume, device=default_device())
+        if fused:
+            train_members(model_cfg, train_cfgs, data, report=report, resume=resume, device=default_device())
+        else:  # a diverged trial raises FloatingPointError
+            train(model_cfg, train_cfgs[0], data, report=lambda m, s: report([m], s), resume=resume,
+                  device=default_device())
     except FloatingPointError as e:
         diverged.write_text(str(e))
         raise
