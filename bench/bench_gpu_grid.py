@@ -29,7 +29,6 @@ import itertools
 import json
 import multiprocessing as mp
 import os
-import pickle
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ from data_pipeline.config import DataConfig  # noqa: E402
 from data_pipeline.prepare import prepare_in_memory  # noqa: E402
 from model.config import BEST_VAL_L1, DEFAULT_TEXT_ENCODER, TEST_L1, ModelConfig, TrainConfig  # noqa: E402
 from model.train import default_device, train, train_members  # noqa: E402
-from search.space import GRID, fused_space  # noqa: E402
+from search.space import GRID, fused_space, trial_configs  # noqa: E402
 
 
 def text_encoder(workdir: Path) -> tuple[str, str]:
@@ -78,31 +77,26 @@ def architectures() -> tuple[list[dict], list[dict]]:
     return [dict(zip(trial_grid, v)) for v in itertools.product(*trial_grid.values())], members
 
 
-def train_architectures(rank: int, jobs: list[dict], spec: dict, out) -> None:
+def train_architectures(rank: int, jobs: list[dict], members: list[dict], data, spec: dict, out) -> None:
     """One process: its architectures, one fused trial after another; one JSON line per trial to `out`."""
     if spec["device"] == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec["procs"]))
-    with open(spec["data_file"], "rb") as f:
-        data = pickle.load(f)
-    _, members = architectures()
+    base_model, base_train = ModelConfig(**spec["model"]), TrainConfig(**spec["train"])
     for arch in jobs:
-        model_cfg = ModelConfig(**{**spec["model"], **arch})
-        cfgs = [TrainConfig(**{**spec["train"], **m}) for m in members]
+        configs = [trial_configs({**arch, **m}, base_model, base_train) for m in members]
+        model_cfg, cfgs = configs[0][0], [t for _, t in configs]
         t0 = time.perf_counter()
         results = train_members(model_cfg, cfgs, data, device=spec["device"], compile=spec["compile"])
         out.put({"rank": rank, "arch": arch, "wall_s": time.perf_counter() - t0,
                  "best_val_l1": [r.get(BEST_VAL_L1) for r in results], "test_l1": [r.get(TEST_L1) for r in results]})
 
 
-def run_grid(data, spec: dict, workdir: Path) -> dict:
+def run_grid(data, spec: dict) -> dict:
     archs, members = architectures()
-    spec = {**spec, "data_file": str(workdir / "data.pkl")}
-    with open(spec["data_file"], "wb") as f:
-        pickle.dump(data, f)
-    ctx = mp.get_context("spawn")  # CUDA needs fresh processes
+    ctx = mp.get_context("spawn")  # CUDA needs fresh processes; each gets the data pickled with its arguments
     queue = ctx.Queue()
     t0 = time.perf_counter()
-    procs = [ctx.Process(target=train_architectures, args=(r, archs[r::spec["procs"]], spec, queue))
+    procs = [ctx.Process(target=train_architectures, args=(r, archs[r::spec["procs"]], members, data, spec, queue))
              for r in range(spec["procs"])]
     for p in procs:
         p.start()
@@ -177,7 +171,7 @@ def main(argv=None) -> dict:
               f"on {device}{', compiled' if args.compile else ''}", flush=True)
         spec = {"model": model_base, "train": train_base, "device": device, "procs": args.procs,
                 "compile": args.compile}
-        grid = run_grid(data, spec, workdir)
+        grid = run_grid(data, spec)
         check = metric_check(data, model_base, train_base, 1 if args.quick else args.check_epochs, device) \
             if args.check_epochs else []
 

@@ -31,6 +31,7 @@ from machine import machine  # noqa: E402
 
 from model.config import ModelConfig, TrainConfig  # noqa: E402
 from model.train import train_members  # noqa: E402
+from search.space import GRID, fused_space  # noqa: E402
 from test_model import tiny_data  # noqa: E402
 
 # Ops that only make a new view of existing memory: no kernel on a GPU.
@@ -41,12 +42,12 @@ METADATA = {"aten::view", "aten::as_strided", "aten::_unsafe_view", "aten::_resh
             "aten::as_strided_", "aten::lift_fresh", "aten::resize_", "aten::flatten", "aten::contiguous",
             "aten::split_with_sizes", "aten::_has_compatible_shallow_copy_type", "aten::is_nonzero", "aten::item",
             "aten::_local_scalar_dense", "aten::result_type", "aten::to"}
-GROUP = [(1e-4, 1e-5), (1e-4, 1e-6), (1e-5, 1e-5), (1e-5, 1e-6)]  # one architecture's 4 grid points
+_, MEMBERS = fused_space(GRID)  # one architecture's 4 grid points: (lr, weight_decay)
 
 
 def count(k: int, rows: int, size: int, compiled: bool) -> tuple[int, int]:
     """(aten ops, kernel ops) of one 1-epoch run of K members on `rows` training rows."""
-    cfgs = [TrainConfig(lr=lr, weight_decay=wd, epochs=1, batch_size=10, clip_mode="off") for lr, wd in GROUP[:k]]
+    cfgs = [TrainConfig(**m, epochs=1, batch_size=10, clip_mode="off") for m in MEMBERS[:k]]
     data = tiny_data(n_train=rows, size=size)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         train_members(ModelConfig(image_size=size), cfgs, data, device="cpu", compile=compiled)

@@ -34,6 +34,7 @@ from model import checkpoint, clip, faithfulness  # noqa: E402
 from model.config import (BEST_VAL_L1, TEST_L1, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, TRAIN_L1, VAL_L1,  # noqa: E402
                           ModelConfig, TrainConfig)
 from model.train import train  # noqa: E402
+from search.space import trial_configs  # noqa: E402
 
 SEED = {"n_heads": 4, "ff_dim": 1024, "n_layers": 2, "lr": 1e-4, "weight_decay": 1e-5}
 RECIPES = {
@@ -73,25 +74,19 @@ RECIPES = {
 __doc__ += "\n".join(f"    {name:8s} {about}" for name, (about, _) in RECIPES.items()) + "\n"
 
 
-def split_overrides(overrides: dict) -> tuple[dict, dict, dict]:
-    names = [{f.name for f in fields(c)} for c in (ModelConfig, TrainConfig, DataConfig)]
-    return tuple({k: v for k, v in overrides.items() if k in n} for n in names)
-
-
-def run(name: str, data, base_model: ModelConfig, base_train: TrainConfig, out: Path) -> dict:
-    model_over, train_over, data_over = split_overrides({**SEED, **RECIPES[name][1]})
+def run(name: str, data, data_arg: str | None, base_model: ModelConfig, base_train: TrainConfig, out: Path) -> dict:
+    overrides = {**SEED, **RECIPES[name][1]}
+    data_over = {k: overrides.pop(k) for k in [f.name for f in fields(DataConfig)] if k in overrides}
     if data_over:  # a data recipe (paraphrases): the same records and split, other training rows
         from data_pipeline.prepare import prepare_dataset
 
-        data = prepare_dataset(data.info["data_arg"], replace(DataConfig(**data.info["settings"]), **data_over),
-                               progress=False)
-    if train_over.get("finetune_epochs"):  # a staged recipe trains as many epochs in all as the others
-        train_over["epochs"] = base_train.epochs - train_over["finetune_epochs"]
-    model_cfg, train_cfg = replace(base_model, **model_over), replace(base_train, **train_over)
-    history, last = [], {}
+        data = prepare_dataset(data_arg, replace(DataConfig(**data.info["settings"]), **data_over), progress=False)
+    if overrides.get("finetune_epochs"):  # a staged recipe trains as many epochs in all as the others
+        overrides["epochs"] = base_train.epochs - overrides["finetune_epochs"]
+    model_cfg, train_cfg = trial_configs(overrides, base_model, base_train)
+    last = {}
 
     def report(metrics, state):
-        history.append(metrics)
         last["state"] = state
         print(f"[{name}] epoch {metrics['epoch']}: train L1 {metrics[TRAIN_L1]:.4f}, val L1 {metrics[VAL_L1]:.4f}",
               flush=True)
@@ -100,6 +95,7 @@ def run(name: str, data, base_model: ModelConfig, base_train: TrainConfig, out: 
     final = train(model_cfg, train_cfg, data, report=report)
     wall = time.perf_counter() - t0
     ckpt = checkpoint.save(last["state"], out / f"checkpoint_{name}")
+    history = last["state"]["history"][0]  # every epoch's metrics, as the loop keeps them
     best_epoch = min(history, key=lambda m: m[VAL_L1])["epoch"]
     return {"recipe": name, "about": RECIPES[name][0], "wall_s": wall, "best_epoch": best_epoch,
             BEST_VAL_L1: final[BEST_VAL_L1], TEST_L1: final[TEST_L1], TEST_TOP1: final[TEST_TOP1],
@@ -126,13 +122,12 @@ def main(argv=None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_dataset(args.data, DataConfig(image_size=args.image_size, augment_rotations=args.augment_rotations),
                            progress=False)
-    data.info["data_arg"] = args.data
     base_model = ModelConfig(image_size=args.image_size)
     base_train = TrainConfig(epochs=args.epochs, clip_mode="off")
     base = clip.baselines(None, data, "off")
     clf = faithfulness.load_or_train(data)
     base.update(faithfulness.type_baselines(clf, data))
-    rows = [run(name, data, base_model, base_train, out) for name in args.recipes]
+    rows = [run(name, data, args.data, base_model, base_train, out) for name in args.recipes]
 
     median, mean = base["baseline/test_l1_median_train_image"], base["baseline/test_l1_mean_train_image"]
     chance1, chance5 = base["baseline/retrieval_chance_top1"], base["baseline/retrieval_chance_top5"]

@@ -9,14 +9,12 @@ type's share), and text-blind images: the mean and the per-pixel median training
 and uniform noise, which should all score near or below chance. Also the val split's accuracy and a
 second `load_or_train` call, which should load, not refit. `--cv` adds 5-fold cross-validation of the L2
 penalty over the training records (how ClassifierConfig.l2 was chosen, without looking at val or test).
-Primary types come from data.info["primary_types"] when the pipeline records them, else from the
-Pokédex's pokedex.json (`type[0]` per `id`).
+Primary types come from data.info["primary_types"], which the data pipeline records.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -29,10 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data_pipeline.config import DataConfig  # noqa: E402
 from data_pipeline.prepare import prepare_dataset  # noqa: E402
 from model import faithfulness as ff  # noqa: E402
-
-
-def pokedex_types(folder: Path) -> dict:
-    return {str(r["id"]): r["type"][0] for r in json.loads((folder / "pokedex.json").read_text(encoding="utf-8"))}
+from search.figures import first_records  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -49,7 +44,7 @@ def main(argv=None) -> int:
     out = args.out or tempfile.mkdtemp(prefix="typeacc-")
     data = prepare_dataset(args.data, DataConfig(image_size=args.image_size, augment_rotations=args.augment_rotations),
                            cache_root=out, progress=False)
-    types = data.info.get("primary_types") or pokedex_types(Path(args.data))
+    types = data.info["primary_types"]
     # the bench must time a fit: drop an earlier run's cached classifier
     key = ff.cache_key(data, types)
     path = ff.cache_path(data, key)
@@ -86,14 +81,13 @@ def main(argv=None) -> int:
     for name, acc in rows:
         print(f"  {name:<40} {acc:.3f}")
     if args.cv:
-        for l2 in (1e-4, 1e-3, 1e-2, 1e-1):
-            acc = cross_validate(data, types, ff.ClassifierConfig(l2=l2))
+        for l2, acc in cross_validate(data, types, (1e-4, 1e-3, 1e-2, 1e-1)).items():
             print(f"  5-fold CV on training records, l2 {l2:<8g} {acc:.3f}")
     return 0
 
 
-def cross_validate(data, types: dict, cfg: ff.ClassifierConfig, folds: int = 5) -> float:
-    """Mean held-out accuracy over folds of the training records (a record's rotated copies stay together;
+def cross_validate(data, types: dict, l2s, folds: int = 5) -> dict:
+    """{l2: mean held-out accuracy} over folds of the training records (a record's rotated copies stay together;
     each held-out record is scored once, on its first copy): selects settings without touching val or test."""
     labels, classes = ff.type_labels(data.train, types)
     images = ff._split_images(data.train)
@@ -103,13 +97,16 @@ def cross_validate(data, types: dict, cfg: ff.ClassifierConfig, folds: int = 5) 
     fold_of = dict(zip(unique.tolist(), (order % folds).tolist()))
     fold = torch.tensor([fold_of[i] for i in ids.tolist()])
     first = torch.zeros(len(ids), dtype=torch.bool)
-    first[[ids.tolist().index(i) for i in unique.tolist()]] = True
-    accs = []
-    for k in range(folds):
-        clf = ff.fit(images[fold != k], labels[fold != k], classes, cfg)
-        held = (fold == k) & first
-        accs.append(ff.type_accuracy(clf, images[held], labels[held]))
-    return sum(accs) / folds
+    first[first_records(data.train, len(unique))] = True
+    out = {}
+    for l2 in l2s:
+        accs = []
+        for k in range(folds):
+            clf = ff.fit(images[fold != k], labels[fold != k], classes, ff.ClassifierConfig(l2=l2))
+            held = (fold == k) & first
+            accs.append(ff.type_accuracy(clf, images[held], labels[held]))
+        out[l2] = sum(accs) / folds
+    return out
 
 
 if __name__ == "__main__":
