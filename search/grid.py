@@ -307,10 +307,10 @@ def new_tuner(trainable, settings: Settings, prov: dict, storage: str):
             name=prov["experiment"], storage_path=storage, verbose=0,
             callbacks=[Progress(search["trials"], every_s=10.0 if settings.preset == "smoke" else 30.0)],
             failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
-            # The latest state per trial holds everything (the best-validation weights too); the one before it
-            # is kept as well because Tune's experiment snapshot can lag one report behind: a driver killed
-            # between a report (which deletes the older checkpoint) and the next snapshot would otherwise
-            # leave --resume pointing at a deleted checkpoint (seen: "Could not recover from checkpoint").
+            # The latest state per trial holds everything (the best-validation weights too). Tune snapshots
+            # the experiment every num_to_keep checkpoints of a trial (and every 10 s): 2 halves those syncs
+            # against 1. A snapshot that names a checkpoint deleted after it is handled when the trial is
+            # restored (search.trainable.RestoreFromSuccessor).
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
 

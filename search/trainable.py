@@ -16,12 +16,15 @@ best live member's `val/l1`; the results table expands them into one row per mem
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import posixpath
 import socket
 import tempfile
 from pathlib import Path
 
+import pyarrow.fs
 import ray
 import torch
 from ray import tune
@@ -39,6 +42,8 @@ from search.space import trial_configs
 # directory is per node and Ray session: a retry elsewhere, or `--resume`, re-runs one epoch.)
 # A fused trial needs no note: its checkpoint records which members diverged.
 DIVERGED = "diverged.txt"
+# Written by RestoreFromSuccessor beside the checkpoint it substituted: the epoch Tune last recorded.
+TUNE_RECORDED = "tune_recorded.json"
 
 
 def where() -> dict:
@@ -58,6 +63,17 @@ def member_report(metrics: list[dict]) -> dict:
     return out
 
 
+def replay(state: dict, recorded_epoch: int) -> list[list[dict]]:
+    """The per-member reports of the epochs after `recorded_epoch` up to the state's last one, rebuilt from
+    the state's history (a member that stopped reports its error, as the loop does): what a trial restored
+    past Tune's record reports first, so its results have every epoch."""
+    out = []
+    for epoch in range(recorded_epoch + 1, state["epoch"] + 1):
+        out.append([next((h for h in hist if h["epoch"] == epoch), {"epoch": epoch, "error": error})
+                    for hist, error in zip(state["history"], state["errors"])])
+    return out
+
+
 def train_trial(config: dict, data: PreparedData, settings: Settings, members: list[dict] | None = None) -> None:
     fused = members is not None
     points = [{**config, **m} for m in members] if fused else [config]
@@ -72,14 +88,19 @@ def train_trial(config: dict, data: PreparedData, settings: Settings, members: l
     if diverged.exists():
         raise FloatingPointError(diverged.read_text() + " (not retried: it diverged before, from this checkpoint)")
 
-    resume = None
+    resume, recorded = None, None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             resume = checkpoint.load(d)
+            if (note := Path(d) / TUNE_RECORDED).exists():
+                recorded = json.loads(note.read_text())["epoch"]
     node = where()
 
-    def report(metrics: list[dict], state: dict) -> None:
+    def report(metrics: list[dict], state: dict | None) -> None:
+        if state is None:
+            tune.report({**(member_report(metrics) if fused else metrics[0]), **node})
+            return
         if "final" in state:
             # A finished trial is never trained again: its last checkpoint keeps the best weights
             # (for export and generate) and drops the optimizer and last weights, 3 of 4 copies.
@@ -89,6 +110,12 @@ def train_trial(config: dict, data: PreparedData, settings: Settings, members: l
             checkpoint.save(state, d)
             tune.report({**result, **node}, checkpoint=tune.Checkpoint.from_directory(d))
 
+    if recorded is not None:  # restored past Tune's record (RestoreFromSuccessor): report what it missed
+        missed = replay(resume, recorded)
+        for metrics in missed[:-1]:
+            report(metrics, None)
+        if missed and "final" not in resume:
+            report(missed[-1], resume)
     if resume is not None and "final" in resume:
         # The driver died after this trial's last report but before Tune recorded it as done:
         # report the finished state again rather than training zero epochs and reporting nothing.
@@ -103,3 +130,37 @@ def train_trial(config: dict, data: PreparedData, settings: Settings, members: l
     except FloatingPointError as e:
         diverged.write_text(str(e))
         raise
+
+
+class RestoreFromSuccessor:
+    """Tune deletes a trial's oldest checkpoint when it registers a newer one, and snapshots the experiment
+    (what `--resume` reads, with each trial's latest checkpoint and result.json) later, in the background.
+    A driver killed in between leaves a snapshot naming a checkpoint that no longer exists, and Tune fails
+    the trial: "Could not recover from checkpoint as it does not exist on storage anymore". Such a trial
+    restores from the oldest checkpoint after the named one instead (Tune registered it before deleting the
+    named one, so it is whole), copied to the named path so that Tune's bookkeeping, which deletes that path
+    later, stays whole; beside it, TUNE_RECORDED tells train_trial to report the epochs Tune missed first.
+
+    Mixed into train_trial's Tune trainable through `__mixins__`, Ray's hook for it (Ray pinned to 2.60)."""
+
+    def restore(self, checkpoint_path):
+        ckpt = getattr(checkpoint_path, "checkpoint", None)
+        fs = getattr(ckpt, "filesystem", None)
+        if fs is not None and fs.get_file_info(ckpt.path).type == pyarrow.fs.FileType.NotFound:
+            trial_dir, named = posixpath.split(ckpt.path)
+            found = fs.get_file_info(pyarrow.fs.FileSelector(trial_dir))
+            later = sorted(f.base_name for f in found if f.type == pyarrow.fs.FileType.Directory
+                           and f.base_name.startswith("checkpoint_") and f.base_name > named)
+            if later and "epoch" in checkpoint_path.metrics:
+                logging.getLogger(__name__).warning(
+                    "%s is gone (the experiment snapshot predates its deletion): restoring from %s",
+                    ckpt.path, later[0])
+                fs.create_dir(ckpt.path)
+                pyarrow.fs.copy_files(posixpath.join(trial_dir, later[0]), ckpt.path, source_filesystem=fs,
+                                      destination_filesystem=fs)
+                with fs.open_output_stream(posixpath.join(ckpt.path, TUNE_RECORDED)) as f:
+                    f.write(json.dumps({"epoch": checkpoint_path.metrics["epoch"]}).encode())
+        return super().restore(checkpoint_path)
+
+
+train_trial.__mixins__ = (RestoreFromSuccessor,)
