@@ -98,17 +98,17 @@ def train_trial(config: dict, data: PreparedData, settings: Settings, members: l
     node = where()
 
     def report(metrics: list[dict], state: dict | None) -> None:
+        result = {**(member_report(metrics) if fused else metrics[0]), **node}
         if state is None:
-            tune.report({**(member_report(metrics) if fused else metrics[0]), **node})
+            tune.report(result)
             return
         if "final" in state:
             # A finished trial is never trained again: its last checkpoint keeps the best weights
             # (for export and generate) and drops the optimizer and last weights, 3 of 4 copies.
             state = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
-        result = member_report(metrics) if fused else metrics[0]
         with tempfile.TemporaryDirectory() as d:
             checkpoint.save(state, d)
-            tune.report({**result, **node}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
 
     if recorded is not None:  # restored past Tune's record (RestoreFromSuccessor): report what it missed
         missed = replay(resume, recorded)
@@ -139,28 +139,47 @@ class RestoreFromSuccessor:
     the trial: "Could not recover from checkpoint as it does not exist on storage anymore". Such a trial
     restores from the oldest checkpoint after the named one instead (Tune registered it before deleting the
     named one, so it is whole), copied to the named path so that Tune's bookkeeping, which deletes that path
-    later, stays whole; beside it, TUNE_RECORDED tells train_trial to report the epochs Tune missed first.
+    later, stays whole; in it, TUNE_RECORDED tells train_trial which epochs Tune missed, to report them
+    first (one in practice: every report carries a checkpoint). The note is written before the copy and
+    marked done after it, so a copy cut short by another crash is redone, on a disk as on S3.
 
     Mixed into train_trial's Tune trainable through `__mixins__`, Ray's hook for it (Ray pinned to 2.60)."""
 
     def restore(self, checkpoint_path):
         ckpt = getattr(checkpoint_path, "checkpoint", None)
-        fs = getattr(ckpt, "filesystem", None)
-        if fs is not None and fs.get_file_info(ckpt.path).type == pyarrow.fs.FileType.NotFound:
-            trial_dir, named = posixpath.split(ckpt.path)
+        if ckpt is not None and "epoch" in checkpoint_path.metrics and substitute_needed(ckpt.filesystem, ckpt.path):
+            fs, (trial_dir, named) = ckpt.filesystem, posixpath.split(ckpt.path)
             found = fs.get_file_info(pyarrow.fs.FileSelector(trial_dir))
             later = sorted(f.base_name for f in found if f.type == pyarrow.fs.FileType.Directory
                            and f.base_name.startswith("checkpoint_") and f.base_name > named)
-            if later and "epoch" in checkpoint_path.metrics:
+            if later:
                 logging.getLogger(__name__).warning(
                     "%s is gone (the experiment snapshot predates its deletion): restoring from %s",
                     ckpt.path, later[0])
+                note = {"epoch": checkpoint_path.metrics["epoch"], "from": later[0]}
                 fs.create_dir(ckpt.path)
+                write_note(fs, ckpt.path, {**note, "copied": False})
+                # use_threads=False: pyarrow's threaded S3 uploads can fail (Ray's own copies avoid them too).
                 pyarrow.fs.copy_files(posixpath.join(trial_dir, later[0]), ckpt.path, source_filesystem=fs,
-                                      destination_filesystem=fs)
-                with fs.open_output_stream(posixpath.join(ckpt.path, TUNE_RECORDED)) as f:
-                    f.write(json.dumps({"epoch": checkpoint_path.metrics["epoch"]}).encode())
+                                      destination_filesystem=fs, use_threads=False)
+                write_note(fs, ckpt.path, {**note, "copied": True})
         return super().restore(checkpoint_path)
+
+
+def substitute_needed(fs: pyarrow.fs.FileSystem, path: str) -> bool:
+    """Whether the checkpoint at `path` is gone, or is a substitute whose copy was cut short."""
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        return True
+    note = posixpath.join(path, TUNE_RECORDED)
+    if fs.get_file_info(note).type == pyarrow.fs.FileType.NotFound:
+        return False
+    with fs.open_input_stream(note) as f:
+        return not json.loads(f.read().decode())["copied"]
+
+
+def write_note(fs: pyarrow.fs.FileSystem, path: str, note: dict) -> None:
+    with fs.open_output_stream(posixpath.join(path, TUNE_RECORDED)) as f:
+        f.write(json.dumps(note).encode())
 
 
 train_trial.__mixins__ = (RestoreFromSuccessor,)

@@ -14,9 +14,12 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
+from model import checkpoint as state_file
 from model.config import TrainConfig
 from model.train import train_members
 from search.trainable import TUNE_RECORDED, RestoreFromSuccessor, replay
@@ -60,13 +63,15 @@ def rows(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("mixin", [True, False])
-def test_a_trial_whose_snapshot_names_a_deleted_checkpoint_restores_from_its_successor(tmp_path, mixin):
+@pytest.mark.parametrize("case", ["tune alone", "checkpoint gone", "substitute cut short"])
+def test_a_trial_whose_snapshot_names_a_deleted_checkpoint_restores_from_its_successor(tmp_path, case):
+    """"substitute cut short": a driver killed again while the mixin copied the successor: it copies again."""
     import ray
     from ray import tune
 
     from data_pipeline.ray_env import init_ray
 
+    mixin = case != "tune alone"
     trainable = counting_trainable(mixin)
     init_ray(num_cpus=1)
     try:
@@ -83,6 +88,10 @@ def test_a_trial_whose_snapshot_names_a_deleted_checkpoint_restores_from_its_suc
         (trial_dir / name).mkdir()
         (trial_dir / name / "state.json").write_text(json.dumps({"epoch": epoch}))
     shutil.rmtree(trial_dir / named)
+    if case == "substitute cut short":
+        (trial_dir / named).mkdir()
+        (trial_dir / named / TUNE_RECORDED).write_text(json.dumps({"epoch": 2, "copied": False}))
+        (trial_dir / named / "state.json").write_text("{")  # cut short
 
     init_ray(num_cpus=1)
     try:
@@ -120,3 +129,50 @@ def test_replay_rebuilds_the_reports_of_the_epochs_tune_missed():
     final = replay(states[3], 0)  # the finished state: its last epoch without the final metrics
     assert final[:3] == reports[:3] and final[3] == [{k: v for k, v in m.items() if k in final[3][i]}
                                                      for i, m in enumerate(reports[3])]
+
+
+def test_train_trial_reports_the_epoch_tune_missed_then_trains_on_exactly(tmp_path, monkeypatch):
+    """train_trial itself, fused, with Tune's calls stood in for: restored from a substitute whose note says
+    Tune recorded epoch 1 while its state is at epoch 2, it reports epoch 2 with that state, then trains on;
+    its reports equal an uninterrupted run's (dropout on: the RNG resumes too)."""
+    import search.trainable as trainable
+    from ray import tune
+
+    from search.settings import resolve
+
+    settings = resolve("smoke", {"epochs": 4, "batch_size": 4})
+    arch = {"n_heads": 2, "ff_dim": 64, "n_layers": 2, "weight_decay": 0.0}
+    members = [{"lr": 1e-3}, {"lr": 3e-4}]
+    data, restored, reports = tiny_data(), [None], []
+
+    def report(result, checkpoint=None):
+        state = None
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                state = state_file.load(d)
+        reports.append((result, state))
+
+    context = SimpleNamespace(get_trial_dir=lambda: str(tmp_path), get_assigned_resources=lambda: {"CPU": 1},
+                              get_node_id=lambda: "node")
+    monkeypatch.setattr(trainable, "ray", SimpleNamespace(get_runtime_context=lambda: context))
+    monkeypatch.setattr(tune, "get_context", lambda: context)
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: restored[0])
+    monkeypatch.setattr(tune, "report", report)
+
+    trainable.train_trial(arch, data, settings, members)  # uninterrupted
+    full, reports[:] = list(reports), []
+    substitute = tmp_path / "checkpoint_000000"
+    state_file.save(full[1][1], substitute)  # the state after epoch 2, where Tune recorded epoch 1
+    (substitute / TUNE_RECORDED).write_text(json.dumps({"epoch": 1, "copied": True}))
+    restored[0] = tune.Checkpoint.from_directory(str(substitute))
+    trainable.train_trial(arch, data, settings, members)
+
+    assert [r["epoch"] for r, _ in reports] == [2, 3, 4] and reports[0][1]["epoch"] == 2
+    assert all(state is not None for _, state in reports)
+    assert [untimed(r) for r, _ in reports] == [untimed(r) for r, _ in full[1:]]
+    for name, w in full[-1][1]["best_model"][0].items():
+        assert torch.equal(w, reports[-1][1]["best_model"][0][name]), name
+
+
+def untimed(result: dict) -> dict:
+    return {k: v for k, v in result.items() if not k.endswith("samples_per_s")}
