@@ -147,8 +147,10 @@ def scheduler(name: str, epochs: int):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    # Every trial gets a tenth of its epochs before it can be stopped; a third survive each rung.
-    return ASHAScheduler(time_attr="training_iteration", metric=VAL_L1, mode="min", max_t=epochs,
+    # Every trial gets a tenth of its epochs before it can be stopped; a third survive each rung. Counted in
+    # the trial's own epochs: after a crash a restored trial may report an epoch again, and Tune's
+    # training_iteration then counts it twice.
+    return ASHAScheduler(time_attr="epoch", metric=VAL_L1, mode="min", max_t=epochs,
                          grace_period=max(1, epochs // 10), reduction_factor=3)
 
 

@@ -42,8 +42,8 @@ from search.space import trial_configs
 # directory is per node and Ray session: a retry elsewhere, or `--resume`, re-runs one epoch.)
 # A fused trial needs no note: its checkpoint records which members diverged.
 DIVERGED = "diverged.txt"
-# Written by RestoreFromSuccessor beside the checkpoint it substituted: the epoch Tune last recorded.
-TUNE_RECORDED = "tune_recorded.json"
+# Written by RestoreFromSuccessor in the checkpoint it substituted: where from, and whether the copy finished.
+SUBSTITUTE = "substitute.json"
 
 
 def where() -> dict:
@@ -65,13 +65,30 @@ def member_report(metrics: list[dict]) -> dict:
 
 def replay(state: dict, recorded_epoch: int) -> list[list[dict]]:
     """The per-member reports of the epochs after `recorded_epoch` up to the state's last one, rebuilt from
-    the state's history (a member that stopped reports its error, as the loop does): what a trial restored
-    past Tune's record reports first, so its results have every epoch."""
+    the state's history (a member that stopped reports its error, as the loop does): what a restored trial
+    reports first when its result.json lacks them, so its results have every epoch."""
     out = []
     for epoch in range(recorded_epoch + 1, state["epoch"] + 1):
         out.append([next((h for h in hist if h["epoch"] == epoch), {"epoch": epoch, "error": error})
                     for hist, error in zip(state["history"], state["errors"])])
     return out
+
+
+def last_reported_epoch() -> int:
+    """The last epoch in this trial's result.json on storage (0 if none): what Tune holds of its reports."""
+    storage = tune.get_context().get_storage()
+    fs, last = storage.storage_filesystem, 0
+    try:
+        with fs.open_input_stream(posixpath.join(storage.trial_fs_path, "result.json")) as f:
+            lines = f.read().decode().splitlines()
+    except FileNotFoundError:
+        return 0
+    for line in lines:
+        try:
+            last = max(last, int(json.loads(line).get("epoch", 0)))
+        except (json.JSONDecodeError, AttributeError):  # a line cut short by the crash
+            continue
+    return last
 
 
 def train_trial(config: dict, data: PreparedData, settings: Settings, members: list[dict] | None = None) -> None:
@@ -88,13 +105,11 @@ def train_trial(config: dict, data: PreparedData, settings: Settings, members: l
     if diverged.exists():
         raise FloatingPointError(diverged.read_text() + " (not retried: it diverged before, from this checkpoint)")
 
-    resume, recorded = None, None
+    resume = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             resume = checkpoint.load(d)
-            if (note := Path(d) / TUNE_RECORDED).exists():
-                recorded = json.loads(note.read_text())["epoch"]
     node = where()
 
     def report(metrics: list[dict], state: dict | None) -> None:
@@ -110,8 +125,11 @@ def train_trial(config: dict, data: PreparedData, settings: Settings, members: l
             checkpoint.save(state, d)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
 
-    if recorded is not None:  # restored past Tune's record (RestoreFromSuccessor): report what it missed
-        missed = replay(resume, recorded)
+    if resume is not None:
+        # Tune writes result.json to storage in the background, with its snapshot: after a driver crash it
+        # can end before the restored state (and RestoreFromSuccessor restores past the snapshot). The
+        # epochs it lacks are reported first, from the state's history; the last with the state.
+        missed = replay(resume, last_reported_epoch())
         for metrics in missed[:-1]:
             report(metrics, None)
         if missed and "final" not in resume:
@@ -139,15 +157,15 @@ class RestoreFromSuccessor:
     the trial: "Could not recover from checkpoint as it does not exist on storage anymore". Such a trial
     restores from the oldest checkpoint after the named one instead (Tune registered it before deleting the
     named one, so it is whole), copied to the named path so that Tune's bookkeeping, which deletes that path
-    later, stays whole; in it, TUNE_RECORDED tells train_trial which epochs Tune missed, to report them
-    first (one in practice: every report carries a checkpoint). The note is written before the copy and
-    marked done after it, so a copy cut short by another crash is redone, on a disk as on S3.
+    later, stays whole; train_trial then reports the epoch Tune missed first. A SUBSTITUTE note is written
+    before the copy and marked done after it, so a copy cut short by another crash is redone, on a disk as
+    on S3.
 
     Mixed into train_trial's Tune trainable through `__mixins__`, Ray's hook for it (Ray pinned to 2.60)."""
 
     def restore(self, checkpoint_path):
         ckpt = getattr(checkpoint_path, "checkpoint", None)
-        if ckpt is not None and "epoch" in checkpoint_path.metrics and substitute_needed(ckpt.filesystem, ckpt.path):
+        if ckpt is not None and substitute_needed(ckpt.filesystem, ckpt.path):
             fs, (trial_dir, named) = ckpt.filesystem, posixpath.split(ckpt.path)
             found = fs.get_file_info(pyarrow.fs.FileSelector(trial_dir))
             later = sorted(f.base_name for f in found if f.type == pyarrow.fs.FileType.Directory
@@ -156,7 +174,7 @@ class RestoreFromSuccessor:
                 logging.getLogger(__name__).warning(
                     "%s is gone (the experiment snapshot predates its deletion): restoring from %s",
                     ckpt.path, later[0])
-                note = {"epoch": checkpoint_path.metrics["epoch"], "from": later[0]}
+                note = {"from": later[0]}
                 fs.create_dir(ckpt.path)
                 write_note(fs, ckpt.path, {**note, "copied": False})
                 # use_threads=False: pyarrow's threaded S3 uploads can fail (Ray's own copies avoid them too).
@@ -170,7 +188,7 @@ def substitute_needed(fs: pyarrow.fs.FileSystem, path: str) -> bool:
     """Whether the checkpoint at `path` is gone, or is a substitute whose copy was cut short."""
     if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
         return True
-    note = posixpath.join(path, TUNE_RECORDED)
+    note = posixpath.join(path, SUBSTITUTE)
     if fs.get_file_info(note).type == pyarrow.fs.FileType.NotFound:
         return False
     with fs.open_input_stream(note) as f:
@@ -178,7 +196,7 @@ def substitute_needed(fs: pyarrow.fs.FileSystem, path: str) -> bool:
 
 
 def write_note(fs: pyarrow.fs.FileSystem, path: str, note: dict) -> None:
-    with fs.open_output_stream(posixpath.join(path, TUNE_RECORDED)) as f:
+    with fs.open_output_stream(posixpath.join(path, SUBSTITUTE)) as f:
         f.write(json.dumps(note).encode())
 
 

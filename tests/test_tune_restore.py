@@ -16,13 +16,14 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import pyarrow.fs
 import pytest
 import torch
 
 from model import checkpoint as state_file
 from model.config import TrainConfig
 from model.train import train_members
-from search.trainable import TUNE_RECORDED, RestoreFromSuccessor, replay
+from search.trainable import SUBSTITUTE, RestoreFromSuccessor, replay
 from test_members import SMALL
 from test_model import tiny_data
 
@@ -30,9 +31,11 @@ EPOCHS = 5
 
 
 def counting_trainable(mixin: bool):
-    """Counts epochs, with train_trial's handling of TUNE_RECORDED: the epochs Tune missed are reported first."""
+    """Counts epochs, with train_trial's rule: restored, it first reports the epochs its result.json lacks."""
     def count(config):
         from ray import tune
+
+        from search.trainable import last_reported_epoch
 
         def report(epoch, with_checkpoint=True):
             if not with_checkpoint:
@@ -45,12 +48,10 @@ def counting_trainable(mixin: bool):
         if (ckpt := tune.get_checkpoint()) is not None:
             with ckpt.as_directory() as d:
                 start = json.loads((Path(d) / "state.json").read_text())["epoch"]
-                if (note := Path(d) / TUNE_RECORDED).exists():
-                    recorded = json.loads(note.read_text())["epoch"]
-                    for epoch in range(recorded + 1, start + 1):
-                        report(epoch, with_checkpoint=epoch == start)
+            for epoch in range(last_reported_epoch() + 1, start + 1):
+                report(epoch, with_checkpoint=epoch == start)
         for epoch in range(start + 1, EPOCHS + 1):
-            if epoch == 3:  # reached in the first run only: the restored run starts after epoch 3
+            if epoch == 3 and ckpt is None:  # the first run stops here; a restored one goes on
                 raise RuntimeError("stopped after epoch 2")
             report(epoch)
 
@@ -63,9 +64,10 @@ def rows(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("case", ["tune alone", "checkpoint gone", "substitute cut short"])
+@pytest.mark.parametrize("case", ["tune alone", "checkpoint gone", "substitute cut short", "result.json behind"])
 def test_a_trial_whose_snapshot_names_a_deleted_checkpoint_restores_from_its_successor(tmp_path, case):
-    """"substitute cut short": a driver killed again while the mixin copied the successor: it copies again."""
+    """"substitute cut short": a driver killed again while the mixin copied the successor: it copies again.
+    "result.json behind": the named checkpoint is there, but result.json on storage ends an epoch earlier."""
     import ray
     from ray import tune
 
@@ -87,10 +89,13 @@ def test_a_trial_whose_snapshot_names_a_deleted_checkpoint_restores_from_its_suc
     for epoch, name in ((3, "checkpoint_000002"), (4, "checkpoint_000003")):
         (trial_dir / name).mkdir()
         (trial_dir / name / "state.json").write_text(json.dumps({"epoch": epoch}))
-    shutil.rmtree(trial_dir / named)
+    if case == "result.json behind":
+        (trial_dir / "result.json").write_text(json.dumps(rows(trial_dir)[0]) + "\n")
+    else:
+        shutil.rmtree(trial_dir / named)
     if case == "substitute cut short":
         (trial_dir / named).mkdir()
-        (trial_dir / named / TUNE_RECORDED).write_text(json.dumps({"epoch": 2, "copied": False}))
+        (trial_dir / named / SUBSTITUTE).write_text(json.dumps({"from": "checkpoint_000002", "copied": False}))
         (trial_dir / named / "state.json").write_text("{")  # cut short
 
     init_ray(num_cpus=1)
@@ -102,11 +107,13 @@ def test_a_trial_whose_snapshot_names_a_deleted_checkpoint_restores_from_its_suc
         assert result.error is not None and "does not exist on storage anymore" in str(result.error)
         return
     assert result.error is None
-    # Restored from epoch 3 (the oldest successor, not the newest: 4); epoch 3, which Tune never recorded,
-    # is reported before training goes on, so the results have every epoch once and Tune counts them right.
+    # Restored from epoch 3 (the oldest successor, not the newest: 4), or from epoch 2 with result.json
+    # ending at 1: the epoch result.json lacks is reported before training goes on, so the results have
+    # every epoch once (and Tune, which counted the named checkpoint's epoch, counts them right).
     reports = rows(trial_dir)
     assert [r["epoch"] for r in reports] == [1, 2, 3, 4, 5]
-    assert [r["training_iteration"] for r in reports] == [1, 2, 3, 4, 5]
+    if case != "result.json behind":
+        assert [r["training_iteration"] for r in reports] == [1, 2, 3, 4, 5]
     with result.checkpoint.as_directory() as d:
         assert json.loads((Path(d) / "state.json").read_text())["epoch"] == EPOCHS
 
@@ -132,8 +139,8 @@ def test_replay_rebuilds_the_reports_of_the_epochs_tune_missed():
 
 
 def test_train_trial_reports_the_epoch_tune_missed_then_trains_on_exactly(tmp_path, monkeypatch):
-    """train_trial itself, fused, with Tune's calls stood in for: restored from a substitute whose note says
-    Tune recorded epoch 1 while its state is at epoch 2, it reports epoch 2 with that state, then trains on;
+    """train_trial itself, fused, with Tune's calls stood in for: restored from a state at epoch 2 while its
+    result.json ends at epoch 1 (and a line cut short), it reports epoch 2 with that state, then trains on;
     its reports equal an uninterrupted run's (dropout on: the RNG resumes too)."""
     import search.trainable as trainable
     from ray import tune
@@ -152,8 +159,9 @@ def test_train_trial_reports_the_epoch_tune_missed_then_trains_on_exactly(tmp_pa
                 state = state_file.load(d)
         reports.append((result, state))
 
+    storage = SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(), trial_fs_path=str(tmp_path))
     context = SimpleNamespace(get_trial_dir=lambda: str(tmp_path), get_assigned_resources=lambda: {"CPU": 1},
-                              get_node_id=lambda: "node")
+                              get_node_id=lambda: "node", get_storage=lambda: storage)
     monkeypatch.setattr(trainable, "ray", SimpleNamespace(get_runtime_context=lambda: context))
     monkeypatch.setattr(tune, "get_context", lambda: context)
     monkeypatch.setattr(tune, "get_checkpoint", lambda: restored[0])
@@ -161,10 +169,9 @@ def test_train_trial_reports_the_epoch_tune_missed_then_trains_on_exactly(tmp_pa
 
     trainable.train_trial(arch, data, settings, members)  # uninterrupted
     full, reports[:] = list(reports), []
-    substitute = tmp_path / "checkpoint_000000"
-    state_file.save(full[1][1], substitute)  # the state after epoch 2, where Tune recorded epoch 1
-    (substitute / TUNE_RECORDED).write_text(json.dumps({"epoch": 1, "copied": True}))
-    restored[0] = tune.Checkpoint.from_directory(str(substitute))
+    state_file.save(full[1][1], tmp_path / "checkpoint_000001")  # the state after epoch 2
+    (tmp_path / "result.json").write_text(json.dumps(full[0][0]) + "\n" + '{"epoch": 2, "val')
+    restored[0] = tune.Checkpoint.from_directory(str(tmp_path / "checkpoint_000001"))
     trainable.train_trial(arch, data, settings, members)
 
     assert [r["epoch"] for r, _ in reports] == [2, 3, 4] and reports[0][1]["epoch"] == 2

@@ -1,0 +1,133 @@
+"""How often a driver killed mid-search leaves a trial that `--resume` cannot restore, with and without
+search.trainable.RestoreFromSuccessor.
+
+    python bench/bench_resume_race.py --runs 10        # about 20 s per run and variant on 2 cores
+
+Each run starts a Tune search of fast toy trials (each epoch: a few ms of sleep, a report with a
+checkpoint, num_to_keep=2 as in search.grid), SIGKILLs the driver's process group at a random moment,
+then resumes it in a new driver (as `--resume` does) to the end. A restored toy trial first reports the
+epochs its result.json lacks, as train_trial does. Counted per variant: trials that ended in ERROR ("Could not recover from checkpoint":
+Tune's snapshot named a checkpoint it had deleted) and trials whose result.json misses an epoch
+(repeats are expected: a restore from an older checkpoint re-runs epochs; the results keep the latest). The race is Tune's (it deletes the older checkpoint before the snapshot naming the newer one is
+on storage); fast reports make it frequent here, long epochs make it rare in real searches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import machine  # noqa: E402
+
+TRIALS, EPOCHS = 4, 300
+
+
+def toy(config):
+    from ray import tune
+
+    from search.trainable import last_reported_epoch
+
+    def report(epoch, with_checkpoint=True):
+        if not with_checkpoint:
+            return tune.report({"epoch": epoch})
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
+            tune.report({"epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    start = 0
+    if (ckpt := tune.get_checkpoint()) is not None:
+        with ckpt.as_directory() as d:
+            start = json.loads((Path(d) / "state.json").read_text())["epoch"]
+        for epoch in range(last_reported_epoch() + 1, start + 1):
+            report(epoch, with_checkpoint=epoch == start)
+    for epoch in range(start + 1, EPOCHS + 1):
+        time.sleep(0.005)
+        report(epoch)
+
+
+def driver(storage: str, mixin: bool, resume: bool) -> None:
+    import ray
+    from ray import tune
+
+    from data_pipeline.ray_env import init_ray
+    from search.trainable import RestoreFromSuccessor
+
+    if mixin:
+        toy.__mixins__ = (RestoreFromSuccessor,)
+    init_ray(num_cpus=2)
+    trainable = tune.with_resources(toy, {"cpu": 0.5})
+    if resume:
+        tuner = tune.Tuner.restore(f"{storage}/race", trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(trainable, param_space={"i": tune.grid_search(list(range(TRIALS)))},
+                           run_config=tune.RunConfig(name="race", storage_path=storage, verbose=0,
+                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+    tuner.fit()
+    ray.shutdown()
+
+
+def one_run(mixin: bool, seed: int, keep: Path | None = None) -> dict:
+    with tempfile.TemporaryDirectory() as storage:
+        cmd = [sys.executable, __file__, "--driver", storage] + (["--mixin"] if mixin else [])
+        log = open(Path(storage) / "driver.log", "w")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not list(Path(storage).glob("race/*/result.json")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the search did not start"
+            time.sleep(0.1)
+        time.sleep(random.Random(seed).uniform(0.5, 3.0))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        subprocess.run(cmd + ["--resume"], stdout=log, stderr=subprocess.STDOUT, timeout=300, check=True)
+        from ray.tune import ExperimentAnalysis
+
+        trials = ExperimentAnalysis(f"{storage}/race").trials
+        errored = sum(t.status == "ERROR" for t in trials)
+        gaps = 0
+        for t in trials:
+            if t.status != "ERROR":
+                epochs = [json.loads(line)["epoch"] for line in
+                          (Path(t.path) / "result.json").read_text().splitlines() if line.strip()]
+                gaps += sorted(set(epochs)) != list(range(1, EPOCHS + 1))
+        if keep is not None and (errored or gaps):
+            shutil.copytree(storage, keep / f"{'mixin' if mixin else 'tune'}-{seed}")
+        return {"errored": errored, "gaps": gaps, "trials": len(trials)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--keep", type=Path, help="copy the storage of runs with an errored trial or a gap here")
+    p.add_argument("--variants", nargs="+", choices=["tune", "mixin"], default=["tune", "mixin"])
+    p.add_argument("--driver", help=argparse.SUPPRESS)
+    p.add_argument("--mixin", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.driver:
+        return driver(args.driver, args.mixin, args.resume)
+    print(f"# bench_resume_race on {machine()}: {args.runs} killed-and-resumed searches per variant, "
+          f"{TRIALS} toy trials x {EPOCHS} epochs each")
+    print("| variant | runs with an errored trial | errored trials | trials missing an epoch in result.json |")
+    print("|---|---|---|---|")
+    for mixin in [v == "mixin" for v in args.variants]:
+        runs = [one_run(mixin, seed, args.keep) for seed in range(args.runs)]
+        name = "RestoreFromSuccessor" if mixin else "Tune alone"
+        print(f"| {name} | {sum(r['errored'] > 0 for r in runs)}/{len(runs)} | "
+              f"{sum(r['errored'] for r in runs)}/{sum(r['trials'] for r in runs)} | "
+              f"{sum(r['gaps'] for r in runs)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
