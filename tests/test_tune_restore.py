@@ -64,48 +64,70 @@ def rows(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("case", ["tune alone", "checkpoint gone", "substitute cut short", "result.json behind"])
-def test_a_trial_whose_snapshot_names_a_deleted_checkpoint_restores_from_its_successor(tmp_path, case):
-    """"substitute cut short": a driver killed again while the mixin copied the successor: it copies again.
-    "result.json behind": the named checkpoint is there, but result.json on storage ends an epoch earlier."""
+CASES = ("checkpoint gone", "substitute cut short", "result.json behind")
+
+
+@pytest.fixture(scope="module")
+def restored(tmp_path_factory) -> dict:
+    """Two experiments, one trial per case (the toy without the mixin: "tune alone"; with it: CASES), run
+    until they stop after epoch 2, the state made by hand, then restored by a new driver, as after a crash.
+    "substitute cut short": a driver killed again while the mixin copied the successor.
+    "result.json behind": the named checkpoint is there, but result.json on storage ends an epoch earlier.
+    Returns case -> (the restored trial's result, its trial directory)."""
     import ray
     from ray import tune
 
     from data_pipeline.ray_env import init_ray
 
-    mixin = case != "tune alone"
-    trainable = counting_trainable(mixin)
-    init_ray(num_cpus=1)
+    storage = tmp_path_factory.mktemp("tune")
+    experiments = {"alone": (counting_trainable(False), ["tune alone"]), "mixin": (counting_trainable(True), CASES)}
+    init_ray(num_cpus=2)
     try:
-        tune.Tuner(trainable, run_config=tune.RunConfig(
-            name="count", storage_path=str(tmp_path), verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2))).fit()
+        for name, (trainable, cases) in experiments.items():
+            tune.Tuner(trainable, param_space={"case": tune.grid_search(list(cases))}, run_config=tune.RunConfig(
+                name=name, storage_path=str(storage), verbose=0,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2))).fit()
     finally:
         ray.shutdown()  # the resume below is a new driver, as after a crash
-    exp = tmp_path / "count"
-    trial_dir = next(exp.glob("count_*"))
-    assert [r["epoch"] for r in rows(trial_dir)] == [1, 2]
-    named = rows(trial_dir)[-1]["checkpoint_dir_name"]
-    for epoch, name in ((3, "checkpoint_000002"), (4, "checkpoint_000003")):
-        (trial_dir / name).mkdir()
-        (trial_dir / name / "state.json").write_text(json.dumps({"epoch": epoch}))
-    if case == "result.json behind":
-        (trial_dir / "result.json").write_text(json.dumps(rows(trial_dir)[0]) + "\n")
-    else:
-        shutil.rmtree(trial_dir / named)
-    if case == "substitute cut short":
-        (trial_dir / named).mkdir()
-        (trial_dir / named / SUBSTITUTE).write_text(json.dumps({"from": "checkpoint_000002", "copied": False}))
-        (trial_dir / named / "state.json").write_text("{")  # cut short
+    dirs = {}
+    for trial_dir in storage.glob("*/count_*"):
+        case = json.loads((trial_dir / "params.json").read_text())["case"]
+        dirs[case] = trial_dir
+        assert [r["epoch"] for r in rows(trial_dir)] == [1, 2]
+        named = rows(trial_dir)[-1]["checkpoint_dir_name"]
+        for epoch, name in ((3, "checkpoint_000002"), (4, "checkpoint_000003")):
+            (trial_dir / name).mkdir()
+            (trial_dir / name / "state.json").write_text(json.dumps({"epoch": epoch}))
+        if case == "result.json behind":
+            (trial_dir / "result.json").write_text(json.dumps(rows(trial_dir)[0]) + "\n")
+        else:
+            shutil.rmtree(trial_dir / named)
+        if case == "substitute cut short":
+            (trial_dir / named).mkdir()
+            (trial_dir / named / SUBSTITUTE).write_text(json.dumps({"from": "checkpoint_000002", "copied": False}))
+            (trial_dir / named / "state.json").write_text("{")  # cut short
+    assert sorted(dirs) == sorted(["tune alone", *CASES])
 
-    init_ray(num_cpus=1)
+    init_ray(num_cpus=2)
     try:
-        result = tune.Tuner.restore(str(exp), trainable, resume_errored=True).fit()[0]
+        results = {}
+        for name, (trainable, _) in experiments.items():
+            for result in tune.Tuner.restore(str(storage / name), trainable, resume_errored=True).fit():
+                results[result.config["case"]] = result
     finally:
         ray.shutdown()
-    if not mixin:  # the failure the mixin exists for: the state made by hand reproduces it
-        assert result.error is not None and "does not exist on storage anymore" in str(result.error)
-        return
+    return {case: (results[case], dirs[case]) for case in dirs}
+
+
+def test_tune_alone_fails_the_trial_whose_named_checkpoint_is_gone(restored):
+    """The failure the mixin exists for: the state made by hand reproduces it."""
+    result, _ = restored["tune alone"]
+    assert result.error is not None and "does not exist on storage anymore" in str(result.error)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_restored_trial_continues_and_its_results_have_every_epoch_once(restored, case):
+    result, trial_dir = restored[case]
     assert result.error is None
     # Restored from epoch 3 (the oldest successor, not the newest: 4), or from epoch 2 with result.json
     # ending at 1: the epoch result.json lacks is reported before training goes on, so the results have
