@@ -36,6 +36,7 @@ from search.export import (PROVENANCE, SetLayoutError, check_layout, data_change
                            read_provenance, user_error, write_provenance)
 from search.results import code_version, quiet_unstarted_trials
 from search.settings import PRESETS, Settings, add_config_flags, config_overrides, load_data, resolve
+from search.snapshot import DamagedSnapshot, check_snapshot, refuse_empty_restart
 from search.space import SEARCHES, fused_space, grid_size, param_space
 
 SCHEDULERS = ("fifo", "asha")
@@ -386,6 +387,10 @@ def main(argv=None) -> list[dict]:
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, settings=settings,
                                                          members=prov["search"]["fuse"]["members"]), per_trial)
     if restore:
+        try:  # a snapshot file cut short by the crash: repaired where that is safe, else a clear error
+            check_snapshot(ray_experiment, prov["search"]["trials"])
+        except DamagedSnapshot as e:
+            raise user_error(f"--resume: {e}") from None
         # resume_errored: a trial that failed for a passing reason gets another go from its checkpoint.
         # The stored RunConfig comes back with it, including its Progress callback.
         tuner = tune.Tuner.restore(ray_experiment, trainable, resume_errored=True)
@@ -396,7 +401,11 @@ def main(argv=None) -> list[dict]:
           f"per trial {per_trial}, cluster {cluster}", flush=True)
     quiet_unstarted_trials()  # a Ctrl-C's closing analysis would log one error per trial not started
     t_fit = time.time()
-    tuner.fit()  # Ctrl-C: Tune stops the trials, snapshots the experiment and returns
+    try:
+        with refuse_empty_restart():
+            tuner.fit()  # Ctrl-C: Tune stops the trials, snapshots the experiment and returns
+    except DamagedSnapshot as e:
+        raise user_error(f"--resume: {e}") from None
     prov = read_provenance(results_dir)
     # Tune's own wall time per driver run (a resumed search has several): bench/bench_tune_overhead.py reads it.
     prov["fit_s"] = [*prov.get("fit_s", []), round(time.time() - t_fit, 2)]

@@ -23,6 +23,7 @@ import torch
 from model import checkpoint as state_file
 from model.config import TrainConfig
 from model.train import train_members
+from search.snapshot import DamagedSnapshot, check_snapshot, refuse_empty_restart
 from search.trainable import SUBSTITUTE, RestoreFromSuccessor, replay
 from test_members import SMALL
 from test_model import tiny_data
@@ -69,18 +70,21 @@ CASES = ("checkpoint gone", "substitute cut short", "result.json behind")
 
 @pytest.fixture(scope="module")
 def restored(tmp_path_factory) -> dict:
-    """Two experiments, one trial per case (the toy without the mixin: "tune alone"; with it: CASES), run
+    """Experiments of toy trials, one trial per case (without the mixin: "tune alone"; with it: CASES), run
     until they stop after epoch 2, the state made by hand, then restored by a new driver, as after a crash.
     "substitute cut short": a driver killed again while the mixin copied the successor.
     "result.json behind": the named checkpoint is there, but result.json on storage ends an epoch earlier.
-    Returns case -> (the restored trial's result, its trial directory)."""
+    Besides, Tune's own snapshot files cut short (search.snapshot): the grid searcher's state in the CASES
+    experiment (repaired), the experiment state of a third one (refused).
+    Returns trials: case -> (the restored trial's result, its trial directory), and what the checks did."""
     import ray
     from ray import tune
 
     from data_pipeline.ray_env import init_ray
 
     storage = tmp_path_factory.mktemp("tune")
-    experiments = {"alone": (counting_trainable(False), ["tune alone"]), "mixin": (counting_trainable(True), CASES)}
+    experiments = {"alone": (counting_trainable(False), ["tune alone"]), "mixin": (counting_trainable(True), CASES),
+                   "damaged": (counting_trainable(True), ["experiment state cut short"])}
     init_ray(num_cpus=2)
     try:
         for name, (trainable, cases) in experiments.items():
@@ -106,28 +110,40 @@ def restored(tmp_path_factory) -> dict:
             (trial_dir / named).mkdir()
             (trial_dir / named / SUBSTITUTE).write_text(json.dumps({"from": "checkpoint_000002", "copied": False}))
             (trial_dir / named / "state.json").write_text("{")  # cut short
-    assert sorted(dirs) == sorted(["tune alone", *CASES])
+    assert sorted(dirs) == sorted(["tune alone", *CASES, "experiment state cut short"])
+    for name, prefix in (("mixin", "basic-variant-state-"), ("damaged", "experiment_state-")):
+        max((storage / name).glob(prefix + "*")).write_bytes(b"")  # what a kill during Tune's copy leaves
+    out = SimpleNamespace(trials={})
+    check_snapshot(str(storage / "mixin"), trials=len(CASES))
+    out.grid_searcher_states_left = list((storage / "mixin").glob("basic-variant-state-*"))
+    with pytest.raises(DamagedSnapshot) as out.refused_check:
+        check_snapshot(str(storage / "damaged"), trials=1)
 
     init_ray(num_cpus=2)
     try:
-        results = {}
         for name, (trainable, _) in experiments.items():
-            for result in tune.Tuner.restore(str(storage / name), trainable, resume_errored=True).fit():
-                results[result.config["case"]] = result
+            with refuse_empty_restart():
+                if name == "damaged":  # what Tune alone does with it: start a new, empty experiment
+                    with pytest.raises(DamagedSnapshot) as out.refused_restore:
+                        tune.Tuner.restore(str(storage / name), trainable, resume_errored=True).fit()
+                    continue
+                for result in tune.Tuner.restore(str(storage / name), trainable, resume_errored=True).fit():
+                    out.trials[result.config["case"]] = (result, dirs[result.config["case"]])
     finally:
         ray.shutdown()
-    return {case: (results[case], dirs[case]) for case in dirs}
+    out.damaged_experiment_trials = sorted(p.name for p in (storage / "damaged").glob("count_*"))
+    return out
 
 
 def test_tune_alone_fails_the_trial_whose_named_checkpoint_is_gone(restored):
     """The failure the mixin exists for: the state made by hand reproduces it."""
-    result, _ = restored["tune alone"]
+    result, _ = restored.trials["tune alone"]
     assert result.error is not None and "does not exist on storage anymore" in str(result.error)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_a_restored_trial_continues_and_its_results_have_every_epoch_once(restored, case):
-    result, trial_dir = restored[case]
+    result, trial_dir = restored.trials[case]
     assert result.error is None
     # Restored from epoch 3 (the oldest successor, not the newest: 4), or from epoch 2 with result.json
     # ending at 1: the epoch result.json lacks is reported before training goes on, so the results have
@@ -138,6 +154,20 @@ def test_a_restored_trial_continues_and_its_results_have_every_epoch_once(restor
         assert [r["training_iteration"] for r in reports] == [1, 2, 3, 4, 5]
     with result.checkpoint.as_directory() as d:
         assert json.loads((Path(d) / "state.json").read_text())["epoch"] == EPOCHS
+
+
+def test_a_damaged_grid_searcher_state_is_dropped_and_the_trials_resume(restored):
+    """The CASES experiment's searcher state was cut short: dropped (every trial is in the snapshot), and all
+    its trials continued above."""
+    assert restored.grid_searcher_states_left == [] and set(restored.trials) >= set(CASES)
+
+
+def test_a_damaged_experiment_state_is_refused_not_restarted_empty(restored):
+    assert "experiment_state-" in str(restored.refused_check.value) and "it is empty" in str(restored.refused_check.value)
+    # Past the check, Tune would log the failure and start a new experiment with one empty-config trial:
+    # the guard stops it before any trial starts.
+    assert "could not restore" in str(restored.refused_restore.value)
+    assert len(restored.damaged_experiment_trials) == 1  # the original trial only
 
 
 def test_replay_rebuilds_the_reports_of_the_epochs_tune_missed():
