@@ -1,15 +1,19 @@
-"""How often a driver killed mid-search leaves a trial that `--resume` cannot restore, with and without
-search.trainable.RestoreFromSuccessor.
+"""How often a driver killed mid-search leaves a search that `--resume` cannot continue, with and without
+the fix (search.trainable.RestoreFromSuccessor and its replay, search.snapshot's check and guard).
 
-    python bench/bench_resume_race.py --runs 10        # about 20 s per run and variant on 2 cores
+    python bench/bench_resume_race.py --runs 12        # about 30 s per run and variant on 2 cores
 
 Each run starts a Tune search of fast toy trials (each epoch: a few ms of sleep, a report with a
 checkpoint, num_to_keep=2 as in search.grid), SIGKILLs the driver's process group at a random moment,
-then resumes it in a new driver (as `--resume` does) to the end. A restored toy trial first reports the
-epochs its result.json lacks, as train_trial does. Counted per variant: trials that ended in ERROR ("Could not recover from checkpoint":
-Tune's snapshot named a checkpoint it had deleted) and trials whose result.json misses an epoch
-(repeats are expected: a restore from an older checkpoint re-runs epochs; the results keep the latest). The race is Tune's (it deletes the older checkpoint before the snapshot naming the newer one is
-on storage); fast reports make it frequent here, long epochs make it rare in real searches.
+then resumes it in a new driver (as `--resume` does) to the end. With the fix, the driver checks the
+snapshot and guards the restore as search.grid does, and a restored toy trial first reports the epochs
+its result.json lacks, as train_trial does. Counted per variant: trials that ended in ERROR ("Could not
+recover from checkpoint": Tune's snapshot named a checkpoint it had deleted), trials whose result.json
+misses an epoch (repeats are expected: a restore from an older checkpoint re-runs epochs; the results
+keep the latest), resumes refused (a damaged snapshot file the fix cannot repair, said in one line) and
+resumes Tune restarted as a new, empty experiment (a damaged snapshot file, Tune alone). The races are
+Tune's (it deletes checkpoints and copies its snapshot to storage in the background); fast reports make
+them frequent here, long epochs make them rare in real searches.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine  # noqa: E402
 
 TRIALS, EPOCHS = 4, 300
+REFUSED = 3  # the driver's exit status when search.snapshot refuses a damaged snapshot
 
 
 def toy(config):
@@ -62,19 +68,28 @@ def driver(storage: str, mixin: bool, resume: bool) -> None:
     from ray import tune
 
     from data_pipeline.ray_env import init_ray
+    from search.snapshot import DamagedSnapshot, check_snapshot, refuse_empty_restart
     from search.trainable import RestoreFromSuccessor
 
-    if mixin:
+    if mixin:  # the fix, as search.grid applies it
         toy.__mixins__ = (RestoreFromSuccessor,)
     init_ray(num_cpus=2)
     trainable = tune.with_resources(toy, {"cpu": 0.5})
-    if resume:
-        tuner = tune.Tuner.restore(f"{storage}/race", trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(trainable, param_space={"i": tune.grid_search(list(range(TRIALS)))},
-                           run_config=tune.RunConfig(name="race", storage_path=storage, verbose=0,
-                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
-    tuner.fit()
+    guard = refuse_empty_restart() if mixin else nullcontext()
+    try:
+        if resume:
+            if mixin:
+                check_snapshot(f"{storage}/race", TRIALS)
+            tuner = tune.Tuner.restore(f"{storage}/race", trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(trainable, param_space={"i": tune.grid_search(list(range(TRIALS)))},
+                               run_config=tune.RunConfig(name="race", storage_path=storage, verbose=0,
+                                                         checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+        with guard:
+            tuner.fit()
+    except DamagedSnapshot as e:
+        print(f"refused: {e}", flush=True)
+        sys.exit(REFUSED)
     ray.shutdown()
 
 
@@ -90,7 +105,10 @@ def one_run(mixin: bool, seed: int, keep: Path | None = None) -> dict:
         time.sleep(random.Random(seed).uniform(0.5, 3.0))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        subprocess.run(cmd + ["--resume"], stdout=log, stderr=subprocess.STDOUT, timeout=300, check=True)
+        rc = subprocess.run(cmd + ["--resume"], stdout=log, stderr=subprocess.STDOUT, timeout=300).returncode
+        if rc == REFUSED:  # a damaged snapshot the fix cannot repair: said, not resumed
+            return {"errored": 0, "gaps": 0, "trials": TRIALS, "refused": 1, "empty": 0}
+        assert rc == 0, (Path(storage) / "driver.log").read_text()[-3000:]
         from ray.tune import ExperimentAnalysis
 
         trials = ExperimentAnalysis(f"{storage}/race").trials
@@ -101,9 +119,11 @@ def one_run(mixin: bool, seed: int, keep: Path | None = None) -> dict:
                 epochs = [json.loads(line)["epoch"] for line in
                           (Path(t.path) / "result.json").read_text().splitlines() if line.strip()]
                 gaps += sorted(set(epochs)) != list(range(1, EPOCHS + 1))
-        if keep is not None and (errored or gaps):
+        # Tune restarting an empty experiment (its snapshot damaged) leaves one trial of config {}.
+        empty = any(not t.config for t in trials)
+        if keep is not None and (errored or gaps or empty):
             shutil.copytree(storage, keep / f"{'mixin' if mixin else 'tune'}-{seed}")
-        return {"errored": errored, "gaps": gaps, "trials": len(trials)}
+        return {"errored": errored, "gaps": gaps, "trials": len(trials), "refused": 0, "empty": int(empty)}
 
 
 def main() -> None:
@@ -119,14 +139,16 @@ def main() -> None:
         return driver(args.driver, args.mixin, args.resume)
     print(f"# bench_resume_race on {machine()}: {args.runs} killed-and-resumed searches per variant, "
           f"{TRIALS} toy trials x {EPOCHS} epochs each")
-    print("| variant | runs with an errored trial | errored trials | trials missing an epoch in result.json |")
-    print("|---|---|---|---|")
+    print("| variant | runs with an errored trial | errored trials | trials missing an epoch in result.json "
+          "| resumes refused (damaged snapshot) | resumes restarted empty |")
+    print("|---|---|---|---|---|---|")
     for mixin in [v == "mixin" for v in args.variants]:
         runs = [one_run(mixin, seed, args.keep) for seed in range(args.runs)]
-        name = "RestoreFromSuccessor" if mixin else "Tune alone"
+        name = "the fix (search.trainable + search.snapshot)" if mixin else "Tune alone"
         print(f"| {name} | {sum(r['errored'] > 0 for r in runs)}/{len(runs)} | "
               f"{sum(r['errored'] for r in runs)}/{sum(r['trials'] for r in runs)} | "
-              f"{sum(r['gaps'] for r in runs)} |", flush=True)
+              f"{sum(r['gaps'] for r in runs)} | {sum(r['refused'] for r in runs)} | "
+              f"{sum(r['empty'] for r in runs)} |", flush=True)
 
 
 if __name__ == "__main__":
