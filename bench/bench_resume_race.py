@@ -40,27 +40,39 @@ TRIALS, EPOCHS = 4, 300
 REFUSED = 3  # the driver's exit status when search.snapshot refuses a damaged snapshot
 
 
-def toy(config):
-    from ray import tune
+def counting_trainable(epochs: int, mixin: bool, stop_after: int | None = None, pause_s: float = 0.0):
+    """A toy Tune trial that counts epochs, a checkpoint per report, with train_trial's rule: restored, it
+    first reports the epochs its result.json lacks. `mixin`: with RestoreFromSuccessor, as train_trial;
+    `stop_after`: a first (never restored) run raises after that epoch. Also used by tests/test_tune_restore.py."""
+    def count(config):
+        from ray import tune
 
-    from search.trainable import last_reported_epoch
+        from search.trainable import last_reported_epoch
 
-    def report(epoch, with_checkpoint=True):
-        if not with_checkpoint:
-            return tune.report({"epoch": epoch})
-        with tempfile.TemporaryDirectory() as d:
-            (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
-            tune.report({"epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(d))
+        def report(epoch, with_checkpoint=True):
+            if not with_checkpoint:
+                return tune.report({"epoch": epoch})
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
+                tune.report({"epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(d))
 
-    start = 0
-    if (ckpt := tune.get_checkpoint()) is not None:
-        with ckpt.as_directory() as d:
-            start = json.loads((Path(d) / "state.json").read_text())["epoch"]
-        for epoch in range(last_reported_epoch() + 1, start + 1):
-            report(epoch, with_checkpoint=epoch == start)
-    for epoch in range(start + 1, EPOCHS + 1):
-        time.sleep(0.005)
-        report(epoch)
+        start = 0
+        if (ckpt := tune.get_checkpoint()) is not None:
+            with ckpt.as_directory() as d:
+                start = json.loads((Path(d) / "state.json").read_text())["epoch"]
+            for epoch in range(last_reported_epoch() + 1, start + 1):
+                report(epoch, with_checkpoint=epoch == start)
+        for epoch in range(start + 1, epochs + 1):
+            if ckpt is None and stop_after is not None and epoch > stop_after:
+                raise RuntimeError(f"stopped after epoch {stop_after}")
+            time.sleep(pause_s)
+            report(epoch)
+
+    if mixin:
+        from search.trainable import RestoreFromSuccessor
+
+        count.__mixins__ = (RestoreFromSuccessor,)
+    return count
 
 
 def driver(storage: str, mixin: bool, resume: bool) -> None:
@@ -69,12 +81,10 @@ def driver(storage: str, mixin: bool, resume: bool) -> None:
 
     from data_pipeline.ray_env import init_ray
     from search.snapshot import DamagedSnapshot, check_snapshot, refuse_empty_restart
-    from search.trainable import RestoreFromSuccessor
 
-    if mixin:  # the fix, as search.grid applies it
-        toy.__mixins__ = (RestoreFromSuccessor,)
     init_ray(num_cpus=2)
-    trainable = tune.with_resources(toy, {"cpu": 0.5})
+    # with the mixin: the fix, as search.grid applies it
+    trainable = tune.with_resources(counting_trainable(EPOCHS, mixin, pause_s=0.005), {"cpu": 0.5})
     guard = refuse_empty_restart() if mixin else nullcontext()
     try:
         if resume:

@@ -10,9 +10,10 @@ after the crash, that checkpoint is gone and two later ones (epochs 3 and 4) exi
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
-import tempfile
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,41 +25,32 @@ from model import checkpoint as state_file
 from model.config import TrainConfig
 from model.train import train_members
 from search.snapshot import DamagedSnapshot, check_snapshot, refuse_empty_restart
-from search.trainable import SUBSTITUTE, RestoreFromSuccessor, replay
+from search.trainable import SUBSTITUTE, replay
 from test_members import SMALL
 from test_model import tiny_data
 
 EPOCHS = 5
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_bench():
+    """bench/bench_resume_race.py as a module; Ray pickles its toy trial by value (workers cannot import it)."""
+    import ray.cloudpickle
+
+    spec = importlib.util.spec_from_file_location("bench_resume_race", REPO / "bench" / "bench_resume_race.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    ray.cloudpickle.register_pickle_by_value(module)
+    return module
+
+
+resume_race = _load_bench()
 
 
 def counting_trainable(mixin: bool):
-    """Counts epochs, with train_trial's rule: restored, it first reports the epochs its result.json lacks."""
-    def count(config):
-        from ray import tune
-
-        from search.trainable import last_reported_epoch
-
-        def report(epoch, with_checkpoint=True):
-            if not with_checkpoint:
-                return tune.report({"epoch": epoch})
-            with tempfile.TemporaryDirectory() as d:
-                (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
-                tune.report({"epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(d))
-
-        start = 0
-        if (ckpt := tune.get_checkpoint()) is not None:
-            with ckpt.as_directory() as d:
-                start = json.loads((Path(d) / "state.json").read_text())["epoch"]
-            for epoch in range(last_reported_epoch() + 1, start + 1):
-                report(epoch, with_checkpoint=epoch == start)
-        for epoch in range(start + 1, EPOCHS + 1):
-            if epoch == 3 and ckpt is None:  # the first run stops here; a restored one goes on
-                raise RuntimeError("stopped after epoch 2")
-            report(epoch)
-
-    if mixin:
-        count.__mixins__ = (RestoreFromSuccessor,)
-    return count
+    """The bench's toy trial (train_trial's restore rules), 5 epochs, its first run stopping after epoch 2."""
+    return resume_race.counting_trainable(EPOCHS, mixin, stop_after=2)
 
 
 def rows(trial_dir: Path) -> list[dict]:
