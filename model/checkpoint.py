@@ -10,9 +10,10 @@ A state (what `model.train.train_members` reports, for K members; a single trial
 format, model_config, train_configs (one `asdict` per member), text_encoder (name and the folder or
 hub name it loaded from), epoch (epochs completed), model (trainable weights, each with a leading
 member axis K), best_model (per member: its best-validation weights with a member axis of 1, or
-None), optimizer, rng (torch CPU and CUDA states), best_val_l1, history (per member, per-epoch
-metrics), errors (per member: why it stopped, or None) and, once training finished, final (the
-final metrics per member). `member(state, m)` is member m alone as a one-member state: what
+None; the EMA weights for a family that trains with them), optimizer, ema (diffusers' EMAModel state,
+or None), rng (torch CPU and CUDA states), best_selection (per member: the best value of its family's
+selection metric), history (per member, per-epoch metrics), errors (per member: why it stopped, or None)
+and, once training finished, final (the final metrics per member). `member(state, m)` is member m alone as a one-member state: what
 `python -m model.generate` and the search's best_checkpoint/ hold.
 """
 
@@ -55,7 +56,7 @@ def member(state: dict, m: int) -> dict:
     if not 0 <= m < k:
         raise IndexError(f"member {m} requested, but this checkpoint holds {k} member(s) (0..{k - 1})")
     out = {key: state[key] for key in ("format", "model_config", "text_encoder", "epoch", "rng") if key in state}
-    for key in ("train_configs", "best_model", "best_val_l1", "history", "errors", "final"):
+    for key in ("train_configs", "best_model", "best_selection", "history", "errors", "final"):
         if key in state:
             out[key] = [state[key][m]]
     out["member_of"] = {"member": m, "members": k}

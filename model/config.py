@@ -38,6 +38,13 @@ class ModelConfig:
     # Also condition on the text's mean token: each image query, and every decoder block's channels (FiLM
     # after its GroupNorm, which would otherwise normalize away a global colour). model/network.py.
     pooled_text: bool = False
+    # The diffusion family's denoiser (model/diffusion.py): a diffusers UNet2DConditionModel whose level i has
+    # unet_width * (1, 2, 2, 2, ...)[i] channels and unet_layers resnet layers, with cross-attention to the text
+    # stack's output at the unet_attention lowest levels (0: only in the middle block). n_heads sets its heads.
+    unet_width: int = 32
+    unet_levels: int = 3
+    unet_layers: int = 1
+    unet_attention: int = 1
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -46,6 +53,9 @@ class ModelConfig:
             raise ValueError(f"image_size must be 32, 64 or 128, got {self.image_size}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if not 0 <= self.unet_attention <= self.unet_levels or self.unet_levels < 2:
+            raise ValueError(f"unet_levels must be >= 2 and unet_attention in 0..unet_levels, got {self.unet_levels} "
+                             f"and {self.unet_attention}")
 
 
 @dataclass(frozen=True)
@@ -71,12 +81,36 @@ class TrainConfig:
     finetune_epochs: int = 0
     finetune_layers: int = 2
     finetune_lr: float = 1e-5
+    # Learning-rate warm-up: linear from 0 over the first warmup_steps optimizer steps (0: none).
+    warmup_steps: int = 0
+    # The diffusion family's process (model/diffusion.py; the regressor ignores these), in diffusers' own names:
+    # training noise from a DDPMScheduler with this beta schedule and prediction type, min-SNR-gamma loss
+    # weighting (0: off), the text replaced by the empty text with probability cond_dropout (so that
+    # classifier-free guidance has an unconditional model), EMA weights for evaluation and checkpoints
+    # (decay ema_decay; 0: off), and images sampled with sampler ("ddim", "dpm" for DPM-Solver++, or "ddpm")
+    # in sample_steps steps at guidance_scale (1: no guidance).
+    prediction_type: str = "epsilon"  # "epsilon", "v_prediction" or "sample"
+    noise_schedule: str = "linear"  # "linear", "scaled_linear" or "squaredcos_cap_v2"
+    min_snr_gamma: float = 0.0
+    cond_dropout: float = 0.1
+    ema_decay: float = 0.999
+    sampler: str = "ddim"
+    sample_steps: int = 25
+    guidance_scale: float = 3.0
 
     def __post_init__(self):
         if self.loss not in ("l1", "clip", "l1+clip"):
             raise ValueError(f"loss must be 'l1', 'clip' or 'l1+clip', got {self.loss!r}")
         if self.clip_mode not in ("auto", "required", "off"):
             raise ValueError(f"clip_mode must be 'auto', 'required' or 'off', got {self.clip_mode!r}")
+        choices = {"prediction_type": ("epsilon", "v_prediction", "sample"), "sampler": ("ddim", "dpm", "ddpm"),
+                   "noise_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0 <= self.cond_dropout < 1 or not 0 <= self.ema_decay < 1 or self.sample_steps < 1:
+            raise ValueError(f"cond_dropout and ema_decay must be in [0, 1) and sample_steps >= 1, got "
+                             f"{self.cond_dropout}, {self.ema_decay}, {self.sample_steps}")
         if self.finetune_epochs < 0 or self.finetune_layers < 0:
             raise ValueError(f"finetune_epochs and finetune_layers must be >= 0, got {self.finetune_epochs} "
                              f"and {self.finetune_layers}")

@@ -5,10 +5,13 @@
 
 Several prompts make one grid, in prompt order. Each image is enlarged to about 256 px
 (`--size`, nearest-neighbour, so the model's pixels stay sharp squares); `--raw` writes the
-model's own 32 or 64 px. As a library:
+model's own 32 or 64 px. A diffusion checkpoint samples: `--seed` picks the starting noise,
+`--steps` and `--guidance` override the trial's sample_steps and guidance_scale, `--samples 2`
+draws two images per prompt (one row per sample); a regressor checkpoint makes one image per
+prompt in one forward, and says so when given those flags. As a library:
 
     net, tokenizer = load_model("results/exp/best_checkpoint")
-    images = generate(net, tokenizer, ["..."])      # (B, 3, S, S) in [-1, 1]
+    images = generate(net, tokenizer, ["..."], seed=0)      # (B, 3, S, S) in [-1, 1]
     save_grid(images, "grid.png", size=256)
 """
 
@@ -23,9 +26,10 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
 from model import checkpoint
-from model.config import ModelConfig
+from model.config import ModelConfig, TrainConfig
+from model.families import make_family
 from model.network import TextToImage, load_text_encoder
-from model.train import STATE_FORMAT, default_device, load_trainable
+from model.train import STATE_FORMAT, TextTable, default_device, load_trainable
 
 
 def read_checkpoint(path, member: int = 0) -> dict:
@@ -60,20 +64,31 @@ def load_model(path, device=None, member: int = 0):
 
 
 def model_from_state(state: dict, device=None):
-    """The network of a one-member state (`read_checkpoint`'s), with its best-validation weights."""
+    """The network of a one-member state (`read_checkpoint`'s), with its best-validation weights (a diffusion
+    model's EMA weights). It carries its trial's TrainConfig as `net.train_cfg`: a diffusion model samples with
+    its noise schedule, prediction type, sampler, steps and guidance."""
     device = device or default_device()
     cfg = ModelConfig(**state["model_config"])
     tokenizer, encoder, _ = load_text_encoder(cfg.text_encoder)
     net = TextToImage(cfg, encoder)
     load_trainable(net, state["best_model"][0])
+    net.train_cfg = TrainConfig(**state["train_configs"][0])
     return net.to(device).eval(), tokenizer
 
 
 @torch.no_grad()
-def generate(net: TextToImage, tokenizer, prompts: list[str]) -> torch.Tensor:
+def generate(net: TextToImage, tokenizer, prompts: list[str], seed: int = 0, steps: int | None = None,
+             guidance: float | None = None) -> torch.Tensor:
+    """(B, 3, S, S) in [-1, 1]: one forward for a regressor (seed, steps and guidance do not apply), a sampler
+    run from seed `seed`'s noise for a diffusion model."""
     device = next(net.parameters()).device
-    tok = tokenizer(prompts, padding=True, truncation=True, max_length=net.cfg.max_tokens, return_tensors="pt")
-    return net.eval()(tok["input_ids"].to(device), tok["attention_mask"].to(device))[0]  # a one-member network
+    train_cfg = getattr(net, "train_cfg", None) or TrainConfig()
+    texts = TextTable(tokenizer, {"prompts": list(prompts)}, net.cfg.max_tokens, device,
+                      extra=("",) if net.cfg.family == "diffusion" else ())
+    family = make_family(net.eval(), texts, train_cfg)
+    if net.cfg.family == "diffusion":
+        return family.sample(texts.rows["prompts"], seed, steps, guidance)[0]
+    return family.forward(texts.rows["prompts"][None])[0]  # a one-member network
 
 
 def grid_tensor(images: torch.Tensor, size: int | None = 256, ncol: int | None = None) -> torch.Tensor:
@@ -105,6 +120,12 @@ def main(argv=None):
                       help="enlarge each image (nearest-neighbour) to at least this many px (default 256)")
     view.add_argument("--raw", action="store_true", help="write the model's own resolution (32 or 64 px)")
     parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    sampling = parser.add_argument_group("diffusion checkpoints (a regressor makes one image per prompt in one forward)")
+    sampling.add_argument("--seed", type=int, default=0, help="starting noise (default 0)")
+    sampling.add_argument("--steps", type=int, default=None, help="sampler steps (default: the trial's sample_steps)")
+    sampling.add_argument("--guidance", type=float, default=None,
+                          help="classifier-free guidance scale (default: the trial's guidance_scale; 1 = none)")
+    sampling.add_argument("--samples", type=int, default=1, help="images per prompt, one grid row each (default 1)")
     args = parser.parse_args(argv)
     try:
         state = read_checkpoint(args.checkpoint, args.member)  # a wrong --checkpoint is a user error: one line
@@ -112,10 +133,21 @@ def main(argv=None):
         print(f"error: --checkpoint: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     net, tokenizer = model_from_state(state, args.device)
-    grid = save_grid(generate(net, tokenizer, args.prompts), args.out, size=None if args.raw else args.size)
-    n = len(args.prompts)
+    diffusion = net.cfg.family == "diffusion"
+    given = [f"--{name}" for name, default in (("seed", 0), ("steps", None), ("guidance", None), ("samples", 1))
+             if getattr(args, name) != default]
+    if not diffusion and given:
+        print(f"note: {' '.join(given)} ignored: a regressor checkpoint makes one image per prompt in one forward",
+              file=sys.stderr, flush=True)
+    draws = args.samples if diffusion else 1
+    images = torch.cat([generate(net, tokenizer, args.prompts, args.seed + i, args.steps, args.guidance)
+                        for i in range(draws)])
+    grid = save_grid(images, args.out, size=None if args.raw else args.size, ncol=len(args.prompts) if draws > 1 else None)
+    n = len(images)
+    how = (f", sampled with {net.train_cfg.sampler} in {args.steps or net.train_cfg.sample_steps} steps at guidance "
+           f"{net.train_cfg.guidance_scale if args.guidance is None else args.guidance}, seed {args.seed}") if diffusion else ""
     print(f"wrote {args.out} ({n} image{'s' * (n > 1)}, {net.cfg.image_size} px each, grid "
-          f"{grid.shape[2]}×{grid.shape[1]} px)")
+          f"{grid.shape[2]}×{grid.shape[1]} px{how})")
     return args.out
 
 

@@ -335,8 +335,9 @@ class Generator(nn.Module):
 
 
 class TextToImage(nn.Module):
-    """The text encoder and K generators. A frozen encoder is shared by every member; a fine-tuned
-    one belongs to a single trial (K = 1)."""
+    """The text encoder and K generators of the config's family: the regressor's `Generator` (here) or the
+    diffusion family's `Denoiser` (model/diffusion.py). A frozen encoder is shared by every member; a
+    fine-tuned one belongs to a single trial (K = 1)."""
 
     def __init__(self, cfg: ModelConfig, text_encoder: nn.Module, seeds=(0,)):
         super().__init__()
@@ -345,7 +346,12 @@ class TextToImage(nn.Module):
                              f"to train {len(seeds)} members together")
         self.cfg = cfg
         self.text_encoder = text_encoder
-        self.generator = Generator(cfg, text_encoder.config.hidden_size, seeds)
+        if cfg.family == "diffusion":
+            from model.diffusion import Denoiser  # imports diffusers: only the family that uses it
+
+            self.generator = Denoiser(cfg, text_encoder.config.hidden_size, seeds)
+        else:
+            self.generator = Generator(cfg, text_encoder.config.hidden_size, seeds)
         if cfg.freeze_text_encoder:
             self.text_encoder.requires_grad_(False)
 
@@ -363,7 +369,8 @@ class TextToImage(nn.Module):
         return hidden.reshape(*shape, -1)
 
     def forward(self, input_ids, attention_mask):
-        """Token ids (B, T), the same texts for every member -> (K, B, 3, S, S) in [-1, 1]."""
+        """The regressor's images: token ids (B, T), the same texts for every member -> (K, B, 3, S, S) in
+        [-1, 1]. (A diffusion model samples: model/families.py.)"""
         hidden = self.encode_text(input_ids, attention_mask)  # (B, T, H)
         k = self.generator.members
         return self.generator(hidden.expand(k, *hidden.shape), attention_mask.expand(k, *attention_mask.shape))

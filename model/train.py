@@ -7,135 +7,118 @@
     cfgs = [TrainConfig(lr=lr, weight_decay=wd) for lr in (1e-4, 1e-5) for wd in (1e-5, 1e-6)]
     results = train_members(ModelConfig(n_heads=4), cfgs, data)            # a fused trial: 4 members
     results[2]["test/l1"]                                                   # member 2's own metrics
+    train(ModelConfig(family="diffusion", image_size=32), TrainConfig(epochs=2), data)   # the other family
+
+The loop reads top to bottom: set up (evaluator, network, text table, family, optimizer, EMA, resume),
+then per epoch: train every member one pass over its own shuffle, select (each member's selection metric,
+best weights, divergence), checkpoint and report; after the last epoch, the final metrics from each member's
+best weights. What differs between model families (network, loss, images, selection metric) is behind
+model/families.py; evaluation is model/evaluate.py's Evaluator, built once per trial.
 
 `report(metrics, state)` is called after every epoch: `metrics` is one dict per member (Ray Tune's
 adapter saves `state` as its checkpoint; a notebook may print); passing a saved state back as
 `resume=` continues exactly where it stopped. On the last epoch the metrics also hold the final
-test metrics, computed with each member's best-validation weights; the same list is returned.
+test metrics, computed with each member's best weights; the same list is returned.
 
-Members share the frozen text encoder and the data, and differ in what a TrainConfig sets: learning
-rate, weight decay, seed. Their weights sit side by side (the network's member axis, see
-model/network.py) in one flat tensor, so one forward, one backward and one AdamW update (a handful
-of kernels, each member with its own learning rate, weight decay and moments) serve all K: on a
-launch-bound GPU K trials cost about as many kernel launches as one. Every member still takes its own
-batch-10 steps over its own seeded shuffle; with dropout off a member's weights are the ones its
-single-trial run ends with (tests/test_members.py). A member whose loss diverges stops alone with the
-reason in its metrics ("error"); the single-trial `train` raises FloatingPointError instead.
+Members share the frozen text encoder and the data, and differ in learning rate, weight decay and seed.
+Their weights sit side by side (every parameter has a member axis, model/network.py, model/diffusion.py)
+in one flat tensor, so one backward and one AdamW update (a handful of kernels, each member with its own
+learning rate, weight decay and moments) serve all K. Every member still takes its own batch steps over its
+own seeded shuffle and draws its own noise from its own stream (seeded by seed and epoch); with dropout off a
+member's weights are the ones its single-trial run ends with (tests/test_members.py). A member whose loss
+diverges stops alone with the reason in its metrics ("error"); the single-trial `train` raises
+FloatingPointError instead. Families that train with EMA weights (diffusion: diffusers' EMAModel over the
+flat tensor) are selected, checkpointed and evaluated with them.
 
-Staged training (`TrainConfig.finetune_epochs` > 0, K = 1): after `epochs` with the encoder frozen, the
-loop reloads the best-validation weights and trains `finetune_epochs` more with the encoder's top
+Staged training (`TrainConfig.finetune_epochs` > 0, K = 1, the regressor): after `epochs` with the encoder
+frozen, the loop reloads the best-validation weights and trains `finetune_epochs` more with the encoder's top
 `finetune_layers` unfrozen, at `finetune_lr`; best weights, history and the final metrics span both stages.
 
-Speed: the whole preprocessed dataset is moved to the device once; with a frozen text encoder (the
-default) its hidden states are computed once per distinct text and reused by every step.
+Speed: the whole preprocessed dataset is moved to the device once (the Evaluator holds it); with a frozen
+text encoder (the default) its hidden states are computed once per distinct text and reused by every step,
+and a `TextStates` the caller holds keeps them for the next trial on the same texts.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from data_pipeline.dataset import PreparedData, Split
-from model import clip, faithfulness
-from model.config import (
-    BEST_VAL_L1, SAMPLES_PER_S, TEST_CLIP, TEST_L1, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, TRAIN_L1, VAL_CLIP, VAL_L1,
-    VAL_TOP1, ModelConfig, TrainConfig,
-)
+from data_pipeline.dataset import PreparedData
+from model.config import BEST, SAMPLES_PER_S, ModelConfig, TrainConfig
+from model.evaluate import Evaluator
+from model.families import EVAL_BATCH, make_family
 from model.network import TextToImage, load_text_encoder
 
-EVAL_BATCH = 64
-STATE_FORMAT = 2  # checkpoints hold every weight with a leading member axis
-# The per-member configs must agree on these: one loop runs the members' steps in lockstep, and they
-# share one CLIP model. lr, weight_decay and seed may differ.
-SHARED_FIELDS = ("epochs", "batch_size", "loss", "clip_weight", "clip_model", "clip_pretrained", "clip_mode",
-                 "augment_flip", "augment_shift", "finetune_epochs", "finetune_layers", "finetune_lr")
+STATE_FORMAT = 3  # every weight with a leading member axis; best_selection per member; EMA weights when used
+# Members may differ in these; every other TrainConfig field is shared (one loop runs them in lockstep).
+MEMBER_FIELDS = ("lr", "weight_decay", "seed")
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-_HIDDEN: list = [None, None]  # (key, hidden states): the last text set a frozen encoder encoded in this process
+# ---------------------------------------------------------------------------- texts
+
+
+class TextStates:
+    """A frozen encoder's hidden states of one text set, kept for the next trial on the same texts: a search's
+    worker runs trial after trial on them (seconds each on a CPU). Its holder decides its lifetime
+    (search/trainable.py keeps one per worker process); without one, every trial encodes afresh."""
+
+    def __init__(self):
+        self.key, self.hidden = None, None
+
+    def get(self, key, encode):
+        if self.key != key:
+            self.key, self.hidden = key, encode()
+        return self.hidden
 
 
 class TextTable:
-    """Every distinct text tokenized once; each split row points at its text by index."""
+    """Every distinct text tokenized once; each split row points at its text by index (`rows`, `index`)."""
 
-    def __init__(self, tokenizer, data: PreparedData, max_tokens: int, device):
-        self.texts = sorted({t for name in ("train", "val", "test") for t in data.split(name).texts})
-        index = {t: i for i, t in enumerate(self.texts)}
+    def __init__(self, tokenizer, splits: dict[str, list[str]], max_tokens: int, device, extra=()):
+        self.texts = sorted({*extra, *(t for texts in splits.values() for t in texts)})
+        self.index = {t: i for i, t in enumerate(self.texts)}
         tok = tokenizer(self.texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
         self.input_ids = tok["input_ids"].to(device)  # (U, T)
         self.mask = tok["attention_mask"].to(device)  # (U, T)
-        self.rows = {name: torch.tensor([index[t] for t in data.split(name).texts], device=device)
-                     for name in ("train", "val", "test")}
+        self.rows = {name: torch.tensor([self.index[t] for t in texts], device=device, dtype=torch.long)
+                     for name, texts in splits.items()}
         self.hidden = None  # (U, T, H) once cached
 
-    def cache_hidden(self, net: TextToImage):
-        """A frozen encoder's hidden states of every text, computed once per process: a search's worker runs
-        trial after trial on the same texts (seconds each on a CPU), so the last set is kept for the next."""
+    @classmethod
+    def of(cls, tokenizer, data: PreparedData, cfg: ModelConfig, device) -> "TextTable":
+        """A dataset's texts; the diffusion family's also holds the empty text (classifier-free guidance)."""
+        extra = ("",) if cfg.family == "diffusion" else ()
+        return cls(tokenizer, {name: data.split(name).texts for name in ("train", "val", "test")}, cfg.max_tokens,
+                   device, extra)
+
+    def cache_hidden(self, net: TextToImage, states: TextStates | None = None) -> None:
+        """A frozen encoder's hidden states of every text, computed once (or taken from `states`)."""
         key = (net.cfg.text_encoder, tuple(self.texts), tuple(self.input_ids.shape), str(self.input_ids.device))
-        if _HIDDEN[0] != key:
-            with torch.no_grad():
-                hidden = torch.cat([net.encode_text(self.input_ids[i:i + EVAL_BATCH], self.mask[i:i + EVAL_BATCH])
-                                    for i in range(0, len(self.texts), EVAL_BATCH)])
-            _HIDDEN[:] = [key, hidden]
-        self.hidden = _HIDDEN[1]  # (U, T, H), never written to
+
+        @torch.no_grad()
+        def encode():
+            return torch.cat([net.encode_text(self.input_ids[i:i + EVAL_BATCH], self.mask[i:i + EVAL_BATCH])
+                              for i in range(0, len(self.texts), EVAL_BATCH)])
+
+        self.hidden = (states or TextStates()).get(key, encode)  # (U, T, H), never written to
+
+    def hidden_states(self, net: TextToImage, text_idx):
+        """text_idx (K, B) -> (hidden (K, B, T, H), mask (K, B, T)): cached, or from a trained encoder."""
+        if self.hidden is not None:
+            return self.hidden[text_idx], self.mask[text_idx]
+        return net.encode_text(self.input_ids[text_idx], self.mask[text_idx]), self.mask[text_idx]
 
 
-    def generate(self, net: TextToImage, text_idx):
-        """text_idx (K, B): member k's texts -> (K, B, 3, S, S)."""
-        hidden = self.hidden[text_idx] if self.hidden is not None else net.encode_text(self.input_ids[text_idx],
-                                                                                          self.mask[text_idx])
-        return net.generator(hidden, self.mask[text_idx])
-
-
-def images(split: Split, device) -> torch.Tensor:
-    """A split's images on the device as float32 in [-1, 1]; uint8 [0, 255] storage is scaled there."""
-    x = torch.tensor(np.asarray(split.images), device=device)  # a copy: Ray's object store is read-only
-    if x.dtype == torch.uint8:
-        return x.float().div_(127.5).sub_(1.0)  # (N, 3, S, S), the same x / 127.5 - 1 as the pipeline
-    return x.float().clone()
-
-
-@torch.no_grad()
-def predict(net: TextToImage, texts: TextTable, split_name: str) -> torch.Tensor:
-    """Every member's image for each row of a split: (K, N, 3, S, S)."""
-    net.eval()
-    rows, k = texts.rows[split_name], net.generator.members
-    return torch.cat([texts.generate(net, rows[i:i + EVAL_BATCH].expand(k, -1))
-                      for i in range(0, len(rows), EVAL_BATCH)], dim=1)
-
-
-def member_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """pred (K, N, 3, S, S), target (N, 3, S, S) or (K, N, ...) -> (K,) each member's mean L1."""
-    return (pred - target).abs().flatten(1).mean(1)
-
-
-def augment(images: torch.Tensor, flip: bool, shift: float) -> torch.Tensor:
-    """Target images (..., 3, S, S) in [-1, 1], each flipped left-right with probability 1/2 and shifted by up
-    to `shift` x S pixels each way (whole pixels, white filling what moves in). Draws from the global RNG."""
-    if not flip and not shift:
-        return images
-    shape = images.shape
-    x = images.reshape(-1, *shape[-3:])  # (N, 3, S, S)
-    n, s = len(x), shape[-1]
-    if flip:
-        x = torch.where(torch.rand(n, 1, 1, 1, device=x.device) < 0.5, x.flip(-1), x)
-    if shift:
-        m = int(round(shift * s))
-        padded = F.pad(x, (m, m, m, m), value=1.0)  # white border
-        dy, dx = torch.randint(0, 2 * m + 1, (2, n), device=x.device)
-        rows = (dy[:, None] + torch.arange(s, device=x.device))[:, None, :, None].expand(n, 3, s, s + 2 * m)
-        x = padded.gather(2, rows)  # (N, 3, S, S + 2m): each image's own vertical window
-        cols = (dx[:, None] + torch.arange(s, device=x.device))[:, None, None, :].expand(n, 3, s, s)
-        x = x.gather(3, cols)
-    return x.reshape(shape)
+# ---------------------------------------------------------------------------- randomness and checks
 
 
 def rng_state() -> dict:
@@ -157,9 +140,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
-def divergence(train_l1: float, epoch: int, train_cfg: TrainConfig) -> str:
+def member_streams(train_cfgs: list[TrainConfig], epoch: int, device) -> list[torch.Generator]:
+    """Each member's random stream for an epoch (a diffusion step's noise, timesteps and dropout coin),
+    seeded by (seed, epoch) alone: a resumed run and a fused member draw what the single run draws."""
+    return [torch.Generator(device=device).manual_seed(c.seed * 100_003 + epoch + 7_777_777) for c in train_cfgs]
+
+
+def divergence(value: float, epoch: int, train_cfg: TrainConfig) -> str:
     """Why a trial whose training loss is no longer finite stops."""
-    return (f"training loss became {train_l1} in epoch {epoch + 1} (lr={train_cfg.lr}, "
+    return (f"training loss became {value} in epoch {epoch + 1} (lr={train_cfg.lr}, "
             f"weight_decay={train_cfg.weight_decay}): this trial diverged; lower the learning rate")
 
 
@@ -176,15 +165,21 @@ def check_data(model_cfg: ModelConfig, data: PreparedData) -> None:
 def check_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig]) -> None:
     if not train_cfgs:
         raise ValueError("train_members needs at least one TrainConfig")
+    shared = [f.name for f in fields(TrainConfig) if f.name not in MEMBER_FIELDS]
     first = asdict(train_cfgs[0])
     for cfg in train_cfgs[1:]:
-        differ = [f for f in SHARED_FIELDS if asdict(cfg)[f] != first[f]]
+        differ = [f for f in shared if asdict(cfg)[f] != first[f]]
         if differ:
             raise ValueError(f"members trained together must share {differ}: got {[asdict(cfg)[f] for f in differ]} "
                              f"vs {[first[f] for f in differ]}")
     if len(train_cfgs) > 1 and not model_cfg.freeze_text_encoder:
         raise ValueError("members share one text encoder, so fused training needs freeze_text_encoder=True")
+    if model_cfg.family != "regressor" and train_cfgs[0].loss != "l1":
+        raise ValueError(f"loss={train_cfgs[0].loss!r} applies to the regressor family; the {model_cfg.family} family "
+                         "trains on its own loss")
     if train_cfgs[0].finetune_epochs:
+        if model_cfg.family != "regressor":
+            raise ValueError(f"staged training (finetune_epochs) applies to the regressor family, not {model_cfg.family}")
         if len(train_cfgs) > 1:
             raise ValueError("staged training fine-tunes the text encoder in stage 2, and members share one: "
                              "train a staged trial alone")
@@ -208,6 +203,7 @@ class FlatParams:
         self.k = named[0][1].shape[0]
         self.flat = torch.cat([p.detach().reshape(-1) for _, p in named])  # (K*P,)
         self.grad = torch.zeros_like(self.flat)
+        self.param = torch.nn.Parameter(self.flat)  # the same storage, as the one parameter EMAModel tracks
         self.layout, offset = [], 0  # (name, offset, numel of the K-member block, (K, *shape)) per parameter
         for name, p in named:
             n = p.numel()
@@ -254,14 +250,15 @@ class MemberAdamW:
         self.decay.masked_fill_(mask, 1.0)
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, scale: float = 1.0) -> None:
+        """One update; `scale` multiplies every learning rate for this step (a warm-up), as LambdaLR would."""
         (b1, b2), g = self.betas, self.grad
         self.steps += 1
-        self.flat.mul_(self.decay)
+        self.flat.mul_(self.decay if scale == 1 else 1 - scale * (1 - self.decay))
         self.exp_avg.lerp_(g, 1 - b1)
         self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
         denom = (self.exp_avg_sq.sqrt() / math.sqrt(1 - b2 ** self.steps)).add_(self.eps)
-        self.flat.addcdiv_(self.exp_avg * self.lr, denom, value=-1 / (1 - b1 ** self.steps))
+        self.flat.addcdiv_(self.exp_avg * self.lr, denom, value=-scale / (1 - b1 ** self.steps))
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "exp_avg": self.exp_avg.cpu().clone(), "exp_avg_sq": self.exp_avg_sq.cpu().clone()}
@@ -301,11 +298,70 @@ def optimizers(net: TextToImage, weights: FlatParams, train_cfgs: list[TrainConf
     return opt, None
 
 
+@dataclass
+class Members:
+    """Each member's record: its best selection metric and best weights, its per-epoch history, why it stopped."""
+    best: list[float]
+    best_model: list[dict | None]
+    history: list[list[dict]]
+    errors: list[str | None]
+
+    @classmethod
+    def start(cls, k: int) -> "Members":
+        return cls([float("inf")] * k, [None] * k, [[] for _ in range(k)], [None] * k)
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Members":
+        return cls(list(state["best_selection"]), list(state["best_model"]), [list(h) for h in state["history"]],
+                   list(state["errors"]))
+
+    def state(self) -> dict:
+        return {"best_selection": list(self.best), "best_model": list(self.best_model),
+                "history": [list(h) for h in self.history], "errors": list(self.errors)}
+
+    @property
+    def alive(self) -> list[bool]:
+        return [e is None for e in self.errors]
+
+    def record(self, epoch: int, train_metric: list[float], selection: list[float], samples_per_s: float,
+               family, train_cfgs: list[TrainConfig], weights_of) -> list[dict]:
+        """Each member's metrics for this epoch; a member whose training metric is not finite stops here."""
+        out = []
+        for m, cfg in enumerate(train_cfgs):
+            if self.errors[m] is None and not math.isfinite(train_metric[m]):
+                self.errors[m] = divergence(train_metric[m], epoch, cfg)
+            if self.errors[m] is not None:
+                out.append({"epoch": epoch + 1, "error": self.errors[m]})
+                continue
+            if selection[m] < self.best[m]:
+                self.best[m], self.best_model[m] = selection[m], weights_of(m)
+            # samples_per_s counts every member's samples: the step's total throughput.
+            metrics = {"epoch": epoch + 1, family.train_metric: train_metric[m], family.selection: selection[m],
+                       BEST[family.name]: self.best[m], SAMPLES_PER_S: samples_per_s}
+            self.history[m].append(metrics)
+            out.append(metrics)
+        return out
+
+
+@contextmanager
+def ema_weights(ema, weights: FlatParams):
+    """Inside the block the flat weights are the EMA weights (evaluation, best weights); the trained ones after."""
+    if ema is None:
+        yield
+        return
+    ema.store([weights.param])
+    ema.copy_to([weights.param])
+    try:
+        yield
+    finally:
+        ema.restore([weights.param])
+
+
 # ---------------------------------------------------------------------------- the loop
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: PreparedData, report=None, resume=None,
-          device=None) -> dict:
+          device=None, text_states: TextStates | None = None) -> dict:
     """One trial: `train_members` with K = 1. `report(metrics, state)` gets the member's dict; a
     diverged run raises FloatingPointError."""
     def report_one(metrics: list[dict], state: dict) -> None:
@@ -314,40 +370,43 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: PreparedData, re
         if report is not None:
             report(metrics[0], state)
 
-    return train_members(model_cfg, [train_cfg], data, report_one, resume, device)[0]
+    return train_members(model_cfg, [train_cfg], data, report_one, resume, device, text_states=text_states)[0]
 
 
 def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: PreparedData, report=None,
-                  resume=None, device=None, compile: bool = False) -> list[dict]:
+                  resume=None, device=None, compile: bool = False, text_states: TextStates | None = None) -> list[dict]:
     """Train len(train_cfgs) trials of one architecture together; returns each member's final metrics.
 
-    `compile=True` runs the members' training step through torch.compile (CUDA graphs on a GPU).
+    `compile=True` runs the members' training step through torch.compile (CUDA graphs on a GPU; the regressor).
+    `text_states` keeps a frozen encoder's hidden states for the caller's next trial on the same texts.
     """
     device = torch.device(device or default_device())
     check_data(model_cfg, data)
     check_members(model_cfg, train_cfgs)
     first, k = train_cfgs[0], len(train_cfgs)
-    # Decided before any training: a CLIP loss or clip_mode="required" without weights stops here.
-    scorer, clip_status = clip.resolve_clip(first, device)
+    evaluator = Evaluator(data, first, device)  # the data on the device; CLIP decided before any training
 
     torch.manual_seed(first.seed)  # the global stream draws the dropout masks; weights use the members' seeds
     tokenizer, encoder, encoder_source = load_text_encoder(model_cfg.text_encoder)
     net = TextToImage(model_cfg, encoder, seeds=[c.seed for c in train_cfgs]).to(device)
-    texts = TextTable(tokenizer, data, model_cfg.max_tokens, device)
+    texts = TextTable.of(tokenizer, data, model_cfg, device)
     if model_cfg.freeze_text_encoder:
-        texts.cache_hidden(net)
-    train_images, val_images = images(data.train, device), images(data.val, device)
-    text_features = scorer.text_features(texts.texts) if first.loss != "l1" else None  # (U, E)
-
+        texts.cache_hidden(net, text_states)
+    family = make_family(net, texts, first, evaluator)
     weights = FlatParams(net.generator)
+    ema = None
+    if family.uses_ema and first.ema_decay:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel([weights.param], decay=first.ema_decay)
+
     # Staged training's stage 2 begins at epoch `first.epochs`; a run resumed inside it starts there.
     in_stage2 = first.finetune_epochs > 0 and resume is not None and resume["epoch"] > first.epochs
     opt, encoder_opt = optimizers(net, weights, train_cfgs, in_stage2)
     if encoder_opt is not None:
         texts.hidden = None  # the encoder trains: its hidden states are computed at every step
 
-    start_epoch, best_val, best_model = 0, [float("inf")] * k, [None] * k
-    history, errors = [[] for _ in range(k)], [None] * k
+    start_epoch, members = 0, Members.start(k)
     if resume is not None:
         if resume.get("format") != STATE_FORMAT or len(resume["train_configs"]) != k:
             raise ValueError(f"this checkpoint is not a {k}-member training state of this code "
@@ -356,40 +415,33 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
         opt.load_state_dict(resume["optimizer"]["members"])
         if encoder_opt is not None:
             encoder_opt.load_state_dict(resume["optimizer"]["text_encoder"])
+        if ema is not None:
+            ema.load_state_dict(resume["ema"])
+            ema.to(device)
         set_rng_state(resume["rng"])
-        start_epoch, best_val, best_model = resume["epoch"], list(resume["best_val_l1"]), list(resume["best_model"])
-        history, errors = [list(h) for h in resume["history"]], list(resume["errors"])
-        if any(e is not None for e in errors):
-            opt.freeze(weights.per_member([e is not None for e in errors]))
+        start_epoch, members = resume["epoch"], Members.from_state(resume)
 
-    def step_loss(hidden_idx, target_idx):
-        """Each member's loss and L1 on its own batch: text_idx and rows (K, B) -> (K,), (K,)."""
-        pred = texts.generate(net, hidden_idx)  # (K, B, 3, S, S)
-        l1 = member_l1(pred, augment(train_images[target_idx], first.augment_flip, first.augment_shift))
-        if first.loss == "l1":
-            return l1, l1
-        b = pred.shape[1]
-        c = 1 - clip.clip_cosines(scorer, pred.flatten(0, 1), text_features[hidden_idx.flatten()]).view(k, b).mean(1)
-        return (c if first.loss == "clip" else l1 + first.clip_weight * c), l1
-
+    step = family.loss
     if compile:
+        if model_cfg.family != "regressor":
+            raise ValueError("compile=True applies to the regressor family")
         # The batch is gathered outside the compiled step, so CUDA graphs copy only indices in, not the
         # dataset; the weights keep their addresses (AdamW updates them in place), so they are static.
         torch._dynamo.reset()
         for p in net.generator.parameters():
             torch._dynamo.mark_static_address(p)
-        step_loss = torch.compile(step_loss, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+        compiled = torch.compile(lambda rows: family.loss(rows, None),
+                                 mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+        step = lambda rows, streams: compiled(rows)  # noqa: E731
 
-    # Type accuracy needs each record's primary type (the data pipeline records it); data built in
-    # memory without it (tests) reports none.
-    type_clf = faithfulness.load_or_train(data, device) if "primary_types" in data.info else None
-
+    evaluator.load_type_classifier()  # here, as it always was: see its docstring
     n, batch = len(data.train), first.batch_size
-    live = torch.tensor([e is None for e in errors], device=device)  # members still training
-    dead = weights.per_member(~live) if not live.all() else None  # their entries of the flat weights
-    metrics = [h[-1] if h else {} for h in history]
+    dead = weights.per_member([not a for a in members.alive]) if not all(members.alive) else None
+    if dead is not None:
+        opt.freeze(dead)
+    metrics = [h[-1] if h else {} for h in members.history]
     for epoch in range(start_epoch, first.total_epochs):
-        if not live.any():
+        if not any(members.alive):
             break
         if first.finetune_epochs and epoch == first.epochs:
             # Stage 2 starts from stage 1's best weights (K = 1), with fresh optimizer moments; its best
@@ -397,61 +449,70 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
             opt, encoder_opt = optimizers(net, weights, train_cfgs, stage2=True)
             if encoder_opt is not None:
                 texts.hidden = None  # the encoder trains from now on
-            best_model[0] = {**best_model[0], **encoder_weights(net)}
-            load_member(net, weights, 0, best_model[0])
+            members.best_model[0] = {**members.best_model[0], **encoder_weights(net)}
+            load_member(net, weights, 0, members.best_model[0])
+
+        # Train: every member one pass over its own shuffle, one batched step for all of them.
         net.train()
-        orders = torch.stack([epoch_order(n, c.seed, epoch) for c in train_cfgs]).to(device)  # (K, N): own shuffles
+        orders = torch.stack([epoch_order(n, c.seed, epoch) for c in train_cfgs]).to(device)  # (K, N)
+        streams = member_streams(train_cfgs, epoch, device)
         totals = torch.zeros(k, device=device)
         t0 = time.perf_counter()
         for i in range(0, n, batch):
-            idx = orders[:, i:i + batch]  # (K, B)
-            loss, l1 = step_loss(texts.rows["train"][idx], idx)
+            rows = orders[:, i:i + batch]  # (K, B)
+            loss, metric = step(rows, streams)
             weights.grad.zero_()
             if encoder_opt is not None:
                 encoder_opt.zero_grad(set_to_none=True)
             loss.sum().backward()  # members share no weights: each row's gradient is its own loss's
             if dead is not None:  # a diverged member is frozen at zero weights, its NaNs kept out of AdamW
                 weights.grad.masked_fill_(dead, 0.0)
-            opt.step()
+            opt.step(min(1.0, (opt.steps + 1) / first.warmup_steps) if first.warmup_steps else 1.0)
             if encoder_opt is not None:
                 encoder_opt.step()
-            totals += l1.detach() * idx.shape[1]
-        train_l1 = (totals / n).tolist()  # one sync per epoch, not per step
+            if ema is not None:
+                ema.step([weights.param])
+            totals += metric.detach() * rows.shape[1]
+        train_metric = (totals / n).tolist()  # one sync per epoch, not per step
         elapsed = time.perf_counter() - t0
-        val_l1 = member_l1(predict(net, texts, "val"), val_images).tolist()
 
-        for m, cfg in enumerate(train_cfgs):
-            if errors[m] is None and not math.isfinite(train_l1[m]):
-                errors[m] = divergence(train_l1[m], epoch, cfg)
-                live[m] = False
-                dead = weights.per_member(~live)
-                opt.freeze(dead)
-            if errors[m] is not None:
-                metrics[m] = {"epoch": epoch + 1, "error": errors[m]}
-                continue
-            if val_l1[m] < best_val[m]:
-                best_val[m], best_model[m] = val_l1[m], member_weights(net, weights, m)
-            # samples_per_s counts every member's samples: the step's total throughput.
-            metrics[m] = {"epoch": epoch + 1, TRAIN_L1: train_l1[m], VAL_L1: val_l1[m], BEST_VAL_L1: best_val[m],
-                          SAMPLES_PER_S: k * n / elapsed}
-            history[m].append(metrics[m])
+        # Select: each member's selection metric and best weights (EMA weights where the family uses them).
+        with ema_weights(ema, weights):
+            metrics = members.record(epoch, train_metric, family.select(), k * n / elapsed, family, train_cfgs,
+                                     lambda m: member_weights(net, weights, m))
+        if not all(members.alive):
+            dead = weights.per_member([not a for a in members.alive])
+            opt.freeze(dead)
+
+        # Checkpoint and report; after the last epoch, the final metrics from each member's best weights.
         state = {
             "format": STATE_FORMAT, "model_config": asdict(model_cfg),
             "train_configs": [asdict(c) for c in train_cfgs],
             "text_encoder": {"name": model_cfg.text_encoder, "source": encoder_source},
             "epoch": epoch + 1, "model": {name: v.detach().cpu().clone() for name, v in net.trainable_state().items()},
-            "best_model": list(best_model), "optimizer": {
-                "members": opt.state_dict(), "text_encoder": encoder_opt and encoder_opt.state_dict()},
-            "rng": rng_state(), "best_val_l1": list(best_val), "history": [list(h) for h in history],
-            "errors": list(errors),
+            "optimizer": {"members": opt.state_dict(), "text_encoder": encoder_opt and encoder_opt.state_dict()},
+            "ema": ema_state(ema), "rng": rng_state(), **members.state(),
         }
-        if epoch + 1 == first.total_epochs or not live.any():
-            final = final_metrics(net, weights, best_model, errors, texts, data, scorer, clip_status, type_clf, device)
+        if epoch + 1 == first.total_epochs or not any(members.alive):
+            for m, best in enumerate(members.best_model):
+                if best is not None:
+                    load_member(net, weights, m, best)
+            final = evaluator.final(family.generate, [a and b is not None for a, b in
+                                                      zip(members.alive, members.best_model)])
             metrics = [{**mt, **f} for mt, f in zip(metrics, final)]
             state["final"] = [dict(mt) for mt in metrics]
         if report is not None:
             report([dict(mt) for mt in metrics], state)
     return [dict(mt) for mt in metrics]
+
+
+def ema_state(ema) -> dict | None:
+    """diffusers' EMAModel state with its weights on the CPU (a checkpoint's), or None without EMA."""
+    if ema is None:
+        return None
+    state = dict(ema.state_dict())
+    state["shadow_params"] = [p.detach().cpu().clone() for p in state["shadow_params"]]
+    return state
 
 
 def load_trainable(net: TextToImage, weights: dict) -> None:
@@ -483,31 +544,3 @@ def load_member(net: TextToImage, weights: FlatParams, m: int, state: dict) -> N
         net.text_encoder.load_state_dict(encoder, strict=not net.cfg.freeze_text_encoder)
 
 
-def final_metrics(net, weights, best_model, errors, texts, data, scorer, clip_status, type_clf, device) -> list[dict]:
-    """Each member's test metrics with its best-validation weights, and their text-faithfulness on
-    validation too. A member that diverged before any validation gets none."""
-    k = len(best_model)
-    for m in range(k):
-        if best_model[m] is not None:
-            load_member(net, weights, m, best_model[m])
-    out = [{} for _ in range(k)]
-    if type_clf is not None:
-        type_labels, _ = faithfulness.type_labels(data.test, data.info["primary_types"], type_clf.classes)
-    for name in ("val", "test"):
-        split = data.split(name)
-        generated, real = predict(net, texts, name), images(split, device)  # (K, N, 3, S, S), (N, 3, S, S)
-        l1 = member_l1(generated, real).tolist()
-        for m in range(k):
-            if best_model[m] is None:
-                continue
-            retrieval = clip.retrieval_accuracy(generated[m], real)
-            score = scorer.score(generated[m], split.texts) if scorer is not None else None
-            if name == "val":
-                out[m].update({VAL_CLIP: score, VAL_TOP1: retrieval["top1"]})
-            else:
-                out[m].update({TEST_L1: l1[m], TEST_CLIP: score, "test/clip_status": clip_status,
-                               TEST_TOP1: retrieval["top1"], TEST_TOP5: retrieval["top5"],
-                               "test/retrieval_chance": retrieval["chance_top1"],
-                               TEST_TYPE_ACC: faithfulness.type_accuracy(type_clf, generated[m], type_labels)
-                               if type_clf is not None else None})
-    return [o if errors[m] is None else {} for m, o in enumerate(out)]

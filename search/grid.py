@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from model.config import BEST_VAL_L1, VAL_CLIP, VAL_L1, VAL_TOP1
+from model.config import BEST, SELECTION, VAL_CLIP, VAL_TOP1
 from search.export import (PROVENANCE, SetLayoutError, check_layout, data_changed, export, ray_files_inside,
                            read_provenance, user_error, write_provenance)
 from search.results import code_version, quiet_unstarted_trials
@@ -45,9 +45,6 @@ FUSE_MODES = ("auto", "on", "off")
 DEFAULTS = {"search": "grid", "scheduler": "fifo", "fuse": "auto"}
 TUNE_DIR = "tune"  # <results>/tune/<experiment>: Ray's files, beside (never inside) the results set
 INTERRUPTED = 130  # the shell's exit status for Ctrl-C: scripts and CI can tell a partial search
-# Every report carries a checkpoint and only the latest is kept, so Tune snapshots the experiment
-# state after each report (that is what makes --resume exact); its warning about it is noise here.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -143,7 +140,17 @@ def resume_conflicts(args: argparse.Namespace, prov: dict, ray_experiment: str |
             for name, value in given.items() if value != stored_values[name]]
 
 
-def scheduler(name: str, epochs: int):
+def family_of(settings: Settings, what: str) -> str:
+    """The one model family of a search whose `what` compares trials on one metric; ValueError for a mixed
+    search (each family has its own selection metric: val/l1 and val/denoise_mse cannot be compared)."""
+    families = settings.grid["family"]
+    if len(families) > 1:
+        raise ValueError(f"{what} compares trials on one selection metric, and the families {' and '.join(families)} "
+                         "select on different ones; search each family on its own (--family NAME)")
+    return families[0]
+
+
+def scheduler(name: str, epochs: int, family: str = "regressor"):
     if name == "fifo":
         return None
     from ray.tune.schedulers import ASHAScheduler
@@ -151,7 +158,7 @@ def scheduler(name: str, epochs: int):
     # Every trial gets a tenth of its epochs before it can be stopped; a third survive each rung. Counted in
     # the trial's own epochs: after a crash a restored trial may report an epoch again, and Tune's
     # training_iteration then counts it twice.
-    return ASHAScheduler(time_attr="epoch", metric=VAL_L1, mode="min", max_t=epochs,
+    return ASHAScheduler(time_attr="epoch", metric=SELECTION[family], mode="min", max_t=epochs,
                          grace_period=max(1, epochs // 10), reduction_factor=3)
 
 
@@ -224,7 +231,10 @@ def fuse_decision(mode: str, search: str, scheduler: str, gpus_per_trial: float,
     """(the member points, or None to run unfused; the one-line reason printed and recorded)."""
     _, members = fused_space(settings.grid)
     why_not = None
-    if search != "grid":
+    if "diffusion" in settings.grid["family"]:
+        why_not = ("the diffusion family's members would run one after another (diffusers' UNet has no member axis), "
+                   "so fusing saves no kernel launches")
+    elif search != "grid":
         why_not = f"--search {search} chooses grid points one at a time"
     elif scheduler != "fifo":
         why_not = f"--scheduler {scheduler} stops single grid points early, and fused members train in lockstep"
@@ -256,16 +266,14 @@ def new_provenance(args, argv, experiment, ray_experiment, settings, data, per_t
     import ray
     import torch
 
-    from model import clip, faithfulness
+    from model.evaluate import Evaluator
 
-    baselines = clip.baselines(scorer, data, clip_status)
-    if "primary_types" in data.info:
-        baselines.update(faithfulness.type_baselines(faithfulness.load_or_train(data), data))
+    baselines = Evaluator(data, settings.train, "cpu").baselines()
     members, fuse_reason = fuse
     points = grid_size(settings.grid) if args.search == "grid" else (args.num_samples or 16)
     # The searcher's second objective: the CLIP score when weights exist, else retrieval top-1; both
     # on the validation split, so the search never selects on the test set it reports.
-    objectives = [(BEST_VAL_L1, "min"), (VAL_CLIP if scorer is not None else VAL_TOP1, "max")]
+    objectives = [(BEST[settings.grid["family"][0]], "min"), (VAL_CLIP if scorer is not None else VAL_TOP1, "max")]
     return {
         "experiment": experiment, "ray_experiment": ray_experiment, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": [sys.executable, "-m", "search.grid", *(sys.argv[1:] if argv is None else argv)],
@@ -299,7 +307,7 @@ def new_tuner(trainable, settings: Settings, prov: dict, storage: str):
         trainable,
         param_space=param_space(space, search["search"]),
         tune_config=tune.TuneConfig(
-            scheduler=scheduler(search["scheduler"], settings.train.total_epochs),
+            scheduler=scheduler(search["scheduler"], settings.train.total_epochs, settings.grid["family"][0]),
             search_alg=searcher(search["search"], [tuple(o) for o in search["objectives"]], settings.train.seed),
             num_samples=1 if search["search"] == "grid" else search["trials"],
             max_concurrent_trials=search["max_concurrent"], trial_dirname_creator=trial_dirname,
@@ -371,12 +379,18 @@ def main(argv=None) -> list[dict]:
     if prov is None:
         try:
             fuse = fuse_decision(args.fuse, args.search, args.scheduler, gpus, settings)
+            for what, used in (("--scheduler asha", args.scheduler != "fifo"), ("--search optuna", args.search != "grid")):
+                if used:
+                    family_of(settings, what)
         except ValueError as e:
             raise user_error(str(e)) from None
         prov = new_provenance(args, argv, experiment, ray_experiment, settings, data, per_trial, cluster,
                               scorer, clip_status, fuse)
         write_provenance(results_dir, prov)
     print(f"[search] fused: {prov['search']['fuse']['reason']}", flush=True)
+    # Every report carries a checkpoint and only the latest two are kept, so Tune snapshots the experiment
+    # state after each report (that is what makes --resume exact); its warning about it is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if prov["search"]["search"] == "optuna":
         # The second objective (val/clip_score or val/retrieval_top1) comes only with a trial's last
         # report; Tune's strict check would reject every earlier report for lacking it.
@@ -416,7 +430,8 @@ def main(argv=None) -> list[dict]:
     print(f"[search] {len(rows)} trials, {sum(r['status'] == 'ok' for r in rows)} completed, "
           f"{sum(r['status'].startswith('error') for r in rows)} errored; wall time {time.time() - t_start:.0f} s")
     if best:
-        print(f"[search] best: {({k: best[k] for k in settings.grid})} {BEST_VAL_L1} {best[BEST_VAL_L1]:.4f}")
+        metric = BEST[best.get("family") or "regressor"]
+        print(f"[search] best: {({k: best[k] for k in settings.grid})} {metric} {best[metric]:.4f}")
     print(f"[search] results: {results_dir}/best_config.md", flush=True)
     if any(r["status"] in ("pending", "running", "paused") for r in rows):
         print("[search] interrupted before every trial finished (partial results saved): "

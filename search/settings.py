@@ -23,7 +23,7 @@ import numpy as np
 from data_pipeline.config import DataConfig
 from data_pipeline.dataset import PreparedData, Split
 from model.config import ModelConfig, TrainConfig
-from search.space import GRID, trial_configs
+from search.space import AXES, trial_configs
 
 CONFIGS = (ModelConfig, TrainConfig, DataConfig)
 
@@ -53,8 +53,10 @@ PRESETS = {
     ),
     # Tiny, for tests and CI: exercises every code path in seconds per trial.
     "smoke": Preset(
-        "32 px, 2 epochs, no rotations, d_model 32, first 8 records per split, texts cut to 32 tokens, CLIP off",
-        {"image_size": 32, "epochs": 2, "augment_rotations": 1, "d_model": 32, "max_tokens": 32, "clip_mode": "off"},
+        "32 px, 2 epochs, no rotations, d_model 32, first 8 records per split, texts cut to 32 tokens, CLIP off; "
+        "a diffusion trial: a 2-level UNet 16 channels wide, 4 sampler steps",
+        {"image_size": 32, "epochs": 2, "augment_rotations": 1, "d_model": 32, "max_tokens": 32, "clip_mode": "off",
+         "unet_width": 16, "unet_levels": 2, "sample_steps": 4},
         max_records=8,
     ),
 }
@@ -96,9 +98,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for name, typ in config_fields().items():
         flag = "--" + name.replace("_", "-")
         owners = "/".join(c.__name__ for c in CONFIGS if name in {f.name for f in fields(c)})
-        if name in GRID:
+        if name in AXES:
             group.add_argument(flag, type=typ, nargs="+", default=None, metavar=name.upper(),
-                               help=f"grid axis, default {' '.join(map(str, GRID[name]))} ({owners})")
+                               help=f"grid axis, default {' '.join(map(str, AXES[name]))} ({owners})")
         elif typ is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=owners)
         else:
@@ -115,8 +117,8 @@ def resolve(preset: str, overrides: dict) -> Settings:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     p = PRESETS[preset]
     merged = {**p.overrides, **overrides}  # a preset may move a grid axis too (laptop's learning rates)
-    fixed = {k: v for k, v in merged.items() if k not in GRID}
-    grid = {**GRID, **{k: tuple(v) for k, v in merged.items() if k in GRID}}
+    fixed = {k: v for k, v in merged.items() if k not in AXES}
+    grid = {**AXES, **{k: tuple(v) for k, v in merged.items() if k in AXES}}
 
     def build(cls):
         names = {f.name for f in fields(cls)}

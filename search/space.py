@@ -1,7 +1,7 @@
 """The thesis's grid, defined once, and how one point of it becomes a trial's configs.
 
-    from search.space import GRID, fused_space, grid_size, param_space, trial_configs
-    grid_size(GRID)                                   # 32
+    from search.space import AXES, GRID, fused_space, grid_size, param_space, trial_configs
+    grid_size(GRID)                                   # 32; AXES adds the model family, one value by default
     param_space(GRID, "grid")                         # {"lr": tune.grid_search([...]), ...}
     model_cfg, train_cfg = trial_configs({"lr": 1e-4, "n_heads": 4}, ModelConfig(), TrainConfig())
     trial_grid, members = fused_space(GRID)           # 8 architectures; 4 (lr, weight_decay) members each
@@ -27,6 +27,11 @@ GRID: dict[str, tuple] = {
     "ff_dim": (512, 1024),
     "n_layers": (2, 3),
 }
+
+# What a search sweeps: the model family (`--family regressor diffusion` makes it an axis of two values), then
+# the thesis's grid. Both families read the same five knobs: the text stack's heads, width and layers, and the
+# optimizer's learning rate and weight decay.
+AXES: dict[str, tuple] = {"family": ("regressor",), **GRID}
 
 SEARCHES = ("grid", "optuna")
 

@@ -31,8 +31,8 @@ from ray import tune
 
 from data_pipeline.dataset import PreparedData
 from model import checkpoint
-from model.config import BEST_VAL_L1, VAL_L1
-from model.train import default_device, train, train_members
+from model.config import BEST, SELECTION
+from model.train import TextStates, default_device, train, train_members
 from search.settings import Settings
 from search.space import trial_configs
 
@@ -52,14 +52,21 @@ def where() -> dict:
     return {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "device": device}
 
 
-def member_report(metrics: list[dict]) -> dict:
-    """A fused trial's per-member metrics as one flat Tune result."""
+# A frozen encoder's hidden states, kept by this worker process for its next trial: Tune reuses the
+# process (reuse_actors), and every trial of a search encodes the same texts (seconds each on a CPU).
+TEXT_STATES = TextStates()
+
+
+def member_report(metrics: list[dict], family: str) -> dict:
+    """A fused trial's per-member metrics as one flat Tune result, with the best live member's selection metric
+    (the family's: val/l1 for the regressor) for the progress line and schedulers."""
     out = {"epoch": max(m.get("epoch", 0) for m in metrics)}
     for k, m in enumerate(metrics):
         out.update({f"m{k}/{key}": value for key, value in m.items()})
-    live = [m for m in metrics if "error" not in m and VAL_L1 in m]
-    out[VAL_L1] = min((m[VAL_L1] for m in live), default=math.nan)
-    out[BEST_VAL_L1] = min((m[BEST_VAL_L1] for m in live), default=math.nan)
+    selection, best = SELECTION[family], BEST[family]
+    live = [m for m in metrics if "error" not in m and selection in m]
+    out[selection] = min((m[selection] for m in live), default=math.nan)
+    out[best] = min((m[best] for m in live), default=math.nan)
     return out
 
 
@@ -113,7 +120,7 @@ def train_trial(config: dict, data: PreparedData, settings: Settings, members: l
     node = where()
 
     def report(metrics: list[dict], state: dict | None) -> None:
-        result = {**(member_report(metrics) if fused else metrics[0]), **node}
+        result = {**(member_report(metrics, model_cfg.family) if fused else metrics[0]), **node}
         if state is None:
             tune.report(result)
             return
@@ -141,10 +148,11 @@ def train_trial(config: dict, data: PreparedData, settings: Settings, members: l
         return
     try:
         if fused:
-            train_members(model_cfg, train_cfgs, data, report=report, resume=resume, device=default_device())
+            train_members(model_cfg, train_cfgs, data, report=report, resume=resume, device=default_device(),
+                          text_states=TEXT_STATES)
         else:  # a diverged trial raises FloatingPointError
             train(model_cfg, train_cfgs[0], data, report=lambda m, s: report([m], s), resume=resume,
-                  device=default_device())
+                  device=default_device(), text_states=TEXT_STATES)
     except FloatingPointError as e:
         diverged.write_text(str(e))
         raise

@@ -13,7 +13,8 @@ from data_pipeline.dataset import PreparedData, Split
 from model import checkpoint
 from model.config import BEST_VAL_L1, SAMPLES_PER_S, TEST_L1, TRAIN_L1, VAL_L1, ModelConfig, TrainConfig
 from model.network import Generator, TextEncoderUnavailable, load_text_encoder
-from model.train import augment, train
+from model.families import augment
+from model.train import train
 
 COLOURS = {"red": (1, -1, -1), "green": (-1, 1, -1), "blue": (-1, -1, 1), "yellow": (1, 1, -1)}
 SHAPES = ("square", "stripe")

@@ -52,12 +52,13 @@ def test_full_preset_is_the_thesis():
     assert (s.train.epochs, s.train.batch_size, s.model.image_size, s.data.augment_rotations) == (100, 10, 64, 8)
     assert s.data.enriched_text and s.train.loss == "l1" and s.max_records is None
     assert (s.model.dropout_encoder, s.model.dropout_attention, s.model.dropout_decoder) == (0.3, 0.3, 0.3)
-    assert s.grid == GRID
-    assert resolve("smoke", {}).grid == GRID  # a preset shrinks the run, not the grid
+    assert s.grid == {"family": ("regressor",), **GRID}  # the thesis's grid, of the thesis's model family
+    assert resolve("smoke", {}).grid == s.grid  # a preset shrinks the run, not the grid
+    assert resolve("smoke", {"family": ["regressor", "diffusion"]}).grid["family"] == ("regressor", "diffusion")
     # The laptop preset keeps the grid's 32 points and four of its axes; its learning rates are the thesis's
     # scaled x20 for its short schedule, and its printed line says so.
     laptop = resolve("laptop", {})
-    assert grid_size(laptop.grid) == 32 and {k: v for k, v in laptop.grid.items() if k != "lr"} == {
+    assert grid_size(laptop.grid) == 32 and {k: v for k, v in laptop.grid.items() if k not in ("lr", "family")} == {
         k: v for k, v in GRID.items() if k != "lr"}
     assert laptop.grid["lr"] == pytest.approx(tuple(20 * lr for lr in GRID["lr"]))
     assert "twenty times the thesis's" in PRESETS["laptop"].about

@@ -13,7 +13,8 @@ from model import checkpoint
 from model.config import TEST_L1, VAL_L1, TrainConfig
 from model.generate import generate, load_model
 from model.network import load_text_encoder
-from model.train import images, member_l1, train, train_members
+from model.evaluate import images, member_l1
+from model.train import train, train_members
 from test_members import SMALL
 from test_model import tiny_data
 

@@ -1,0 +1,183 @@
+"""The diffusion family (model/diffusion.py, model/families.py) in the one loop, on tiny data made here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data_pipeline.dataset import PreparedData, Split
+from model import checkpoint
+from model.config import BEST_VAL_DENOISE, TEST_DIVERSITY, TEST_MEMORISATION, TRAIN_LOSS, VAL_DENOISE, ModelConfig, TrainConfig
+from model.diffusion import VAL_TIMESTEPS, Denoiser, Diffusion
+from model.evaluate import MEMORISING, Evaluator
+from model.train import train, train_members
+from test_model import NO_DROPOUT, tiny_data
+
+TINY = ModelConfig(family="diffusion", image_size=32, d_model=32, ff_dim=64, n_layers=1, n_heads=2, max_tokens=32,
+                   unet_width=16, unet_levels=2)
+QUICK = TrainConfig(lr=1e-3, epochs=2, batch_size=4, clip_mode="off", sample_steps=3)
+
+
+def test_a_member_is_its_own_unet():
+    two = Denoiser(TINY, text_dim=12, seeds=[0, 5]).eval()  # eval: no dropout
+    five = Denoiser(TINY, text_dim=12, seeds=[5]).eval()
+    for (name, a), (_, b) in zip(two.named_parameters(), five.named_parameters(), strict=True):
+        assert torch.equal(a[1], b[0]), name  # member 1 starts where a one-member network with its seed starts
+    assert not torch.equal(two.unet.conv_in.weight[0], two.unet.conv_in.weight[1])
+    x, t = torch.randn(2, 3, 3, 32, 32), torch.randint(0, 1000, (2, 3))
+    hidden, mask = torch.randn(2, 3, 5, 12), torch.ones(2, 3, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(two(x, t, hidden, mask)[1], five(x[1:], t[1:], hidden[1:], mask[1:])[0])
+
+
+def _run(model_cfg, cfg, data, **kw):
+    history, states = [], []
+    final = train(model_cfg, cfg, data, report=lambda m, s: (history.append(m), states.append(s)), device="cpu", **kw)
+    return history, states, final
+
+
+def test_a_diffusion_member_equals_its_single_run():
+    data = tiny_data(n_train=8)
+    model_cfg = ModelConfig(**{**TINY.__dict__, **NO_DROPOUT})
+    cfgs = [QUICK, TrainConfig(**{**QUICK.__dict__, "lr": 3e-4, "seed": 3})]
+    fused_history, fused_states = [[], []], []
+
+    def report(metrics, state):
+        for k, m in enumerate(metrics):
+            fused_history[k].append(m)
+        fused_states.append(state)
+
+    results = train_members(model_cfg, cfgs, data, report=report, device="cpu")
+    for k, cfg in enumerate(cfgs):
+        history, states, single = _run(model_cfg, cfg, data)
+        for mine, theirs in zip(fused_history[k], history, strict=True):
+            assert mine[TRAIN_LOSS] == pytest.approx(theirs[TRAIN_LOSS], rel=1e-4)
+            assert mine[VAL_DENOISE] == pytest.approx(theirs[VAL_DENOISE], rel=1e-4)
+        assert results[k][TEST_DIVERSITY] == pytest.approx(single[TEST_DIVERSITY], rel=1e-3)
+        mine = checkpoint.member(fused_states[-1], k)["best_model"][0]
+        for name, w in states[-1]["best_model"][0].items():
+            torch.testing.assert_close(mine[name], w, rtol=1e-3, atol=1e-4)
+    assert results[0][VAL_DENOISE] != results[1][VAL_DENOISE]  # two different runs were compared
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path):
+    data = tiny_data(n_train=8)
+    cfg = TrainConfig(**{**QUICK.__dict__, "epochs": 3})  # dropout on (TINY): the global RNG must resume too
+    _, full, final = _run(TINY, cfg, data)
+
+    def stop_after_one(metrics, state):
+        checkpoint.save(state, tmp_path / "epoch1")
+        raise KeyboardInterrupt  # the trial's process dies here
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, cfg, data, report=stop_after_one, device="cpu")
+    _, resumed, resumed_final = _run(TINY, cfg, data, resume=checkpoint.load(tmp_path / "epoch1"))
+    assert [s["epoch"] for s in resumed] == [2, 3]
+    for name, w in full[-1]["model"].items():
+        assert torch.equal(w, resumed[-1]["model"][name]), name
+    for a, b in zip(full[-1]["ema"]["shadow_params"], resumed[-1]["ema"]["shadow_params"], strict=True):
+        assert torch.equal(a, b)
+    untimed = {k: v for k, v in final.items() if k != "samples_per_s"}
+    assert untimed == {k: v for k, v in resumed_final.items() if k != "samples_per_s"}
+
+
+def test_the_selection_metric_is_deterministic_and_moves_with_the_weights():
+    from model.families import make_family
+    from model.network import TextToImage, load_text_encoder
+    from model.train import TextTable
+
+    data = tiny_data()
+    tokenizer, encoder, _ = load_text_encoder(TINY.text_encoder)
+    net = TextToImage(TINY, encoder, seeds=[0])
+    texts = TextTable.of(tokenizer, data, TINY, "cpu")
+    texts.cache_hidden(net)
+    family = make_family(net, texts, QUICK, Evaluator(data, QUICK, "cpu"))
+    first = family.select()
+    torch.manual_seed(99)  # the metric must not read the global RNG
+    assert family.select() == first
+    again = make_family(net, texts, QUICK, Evaluator(data, QUICK, "cpu"))  # a new trial: the same noise
+    assert again.select() == first
+    with torch.no_grad():
+        net.generator.unet.conv_out.bias.add_(0.5)
+    assert family.select() != first
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_every_prediction_type_implies_the_true_noise_from_its_own_target(prediction_type):
+    # The selection metric compares the implied noise, so recipes with different prediction types are ranked
+    # on one quantity: the exact target of each type must imply exactly the noise that was added.
+    process = Diffusion(TrainConfig(prediction_type=prediction_type, noise_schedule="squaredcos_cap_v2"))
+    x0, noise = torch.rand(1, 4, 3, 8, 8) * 2 - 1, torch.randn(1, 4, 3, 8, 8)
+    t = torch.tensor([[10, 200, 600, 990]])
+    x_t = process.noisy(x0, noise, t)
+    a = process.scheduler.alphas_cumprod[t].view(1, 4, 1, 1, 1)
+    torch.testing.assert_close(x_t, a.sqrt() * x0 + (1 - a).sqrt() * noise)  # DDPM's forward process
+    torch.testing.assert_close(process.epsilon(process.target(x0, noise, t), x_t, t), noise, rtol=1e-4, atol=1e-4)
+
+
+def test_min_snr_weights_follow_the_paper():
+    process = Diffusion(TrainConfig(min_snr_gamma=5.0))
+    t = torch.tensor([[1, 100, 500, 999]])
+    a = process.scheduler.alphas_cumprod[t]
+    snr = a / (1 - a)
+    torch.testing.assert_close(process.weights(t), torch.minimum(snr, torch.tensor(5.0)) / snr)
+    assert torch.equal(Diffusion(TrainConfig()).weights(t), torch.ones(1, 4))
+
+
+class ConstantX0(torch.nn.Module):
+    """Predicts the same clean image for every input, text and step: a sampler must end on it."""
+
+    members = 1
+
+    def __init__(self, image):
+        super().__init__()
+        self.image = image
+
+    def forward(self, sample, timesteps, hidden, mask):
+        return self.image.expand_as(sample)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+def test_a_deterministic_sampler_ends_on_the_predicted_clean_image(sampler):
+    process = Diffusion(TrainConfig(prediction_type="sample", sampler=sampler, sample_steps=6, guidance_scale=3.0))
+    image = torch.rand(1, 1, 3, 8, 8) * 2 - 1
+    hidden, mask = torch.zeros(1, 2, 4, 6), torch.ones(1, 2, 4)
+    out = process.sample(ConstantX0(image), hidden, mask, hidden, mask, torch.randn(1, 2, 3, 8, 8))
+    # DPM-Solver++ ends at sigma 0; DDIM's last trailing step lands on t = 0, not on alpha 1, where
+    # sqrt(1 - alpha_0) = sqrt(beta_0) = 0.01 keeps 1% of the implied noise.
+    tol = 1e-4 if sampler == "dpm" else 0.05
+    torch.testing.assert_close(out, image.expand(1, 2, 3, 8, 8), rtol=0, atol=tol)
+
+
+def _split(images: np.ndarray, offset: int) -> Split:
+    return Split(np.arange(offset, offset + len(images)), [f"record {offset + i}" for i in range(len(images))],
+                 images.astype(np.float32))
+
+
+def test_memorisation_flags_a_model_that_returns_training_images():
+    rng = np.random.default_rng(0)
+    train_images = rng.uniform(-1, 1, (20, 3, 8, 8))
+    data = PreparedData(_split(train_images, 0), _split(rng.uniform(-1, 1, (4, 3, 8, 8)), 100),
+                        _split(rng.uniform(-1, 1, (6, 3, 8, 8)), 200), info={"source": "tests"})
+    evaluator = Evaluator(data, TrainConfig(clip_mode="off"), "cpu")
+
+    def outputs(test_images):
+        return lambda split, sample: torch.as_tensor(test_images if split == "test" else evaluator.images[split])[None]
+
+    copier, real, grey = (evaluator.final(outputs(x), [True])[0][TEST_MEMORISATION]
+                          for x in (train_images[:6], data.test.images, np.zeros((6, 3, 8, 8))))
+    assert copier == 0 < MEMORISING  # training images returned: flagged
+    assert real == pytest.approx(1.0)  # unseen images like the real ones: the reference
+    assert grey > 0 and grey != pytest.approx(1.0)
+    # The same figure by brute force: each real test image's nearest training image.
+    brute = np.mean([min(np.abs(t - r).mean() for r in train_images) for t in data.test.images])
+    assert evaluator.nn_real == pytest.approx(brute, rel=1e-5)
+
+
+def test_staged_training_and_a_clip_loss_are_the_regressors():
+    data = tiny_data()
+    with pytest.raises(ValueError, match="regressor"):
+        train(TINY, TrainConfig(**{**QUICK.__dict__, "finetune_epochs": 1}), data, device="cpu")
+    with pytest.raises(ValueError, match="regressor"):
+        train(TINY, TrainConfig(**{**QUICK.__dict__, "loss": "l1+clip", "clip_mode": "auto"}), data, device="cpu")
