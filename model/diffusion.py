@@ -44,13 +44,14 @@ VAL_TIMESTEPS = (50, 150, 300, 500, 700, 900)
 VAL_NOISE_SEED = 1234  # the same noise for every member, epoch and trial: a deterministic metric
 
 
-def unet_config(cfg: ModelConfig, channels: int) -> dict:
-    """UNet2DConditionModel's arguments for this ModelConfig: levels of unet_width x (1, 2, 2, ...) channels,
-    cross-attention at the `unet_attention` lowest levels and in the middle block."""
+def unet_config(cfg: ModelConfig, channels: int, size: int) -> dict:
+    """UNet2DConditionModel's arguments for this ModelConfig on (channels, size, size) inputs (pixels, or an
+    autoencoder's latents): levels of unet_width x (1, 2, 2, ...) channels, cross-attention at the
+    `unet_attention` lowest levels and in the middle block."""
     widths = tuple(cfg.unet_width * (1 if i == 0 else 2) for i in range(cfg.unet_levels))
     attend = [i >= cfg.unet_levels - cfg.unet_attention for i in range(cfg.unet_levels)]  # down levels, top first
     return dict(
-        sample_size=cfg.image_size, in_channels=channels, out_channels=channels, block_out_channels=widths,
+        sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=widths,
         down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attend),
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attend)),
         mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=cfg.unet_layers, norm_num_groups=NORM_GROUPS,
@@ -61,7 +62,7 @@ def unet_config(cfg: ModelConfig, channels: int) -> dict:
 class Denoiser(nn.Module):
     """K members: text stack -> UNet. forward((K, B, C, S, S) noisy images, (K, B) timesteps, text) -> prediction."""
 
-    def __init__(self, cfg: ModelConfig, text_dim: int, seeds=(0,), channels: int = 3):
+    def __init__(self, cfg: ModelConfig, text_dim: int, seeds=(0,), channels: int = 3, size: int | None = None):
         super().__init__()
         from diffusers import UNet2DConditionModel
 
@@ -74,7 +75,7 @@ class Denoiser(nn.Module):
         for seed in seeds:
             with torch.random.fork_rng(devices=[]):  # diffusers initializes from the global RNG
                 torch.manual_seed(int(seed) + 1)  # +1: the text stack's generator already uses the seed itself
-                unets.append(UNet2DConditionModel(**unet_config(cfg, channels)))
+                unets.append(UNet2DConditionModel(**unet_config(cfg, channels, size or cfg.image_size)))
         self.unet = unets[0]
         for name, _ in list(self.unet.named_parameters()):  # the members' UNets, stacked: (K, *shape) each
             owner, _, attr = name.rpartition(".")

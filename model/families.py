@@ -91,7 +91,8 @@ class Regressor:
 
 
 class Diffusion:
-    """A DDPM over pixels conditioned on the text stack (model/diffusion.py), sampled with a few-step sampler."""
+    """A DDPM conditioned on the text stack (model/diffusion.py), over pixels or a small autoencoder's latents
+    (`latent_channels`, model/autoencoder.py), sampled with a few-step sampler."""
 
     name = "diffusion"
     train_metric = TRAIN_LOSS
@@ -102,17 +103,27 @@ class Diffusion:
         from model import diffusion
 
         self.net, self.texts, self.evaluator, self.cfg = net, texts, evaluator, cfg
-        self.process = diffusion.Diffusion(cfg)
+        self.ae = net.autoencoder  # None: pixel space
+        # The sampler clips its clean-image estimate to [-1, 1], the pixels' range; a latent space has none.
+        self.process = diffusion.Diffusion(cfg, clip_sample=self.ae is None)
         self.draws = diffusion.draws
         self.null = texts.index[""]  # the empty text: the unconditional model of classifier-free guidance
-        if evaluator is not None:
-            val, device = evaluator.images["val"], evaluator.device
-            gen = torch.Generator(device=device).manual_seed(diffusion.VAL_NOISE_SEED)
-            self.val_noise = torch.randn((len(diffusion.VAL_TIMESTEPS), *val.shape), generator=gen, device=device)
+        if evaluator is None:  # generating from a checkpoint: the autoencoder came with its weights
+            return
+        self.x0 = {name: evaluator.images[name] for name in ("train", "val")}  # what the denoiser learns to make
+        if self.ae is not None:
+            from model import autoencoder
+
+            fitted = autoencoder.load_or_train(evaluator.data, autoencoder.config(net.cfg), evaluator.device)
+            self.ae.load_state_dict(fitted.state_dict())
+            self.x0 = {name: self.ae.encode(x) for name, x in self.x0.items()}  # (N, C, S/4, S/4)
+        gen = torch.Generator(device=evaluator.device).manual_seed(diffusion.VAL_NOISE_SEED)
+        self.val_noise = torch.randn((len(diffusion.VAL_TIMESTEPS), *self.x0["val"].shape), generator=gen,
+                                     device=evaluator.device)
 
     def loss(self, rows, streams):
         """Each member's denoising loss on its own batch, its noise, timesteps and dropout from its stream."""
-        x0 = self.evaluator.images["train"][rows]  # (K, B, 3, S, S)
+        x0 = self.x0["train"][rows]  # (K, B, C, S, S)
         drop, t, noise = self.draws(streams, rows.shape[1], x0.shape[2:], self.cfg.cond_dropout, x0.device)
         text_idx = torch.where(drop, self.null, self.texts.rows["train"][rows])
         loss = self.process.loss(self.net.generator, x0, *self.texts.hidden_states(self.net, text_idx), t, noise)
@@ -123,11 +134,10 @@ class Diffusion:
         """The validation denoising MSE at fixed noise and timesteps (deterministic; no sampling)."""
         self.net.eval()
         rows, k = self.texts.rows["val"], self.net.generator.members
-        x0 = self.evaluator.images["val"]
         total = 0.0
         for i in range(0, len(rows), EVAL_BATCH):
             hidden, mask = self.texts.hidden_states(self.net, rows[i:i + EVAL_BATCH].expand(k, -1))
-            mse = self.process.denoise_mse(self.net.generator, x0[i:i + EVAL_BATCH], hidden, mask,
+            mse = self.process.denoise_mse(self.net.generator, self.x0["val"][i:i + EVAL_BATCH], hidden, mask,
                                            self.val_noise[:, i:i + EVAL_BATCH])
             total = total + mse * len(hidden[0])
         return (total / len(rows)).tolist()
@@ -141,20 +151,22 @@ class Diffusion:
 
     @torch.no_grad()
     def sample(self, rows, seed: int, steps=None, guidance=None) -> torch.Tensor:
-        """Images for text rows (N,) from seed SAMPLE_SEED + seed: (K, N, 3, S, S)."""
+        """Images for text rows (N,) from seed SAMPLE_SEED + seed: (K, N, 3, S, S) in [-1, 1]."""
         self.net.eval()
-        k, size = self.net.generator.members, self.net.cfg.image_size
-        device = rows.device
+        k, device = self.net.generator.members, rows.device
+        size = self.net.cfg.image_size // (self.ae.factor if self.ae is not None else 1)
         gen = torch.Generator(device=device).manual_seed(SAMPLE_SEED + seed)
-        noise = torch.randn((len(rows), 3, size, size), generator=gen, device=device)
+        noise = torch.randn((len(rows), self.net.cfg.latent_channels or 3, size, size), generator=gen, device=device)
         out = []
         for i in range(0, len(rows), EVAL_BATCH):
             idx = rows[i:i + EVAL_BATCH].expand(k, -1)
             hidden, mask = self.texts.hidden_states(self.net, idx)
             null = self.texts.hidden_states(self.net, torch.full_like(idx, self.null))
-            out.append(self.process.sample(self.net.generator, hidden, mask, *null,
-                                           noise[i:i + EVAL_BATCH].expand(k, -1, -1, -1, -1), steps, guidance,
-                                           generator=gen))
+            x = self.process.sample(self.net.generator, hidden, mask, *null,
+                                    noise[i:i + EVAL_BATCH].expand(k, -1, -1, -1, -1), steps, guidance, generator=gen)
+            if self.ae is not None:
+                x = self.ae.decode(x.flatten(0, 1)).view(k, x.shape[1], 3, self.net.cfg.image_size, self.net.cfg.image_size)
+            out.append(x)
         return torch.cat(out, dim=1).clamp(-1, 1)
 
 

@@ -346,10 +346,17 @@ class TextToImage(nn.Module):
                              f"to train {len(seeds)} members together")
         self.cfg = cfg
         self.text_encoder = text_encoder
+        self.autoencoder = None  # latent diffusion's frozen first stage (model/autoencoder.py), shared by members
         if cfg.family == "diffusion":
             from model.diffusion import Denoiser  # imports diffusers: only the family that uses it
 
-            self.generator = Denoiser(cfg, text_encoder.config.hidden_size, seeds)
+            if cfg.latent_channels:
+                from model import autoencoder
+
+                self.autoencoder = autoencoder.Autoencoder(autoencoder.config(cfg))
+            self.generator = Denoiser(cfg, text_encoder.config.hidden_size, seeds,
+                                      channels=cfg.latent_channels or 3,
+                                      size=cfg.image_size // (self.autoencoder.factor if self.autoencoder else 1))
         else:
             self.generator = Generator(cfg, text_encoder.config.hidden_size, seeds)
         if cfg.freeze_text_encoder:
@@ -376,8 +383,16 @@ class TextToImage(nn.Module):
         return self.generator(hidden.expand(k, *hidden.shape), attention_mask.expand(k, *attention_mask.shape))
 
     def trainable_state(self) -> dict:
-        """The weights a checkpoint must hold: a frozen encoder is reloaded from its source instead."""
+        """The weights a checkpoint must hold: a frozen encoder is reloaded from its source instead (a latent
+        model's autoencoder has no source: its weights are held too)."""
         if self.cfg.freeze_text_encoder:  # and the top layers staged training unfroze, if it did
             return {**{f"generator.{k}": v for k, v in self.generator.state_dict().items()},
-                    **{f"text_encoder.{k}": p for k, p in self.text_encoder.named_parameters() if p.requires_grad}}
+                    **{f"text_encoder.{k}": p for k, p in self.text_encoder.named_parameters() if p.requires_grad},
+                    **self.shared_state()}
         return self.state_dict()
+
+    def shared_state(self) -> dict:
+        """Frozen weights every member uses that no source can give back: the autoencoder's."""
+        if self.autoencoder is None:
+            return {}
+        return {f"autoencoder.{k}": v for k, v in self.autoencoder.state_dict().items()}

@@ -527,7 +527,8 @@ def load_trainable(net: TextToImage, weights: dict) -> None:
 def member_weights(net: TextToImage, weights: FlatParams, m: int) -> dict:
     """Member m's trainable weights as a one-member state dict on the CPU (what a checkpoint keeps): the
     generator's, and a fine-tuned encoder's (all of it, or the top layers staged training unfroze)."""
-    return {**weights.row(m, prefix="generator."), **encoder_weights(net)}
+    return {**weights.row(m, prefix="generator."), **encoder_weights(net),
+            **{k: v.detach().cpu().clone() for k, v in net.shared_state().items()}}
 
 
 def encoder_weights(net: TextToImage) -> dict:

@@ -39,3 +39,49 @@ def test_a_wrong_checkpoint_is_a_one_line_error(kind, tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: --checkpoint") and err.count("\n") == 1 and str(path) in err
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.fixture(scope="module")
+def diffusion_checkpoint(tmp_path_factory):
+    """A latent diffusion model trained for one epoch on tiny data: its best checkpoint, as export writes it."""
+    from model import checkpoint
+    from model.config import ModelConfig, TrainConfig
+    from model.train import train
+    from test_model import tiny_data
+
+    cfg = ModelConfig(family="diffusion", image_size=32, d_model=32, ff_dim=64, n_layers=1, n_heads=2, max_tokens=32,
+                      unet_width=16, unet_levels=2, latent_channels=4, autoencoder_steps=20)
+    states = []
+    train(cfg, TrainConfig(lr=1e-3, epochs=1, batch_size=4, clip_mode="off", sample_steps=3), tiny_data(),
+          report=lambda m, s: states.append(s), device="cpu")
+    return checkpoint.save(checkpoint.member(states[-1], 0), tmp_path_factory.mktemp("diffusion") / "best_checkpoint")
+
+
+def test_a_diffusion_checkpoint_samples_a_viewable_png_per_seed(diffusion_checkpoint, tmp_path, capsys):
+    # The checkpoint alone (no dataset, no autoencoder cache): its autoencoder's weights travel with it.
+    out = {}
+    for seed in (0, 0, 1):
+        path = tmp_path / f"seed{seed}-{len(out)}.png"
+        main(["--checkpoint", str(diffusion_checkpoint), "A red square creature.", "A blue stripe creature.",
+              "--seed", str(seed), "--steps", "2", "--samples", "2", "--out", str(path)])
+        with Image.open(path) as im:
+            out.setdefault(seed, []).append(np.asarray(im.convert("RGB")))
+    assert "sampled with ddim in 2 steps" in capsys.readouterr().out
+    assert out[0][0].shape == (2 * 256 + 3 * 2, 2 * 256 + 3 * 2, 3)  # 2 prompts x 2 samples, 256 px each
+    assert np.array_equal(out[0][0], out[0][1])  # the same seed: the same images
+    assert not np.array_equal(out[0][0], out[1][0])  # another seed: other noise, other images
+
+
+def test_a_regressor_checkpoint_says_what_it_ignores(tmp_path, capsys):
+    from model import checkpoint
+    from model.config import ModelConfig, TrainConfig
+    from model.train import train
+    from test_model import tiny_data
+
+    states = []
+    train(ModelConfig(image_size=32, d_model=32, ff_dim=64, max_tokens=32), TrainConfig(epochs=1, batch_size=4,
+          clip_mode="off"), tiny_data(), report=lambda m, s: states.append(s), device="cpu")
+    ckpt = checkpoint.save(checkpoint.member(states[-1], 0), tmp_path / "best")
+    main(["--checkpoint", str(ckpt), "A red square creature.", "--steps", "5", "--out", str(tmp_path / "r.png")])
+    captured = capsys.readouterr()
+    assert "--steps ignored" in captured.err and (tmp_path / "r.png").is_file()

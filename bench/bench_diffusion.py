@@ -1,0 +1,255 @@
+"""The diffusion family on what we have: its training speed, and its recipes within a training-time budget.
+
+    python bench/bench_diffusion.py --throughput                       # samples/s of the training step, per variant
+    python bench/bench_diffusion.py --data ../shared/datasets/pokedex --recipes first best --minutes 60 \\
+        --regressor laptop-staged4 --out /tmp/diffusion                 # recipes on real data, beside the regressor
+
+Throughput (`--throughput`): the training step of `model.train.train` (its own samples_per_s: training steps
+only, every member's samples) for the issue's first attempt and each speed variant, on the same rows.
+
+Recipes: each trains through `model.train.train` (no Ray Tune) for as many epochs as fit in `--minutes` of
+training at its measured speed (a short timing run first), on the same prepared data and split; then its
+final metrics come from sampled test images with fixed seeds (model/evaluate.py): type accuracy against its
+ceiling (the real test images) and chance, retrieval top-1/top-5 against chance, memorisation (each generated
+test image's L1 to its nearest training image over the real test images' same figure: below 1 = closer to the
+training set than real unseen images are), diversity (L1 between two samples of one text, beside two real
+test images of different records), test L1. `--regressor NAME` adds a regressor recipe of bench/bench_recipes.py
+at its own epochs on the same split. Writes to --out: curves.png (the selection metric per epoch),
+samples_<recipe>.png (real test images, then two samples per text: the dataset's artwork, never commit it),
+the checkpoints, and diffusion.json. Recipes (each on top of `first`, the issue's first attempt):
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import machine  # noqa: E402
+
+from data_pipeline.config import DataConfig  # noqa: E402
+from data_pipeline.dataset import PreparedData  # noqa: E402
+from model import checkpoint  # noqa: E402
+from model.config import (BEST, SELECTION, TEST_DIVERSITY, TEST_L1, TEST_MEMORISATION, TEST_TOP1, TEST_TOP5,  # noqa: E402
+                          TEST_TYPE_ACC, ModelConfig, TrainConfig)
+from model.evaluate import Evaluator  # noqa: E402
+from model.train import train  # noqa: E402
+from search.space import trial_configs  # noqa: E402
+
+# The issue's first attempt, as a new user would try it: 1.6 M parameters, widths 32/64/64, cross-attention at
+# the lowest level, 32 px, MiniLM states through the thesis's text stack, epsilon prediction, cosine schedule,
+# EMA, DDIM 25 steps, guidance 3, batch 64, lr 1e-3. The text stack is the thesis's recommended trial's.
+FIRST = {"family": "diffusion", "n_heads": 4, "ff_dim": 1024, "n_layers": 2, "d_model": 64, "unet_width": 32,
+         "unet_levels": 3, "unet_attention": 1, "prediction_type": "epsilon", "noise_schedule": "squaredcos_cap_v2",
+         "sampler": "ddim", "sample_steps": 25, "guidance_scale": 3.0, "batch_size": 64, "lr": 1e-3,
+         "weight_decay": 1e-5, "dropout_encoder": 0.0, "dropout_attention": 0.0, "dropout_decoder": 0.0}
+RECIPES = {
+    "first": ("the issue's first attempt", {}),
+    "linear": ("linear beta schedule (the toy disc set's better one)", {"noise_schedule": "linear"}),
+    "v": ("v-prediction", {"prediction_type": "v_prediction"}),
+    "x0": ("x0-prediction", {"prediction_type": "sample"}),
+    "minsnr": ("min-SNR-5 loss weighting", {"min_snr_gamma": 5.0}),
+    "v-minsnr": ("v-prediction + min-SNR-5", {"prediction_type": "v_prediction", "min_snr_gamma": 5.0}),
+    "warmup": ("lr 2e-3 with 200 warm-up steps", {"lr": 2e-3, "warmup_steps": 200}),
+    "b32": ("batch 32", {"batch_size": 32}),
+    "small": ("a smaller UNet: widths 32/64, two levels", {"unet_levels": 2}),
+    "wide": ("a wider UNet: widths 64/128/128", {"unet_width": 64}),
+    "attn2": ("cross-attention at the two lowest levels", {"unet_attention": 2}),
+}
+__doc__ += "\n".join(f"    {name:9s} {about}" for name, (about, _) in RECIPES.items()) + "\n"
+
+
+def configs(overrides: dict, image_size: int, epochs: int) -> tuple[ModelConfig, TrainConfig]:
+    return trial_configs({**FIRST, **overrides}, ModelConfig(image_size=image_size),
+                         TrainConfig(epochs=epochs, clip_mode="off"))
+
+
+def timing(model_cfg: ModelConfig, train_cfg: TrainConfig, data: PreparedData, rows: int) -> float:
+    """samples/s of the training step on the first `rows` training rows, one epoch (the loop's own figure)."""
+    small = PreparedData(data.train.take(rows), data.val.take(8), data.test.take(8), {"source": "timing"})
+    cfg = replace(train_cfg, epochs=1, sample_steps=1)
+    return train(model_cfg, cfg, small, device="cpu")["samples_per_s"]
+
+
+def run(name: str, overrides: dict, data: PreparedData, image_size: int, minutes: float, out: Path) -> dict:
+    model_cfg, train_cfg = configs(overrides, image_size, 1)
+    speed = timing(model_cfg, train_cfg, data, rows=min(len(data.train), 4 * train_cfg.batch_size))
+    epochs = max(1, round(minutes * 60 * speed / len(data.train)))
+    train_cfg = replace(train_cfg, epochs=epochs)
+    print(f"[{name}] {speed:.0f} samples/s -> {epochs} epochs in {minutes:g} min", flush=True)
+    return fit(name, model_cfg, train_cfg, data, out)
+
+
+def fit(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: PreparedData, out: Path) -> dict:
+    selection, last = SELECTION[model_cfg.family], {}
+
+    def report(metrics, state):
+        last["state"] = state
+        print(f"[{name}] epoch {metrics['epoch']}/{train_cfg.total_epochs}: {selection} {metrics[selection]:.4f}",
+              flush=True)
+
+    t0 = time.perf_counter()
+    final = train(model_cfg, train_cfg, data, report=report)
+    wall = time.perf_counter() - t0
+    ckpt = checkpoint.save(checkpoint.member(last["state"], 0), out / f"checkpoint_{name}")
+    history = last["state"]["history"][0]
+    train_s = sum(len(data.train) / m["samples_per_s"] for m in history)
+    return {"recipe": name, "family": model_cfg.family, "wall_s": wall, "train_s": train_s,
+            "samples_per_s": history[-1]["samples_per_s"], "epochs": train_cfg.total_epochs,
+            "steps": train_cfg.total_epochs * -(-len(data.train) // train_cfg.batch_size),
+            "selection": selection, "best": final[BEST[model_cfg.family]],
+            "best_epoch": min(history, key=lambda m: m[selection])["epoch"],
+            **{k: final.get(k) for k in (TEST_TYPE_ACC, TEST_TOP1, TEST_TOP5, TEST_MEMORISATION, TEST_DIVERSITY, TEST_L1)},
+            "curve": {"epoch": [m["epoch"] for m in history], selection: [m[selection] for m in history]},
+            "checkpoint": str(ckpt), "config": {**asdict(model_cfg), **asdict(train_cfg)}}
+
+
+def throughput(data: PreparedData, image_size: int, rows: int) -> list[dict]:
+    variants = {
+        "first (batch 64)": {},
+        "batch 32": {"batch_size": 32},
+        "two levels": {"unet_levels": 2},
+        "cross-attention at two levels": {"unet_attention": 2},
+        "widths 64/128/128": {"unet_width": 64},
+        "batch 10 (the thesis's)": {"batch_size": 10},
+        # The autoencoder's fit is not part of the step: a few steps of it are enough to time the denoiser.
+        "latent 8x8x4, two levels": {"latent_channels": 4, "unet_levels": 2, "autoencoder_steps": 5},
+        "latent 8x8x4, widths 64/128": {"latent_channels": 4, "unet_levels": 2, "unet_width": 64,
+                                        "autoencoder_steps": 5},
+    }
+    out = []
+    for name, over in variants.items():
+        model_cfg, train_cfg = configs(over, image_size, 1)
+        sps = timing(model_cfg, train_cfg, data, rows)
+        out.append({"variant": name, "samples_per_s": sps})
+        print(f"{name}: {sps:.1f} samples/s", flush=True)
+    return out
+
+
+def samples_figure(ckpt: str, data: PreparedData, path: Path, title: str, k: int = 8) -> None:
+    """Real test images (top row), then two samples per text (seeds 0 and 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from model.generate import generate, load_model
+    from search.figures import first_records
+
+    net, tokenizer = load_model(ckpt, device="cpu")
+    rows = first_records(data.test, k)
+    texts = [data.test.texts[i] for i in rows]
+    real = data.test.unit_images()[rows]
+    fake = [generate(net, tokenizer, texts, seed=s).float().numpy() for s in (0, 1)]
+    fig, axes = plt.subplots(3, len(rows), figsize=(1.5 * len(rows), 5), squeeze=False)
+    for j in range(len(rows)):
+        for i, img in enumerate((real[j], fake[0][j], fake[1][j])):
+            axes[i][j].imshow(((np.clip(img, -1, 1) + 1) / 2).transpose(1, 2, 0))
+            axes[i][j].set_xticks([]), axes[i][j].set_yticks([])
+        axes[0][j].set_title(f"id {data.test.ids[rows[j]]}", fontsize=8)
+    for i, label in enumerate(("real", "sample 0", "sample 1")):
+        axes[i][0].set_ylabel(label)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def curves_figure(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = sorted({r["family"] for r in rows})
+    fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4), squeeze=False)
+    for ax, family in zip(axes[0], families):
+        for r in (r for r in rows if r["family"] == family):
+            ax.plot(r["curve"]["epoch"], r["curve"][r["selection"]], marker="o", ms=2, label=r["recipe"])
+        ax.set_title(f"{family}: {SELECTION[family]} per epoch")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--data", default=None, help="dataset path (default: the embedded synthetic set)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--augment-rotations", type=int, default=2)
+    p.add_argument("--throughput", action="store_true", help="measure the training step's speed per variant, then stop")
+    p.add_argument("--rows", type=int, default=256, help="training rows per throughput measurement")
+    p.add_argument("--recipes", nargs="+", default=["first"], choices=list(RECIPES))
+    p.add_argument("--minutes", type=float, default=5.0, help="training time per recipe")
+    p.add_argument("--regressor", nargs="*", default=[], help="regressor recipes of bench/bench_recipes.py to add")
+    p.add_argument("--regressor-epochs", type=int, default=6)
+    p.add_argument("--out", default="results/diffusion", help="figures, checkpoints and diffusion.json go here")
+    args = p.parse_args(argv)
+
+    from data_pipeline.prepare import prepare_dataset
+
+    data = prepare_dataset(args.data, DataConfig(image_size=args.image_size, augment_rotations=args.augment_rotations),
+                           progress=False)
+    head = (f"machine: {machine()}\ndata: {data.info['source']}, {args.image_size} px, {args.augment_rotations} "
+            f"rotations, train/val/test rows {len(data.train)}/{len(data.val)}/{len(data.test)}")
+    if args.throughput:
+        rows = throughput(data, args.image_size, args.rows)
+        print(f"\n{head}; {args.rows} training rows per measurement\n\n| variant | samples/s | vs first |\n|---|---|---|")
+        for r in rows:
+            print(f"| {r['variant']} | {r['samples_per_s']:.1f} | {r['samples_per_s'] / rows[0]['samples_per_s']:.2f}x |")
+        return rows
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [run(name, RECIPES[name][1], data, args.image_size, args.minutes, out) for name in args.recipes]
+    if args.regressor:
+        import bench_recipes
+
+        for name in args.regressor:
+            over = {**bench_recipes.SEED, **bench_recipes.RECIPES[name][1]}
+            total = args.regressor_epochs
+            if over.get("finetune_epochs"):
+                over["epochs"] = total - over["finetune_epochs"]
+            model_cfg, train_cfg = trial_configs(over, ModelConfig(image_size=args.image_size),
+                                                 TrainConfig(epochs=total, clip_mode="off"))
+            rows.append(fit(f"regressor {name}", model_cfg, train_cfg, data, out))
+
+    base = Evaluator(data, TrainConfig(clip_mode="off"), "cpu").baselines()
+    from model.faithfulness import BASELINE_CEILING, BASELINE_CHANCE
+
+    print(f"\n{head}; {args.minutes:g} min of training per diffusion recipe\n"
+          f"type accuracy ceiling {base[BASELINE_CEILING]:.3f}, chance {base[BASELINE_CHANCE]:.3f}; retrieval chance "
+          f"top-1 {base['baseline/retrieval_chance_top1']:.3f}, top-5 {base['baseline/retrieval_chance_top5']:.3f}; "
+          f"real test images' L1 to their nearest training image {base['baseline/nn_train_l1_real']:.4f}; "
+          f"two real test images differ by {base['baseline/diversity_real_pairs']:.4f}\n")
+    print("| recipe | samples/s | epochs (steps) | train min | best selection (epoch) | type acc | top-1 | top-5 "
+          "| memorisation | diversity | test L1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    c1, c5 = base["baseline/retrieval_chance_top1"], base["baseline/retrieval_chance_top5"]
+    for r in rows:
+        about = RECIPES[r["recipe"]][0] if r["recipe"] in RECIPES else r["recipe"]
+        print(f"| {r['recipe']}: {about} | {r['samples_per_s']:.0f} | {r['epochs']} ({r['steps']}) | {r['train_s'] / 60:.1f} "
+              f"| {r['selection']} {r['best']:.4f} ({r['best_epoch']}) | {r[TEST_TYPE_ACC]:.3f} "
+              f"| {r[TEST_TOP1]:.3f} ({r[TEST_TOP1] / c1:.1f}x) | {r[TEST_TOP5]:.3f} ({r[TEST_TOP5] / c5:.1f}x) "
+              f"| {r[TEST_MEMORISATION]:.2f} | {r[TEST_DIVERSITY]:.4f} | {r[TEST_L1]:.4f} |")
+    curves_figure(rows, out / "curves.png")
+    for r in rows:
+        samples_figure(r["checkpoint"], data, out / f"samples_{r['recipe'].replace(' ', '_')}.png",
+                       f"{r['recipe']}: real test images, then two samples per text")
+    (out / "diffusion.json").write_text(json.dumps({"baselines": base, "rows": rows, "machine": machine(),
+                                                    "args": vars(args)}, indent=2, default=str))
+    print(f"\nfigures, checkpoints and diffusion.json in {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
