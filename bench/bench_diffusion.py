@@ -37,7 +37,7 @@ from data_pipeline.config import DataConfig  # noqa: E402
 from data_pipeline.dataset import PreparedData  # noqa: E402
 from model import checkpoint  # noqa: E402
 from model.config import (BEST, SELECTION, TEST_DIVERSITY, TEST_L1, TEST_MEMORISATION, TEST_TOP1, TEST_TOP5,  # noqa: E402
-                          TEST_TYPE_ACC, ModelConfig, TrainConfig)
+                          TEST_TYPE_ACC, VAL_TYPE_ACC, ModelConfig, TrainConfig)
 from model.evaluate import Evaluator  # noqa: E402
 from model.train import train  # noqa: E402
 from search.space import trial_configs  # noqa: E402
@@ -61,6 +61,11 @@ RECIPES = {
     "small": ("a smaller UNet: widths 32/64, two levels", {"unet_levels": 2}),
     "wide": ("a wider UNet: widths 64/128/128", {"unet_width": 64}),
     "attn2": ("cross-attention at the two lowest levels", {"unet_attention": 2}),
+    "pooled": ("+ the pooled text joins the timestep embedding (every ResNet block reads it)", {"pooled_text": True}),
+    "latent": ("latent diffusion: a small autoencoder's 8x8x4 latents, a two-level UNet 64/128",
+               {"latent_channels": 4, "unet_levels": 2, "unet_width": 64}),
+    # The best found (results/BENCHMARKS.md); bench/bench_gpu_grid.py --family diffusion trains the grid with it.
+    "best": ("the best recipe found", {}),
 }
 __doc__ += "\n".join(f"    {name:9s} {about}" for name, (about, _) in RECIPES.items()) + "\n"
 
@@ -108,6 +113,29 @@ def fit(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: Prepare
             **{k: final.get(k) for k in (TEST_TYPE_ACC, TEST_TOP1, TEST_TOP5, TEST_MEMORISATION, TEST_DIVERSITY, TEST_L1)},
             "curve": {"epoch": [m["epoch"] for m in history], selection: [m[selection] for m in history]},
             "checkpoint": str(ckpt), "config": {**asdict(model_cfg), **asdict(train_cfg)}}
+
+
+def guidance_sweep(ckpt: str, data: PreparedData, scales: list[float]) -> list[dict]:
+    """A trained checkpoint's final metrics at each guidance scale (the weights do not change): choose the scale
+    on validation type accuracy, read the test metrics at it."""
+    from model.families import make_family
+    from model.generate import load_model
+    from model.train import TextTable
+
+    net, tokenizer = load_model(ckpt, device="cpu")
+    texts = TextTable.of(tokenizer, data, net.cfg, "cpu")
+    texts.cache_hidden(net)
+    evaluator = Evaluator(data, net.train_cfg, "cpu")
+    family = make_family(net, texts, net.train_cfg, evaluator)
+    out = []
+    for g in scales:
+        final = evaluator.final(lambda split, sample: family.generate(split, sample, guidance=g), [True])[0]
+        out.append({"guidance": g, **{k: final[k] for k in (VAL_TYPE_ACC, TEST_TYPE_ACC, TEST_TOP5,
+                                                             TEST_MEMORISATION, TEST_DIVERSITY)}})
+        print(f"guidance {g:g}: val type acc {final[VAL_TYPE_ACC]:.3f}, test type acc {final[TEST_TYPE_ACC]:.3f}, "
+              f"top-5 {final[TEST_TOP5]:.3f}, memorisation {final[TEST_MEMORISATION]:.2f}, "
+              f"diversity {final[TEST_DIVERSITY]:.4f}", flush=True)
+    return out
 
 
 def throughput(data: PreparedData, image_size: int, rows: int) -> list[dict]:
@@ -193,6 +221,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--regressor", nargs="*", default=[], help="regressor recipes of bench/bench_recipes.py to add")
     p.add_argument("--regressor-epochs", type=int, default=6)
     p.add_argument("--out", default="results/diffusion", help="figures, checkpoints and diffusion.json go here")
+    p.add_argument("--guidance", nargs="*", type=float, default=[],
+                   help="after training, each recipe's final metrics at these guidance scales too (chosen on val)")
     args = p.parse_args(argv)
 
     from data_pipeline.prepare import prepare_dataset
@@ -241,6 +271,10 @@ def main(argv=None) -> list[dict]:
               f"| {r['selection']} {r['best']:.4f} ({r['best_epoch']}) | {r[TEST_TYPE_ACC]:.3f} "
               f"| {r[TEST_TOP1]:.3f} ({r[TEST_TOP1] / c1:.1f}x) | {r[TEST_TOP5]:.3f} ({r[TEST_TOP5] / c5:.1f}x) "
               f"| {r[TEST_MEMORISATION]:.2f} | {r[TEST_DIVERSITY]:.4f} | {r[TEST_L1]:.4f} |")
+    for r in rows:
+        if args.guidance and r["family"] == "diffusion":
+            print(f"\n[{r['recipe']}] guidance sweep (the scale is chosen on validation type accuracy):")
+            r["guidance_sweep"] = guidance_sweep(r["checkpoint"], data, args.guidance)
     curves_figure(rows, out / "curves.png")
     for r in rows:
         samples_figure(r["checkpoint"], data, out / f"samples_{r['recipe'].replace(' ', '_')}.png",

@@ -2,6 +2,7 @@
 
     python bench/bench_gpu_grid.py --data shared/pokedex --procs 4     # on the GPU box: torch + transformers only
     python bench/bench_gpu_grid.py --quick                             # a tiny CPU run of the same code
+    python bench/bench_gpu_grid.py --family diffusion --procs 4        # the diffusion family's grid, unfused
 
 What runs: the 32 grid points as 8 fused trials (one per architecture, its 4 learning-rate x
 weight-decay points as members of `model.train.train_members`), at the thesis's fidelity by default:
@@ -13,6 +14,12 @@ start-up included) and samples/s (every member's trained samples / wall), one ro
 Then the metric check: the first architecture's 4 points, dropout off, `--check-epochs` epochs, once
 as 4 single trials (K = 1, the unfused path) and once fused (K = 4): per point, best val L1 and test
 L1 side by side. Same seeds and data, so they must agree to float rounding.
+
+`--family diffusion`: the same 32 points as 32 single trials of the diffusion family (the search trains them
+unfused: their members would run one after another), with bench/bench_diffusion.py's best CPU recipe at the
+grid's learning rates and weight decays; no metric check (a member equals its single run: tests/test_diffusion.py).
+It also needs diffusers (pure Python): on a box without it and without internet, carry its wheel
+(`pip download diffusers==0.42.1 --no-deps -d wheels/` here) and `pip install --no-deps wheels/diffusers-*.whl` there.
 
 Needs only torch and transformers, since the GPU image has no Ray, pyarrow, open_clip or optuna:
 the data are prepared in this process (`data_pipeline.prepare.prepare_in_memory`, the pipeline's own
@@ -44,7 +51,7 @@ from machine import machine  # noqa: E402
 
 from data_pipeline.config import DataConfig  # noqa: E402
 from data_pipeline.prepare import prepare_in_memory  # noqa: E402
-from model.config import BEST_VAL_L1, DEFAULT_TEXT_ENCODER, TEST_L1, ModelConfig, TrainConfig  # noqa: E402
+from model.config import BEST, BEST_VAL_L1, DEFAULT_TEXT_ENCODER, TEST_L1, ModelConfig, TrainConfig  # noqa: E402
 from model.train import default_device, train, train_members  # noqa: E402
 from search.space import GRID, fused_space, trial_configs  # noqa: E402
 
@@ -72,7 +79,11 @@ def text_encoder(workdir: Path) -> tuple[str, str]:
     return str(folder), "randomly initialized BERT shaped like all-MiniLM-L6-v2 (its package is absent: speed only)"
 
 
-def architectures() -> tuple[list[dict], list[dict]]:
+def architectures(family: str = "regressor") -> tuple[list[dict], list[dict]]:
+    """(the trials, each trial's member points): 8 fused architectures x 4 members for the regressor; 32 single
+    trials for the diffusion family."""
+    if family == "diffusion":
+        return [dict(zip(GRID, v)) for v in itertools.product(*GRID.values())], [{}]
     trial_grid, members = fused_space(GRID)
     return [dict(zip(trial_grid, v)) for v in itertools.product(*trial_grid.values())], members
 
@@ -88,11 +99,12 @@ def train_architectures(rank: int, jobs: list[dict], members: list[dict], data, 
         t0 = time.perf_counter()
         results = train_members(model_cfg, cfgs, data, device=spec["device"], compile=spec["compile"])
         out.put({"rank": rank, "arch": arch, "wall_s": time.perf_counter() - t0,
-                 "best_val_l1": [r.get(BEST_VAL_L1) for r in results], "test_l1": [r.get(TEST_L1) for r in results]})
+                 "best_val_l1": [r.get(BEST[model_cfg.family]) for r in results],
+                 "test_l1": [r.get(TEST_L1) for r in results]})
 
 
 def run_grid(data, spec: dict) -> dict:
-    archs, members = architectures()
+    archs, members = architectures(spec["model"].get("family", "regressor"))
     ctx = mp.get_context("spawn")  # CUDA needs fresh processes; each gets the data pickled with its arguments
     queue = ctx.Queue()
     t0 = time.perf_counter()
@@ -144,6 +156,7 @@ def main(argv=None) -> dict:
     p.add_argument("--check-epochs", type=int, default=1, help="epochs of the metric check (0 skips it)")
     p.add_argument("--quick", action="store_true", help="tiny sizes on any device: checks the script, measures nothing")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--family", choices=("regressor", "diffusion"), default="regressor")
     args = p.parse_args(argv)
     device = default_device()
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,22 +177,35 @@ def main(argv=None) -> dict:
         model_base = {"image_size": data_cfg.image_size, "text_encoder": encoder,
                       **({"d_model": 32, "max_tokens": 32} if args.quick else {})}
         train_base = {"epochs": 1 if args.quick else args.epochs, "batch_size": 10, "clip_mode": "off"}
+        if args.family == "diffusion":  # the best CPU recipe's fixed settings; the grid sets the five knobs
+            import bench_diffusion
+
+            model_fields, train_fields = set(ModelConfig.__dataclass_fields__), set(TrainConfig.__dataclass_fields__)
+            recipe = {k: v for k, v in {**bench_diffusion.FIRST, **bench_diffusion.RECIPES["best"][1]}.items()
+                      if k not in GRID}
+            model_base.update({k: v for k, v in recipe.items() if k in model_fields})
+            train_base.update({k: v for k, v in recipe.items() if k in train_fields and k != "epochs"})
+            if args.quick:
+                model_base.update(unet_width=16, unet_levels=2, autoencoder_steps=5)
+                train_base.update(sample_steps=2)
         print(f"machine: {machine()}\ntext encoder: {about}\ndata: {data.info['source']}, {data_cfg.image_size} px, "
               f"{data_cfg.augment_rotations} rotations: train/val/test rows {len(data.train)}/{len(data.val)}/"
               f"{len(data.test)} (prepared in {prep_s:.1f} s, not counted)\n"
-              f"grid: 8 fused trials x 4 members, {train_base['epochs']} epochs, batch 10, {args.procs} processes "
+              f"grid: {'32 single diffusion trials' if args.family == 'diffusion' else '8 fused trials x 4 members'}, "
+              f"{train_base['epochs']} epochs, batch {train_base['batch_size']}, {args.procs} processes "
               f"on {device}{', compiled' if args.compile else ''}", flush=True)
         spec = {"model": model_base, "train": train_base, "device": device, "procs": args.procs,
                 "compile": args.compile}
         grid = run_grid(data, spec)
         check = metric_check(data, model_base, train_base, 1 if args.quick else args.check_epochs, device) \
-            if args.check_epochs else []
+            if args.check_epochs and args.family == "regressor" else []
 
-    print("\n| n_heads | ff_dim | n_layers | wall s (fused trial) | best val L1 per member (lr, wd order) |")
-    print("|---|---|---|---|---|")
+    metric = "best val denoise MSE" if args.family == "diffusion" else "best val L1 per member (lr, wd order)"
+    print(f"\n| trial | wall s | {metric} |")
+    print("|---|---|---|")
     for r in sorted(grid["rows"], key=lambda r: tuple(r["arch"].values())):
         vals = " ".join(f"{v:.4f}" if v is not None else "diverged" for v in r["best_val_l1"])
-        print(f"| {r['arch']['n_heads']} | {r['arch']['ff_dim']} | {r['arch']['n_layers']} | {r['wall_s']:.1f} | {vals} |")
+        print(f"| {' '.join(f'{k} {v:g}' for k, v in r['arch'].items())} | {r['wall_s']:.1f} | {vals} |")
     print(f"\nwhole grid, measured: {grid['wall_s']:.1f} s wall ({grid['wall_s'] / 60:.2f} min), "
           f"{grid['samples']:,} samples, {grid['samples_per_s']:,.0f} samples/s")
     if check:

@@ -139,6 +139,7 @@ TEST_TYPE_ACC = "test/type_acc"
 # without looking at the test set.
 VAL_CLIP = "val/clip_score"
 VAL_TOP1 = "val/retrieval_top1"
+VAL_TYPE_ACC = "val/type_acc"
 SAMPLES_PER_S = "samples_per_s"
 # The diffusion family's training loss, and its per-epoch selection metric: the validation denoising error
 # at fixed noise and timesteps (cheap and deterministic; sampling every epoch is not).

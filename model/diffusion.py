@@ -56,7 +56,11 @@ def unet_config(cfg: ModelConfig, channels: int, size: int) -> dict:
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attend)),
         mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=cfg.unet_layers, norm_num_groups=NORM_GROUPS,
         cross_attention_dim=cfg.d_model, attention_head_dim=cfg.n_heads,  # diffusers' legacy name: the head count
-        dropout=cfg.dropout_decoder)
+        dropout=cfg.dropout_decoder,
+        # pooled_text: the text's mean token, projected, joins the timestep embedding, which every ResNet block
+        # of the UNet reads (as the regressor's pooled text reaches every decoder block).
+        **({"class_embed_type": "projection", "projection_class_embeddings_input_dim": cfg.d_model}
+           if cfg.pooled_text else {}))
 
 
 class Denoiser(nn.Module):
@@ -106,10 +110,15 @@ class Denoiser(nn.Module):
     def forward(self, sample, timesteps, hidden, attention_mask):
         """sample (K, B, C, S, S), timesteps (K, B), hidden (K, B, T, H), mask (K, B, T) -> (K, B, C, S, S)."""
         text = self.encode(hidden, attention_mask)  # (K, B, T, D)
+        pooled = None
+        if self.unet.config.class_embed_type == "projection":
+            tokens = attention_mask.unsqueeze(-1).to(text.dtype)  # (K, B, T, 1)
+            pooled = (text * tokens).sum(2) / tokens.sum(2).clamp(min=1)  # (K, B, D): the mean of the real tokens
         params = dict(self.unet.named_parameters())
         return torch.stack([
             functional_call(self.unet, {name: p[m] for name, p in params.items()}, (sample[m], timesteps[m]),
-                            {"encoder_hidden_states": text[m], "encoder_attention_mask": attention_mask[m]}).sample
+                            {"encoder_hidden_states": text[m], "encoder_attention_mask": attention_mask[m],
+                             "class_labels": None if pooled is None else pooled[m]}).sample
             for m in range(sample.shape[0])])
 
 

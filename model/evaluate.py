@@ -18,7 +18,8 @@ From them, per member:
     of unseen images like the real ones sits near 1; a blurry average sits above.
   - diversity (`test/diversity`): the mean absolute difference between sample 0 and sample 1 of the same
     text; 0 for a model with one image per text, and for a collapsed sampler.
-- on validation (what a searcher may select on): the CLIP score and retrieval top-1.
+- on validation (what a searcher, or a choice of guidance scale, may select on): the CLIP score, retrieval
+  top-1 and type accuracy.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from data_pipeline.dataset import PreparedData, Split
 from model import clip, faithfulness
 from model.config import (TEST_CLIP, TEST_DIVERSITY, TEST_L1, TEST_MEMORISATION, TEST_NN_TRAIN, TEST_TOP1, TEST_TOP5,
-                          TEST_TYPE_ACC, VAL_CLIP, VAL_TOP1, TrainConfig)
+                          TEST_TYPE_ACC, VAL_CLIP, VAL_TOP1, VAL_TYPE_ACC, TrainConfig)
 
 BASELINE_NN_REAL = "baseline/nn_train_l1_real"
 BASELINE_DIVERSITY_REAL = "baseline/diversity_real_pairs"
@@ -67,7 +68,7 @@ class Evaluator:
         self.scorer, self.clip_status = clip.resolve_clip(train_cfg, self.device)
         self.images = {name: images(data.split(name), self.device) for name in ("train", "val", "test")}
         self.nn_real = nearest_l1(self.images["test"], self.images["train"]).mean().item()
-        self.type_clf, self.type_labels = None, None
+        self.type_clf, self.type_labels = None, {}
 
     def load_type_classifier(self) -> None:
         """Type accuracy's classifier (cached beside the prepared data), loaded once. It needs each record's
@@ -76,8 +77,8 @@ class Evaluator:
         (an nn.Linear's init), which the dropout masks draw from, and the recipes' numbers were measured so."""
         if self.type_clf is None and "primary_types" in self.data.info:
             self.type_clf = faithfulness.load_or_train(self.data, self.device)
-            self.type_labels, _ = faithfulness.type_labels(self.data.test, self.data.info["primary_types"],
-                                                           self.type_clf.classes)
+            self.type_labels = {name: faithfulness.type_labels(self.data.split(name), self.data.info["primary_types"],
+                                                               self.type_clf.classes)[0] for name in ("val", "test")}
 
     def final(self, generate, alive: list[bool]) -> list[dict]:
         """Each live member's metrics from its generated val and test images (see the module docstring); {} for a
@@ -97,16 +98,17 @@ class Evaluator:
                     continue
                 retrieval = clip.retrieval_accuracy(generated[m], real)
                 score = self.scorer.score(generated[m], texts) if self.scorer is not None else None
+                type_acc = (faithfulness.type_accuracy(self.type_clf, generated[m], self.type_labels[name])
+                            if self.type_clf is not None else None)
                 if name == "val":
-                    out[m].update({VAL_CLIP: score, VAL_TOP1: retrieval["top1"]})
+                    out[m].update({VAL_CLIP: score, VAL_TOP1: retrieval["top1"], VAL_TYPE_ACC: type_acc})
                     continue
                 nn = nearest_l1(generated[m], self.images["train"]).mean().item()
                 out[m].update({
                     TEST_L1: l1[m], TEST_CLIP: score, "test/clip_status": self.clip_status,
                     TEST_TOP1: retrieval["top1"], TEST_TOP5: retrieval["top5"],
                     "test/retrieval_chance": retrieval["chance_top1"],
-                    TEST_TYPE_ACC: faithfulness.type_accuracy(self.type_clf, generated[m], self.type_labels)
-                    if self.type_clf is not None else None,
+                    TEST_TYPE_ACC: type_acc,
                     TEST_NN_TRAIN: nn, TEST_MEMORISATION: nn / self.nn_real if self.nn_real > 0 else None,
                     TEST_DIVERSITY: diversity[m]})
         return out

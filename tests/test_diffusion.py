@@ -19,9 +19,11 @@ TINY = ModelConfig(family="diffusion", image_size=32, d_model=32, ff_dim=64, n_l
 QUICK = TrainConfig(lr=1e-3, epochs=2, batch_size=4, clip_mode="off", sample_steps=3)
 
 
-def test_a_member_is_its_own_unet():
-    two = Denoiser(TINY, text_dim=12, seeds=[0, 5]).eval()  # eval: no dropout
-    five = Denoiser(TINY, text_dim=12, seeds=[5]).eval()
+@pytest.mark.parametrize("pooled", [False, True], ids=["cross-attention", "+pooled"])
+def test_a_member_is_its_own_unet(pooled):
+    cfg = ModelConfig(**{**TINY.__dict__, "pooled_text": pooled})
+    two = Denoiser(cfg, text_dim=12, seeds=[0, 5]).eval()  # eval: no dropout
+    five = Denoiser(cfg, text_dim=12, seeds=[5]).eval()
     for (name, a), (_, b) in zip(two.named_parameters(), five.named_parameters(), strict=True):
         assert torch.equal(a[1], b[0]), name  # member 1 starts where a one-member network with its seed starts
     assert not torch.equal(two.unet.conv_in.weight[0], two.unet.conv_in.weight[1])
