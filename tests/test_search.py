@@ -340,8 +340,8 @@ def test_export_skips_sample_figures_when_the_data_changed(tmp_path, monkeypatch
     assert out.count("not started") == 1 and "1 not started" in out  # once, not a FileNotFoundError per trial
     assert rows[0]["trial_id"] == "b" and rows[0]["best"]
     assert sorted(p.name for p in results_dir.iterdir()) == [
-        "best_checkpoint", "best_config.csv", "best_config.json", "best_config.md", "learning_curves.png",
-        "provenance.json"]  # the earlier export's samples_test.png is gone with its set
+        "best_checkpoint", "best_config.csv", "best_config.json", "best_config.md", "importance.png",
+        "learning_curves.png", "parallel_coordinates.png", "provenance.json"]  # the earlier samples_test.png is gone
     for path in (results_dir, *results_dir.rglob("*")):
         assert _mode(path) & 0o044 == 0o044, path  # group and others can read
     assert [p.name for p in results_dir.parent.iterdir()] == ["exp"]  # no staging or .best_checkpoint.* left
