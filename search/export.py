@@ -32,6 +32,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from search.analysis import tie_sentence
 from search.results import (atomic_write, curves, load_trials, row_key, staged_dir, summarize, table_rows,
                             write_tables)
 from search.settings import Settings, load_data
@@ -134,6 +135,9 @@ def export(results_dir: str | Path, data=None) -> list[dict]:
     best_key = best and row_key(best["trial_id"], best["member"])
 
     summary = summarize(rows, prov)
+    per_family = Counter(c["family"] for c in summary.configurations)
+    for fam, ties in summary.ties.items():
+        print(f"[export] {tie_sentence(ties, per_family[fam], summary.seeds)}", flush=True)
     for imp in summary.importance.values():
         if imp.skipped:
             print(f"[export] importance for {imp.metric} ({imp.family}) skipped: {imp.skipped}", flush=True)
