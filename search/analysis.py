@@ -151,7 +151,7 @@ def rank(configs: list[dict], seeds: int) -> dict[str, Ties]:
         eligible = [c for c in mine if c["_complete"] and number(c[metric]) is not None]
         ties = Ties(fam, metric, eligible[0] if eligible else None)
         if seeds < 2:
-            ties.reason = ("one seed per configuration: whether the best is distinguishable from the others cannot "
+            ties.reason = ("one seed per configuration, so whether the best is distinguishable from the others cannot "
                            "be claimed (seed noise is not measured); rerun with --seeds 3 to test it")
         elif ties.best is None:
             ties.reason = f"no {fam} configuration completed every seed"
@@ -188,7 +188,7 @@ def tie_sentence(t: Ties, n_configs: int, seeds: int) -> str:
     """The one sentence the Markdown summary gives per family."""
     name = "" if t.family == FAMILIES[0] and t.metric == BEST[FAMILIES[0]] else f" {t.family}"
     if t.reason:
-        return f"No tie claim for the{name} configurations: {t.reason}."
+        return f"No tie claim{f' for the{name} configurations' if name else ''}: {t.reason}."
     others = n_configs - 1
     text = (f"{t.tied} of the other {others}{name} configurations {'is' if t.tied == 1 else 'are'} tied with the best "
             f"(not distinguishable from it on mean `{t.metric}` over {seeds} seeds: {TEST_SHORT}); {t.worse} "

@@ -101,8 +101,8 @@ def importance(summary, path: str | Path, title: str) -> None:
     values give identical results is drawn grey and labelled, and a skipped panel says why."""
     imps = list(summary.importance.values())
     no_effect = {n.field for n in summary.no_effect if n.everywhere}
-    fig, axes = plt.subplots(len(imps) or 1, 1, figsize=(7, 0.6 + 0.45 * max([len(i.values) for i in imps] + [3])
-                                                           * max(1, len(imps))), squeeze=False)
+    bars = max([len(i.values) for i in imps] + [3])
+    fig, axes = plt.subplots(len(imps) or 1, 1, figsize=(7, (1.2 + 0.45 * bars) * max(1, len(imps))), squeeze=False)
     for ax, imp in zip(axes[:, 0], imps):
         ax.set_title(f"{imp.family}: importance for {imp.metric}", fontsize=10)
         if imp.skipped:
@@ -119,7 +119,7 @@ def importance(summary, path: str | Path, title: str) -> None:
                       f"{imp.trials} completed trials)")
     if not imps:
         _no_data(axes[0, 0], "no trials")
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.0 + 0.25 / fig.get_figheight())
     _save(fig, path)
 
 
@@ -163,7 +163,7 @@ def parallel_coordinates(rows: list[dict], fields: list[str], path: str | Path, 
         ax.set_xlim(-0.2, x + 0.6)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.0 + 0.25 / fig.get_figheight())
     _save(fig, path)
 
 

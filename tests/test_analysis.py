@@ -137,7 +137,8 @@ def test_one_seed_makes_no_tie_claim(tmp_path):
                        _trial("b", {**point, "lr": 1e-5}, {BEST_VAL_L1: 0.5})], prov)
     write_tables(rows, prov, tmp_path)
     md = (tmp_path / "best_config.md").read_text()
-    assert "one seed per configuration: whether the best is distinguishable from the others cannot be claimed" in md
+    assert "No tie claim: one seed per configuration, so whether the best is distinguishable from the others cannot " \
+           "be claimed" in md
     header = _read_csv(tmp_path / "best_config.csv")[0]
     assert "vs_best" not in header and "p_vs_best" not in header  # no invented column values
     ties = json.loads((tmp_path / "best_config.json").read_text())["analysis"]["ties"]["regressor"]
