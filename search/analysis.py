@@ -174,8 +174,7 @@ def rank(configs: list[dict], seeds: int) -> dict[str, Ties]:
 
 def best_rows(rows: list[dict], fields: list[str]) -> dict[str, dict]:
     """Per family, the row whose checkpoint stands for the search: the best configuration's best seed."""
-    configs = configurations(rows, fields, [])
-    ties = rank(configs, seeds=2)
+    ties = rank(configurations(rows, fields, []), seeds=1)  # seeds=1: the bests alone, no tests
     out = {}
     for fam, t in ties.items():
         if t.best is not None:
@@ -184,9 +183,9 @@ def best_rows(rows: list[dict], fields: list[str]) -> dict[str, dict]:
     return out
 
 
-def tie_sentence(t: Ties, n_configs: int, seeds: int) -> str:
-    """The one sentence the Markdown summary gives per family."""
-    name = "" if t.family == FAMILIES[0] and t.metric == BEST[FAMILIES[0]] else f" {t.family}"
+def tie_sentence(t: Ties, n_configs: int, seeds: int, named: bool = False) -> str:
+    """The one sentence the Markdown summary gives per family (`named`: say which, in a mixed search)."""
+    name = f" {t.family}" if named or t.family != FAMILIES[0] else ""
     if t.reason:
         return f"No tie claim{f' for the{name} configurations' if name else ''}: {t.reason}."
     others = n_configs - 1
@@ -213,7 +212,7 @@ def compare_families(ties: dict[str, Ties], metrics: list[str], seeds: int) -> l
         row = {"metric": m, "direction": DIRECTION.get(m)}
         for fam, c in reps.items():
             row[fam], row[f"{fam} std"] = c[m], c[f"{m} std"]
-        if row["direction"] and seeds >= 2:
+        if row["direction"] and seeds >= 2 and len({c[m] for c in reps.values()}) > 1:  # equal means: no better one
             sign = 1.0 if row["direction"] == "min" else -1.0
             better = min(reps, key=lambda f: sign * reps[f][m])
             row["better"] = better

@@ -137,7 +137,7 @@ def export(results_dir: str | Path, data=None) -> list[dict]:
     summary = summarize(rows, prov)
     per_family = Counter(c["family"] for c in summary.configurations)
     for fam, ties in summary.ties.items():
-        print(f"[export] {tie_sentence(ties, per_family[fam], summary.seeds)}", flush=True)
+        print(f"[export] {tie_sentence(ties, per_family[fam], summary.seeds, len(summary.ties) > 1)}", flush=True)
     for imp in summary.importance.values():
         if imp.skipped:
             print(f"[export] importance for {imp.metric} ({imp.family}) skipped: {imp.skipped}", flush=True)

@@ -476,8 +476,10 @@ def write_tables(rows: list[dict], provenance: dict, out_dir: str | Path,
         intro = (f"{len(rows)} trials, {n_ok} completed; sorted by {ranked} (lower is better); "
                  "the best completed trial is marked.")
     per_family = {f: sum(c["family"] == f for c in configs) for f in summary.ties}
-    ties = [f"**{analysis.tie_sentence(t, per_family[f], summary.seeds)}**" for f, t in summary.ties.items()]
-    md = [f"# Search results: {provenance['experiment']}", "", intro, "", *ties, "", *provenance_lines(provenance), ""]
+    ties = [f"**{analysis.tie_sentence(t, per_family[f], summary.seeds, len(summary.ties) > 1)}**"
+            for f, t in summary.ties.items()]
+    md = [f"# Search results: {provenance['experiment']}", "", intro, "", *(x for t in ties for x in (t, "")),
+          *provenance_lines(provenance), ""]
     if seeded:
         mcols = [c for c in ccols if c != "best" and not c.endswith(" std")]
         stats = set(metric_columns(rows))

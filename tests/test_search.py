@@ -396,3 +396,14 @@ def test_fusing_decides_from_the_search_and_says_why_not():
         grid_cli.fuse_decision("on", "grid", "fifo", 1.0, staged)
     with pytest.raises(ValueError, match="--fuse on: --scheduler asha"):
         grid_cli.fuse_decision("on", "grid", "asha", 1.0, settings)
+
+
+@pytest.mark.parametrize("uri", ["nosuch://host/x", "file:///nonexistent/mlruns"])
+def test_a_bad_mlflow_tracking_uri_is_a_one_line_error(uri, capsys):
+    """An unknown scheme, or MLflow's file store (in maintenance mode: MLflow itself refuses it)."""
+    from search.trackers import check_mlflow
+
+    with pytest.raises(SystemExit) as e, grid_cli.user_errors("--mlflow-tracking-uri"):
+        check_mlflow(uri)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: --mlflow-tracking-uri: {uri}: ") and err.count("\n") == 1
