@@ -1,7 +1,8 @@
 """Launch proxy, CPU: aten ops dispatched per trained sample by one trial (K = 1) and a fused trial
-(K = 4, the grid's 4 learning-rate x weight-decay points of one architecture), eager and compiled.
+(K = 4, the grid's 4 learning-rate x weight-decay points of one architecture; K = 12, those points with
+3 seeds each, `--seeds 3`), eager and compiled.
 
-    python bench/bench_launches.py [--image-size 32] [--rows 20]
+    python bench/bench_launches.py [--image-size 32] [--rows 20] [--members 1 4 12] [--no-compile]
 
 A GPU step of this model is bound by kernel launches, which a CPU cannot show; what it can count is
 the operators dispatched. Method: `model.train.train_members` runs twice under torch.profiler, with
@@ -31,7 +32,8 @@ from machine import machine  # noqa: E402
 
 from model.config import ModelConfig, TrainConfig  # noqa: E402
 from model.train import train_members  # noqa: E402
-from search.space import GRID, fused_space  # noqa: E402
+from search.settings import resolve  # noqa: E402
+from search.space import fused_space  # noqa: E402
 from test_model import tiny_data  # noqa: E402
 
 # Ops that only make a new view of existing memory: no kernel on a GPU.
@@ -42,12 +44,20 @@ METADATA = {"aten::view", "aten::as_strided", "aten::_unsafe_view", "aten::_resh
             "aten::as_strided_", "aten::lift_fresh", "aten::resize_", "aten::flatten", "aten::contiguous",
             "aten::split_with_sizes", "aten::_has_compatible_shallow_copy_type", "aten::is_nonzero", "aten::item",
             "aten::_local_scalar_dense", "aten::result_type", "aten::to"}
-_, MEMBERS = fused_space(GRID)  # one architecture's 4 grid points: (lr, weight_decay)
+# One architecture's members as the search fuses them: its 4 grid points (lr, weight_decay), and with
+# --seeds 3 those 4 points x 3 seeds.
+POINTS = fused_space(resolve("full", {}).grid)[1]
+SEEDED = fused_space(resolve("full", {}, seeds=3).grid)[1]
+
+
+def members(k: int) -> list[dict]:
+    """K = 4: the grid's points; K = 12: the points with 3 seeds each; other K: the first K seeded members."""
+    return POINTS[:k] if k <= len(POINTS) else SEEDED[:k]
 
 
 def count(k: int, rows: int, size: int, compiled: bool) -> tuple[int, int]:
     """(aten ops, kernel ops) of one 1-epoch run of K members on `rows` training rows."""
-    cfgs = [TrainConfig(**m, epochs=1, batch_size=10, clip_mode="off") for m in MEMBERS[:k]]
+    cfgs = [TrainConfig(**m, epochs=1, batch_size=10, clip_mode="off") for m in members(k)]
     data = tiny_data(n_train=rows, size=size)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         train_members(ModelConfig(image_size=size), cfgs, data, device="cpu", compile=compiled)
@@ -60,11 +70,17 @@ def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--rows", type=int, default=20, help="training rows of the short run (the long one has twice)")
+    p.add_argument("--members", type=int, nargs="+", default=[1, 4, 12], metavar="K",
+                   help="member counts to measure (default 1 4 12: one trial, the grid's points, with 3 seeds)")
+    p.add_argument("--no-compile", action="store_true", help="eager rows only")
     args = p.parse_args(argv)
+    if any(k < 1 or k > len(SEEDED) for k in args.members):
+        p.error(f"--members: each K must be between 1 and {len(SEEDED)}")
     torch.set_num_threads(1)
     print(f"machine: {machine()}\n")
     out = []
-    for k, compiled in ((1, False), (4, False), (1, True), (4, True)):
+    modes = (False,) if args.no_compile else (False, True)
+    for k, compiled in ((k, c) for c in modes for k in args.members):
         try:
             if compiled:  # compile once first: the measured runs then both hit the compilation caches
                 count(k, args.rows, args.image_size, compiled)
@@ -75,8 +91,9 @@ def main(argv=None) -> list[dict]:
                         "leaf": (long[1] - short[1]) / samples})
         except Exception as e:  # noqa: BLE001 — torch.compile needs a working C++ toolchain; report, go on
             out.append({"k": k, "compiled": compiled, "ops": None, "leaf": None, "why": f"{type(e).__name__}: {e}"})
-    base = out[0]
-    print("| members K | compiled | aten ops / trained sample | kernel ops / trained sample | kernel ops vs one trial |")
+    base = next((r for r in out if r["k"] == 1 and not r["compiled"] and r["ops"] is not None), out[0])
+    print(f"| members K | compiled | aten ops / trained sample | kernel ops / trained sample | "
+          f"kernel ops vs K = {base['k']}{'' if not base['compiled'] else ' compiled'} |")
     print("|---|---|---|---|---|")
     for r in out:
         if r["ops"] is None:

@@ -8,8 +8,12 @@ experiment location is read from provenance.json). The set is built in a tempora
 beside the one given and swapped in as a whole: a reader sees the old set or the new one,
 never files of two runs side by side. It holds:
 
-    best_config.csv / .md / .json   one row per trial, sorted by best val L1, best marked
+    best_config.csv / .md / .json   one row per trial, sorted by best val L1, best marked (with --seeds: one
+                                    row per configuration, mean ± std, tied with the best or not; the JSON
+                                    keeps every seed's row), and which swept fields matter
     learning_curves.png             train and val L1 per epoch, every trial
+    importance.png                  each swept field's fANOVA importance for the ranking metric
+    parallel_coordinates.png        every trial's configuration against its ranking metric
     samples_train.png / _test.png   generated vs real, best trial
     best_checkpoint/                for `python -m model.generate --checkpoint`
     provenance.json                 dataset, encoders, preset, code version, seed, devices
@@ -28,7 +32,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from search.results import atomic_write, curves, load_trials, row_key, staged_dir, table_rows, write_tables
+from search.analysis import tie_sentence
+from search.results import (atomic_write, curves, load_trials, row_key, staged_dir, summarize, table_rows,
+                            write_tables)
 from search.settings import Settings, load_data
 
 PROVENANCE = "provenance.json"
@@ -110,7 +116,8 @@ def not_started_line(trials) -> str | None:
 
 def export(results_dir: str | Path, data=None) -> list[dict]:
     """Write every results file; `data` (the search's PreparedData) saves re-reading the dataset cache."""
-    from search.figures import learning_curves, samples  # matplotlib: not for `--help` or a failing flag
+    # matplotlib: not for `--help` or a failing flag
+    from search.figures import importance, learning_curves, parallel_coordinates, samples
 
     results_dir = Path(results_dir).resolve()
     prov = read_provenance(results_dir)
@@ -127,9 +134,19 @@ def export(results_dir: str | Path, data=None) -> list[dict]:
     title = f"{prov['experiment']} (preset {prov['settings']['preset']})"
     best_key = best and row_key(best["trial_id"], best["member"])
 
+    summary = summarize(rows, prov)
+    per_family = Counter(c["family"] for c in summary.configurations)
+    for fam, ties in summary.ties.items():
+        print(f"[export] {tie_sentence(ties, per_family[fam], summary.seeds, len(summary.ties) > 1)}", flush=True)
+    for imp in summary.importance.values():
+        if imp.skipped:
+            print(f"[export] importance for {imp.metric} ({imp.family}) skipped: {imp.skipped}", flush=True)
+
     with staged_dir(results_dir) as out:
-        write_tables(rows, prov, out)
+        write_tables(rows, prov, out, summary)
         learning_curves(curves(trials, prov), best_key, out / "learning_curves.png", title)
+        importance(summary, out / "importance.png", title)
+        parallel_coordinates(rows, list(prov["settings"]["grid"]), out / "parallel_coordinates.png", title)
         if best is None:
             print(f"[export] no trial completed in {ray_experiment}: no best checkpoint or sample figures")
         else:

@@ -8,6 +8,8 @@
     python -m search.grid --search optuna --num-samples 16 # TPE, val L1 × CLIP score (or retrieval)
     python -m search.grid --address auto                   # on a running cluster (ray up cluster.yaml)
     python -m search.grid --fuse on                        # the grid as 8 fused trials of 4 members each
+    python -m search.grid --seeds 3                        # every point with 3 seeds: mean ± std, ties with the best
+    python -m search.grid --mlflow-tracking-uri sqlite:///mlflow.db   # one MLflow run per trial (.[mlflow] extra)
 
 The preset (`full`: the thesis's settings when Ray or torch sees a GPU; `laptop` otherwise;
 `smoke`) is printed at start and recorded. Any config field can be overridden by its
@@ -35,14 +37,14 @@ from model.config import BEST, SELECTION, VAL_CLIP, VAL_TOP1
 from search.export import (PROVENANCE, SetLayoutError, check_layout, data_changed, export, ray_files_inside,
                            read_provenance, user_error, write_provenance)
 from search.results import code_version, quiet_unstarted_trials
-from search.settings import PRESETS, Settings, add_config_flags, config_overrides, load_data, resolve
+from search.settings import SEED, PRESETS, Settings, add_config_flags, config_overrides, load_data, resolve
 from search.snapshot import DamagedSnapshot, check_snapshot, refuse_empty_restart
 from search.space import SEARCHES, fused_space, grid_size, param_space
 
 SCHEDULERS = ("fifo", "asha")
 FUSE_MODES = ("auto", "on", "off")
 # These flags default to None, so --resume can tell a flag given from a default; filled in after that check.
-DEFAULTS = {"search": "grid", "scheduler": "fifo", "fuse": "auto"}
+DEFAULTS = {"search": "grid", "scheduler": "fifo", "fuse": "auto", "seeds": 1}
 TUNE_DIR = "tune"  # <results>/tune/<experiment>: Ray's files, beside (never inside) the results set
 INTERRUPTED = 130  # the shell's exit status for Ctrl-C: scripts and CI can tell a partial search
 
@@ -76,10 +78,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"(default: <results>/{TUNE_DIR}); --resume reads it from provenance.json")
     p.add_argument("--resume", action="store_true",
                    help="continue the stored experiment with its stored settings; finished trials are kept")
+    p.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="train every grid point with seeds SEED .. SEED+N-1 (a grid axis of the field seed; fused "
+                        "trials train them as members); the table then gives mean ± std per configuration and which "
+                        "configurations are tied with the best (default 1)")
+    p.add_argument("--mlflow-tracking-uri", default=None, metavar="URI",
+                   help="also log every trial to MLflow (e.g. sqlite:///mlflow.db): one run per trial, its config as "
+                        "params, metrics per epoch, its checkpoint as an artifact; needs pip install -e '.[mlflow]'")
     add_config_flags(p)
     args = p.parse_args(argv)
     if args.num_samples is not None and args.search != "optuna" and not args.resume:
         p.error("--num-samples applies to --search optuna only (the grid runs every point once)")
+    if (args.seeds or 1) > 1 and (args.search == "optuna" or args.scheduler == "asha"):
+        p.error("--seeds applies to the FIFO grid: Optuna would sample the seed as a hyperparameter, and ASHA would "
+                "stop single replicates early, so a configuration's seeds would not be alike")
     if args.experiment == TUNE_DIR:
         p.error(f"--experiment {TUNE_DIR}: that name is the folder of Ray's own files; pick another")
     return args
@@ -123,17 +135,23 @@ def data_arg(data: str | None) -> str | None:
 def resume_conflicts(args: argparse.Namespace, prov: dict, ray_experiment: str | None) -> list[str]:
     """Flags given with --resume whose value differs from the stored search. Equal values are fine:
     rerunning the same command with --resume is what the interrupted search tells the user to do."""
+    from search.trackers import resolved_uri  # imports Ray: not before init_ray
+
     stored = Settings.from_dict(prov["settings"])
-    stored_values = {**vars(stored.train), **vars(stored.data), **vars(stored.model), **stored.grid}
-    given = {name: (tuple(v) if name in stored.grid else v) for name, v in config_overrides(args).items()}
+    # The seed axis (--seeds) is compared as --seeds; --seed is the first seed, train.seed.
+    stored_values = {**vars(stored.train), **vars(stored.data), **vars(stored.model),
+                     **{k: v for k, v in stored.grid.items() if k != SEED}}
+    given = {name: (tuple(v) if isinstance(v, list) else v) for name, v in config_overrides(args).items()}
     search = prov["search"]
+    mlflow_uri = args.mlflow_tracking_uri and resolved_uri(args.mlflow_tracking_uri)
     given.update({k: v for k, v in (("preset", args.preset), ("search", args.search),
                                     ("scheduler", args.scheduler), ("num_samples", args.num_samples),
-                                    ("fuse", args.fuse),
+                                    ("fuse", args.fuse), ("seeds", args.seeds), ("mlflow_tracking_uri", mlflow_uri),
                                     ("storage_path", ray_experiment), ("data", data_arg(args.data)))
                   if v is not None})
     stored_values.update(preset=stored.preset, search=search["search"], scheduler=search["scheduler"],
-                         fuse=search["fuse"]["mode"],
+                         fuse=search["fuse"]["mode"], seeds=stored.seeds,
+                         mlflow_tracking_uri=search.get("mlflow_tracking_uri"),
                          num_samples=search["trials"] if search["search"] == "optuna" else None,
                          storage_path=prov["ray_experiment"], data=prov["dataset"]["data_arg"])
     return [f"--{name.replace('_', '-')} (stored {stored_values[name]!r}, given {value!r})"
@@ -267,6 +285,7 @@ def new_provenance(args, argv, experiment, ray_experiment, settings, data, per_t
     import torch
 
     from model.evaluate import Evaluator
+    from search.trackers import resolved_uri
 
     baselines = Evaluator(data, settings.train, "cpu").baselines()
     members, fuse_reason = fuse
@@ -283,6 +302,7 @@ def new_provenance(args, argv, experiment, ray_experiment, settings, data, per_t
                    "fuse": {"mode": args.fuse, "on": members is not None, "reason": fuse_reason,
                             "members": members},
                    "objectives": objectives, "resources_per_trial": per_trial,
+                   "mlflow_tracking_uri": args.mlflow_tracking_uri and resolved_uri(args.mlflow_tracking_uri),
                    "max_concurrent": args.max_concurrent, "max_failures": args.max_failures},
         "dataset": {"data_arg": data_arg(args.data),
                     **{k: v for k, v in data.info.items() if k != "splits"},
@@ -300,9 +320,13 @@ def new_tuner(trainable, settings: Settings, prov: dict, storage: str):
     from ray import tune
 
     from search.progress import Progress
+    from search.trackers import mlflow_logger
 
     search = prov["search"]
     space = fused_space(settings.grid)[0] if search["fuse"]["on"] else settings.grid
+    callbacks = [Progress(search["trials"], every_s=10.0 if settings.preset == "smoke" else 30.0)]
+    if search.get("mlflow_tracking_uri"):  # TensorBoard's event files are Tune's default (search/trackers.py)
+        callbacks.append(mlflow_logger(search["mlflow_tracking_uri"], prov))
     return tune.Tuner(
         trainable,
         param_space=param_space(space, search["search"]),
@@ -316,7 +340,7 @@ def new_tuner(trainable, settings: Settings, prov: dict, storage: str):
             reuse_actors=True),
         run_config=tune.RunConfig(
             name=prov["experiment"], storage_path=storage, verbose=0,
-            callbacks=[Progress(search["trials"], every_s=10.0 if settings.preset == "smoke" else 30.0)],
+            callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
             # The latest state per trial holds everything (the best-validation weights too). Tune snapshots
             # the experiment every num_to_keep checkpoints of a trial (and every 10 s): 2 halves those syncs
@@ -333,6 +357,11 @@ def main(argv=None) -> list[dict]:
     from data_pipeline.ray_env import init_ray
 
     init_ray(address=args.address)
+    if args.mlflow_tracking_uri:  # before the data and the first trial
+        from search.trackers import check_mlflow, resolved_uri
+
+        with user_errors("--mlflow-tracking-uri"):
+            check_mlflow(resolved_uri(args.mlflow_tracking_uri))
     import ray
     import torch
     from ray import tune
@@ -359,7 +388,7 @@ def main(argv=None) -> list[dict]:
                   "starting the stored search from the beginning", flush=True)
     else:
         with user_errors():
-            settings = resolve(preset, config_overrides(args))
+            settings = resolve(preset, config_overrides(args), seeds=args.seeds)
     auto = "" if args.preset or args.resume else f" (auto: {'a' if has_gpu else 'no'} GPU visible to Ray/torch)"
     print(f"[search] preset {settings.preset}{auto}: {PRESETS[settings.preset].about}", flush=True)
     if prov is None:

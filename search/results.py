@@ -2,13 +2,16 @@
 
     from search.results import load_trials, table_rows, write_tables
     trials = load_trials("results/grid")               # the Ray experiment directory (or s3://...)
-    rows = table_rows(trials, provenance)               # sorted by best val L1, best row marked
+    rows = table_rows(trials, provenance)               # sorted by each family's best metric, best row marked
     write_tables(rows, provenance, "results/grid")      # best_config.csv / .md / .json, atomically
 
 Columns use the config field names and metric names spelled in model/config.py, so the
 table, the search space and the checkpoints read the same. A CLIP score that could not be
 computed is shown as "unavailable" (or "off"), never as a number; the reason is stated once,
-in the table's header and provenance.
+in the table's header and provenance. Each row ranks by its family's best metric (`ranked_by`,
+model.config.BEST). With seed replicates (`--seeds N`) the CSV and Markdown tables have one row per
+configuration (mean ± std over seeds, a tie test against the best: search/analysis.py) and the JSON
+keeps every seed's row besides.
 """
 
 from __future__ import annotations
@@ -27,11 +30,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.config import (BEST_VAL_L1, TEST_CLIP, TEST_L1, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, TRAIN_L1, VAL_CLIP,
-                          VAL_L1, VAL_TOP1, TrainConfig)
+from model.config import (BEST, BEST_VAL_DENOISE, BEST_VAL_L1, TEST_CLIP, TEST_DIVERSITY, TEST_L1, TEST_MEMORISATION,
+                          TEST_NN_TRAIN, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, TRAIN_L1, VAL_CLIP, VAL_L1, VAL_TOP1,
+                          TrainConfig)
+from search import analysis
 
 TABLE = "best_config"
-METRIC_COLUMNS = (BEST_VAL_L1, TEST_L1, TEST_CLIP, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, VAL_CLIP, VAL_TOP1)
+# Every metric a row carries (None where its trial did not report it). The table shows each present family's
+# ranking metric (model.config.BEST), the thesis's test and validation metrics, and the guards against wrong
+# winners (memorisation, diversity) where some row reports them.
+GUARDS = (TEST_NN_TRAIN, TEST_MEMORISATION, TEST_DIVERSITY)
+METRIC_COLUMNS = (BEST_VAL_L1, BEST_VAL_DENOISE, TEST_L1, TEST_CLIP, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, *GUARDS,
+                  VAL_CLIP, VAL_TOP1)
 # member: a fused trial's rows are its members (search/trainable.py), numbered in the provenance's order.
 RUN_COLUMNS = ("epochs", "wall_s", "status", "trial_id", "member", "hostname", "node_id", "device")
 NODE_KEYS = ("time_total_s", "hostname", "node_id", "device")
@@ -114,9 +124,16 @@ def _status(t: TrialRecord, epochs: int, target: int, scheduler: str) -> str:
     return t.ray_status.lower()
 
 
-def _sort_key(row: dict):
-    v = row[BEST_VAL_L1]
-    return (v is None, v or 0.0)
+def sort_rows(rows: list[dict]) -> None:
+    """In place: by family (model.config.FAMILIES order), then the row's own ranking metric, lowest first;
+    a row without a number last."""
+    order = {f: i for i, f in enumerate(analysis.families(rows))}
+
+    def key(row):
+        v = analysis.number(row[row["ranked_by"]])
+        return order[analysis.family(row)], v is None, v or 0.0
+
+    rows.sort(key=key)
 
 
 def pareto_front(rows: list[dict], objectives: list[tuple[str, str]]) -> list[dict]:
@@ -159,6 +176,7 @@ def table_rows(trials: list[TrialRecord], provenance: dict) -> list[dict]:
     settings = provenance["settings"]
     search = provenance["search"]
     target = TrainConfig(**settings["train"]).total_epochs  # both stages of a staged trial
+    fixed_family = settings["model"].get("family") or "regressor"
     rows = []
     for t, point, member, history in ((t, *run) for t in trials for run in trial_runs(t, provenance)):
         last = history[-1] if history else {}
@@ -169,31 +187,58 @@ def table_rows(trials: list[TrialRecord], provenance: dict) -> list[dict]:
                 return "off" if status.startswith("off") else "unavailable"
             return last.get(metric)
         row = {k: point.get(k) for k in settings["grid"]}
-        row.update({BEST_VAL_L1: _finite(last.get(BEST_VAL_L1)), TEST_L1: _finite(last.get(TEST_L1)),
-                    TEST_CLIP: clip(TEST_CLIP), TEST_TOP1: last.get(TEST_TOP1), TEST_TOP5: last.get(TEST_TOP5),
-                    TEST_TYPE_ACC: last.get(TEST_TYPE_ACC),
-                    VAL_CLIP: clip(VAL_CLIP), VAL_TOP1: last.get(VAL_TOP1), "epochs": epochs,
+        row.setdefault("family", fixed_family)  # a grid axis once --family sweeps it
+        row["ranked_by"] = analysis.ranked_by(row)
+        row.update({m: last.get(m) for m in METRIC_COLUMNS})
+        row.update({m: _finite(last.get(m)) for m in (*BEST.values(), TEST_L1)})
+        row.update({TEST_CLIP: clip(TEST_CLIP), VAL_CLIP: clip(VAL_CLIP), "epochs": epochs,
                     "wall_s": round(last["time_total_s"], 1) if last.get("time_total_s") is not None else None,
                     "status": (f"error: FloatingPointError: {last['error']}" if last.get("error") else
                                _status(t, epochs, target, search["scheduler"])),
                     "trial_id": t.trial_id, "member": member, "hostname": last.get("hostname"), "node_id": last.get("node_id"),
                     "device": last.get("device")})
         rows.append(row)
-    rows.sort(key=_sort_key)
-    ok = [r for r in rows if r["status"] == "ok"]
+    sort_rows(rows)
+    # Per family: the best completed trial, or with seed replicates the best configuration's best seed.
+    best = {id(r) for r in analysis.best_rows(rows, list(settings["grid"])).values()}
     for r in rows:
-        r["best"] = bool(ok) and r is ok[0]
+        r["best"] = id(r) in best
     if search["search"] == "optuna":
+        ok = [r for r in rows if r["status"] == "ok"]
         front = {id(r) for r in pareto_front(ok, [tuple(o) for o in search["objectives"]])}
         for r in rows:
             r["pareto"] = id(r) in front
     return rows
 
 
+def metric_columns(rows: list[dict]) -> list[str]:
+    """Each present family's ranking metric, the thesis's metrics, and the guards some row reports."""
+    ranking = [BEST[f] for f in analysis.families(rows) if f in BEST] or [BEST_VAL_L1]
+    guards = [m for m in GUARDS if any(r.get(m) is not None for r in rows)]
+    return [*ranking, TEST_L1, TEST_CLIP, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, *guards, VAL_CLIP, VAL_TOP1]
+
+
+def field_columns(rows: list[dict]) -> list[str]:
+    """The swept fields, as the rows carry them, and `family` where a row is not a regressor."""
+    fields = [c for c in rows[0] if c not in (*METRIC_COLUMNS, *RUN_COLUMNS, "best", "pareto", "family", "ranked_by")]
+    if any(analysis.family(r) != "regressor" for r in rows):
+        fields = ["family", *fields]
+    return fields
+
+
 def columns(rows: list[dict]) -> list[str]:
-    grid_cols = [c for c in rows[0] if c not in METRIC_COLUMNS + RUN_COLUMNS + ("best", "pareto")] if rows else []
-    extra = ["pareto"] if rows and "pareto" in rows[0] else []
-    return ["best", *grid_cols, *METRIC_COLUMNS, *RUN_COLUMNS[:3], *extra, *RUN_COLUMNS[3:]]
+    if not rows:
+        return ["best", "ranked_by", *metric_columns(rows), *RUN_COLUMNS]
+    extra = ["pareto"] if "pareto" in rows[0] else []
+    return ["best", *field_columns(rows), "ranked_by", *metric_columns(rows), *RUN_COLUMNS[:3], *extra,
+            *RUN_COLUMNS[3:]]
+
+
+def config_columns(rows: list[dict]) -> list[str]:
+    """The per-configuration table's columns (with seed replicates): mean and std of each metric."""
+    fields = [c for c in field_columns(rows) if c != analysis.SEED]
+    stats = [c for m in metric_columns(rows) for c in (m, f"{m} std")]
+    return ["best", "vs_best", "p_vs_best", *fields, "ranked_by", "seeds", *stats]
 
 
 # ---------------------------------------------------------------------------- writing
@@ -277,6 +322,8 @@ def _fmt(value, col: str = "") -> str:
     if isinstance(value, bool):
         return "yes" if value else ""
     if isinstance(value, float):
+        if col == "p_vs_best":
+            return f"{value:.2g}"
         if col in ("lr", "weight_decay") or (value and abs(value) < 1e-3):
             return f"{value:.0e}"
         return f"{value:.4g}" if col != "wall_s" else f"{value:.1f}"
@@ -306,33 +353,141 @@ def provenance_lines(p: dict) -> list[str]:
         f"{clip['status']}",
         f"- code: {p['code_version']}; seed {p['settings']['train']['seed']}; Ray {p['ray_version']}; "
         f"torch {p['torch_version']}",
+        *([f"- seeds: {len(seeds)} per configuration ({', '.join(map(str, seeds))}), a grid axis of `seed`"]
+          if (seeds := p["settings"]["grid"].get(analysis.SEED)) else []),
         f"- devices: {p['devices']}",
         f"- Ray experiment: {p['ray_experiment']}",
     ]
 
 
-def write_tables(rows: list[dict], provenance: dict, out_dir: str | Path) -> None:
-    out_dir = Path(out_dir)
-    cols = columns(rows)
+def summarize(rows: list[dict], provenance: dict) -> analysis.Summary:
+    """search/analysis.py on this table: configurations, ties, families compared, importance, no-effect fields."""
+    return analysis.summarize(rows, list(provenance["settings"]["grid"]), metric_columns(rows))
 
+
+def _cell(value, col: str) -> str:
+    return _fmt(value[:8] if col == "node_id" and value else value, col)
+
+
+def _mean_std(c: dict, m: str) -> str:
+    std = c.get(f"{m} std")
+    return _fmt(c.get(m), m) if std is None else f"{_fmt(c.get(m), m)} ± {std:.2g}"
+
+
+def _csv(path: Path, cols: list[str], rows: list[dict]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     writer.writeheader()
     for r in rows:
         writer.writerow({c: ("yes" if r[c] else "") if isinstance(r[c], bool) else r[c] for c in cols})
-    atomic_write(out_dir / f"{TABLE}.csv", buf.getvalue())
+    atomic_write(path, buf.getvalue())
+
+
+def _public(d: dict) -> dict:
+    return {k: v for k, v in d.items() if not k.startswith("_")}
+
+
+def analysis_payload(s: analysis.Summary) -> dict:
+    """The summary as JSON: what best_config.json keeps beside the rows."""
+    return {"seeds": s.seeds, "test": analysis.TEST if s.seeds > 1 else None, "alpha": analysis.ALPHA,
+            "ties": {f: {"metric": t.metric, "best": t.best and _public(t.best), "tied": t.tied, "worse": t.worse,
+                         "untested": t.untested, "reason": t.reason} for f, t in s.ties.items()},
+            "families_compared": s.families_compared,
+            "importance": {f: {"metric": i.metric, "evaluator": analysis.EVALUATOR, "trials": i.trials,
+                               "values": i.values, "skipped": i.skipped} for f, i in s.importance.items()},
+            "no_effect": [{"field": n.field, "identical": n.identical, "groups": n.groups} for n in s.no_effect]}
+
+
+def importance_lines(s: analysis.Summary) -> list[str]:
+    lines = ["## Which hyperparameters matter (`importance.png`, `parallel_coordinates.png`)", ""]
+    no_effect = {n.field: n for n in s.no_effect}
+    for fam, imp in s.importance.items():
+        if imp.skipped:
+            lines += [f"Importance for `{imp.metric}` ({fam}) skipped: {imp.skipped}.", ""]
+            continue
+        lines += [f"Share of the variance of `{imp.metric}` that each swept field explains alone, by {analysis.EVALUATOR}, "
+                  f"over the {imp.trials} completed {fam} trials:", ""]
+        body = []
+        for f, v in imp.values.items():
+            note = ("no effect (identical results)" if f in no_effect and no_effect[f].everywhere else
+                    "the replicate: its share is seed noise, the level to read the others against" if f == analysis.SEED
+                    else "")
+            body.append([f, f"{v:.3f}", note])
+        lines += [_md_table(["field", "importance", "note"], body), ""]
+    lines += [f"- {n.sentence()}." for n in s.no_effect] + ([""] if s.no_effect else [])
+    return lines
+
+
+def families_lines(s: analysis.Summary) -> list[str]:
+    if not s.families_compared:
+        return []
+    fams = [f for f, t in s.ties.items() if t.best is not None]
+    lines = ["## Families compared (each family's best configuration, on the test metrics all report)", ""]
+    if s.seeds < 2:
+        lines += ["One seed per configuration: the values are shown, but which family is better cannot be claimed "
+                  "(rerun with --seeds 3).", ""]
+    else:
+        lines += [f"Cells are mean ± std over seeds. Where a metric has a direction, the better family by mean, and the "
+                  f"{analysis.TEST.replace('the best', 'the better family')} for each other family; the "
+                  "memorisation and diversity guards are shown, not ranked.", ""]
+    header = ["metric", "better is", *fams, "better family", *[f"{f} vs better (p)" for f in fams]]
+    body = []
+    for row in s.families_compared:
+        verdicts = []
+        for f in fams:
+            tag = next((v for k, v in row.items() if k.startswith(f"{f} vs ")), None)
+            verdicts.append(f"{tag} ({row[f'{f} p']:.3g})" if tag else "—")
+        body.append([row["metric"], {"min": "lower", "max": "higher"}.get(row["direction"], "guard"),
+                     *[_mean_std(row, f) for f in fams], row.get("better") or "—", *verdicts])
+    return lines + [_md_table(header, body), ""]
+
+
+def write_tables(rows: list[dict], provenance: dict, out_dir: str | Path,
+                 summary: analysis.Summary | None = None) -> None:
+    out_dir = Path(out_dir)
+    summary = summary or summarize(rows, provenance)
+    cols = columns(rows)
+    seeded = summary.seeds > 1 and bool(rows)
+    ccols = config_columns(rows) if seeded else None
+    configs = summary.configurations
+    if seeded:
+        _csv(out_dir / f"{TABLE}.csv", ccols, configs)
+    else:
+        _csv(out_dir / f"{TABLE}.csv", cols, rows)
 
     baselines = provenance.get("baselines") or {}
-    payload = {"columns": cols, "rows": [{c: r[c] for c in cols} for r in rows], "baselines": baselines,
-               "provenance": provenance}
+    payload = {"columns": cols, "rows": [{c: r[c] for c in cols} for r in rows]}
+    if seeded:
+        payload["configurations"] = {"columns": ccols, "rows": [{c: k[c] for c in ccols} for k in configs]}
+    payload.update(analysis=analysis_payload(summary), baselines=baselines, provenance=provenance)
     atomic_write(out_dir / f"{TABLE}.json", json.dumps(payload, indent=2, default=str) + "\n")
 
     n_ok = sum(r["status"] == "ok" for r in rows)
-    md = [f"# Search results: {provenance['experiment']}", "",
-          f"{len(rows)} trials, {n_ok} completed; sorted by `{BEST_VAL_L1}` (lower is better); "
-          "the best completed trial is marked.", "", *provenance_lines(provenance), "",
-          _md_table(cols, [[_fmt(r[c][:8] if c == "node_id" and r[c] else r[c], c) for c in cols] for r in rows]),
-          ""]
+    ranked = " or ".join(f"`{t.metric}`" for t in summary.ties.values()) or f"`{BEST_VAL_L1}`"
+    if seeded:
+        seeds = sorted({r.get(analysis.SEED) for r in rows}, key=repr)
+        intro = (f"{len(rows)} runs: {len(configs)} configurations × {summary.seeds} seeds "
+                 f"({', '.join(map(str, seeds))}), {n_ok} completed. One row per configuration, ranked by the mean "
+                 f"over its completed seeds of its `ranked_by` metric, {ranked} (lower is better); cells are mean ± "
+                 f"sample standard deviation over seeds. `vs_best`: the {analysis.TEST}, with no correction for the "
+                 "number of comparisons; `p_vs_best`: its p-value. Every seed's row is listed below the table and "
+                 "kept in best_config.json.")
+    else:
+        intro = (f"{len(rows)} trials, {n_ok} completed; sorted by {ranked} (lower is better); "
+                 "the best completed trial is marked.")
+    per_family = {f: sum(c["family"] == f for c in configs) for f in summary.ties}
+    ties = [f"**{analysis.tie_sentence(t, per_family[f], summary.seeds, len(summary.ties) > 1)}**"
+            for f, t in summary.ties.items()]
+    md = [f"# Search results: {provenance['experiment']}", "", intro, "", *(x for t in ties for x in (t, "")),
+          *provenance_lines(provenance), ""]
+    if seeded:
+        mcols = [c for c in ccols if c != "best" and not c.endswith(" std")]
+        stats = set(metric_columns(rows))
+        md += [_md_table(mcols, [[_mean_std(k, c) if c in stats else _fmt(k[c], c) for c in mcols] for k in configs]),
+               "", "## Every seed", "", _md_table(cols, [[_cell(r[c], c) for c in cols] for r in rows]), ""]
+    else:
+        md += [_md_table(cols, [[_cell(r[c], c) for c in cols] for r in rows]), ""]
+    md += importance_lines(summary) + families_lines(summary)
     if baselines:
         md += ["## Baselines (same test split, no training)", "",
                _md_table(["baseline", "value"], [[k, "unavailable" if v is None else _fmt(v)]

@@ -9,6 +9,8 @@
 Precedence: dataclass defaults < preset < flags. One flag per config field, named after it
 (`n_heads` <-> `--n-heads`); a field in two configs (`image_size`) sets both. A swept field's
 flag takes one or more values and replaces that axis of the grid (`--lr 1e-3` pins it).
+Seed replicates (`resolve(..., seeds=3)`, the CLI's `--seeds 3`) are one more grid axis, of the
+TrainConfig field `seed`: values seed .. seed+2, so a fused trial trains them as members too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from data_pipeline.config import DataConfig
 from data_pipeline.dataset import PreparedData, Split
 from model.config import ModelConfig, TrainConfig
+from search.analysis import SEED  # the TrainConfig field that --seeds turns into a grid axis
 from search.space import AXES, trial_configs
 
 CONFIGS = (ModelConfig, TrainConfig, DataConfig)
@@ -71,6 +74,11 @@ class Settings:
     grid: dict  # swept field -> tuple of values
     max_records: int | None = None
 
+    @property
+    def seeds(self) -> int:
+        """Replicates per configuration: the length of the `seed` axis (1 without one)."""
+        return len(self.grid.get(SEED, (None,)))
+
     def to_dict(self) -> dict:
         return {"preset": self.preset, "model": asdict(self.model), "train": asdict(self.train),
                 "data": asdict(self.data), "grid": {k: list(v) for k, v in self.grid.items()},
@@ -112,13 +120,18 @@ def config_overrides(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in config_fields() if getattr(args, name, None) is not None}
 
 
-def resolve(preset: str, overrides: dict) -> Settings:
+def resolve(preset: str, overrides: dict, seeds: int = 1) -> Settings:
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
     p = PRESETS[preset]
     merged = {**p.overrides, **overrides}  # a preset may move a grid axis too (laptop's learning rates)
     fixed = {k: v for k, v in merged.items() if k not in AXES}
     grid = {**AXES, **{k: tuple(v) for k, v in merged.items() if k in AXES}}
+    if seeds > 1:  # replicates of every point: seed, seed+1, ... (train.seed stays the first)
+        base = fixed.get(SEED, TrainConfig().seed)
+        grid[SEED] = tuple(range(base, base + seeds))
 
     def build(cls):
         names = {f.name for f in fields(cls)}

@@ -341,8 +341,8 @@ def test_export_skips_sample_figures_when_the_data_changed(tmp_path, monkeypatch
     assert out.count("not started") == 1 and "1 not started" in out  # once, not a FileNotFoundError per trial
     assert rows[0]["trial_id"] == "b" and rows[0]["best"]
     assert sorted(p.name for p in results_dir.iterdir()) == [
-        "best_checkpoint", "best_config.csv", "best_config.json", "best_config.md", "learning_curves.png",
-        "provenance.json"]  # the earlier export's samples_test.png is gone with its set
+        "best_checkpoint", "best_config.csv", "best_config.json", "best_config.md", "importance.png",
+        "learning_curves.png", "parallel_coordinates.png", "provenance.json"]  # the earlier samples_test.png is gone
     for path in (results_dir, *results_dir.rglob("*")):
         assert _mode(path) & 0o044 == 0o044, path  # group and others can read
     assert [p.name for p in results_dir.parent.iterdir()] == ["exp"]  # no staging or .best_checkpoint.* left
@@ -397,3 +397,14 @@ def test_fusing_decides_from_the_search_and_says_why_not():
         grid_cli.fuse_decision("on", "grid", "fifo", 1.0, staged)
     with pytest.raises(ValueError, match="--fuse on: --scheduler asha"):
         grid_cli.fuse_decision("on", "grid", "asha", 1.0, settings)
+
+
+@pytest.mark.parametrize("uri", ["nosuch://host/x", "file:///nonexistent/mlruns"])
+def test_a_bad_mlflow_tracking_uri_is_a_one_line_error(uri, capsys):
+    """An unknown scheme, or MLflow's file store (in maintenance mode: MLflow itself refuses it)."""
+    from search.trackers import check_mlflow
+
+    with pytest.raises(SystemExit) as e, grid_cli.user_errors("--mlflow-tracking-uri"):
+        check_mlflow(uri)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: --mlflow-tracking-uri: {uri}: ") and err.count("\n") == 1

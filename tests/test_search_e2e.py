@@ -157,6 +157,53 @@ def test_smoke_grid_crashed_resumed_and_exported(unfused):
         assert os.stat(path).st_mode & 0o044 == 0o044, f"{path}: others on shared storage cannot read it"
 
 
+def read_event_scalars(trial_dir: Path) -> dict[tuple[str, int], float]:
+    """(tag, step) -> value from every TensorBoard event file in a trial folder, read as TensorBoard does: TFRecord
+    frames (length, its CRC, an Event protobuf, its CRC) of tensorboardX's own schema, CRCs checked."""
+    import struct
+
+    from tensorboardX.crc32c import crc32c
+    from tensorboardX.proto.event_pb2 import Event
+
+    def masked(data: bytes) -> int:
+        x = crc32c(data) & 0xFFFFFFFF
+        return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    out = {}
+    for path in sorted(trial_dir.glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            header = data[pos:pos + 8]
+            (length,) = struct.unpack("<Q", header)
+            assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == masked(header), path
+            body = data[pos + 12:pos + 12 + length]
+            assert struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])[0] == masked(body), path
+            pos += 16 + length
+            event = Event.FromString(body)
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    out[(value.tag, event.step)] = value.simple_value
+    return out
+
+
+def test_tensorboard_event_files_hold_the_reported_metrics(unfused):
+    """Ray Tune's default TBXLoggerCallback: each trial's folder holds event files (what README's
+    `tensorboard --logdir results/tune/<experiment>` shows) with every metric the trial reported, at its
+    training iteration. Checked on the trials that finished before the driver was killed, whose files are whole."""
+    assert unfused.kept
+    for trial_id in unfused.kept:
+        trial_dir = next(unfused.tune_exp.glob(f"trial_{trial_id}"))
+        scalars = read_event_scalars(trial_dir)
+        reports = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        assert len(reports) == 12
+        for r in reports:
+            for key in ("train/l1", "val/l1", BEST_VAL_L1, "samples_per_s"):
+                assert scalars[(f"ray/tune/{key}", r["training_iteration"])] == pytest.approx(r[key], rel=1e-6)
+        last = reports[-1]
+        for key in ("test/l1", "test/retrieval_top1", "test/type_acc"):
+            assert scalars[(f"ray/tune/{key}", last["training_iteration"])] == pytest.approx(last[key], rel=1e-6)
+
+
 def test_nan_trial_errors_alone_and_is_not_retried(tmp_path):
     """`--lr inf` makes AdamW's first step send every weight to ±inf: the loss is NaN from the next step on.
 
@@ -209,14 +256,65 @@ def test_optuna_multi_objective_reports_pareto_front(tmp_path):
     assert objectives == [["best/val_l1", "min"], ["val/retrieval_top1", "max"]]  # no CLIP weights; never test
 
 
+def test_seeds_fused_one_trial_of_12_members_mean_std_ties_and_importance(tmp_path):
+    """`--seeds 3 --fuse on` on one architecture: one Tune trial training 12 members (the grid's 4 learning-rate
+    x weight-decay points x 3 seeds); the table has 4 configurations, mean ± std over seeds and whether each
+    is tied with the best; the JSON every seed's row; importance.png and parallel_coordinates.png beside."""
+    from scipy import stats
+
+    results = tmp_path / "results"
+    run_cli("search.grid", "--preset", "smoke", "--results", str(results), "--experiment", "seeds", "--seeds", "3",
+            "--fuse", "on", "--n-heads", "2", "--ff-dim", "512", "--n-layers", "2")
+    exp = results / "seeds"
+    assert len(trial_states(results / "tune" / "seeds")) == 1
+    prov = json.loads((exp / "provenance.json").read_text())
+    members = prov["search"]["fuse"]["members"]
+    assert len(members) == 12 and {m["seed"] for m in members} == {0, 1, 2} and prov["search"]["points"] == 12
+
+    payload = json.loads((exp / "best_config.json").read_text())
+    per_seed = payload["rows"]
+    assert len(per_seed) == 12 and len({(r["lr"], r["weight_decay"], r["seed"]) for r in per_seed}) == 12
+    assert all(r["status"] == "ok" for r in per_seed)
+    table = read_table(exp)
+    assert len(table) == 4 and all(r["seeds"] == "3/3" for r in table) and "seed" not in table[0]
+    values = {(float(r["lr"]), float(r["weight_decay"])): [] for r in table}
+    for r in per_seed:
+        values[(r["lr"], r["weight_decay"])].append(r[BEST_VAL_L1])
+    means = [float(r[BEST_VAL_L1]) for r in table]
+    assert means == sorted(means) and table[0]["vs_best"] == "best"
+    best = values[(float(table[0]["lr"]), float(table[0]["weight_decay"]))]
+    for r in table:  # against the JSON's per-seed rows, and scipy's Welch test
+        mine = values[(float(r["lr"]), float(r["weight_decay"]))]
+        assert float(r[BEST_VAL_L1]) == pytest.approx(sum(mine) / 3)
+        assert float(r[f"{BEST_VAL_L1} std"]) == pytest.approx(stats.tstd(mine))
+        if r["vs_best"] != "best":
+            p = stats.ttest_ind(mine, best, equal_var=False, alternative="greater").pvalue
+            assert float(r["p_vs_best"]) == pytest.approx(p) and r["vs_best"] == ("worse" if p < 0.05 else "tied")
+    md = (exp / "best_config.md").read_text()
+    tied = sum(r["vs_best"] == "tied" for r in table)
+    assert f"**{tied} of the other 3 configurations {'is' if tied == 1 else 'are'} tied with the best" in md
+    assert "α = 0.05" in md and " ± " in md and "## Every seed" in md
+    assert "## Which hyperparameters matter" in md and "| seed |" in md and "| lr |" in md
+    for name in ("importance.png", "parallel_coordinates.png"):
+        assert_valid_png(exp / name)
+    # The search's checkpoint is the best configuration's best seed.
+    best_row = next(r for r in per_seed if r["best"])
+    assert (best_row["lr"], best_row["weight_decay"]) == (float(table[0]["lr"]), float(table[0]["weight_decay"]))
+    assert best_row[BEST_VAL_L1] == min(best)
+    state = checkpoint.load(exp / "best_checkpoint")
+    assert state["train_configs"][0]["seed"] == best_row["seed"] == members[best_row["member"]]["seed"]
+
+
 def test_fused_grid_survives_a_killed_trial_and_ctrl_c_and_matches_unfused(tmp_path, unfused):
     """`--fuse on`: 8 Tune trials, one per architecture, each training its 4 (lr, weight_decay) points.
     One trial's process is SIGKILLed mid-training (FailureConfig retries it from its last epoch
     checkpoint), then the driver gets Ctrl-C (exit 130, partial results saved) and the search is resumed.
     With dropout off the 32 rows must equal the unfused search's, point by point: nothing was lost or
-    trained twice."""
+    trained twice. The search also logs to a real local MLflow store (`--mlflow-tracking-uri`), which the
+    retry and the resume must keep writing to the same runs (assert_mlflow_runs)."""
     results = tmp_path / "results"
-    flags = [*SMOKE, "--results", str(results)]
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    flags = [*SMOKE, "--results", str(results), "--mlflow-tracking-uri", mlflow_uri]
     plain = {tuple(r[k] for k in GRID_KEYS): r for r in read_table(unfused.exp)}
 
     cmd = [sys.executable, "-m", "search.grid", *flags, "--fuse", "on", "--experiment", "fused"]
@@ -262,3 +360,32 @@ def test_fused_grid_survives_a_killed_trial_and_ctrl_c_and_matches_unfused(tmp_p
     state = checkpoint.load(exp / "best_checkpoint")  # the best member alone, as model.generate loads it
     assert state["member_of"]["member"] == int(best["member"]) and len(state["best_model"]) == 1
     assert state["train_configs"][0]["lr"] == float(best["lr"])
+    assert_mlflow_runs(mlflow_uri, "fused", tune_exp, prov["search"]["fuse"]["members"], tmp_path)
+
+
+def assert_mlflow_runs(uri: str, experiment: str, tune_exp: Path, members: list[dict], tmp_path: Path) -> None:
+    """One MLflow run per Tune trial (Ray's own callback would open a second one for every trial the resume
+    continued), its config and member points as params, every epoch's metrics equal to Tune's result.json,
+    and its last checkpoint as the artifact."""
+    from mlflow.tracking import MlflowClient  # the [mlflow] extra, part of [test]: CI installs it
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    trial_dirs = {p.name.removeprefix("trial_"): p for p in tune_exp.glob("trial_*")}
+    assert sorted(r.data.tags["ray_trial_id"] for r in runs) == sorted(trial_dirs)
+    for run in runs:
+        assert run.info.status == "FINISHED", run.info
+        trial_dir = trial_dirs[run.data.tags["ray_trial_id"]]
+        config = json.loads((trial_dir / "params.json").read_text())
+        want = {**config, **{f"m{k}/{name}": v for k, point in enumerate(members) for name, v in point.items()}}
+        assert run.data.params == {k: str(v) for k, v in want.items()}
+        reports = {}
+        for line in (trial_dir / "result.json").read_text().splitlines():
+            reports[json.loads(line)["epoch"]] = json.loads(line)  # a replayed epoch: its last report
+        for key in ("m0/val/l1", "m3/best/val_l1", "val/l1"):
+            history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+            assert sorted(history) == list(range(1, 13)), (key, sorted(history))
+            assert all(history[e] == pytest.approx(reports[e][key]) for e in history), key
+        local = client.download_artifacts(run.info.run_id, "best_checkpoint", str(tmp_path / run.info.run_id))
+        state = checkpoint.load(local)
+        assert len(state["best_model"]) == len(members) and "final" in state
