@@ -149,6 +149,7 @@ BEST_VAL_DENOISE = "best/val_denoise_mse"
 # Per family: the per-epoch metric that picks a trial's best weights (lower is better), and its best so far,
 # which ranks that family's rows. Families are compared only on metrics both have (test/...).
 SELECTION = {"regressor": VAL_L1, "diffusion": VAL_DENOISE}
+TRAIN_METRIC = {"regressor": TRAIN_L1, "diffusion": TRAIN_LOSS}  # what each family reports of its training
 BEST = {"regressor": BEST_VAL_L1, "diffusion": BEST_VAL_DENOISE}
 # Guards against wrong winners, for every family: memorisation (each generated test image's L1 to its nearest
 # training image, and that over the same figure for the real test images: below 1 = closer to the training set

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from model import clip
-from model.config import SELECTION, TRAIN_L1, TRAIN_LOSS, TrainConfig
+from model.config import SELECTION, TRAIN_METRIC, TrainConfig
 from model.evaluate import Evaluator, member_l1
 
 EVAL_BATCH = 64
@@ -53,7 +53,7 @@ class Regressor:
     """The thesis's model: the text's image in one forward, trained with pixel L1 (or a CLIP loss)."""
 
     name = "regressor"
-    train_metric = TRAIN_L1
+    train_metric = TRAIN_METRIC[name]
     selection = SELECTION[name]
     uses_ema = False  # the regressor's numbers are the thesis recipe's: ema_decay does not apply
 
@@ -95,7 +95,7 @@ class Diffusion:
     (`latent_channels`, model/autoencoder.py), sampled with a few-step sampler."""
 
     name = "diffusion"
-    train_metric = TRAIN_LOSS
+    train_metric = TRAIN_METRIC[name]
     selection = SELECTION[name]
     uses_ema = True
 

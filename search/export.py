@@ -166,7 +166,7 @@ def export(results_dir: str | Path, data=None) -> list[dict]:
                 net, tokenizer = load_model(out / "best_checkpoint", device="cpu")
                 for split in ("train", "test"):
                     samples(net, tokenizer, data.split(split), out / f"samples_{split}.png",
-                            title=f"{split}: real (top) vs generated (bottom), best trial {best_key}")
+                            title=f"{split}: real (top row) vs generated (below), best trial {best_key}")
         write_provenance(out, prov)
     return rows
 

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from data_pipeline.dataset import Split  # noqa: E402
-from model.config import BEST, TRAIN_L1, VAL_L1  # noqa: E402
+from model.config import BEST, SELECTION, TRAIN_METRIC  # noqa: E402
 from search import analysis  # noqa: E402
 from search.results import atomic_write  # noqa: E402
 
@@ -36,25 +36,31 @@ def _save(fig, path: str | Path) -> None:
 
 
 def learning_curves(series: dict[str, dict], best: str | None, path: str | Path, title: str) -> None:
-    """Train and val L1 per epoch, one thin line per trial; the best trial drawn bold."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, metric in zip(axes, (TRAIN_L1, VAL_L1)):
-        for trial_id, s in series.items():
-            pts = [(e, v) for e, v in zip(s["epoch"], s[metric]) if v is not None and np.isfinite(v)]
-            if not pts:
-                continue
-            x, y = zip(*pts)
-            if trial_id == best:
-                ax.plot(x, y, color="black", lw=2.2, marker="o", ms=3, label=f"best ({trial_id})", zorder=3)
-            else:
-                ax.plot(x, y, lw=0.8, alpha=0.55)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(metric)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("L1")
-    if axes[1].get_legend_handles_labels()[0]:  # the best trial may have no finite value to draw
-        axes[1].legend(loc="upper right")
+    """Each family's training and selection metric per epoch (one row of panels per family: train/l1 and val/l1
+    for the regressor, train/loss and val/denoise_mse for diffusion), one thin line per trial; the best bold.
+    A series without "family" is a regressor's."""
+    families = sorted({s.get("family", "regressor") for s in series.values()}) or ["regressor"]
+    fig, axes = plt.subplots(len(families), 2, figsize=(11, 4 * len(families)), squeeze=False)
+    for row, family in zip(axes, families):
+        for ax, metric in zip(row, (TRAIN_METRIC[family], SELECTION[family])):
+            for trial_id, s in series.items():
+                if s.get("family", "regressor") != family:
+                    continue
+                pts = [(e, v) for e, v in zip(s["epoch"], s.get(metric, [])) if v is not None and np.isfinite(v)]
+                if not pts:
+                    continue
+                x, y = zip(*pts)
+                if trial_id == best:
+                    ax.plot(x, y, color="black", lw=2.2, marker="o", ms=3, label=f"best ({trial_id})", zorder=3)
+                else:
+                    ax.plot(x, y, lw=0.8, alpha=0.55)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(f"{family}: {metric}" if len(families) > 1 else metric)
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:  # the best trial may have no finite value to draw
+                ax.legend(loc="upper right")
+        row[0].set_ylabel("L1" if family == "regressor" else "loss")
     fig.suptitle(f"{title}: {len(series)} trials")
     _save(fig, path)
 
@@ -72,20 +78,24 @@ def first_records(split: Split, k: int) -> list[int]:
 
 
 def samples(net, tokenizer, split: Split, path: str | Path, title: str, k: int = 8) -> None:
-    """Top row real images, bottom row the model's images for the same texts."""
+    """Top row real images, then the model's images for the same texts: one row for a regressor (one image per
+    text), two for a diffusion model (two samples per text, seeds 0 and 1)."""
     from model.generate import generate
 
     rows = first_records(split, k)
-    real = Split(split.ids[rows], [split.texts[i] for i in rows], split.images[rows]).unit_images()  # [-1, 1]
-    fake = generate(net, tokenizer, [split.texts[i] for i in rows]).float().cpu().numpy()
-    fig, axes = plt.subplots(2, len(rows), figsize=(1.5 * len(rows), 3.4), squeeze=False)
+    texts = [split.texts[i] for i in rows]
+    real = Split(split.ids[rows], texts, split.images[rows]).unit_images()  # [-1, 1]
+    draws = 2 if net.cfg.family == "diffusion" else 1
+    fakes = [generate(net, tokenizer, texts, seed=s).float().cpu().numpy() for s in range(draws)]
+    labels = ["real", *(["generated"] if draws == 1 else [f"sample {s}" for s in range(draws)])]
+    fig, axes = plt.subplots(1 + draws, len(rows), figsize=(1.5 * len(rows), 1.7 * (1 + draws)), squeeze=False)
     for j in range(len(rows)):
-        for i, (img, label) in enumerate(((real[j], "real"), (fake[j], "generated"))):
+        for i, img in enumerate([real[j], *(f[j] for f in fakes)]):
             ax = axes[i][j]
             ax.imshow(((np.clip(img, -1, 1) + 1) / 2).transpose(1, 2, 0))
             ax.set_xticks([]), ax.set_yticks([])
             if j == 0:
-                ax.set_ylabel(label)
+                ax.set_ylabel(labels[i])
         axes[0][j].set_title(f"id {split.ids[rows[j]]}", fontsize=8)
     fig.suptitle(title)
     _save(fig, path)

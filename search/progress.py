@@ -1,4 +1,5 @@
-"""One progress line while a search runs: done / running / pending, with each running trial's latest val L1.
+"""One progress line while a search runs: done / running / pending, with each running trial's latest selection
+metric (its family's: val/l1 for the regressor, val/denoise_mse for the diffusion family).
 
     tune.RunConfig(callbacks=[Progress(total=32)], verbose=0)
 
@@ -16,7 +17,7 @@ from collections import Counter
 
 from ray.tune import Callback
 
-from model.config import VAL_L1
+from model.config import SELECTION
 from search.results import error_reason
 
 
@@ -24,7 +25,7 @@ class Progress(Callback):
     def __init__(self, total: int, every_s: float = 30.0):
         self.total = total  # trials the search will run (the grid size or --num-samples)
         self.every_s = every_s
-        self.latest: dict[str, tuple] = {}  # trial_id -> (epoch, val/l1)
+        self.latest: dict[str, tuple] = {}  # trial_id -> (epoch, its selection metric's name, value)
         self.start = self.last = time.monotonic()
 
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
@@ -33,12 +34,13 @@ class Progress(Callback):
         self.start = self.last = time.monotonic()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.latest[trial.trial_id] = (result.get("epoch"), result.get(VAL_L1))
+        metric = SELECTION[trial.config.get("family", "regressor")]
+        self.latest[trial.trial_id] = (result.get("epoch"), metric, result.get(metric))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        epoch, val = self.latest.get(trial.trial_id, (None, None))
+        epoch, metric, val = self.latest.get(trial.trial_id, (None, SELECTION["regressor"], None))
         val = f"{val:.4f}" if isinstance(val, float) else val
-        print(f"[search] trial {trial.trial_id} {trial.config} finished after {epoch} epochs, val/l1 {val}")
+        print(f"[search] trial {trial.trial_id} {trial.config} finished after {epoch} epochs, {metric} {val}")
         self.line(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -61,15 +63,17 @@ class Progress(Callback):
         counts = Counter(t.status for t in trials)
         done = counts["TERMINATED"] + counts["ERROR"]
         active = counts["RUNNING"] + counts["PAUSED"]
-        vals = {tid: v for tid, (_, v) in self.latest.items() if v is not None and math.isfinite(v)}
-        best = min(vals, key=vals.get) if vals else None
         mins, secs = divmod(int(self.last - self.start), 60)
         msg = (f"[search {mins:02d}:{secs:02d}] {done}/{self.total} done ({counts['ERROR']} errored) · "
                f"{counts['RUNNING']} running · {max(0, self.total - done - active)} pending")
-        if best:
-            msg += f" · best val/l1 {vals[best]:.4f} ({best})"
-        running = [f"{t.trial_id} epoch {self.latest[t.trial_id][0]} val/l1 {self.latest[t.trial_id][1]:.4f}"
-                   for t in trials if t.status == "RUNNING" and self.latest.get(t.trial_id, (0, None))[1] is not None]
+        for metric in sorted({m for _, m, _ in self.latest.values()}):  # a best per family: metrics differ
+            vals = {tid: v for tid, (_, m, v) in self.latest.items() if m == metric and v is not None and math.isfinite(v)}
+            if vals:
+                best = min(vals, key=vals.get)
+                msg += f" · best {metric} {vals[best]:.4f} ({best})"
+        running = [f"{t.trial_id} epoch {self.latest[t.trial_id][0]} {self.latest[t.trial_id][1]} "
+                   f"{self.latest[t.trial_id][2]:.4f}"
+                   for t in trials if t.status == "RUNNING" and self.latest.get(t.trial_id, (0, "", None))[2] is not None]
         if running:
             msg += "\n    running: " + " · ".join(running)
         print(msg, flush=True)

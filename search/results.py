@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.config import (BEST, BEST_VAL_DENOISE, BEST_VAL_L1, TEST_CLIP, TEST_DIVERSITY, TEST_L1, TEST_MEMORISATION,
-                          TEST_NN_TRAIN, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, TRAIN_L1, VAL_CLIP, VAL_L1, VAL_TOP1,
+                          TEST_NN_TRAIN, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, SELECTION, TRAIN_METRIC, VAL_CLIP, VAL_TOP1,
                           TrainConfig)
 from search import analysis
 
@@ -511,8 +511,15 @@ def code_version() -> str:
 
 
 def curves(trials: list[TrialRecord], provenance: dict) -> dict[str, dict]:
-    """Per table row (`row_key`): epochs and the train/val L1 series, for the learning-curve figure."""
-    return {row_key(t.trial_id, member): {"epoch": [h.get("epoch") for h in history],
-                                          TRAIN_L1: [h.get(TRAIN_L1) for h in history],
-                                          VAL_L1: [h.get(VAL_L1) for h in history]}
-            for t in trials for _, member, history in trial_runs(t, provenance) if history}
+    """Per table row (`row_key`): its family, epochs, and the family's training and selection metrics per epoch
+    (train/l1 and val/l1 for the regressor, train/loss and val/denoise_mse for the diffusion family)."""
+    out = {}
+    for t in trials:
+        for point, member, history in trial_runs(t, provenance):
+            if not history:
+                continue
+            family = point.get("family") or "regressor"
+            out[row_key(t.trial_id, member)] = {
+                "family": family, "epoch": [h.get("epoch") for h in history],
+                **{m: [h.get(m) for h in history] for m in (TRAIN_METRIC[family], SELECTION[family])}}
+    return out
