@@ -30,7 +30,7 @@ import platform
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from model.config import BEST, SELECTION, VAL_CLIP, VAL_TOP1
@@ -278,42 +278,86 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def new_provenance(args, argv, experiment, ray_experiment, settings, data, per_trial, cluster,
-                   scorer, clip_status, fuse) -> dict:
-    """What the results will carry; written before the first trial, read back by --resume and search.export."""
+@dataclass(frozen=True)
+class SearchPlan:
+    """How the trials run (provenance.json's "search")."""
+    search: str  # "grid" or "optuna"
+    scheduler: str  # "fifo" or "asha"
+    trials: int  # Tune trials: grid points, or fused architectures, or --num-samples
+    points: int  # grid points (rows of the table)
+    fuse: dict  # mode, on, reason (printed and recorded), members (each fused trial's member points)
+    objectives: list  # (metric, "min"|"max") pairs a searcher optimizes and the Pareto front uses
+    resources_per_trial: dict
+    mlflow_tracking_uri: str | None
+    max_concurrent: int | None
+    max_failures: int
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _versions() -> dict:
     import ray
     import torch
 
+    return {"ray_version": ray.__version__, "torch_version": torch.__version__, "python": platform.python_version()}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A new search as decided before its first trial. Frozen; `asdict(plan)` is what provenance.json holds when
+    the search starts, read back by --resume and search.export (a run adds what it measured beside it: fit_s,
+    devices, exported, best_trial)."""
+    experiment: str
+    ray_experiment: str
+    command: list
+    settings: dict  # Settings.to_dict(): the preset, the three configs, the grid
+    preset_about: str
+    search: SearchPlan
+    dataset: dict  # the --data argument, the prepared data's info (source, fingerprint, ...), counts, split ids
+    clip: dict  # model, pretrained, mode, status
+    baselines: dict  # model.evaluate.Evaluator.baselines(): the text-blind reference points beside the table
+    cluster: dict  # CPU, GPU, nodes
+    started: str = field(default_factory=_now)
+    code_version: str = field(default_factory=code_version)
+    ray_version: str = ""
+    torch_version: str = ""
+    python: str = ""
+    devices: str | None = None  # filled in by search.export from the trials' reports
+
+
+def plan_search(args, argv, results_dir: Path, ray_experiment: str, settings: Settings, data, cluster: dict,
+                clip: tuple, per_trial: dict) -> Plan:
+    """The Plan of a new search: the command's flags, resolved settings and data, the cluster, CLIP's status."""
     from model.evaluate import Evaluator
     from search.trackers import resolved_uri
 
-    baselines = Evaluator(data, settings.train, "cpu").baselines()
-    members, fuse_reason = fuse
+    scorer, clip_status = clip
+    members, fuse_reason = fuse_decision(args.fuse, args.search, args.scheduler, per_trial["gpu"], settings)
+    for what, used in (("--scheduler asha", args.scheduler != "fifo"), ("--search optuna", args.search != "grid")):
+        if used:
+            family_of(settings, what)
     points = grid_size(settings.grid) if args.search == "grid" else (args.num_samples or 16)
     # The searcher's second objective: the CLIP score when weights exist, else retrieval top-1; both
     # on the validation split, so the search never selects on the test set it reports.
     objectives = [(BEST[settings.grid["family"][0]], "min"), (VAL_CLIP if scorer is not None else VAL_TOP1, "max")]
-    return {
-        "experiment": experiment, "ray_experiment": ray_experiment, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": [sys.executable, "-m", "search.grid", *(sys.argv[1:] if argv is None else argv)],
-        "settings": settings.to_dict(), "preset_about": PRESETS[settings.preset].about,
-        "search": {"search": args.search, "scheduler": args.scheduler,
-                   "trials": points // len(members) if members else points, "points": points,
-                   "fuse": {"mode": args.fuse, "on": members is not None, "reason": fuse_reason,
-                            "members": members},
-                   "objectives": objectives, "resources_per_trial": per_trial,
-                   "mlflow_tracking_uri": args.mlflow_tracking_uri and resolved_uri(args.mlflow_tracking_uri),
-                   "max_concurrent": args.max_concurrent, "max_failures": args.max_failures},
-        "dataset": {"data_arg": data_arg(args.data),
-                    **{k: v for k, v in data.info.items() if k != "splits"},
-                    "counts": {s: len(data.split(s)) for s in ("train", "val", "test")},
-                    "split_ids": data.info.get("splits")},
-        "clip": {"model": settings.train.clip_model, "pretrained": settings.train.clip_pretrained,
-                 "mode": settings.train.clip_mode, "status": clip_status},
-        "baselines": baselines,
-        "code_version": code_version(), "ray_version": ray.__version__, "torch_version": torch.__version__,
-        "python": platform.python_version(), "cluster": cluster, "devices": None,
-    }
+    search = SearchPlan(
+        search=args.search, scheduler=args.scheduler, trials=points // len(members) if members else points,
+        points=points, fuse={"mode": args.fuse, "on": members is not None, "reason": fuse_reason, "members": members},
+        objectives=objectives, resources_per_trial=per_trial,
+        mlflow_tracking_uri=args.mlflow_tracking_uri and resolved_uri(args.mlflow_tracking_uri),
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures)
+    return Plan(
+        experiment=results_dir.name, ray_experiment=ray_experiment,
+        command=[sys.executable, "-m", "search.grid", *(sys.argv[1:] if argv is None else argv)],
+        settings=settings.to_dict(), preset_about=PRESETS[settings.preset].about, search=search,
+        dataset={"data_arg": data_arg(args.data), **{k: v for k, v in data.info.items() if k != "splits"},
+                 "counts": {s: len(data.split(s)) for s in ("train", "val", "test")},
+                 "split_ids": data.info.get("splits")},
+        clip={"model": settings.train.clip_model, "pretrained": settings.train.clip_pretrained,
+              "mode": settings.train.clip_mode, "status": clip_status},
+        baselines=Evaluator(data, settings.train, "cpu").baselines(), cluster=cluster, **_versions())
 
 
 def new_tuner(trainable, settings: Settings, prov: dict, storage: str):
@@ -350,9 +394,8 @@ def new_tuner(trainable, settings: Settings, prov: dict, storage: str):
     )
 
 
-def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
-    t_start = time.time()
+def start_ray(args) -> dict:
+    """Check what can be checked before Ray starts, start or join it; the cluster's {"CPU", "GPU", "nodes"}."""
     check_data(None if args.resume else args.data)
     from data_pipeline.ray_env import init_ray
 
@@ -363,85 +406,42 @@ def main(argv=None) -> list[dict]:
         with user_errors("--mlflow-tracking-uri"):
             check_mlflow(resolved_uri(args.mlflow_tracking_uri))
     import ray
-    import torch
+
+    resources = ray.cluster_resources()
+    return {"CPU": resources.get("CPU", 0.0), "GPU": resources.get("GPU", 0.0), "nodes": len(ray.nodes())}
+
+
+def fit(prov: dict, settings: Settings, data, restore: bool, results_dir: Path, per_trial: dict) -> None:
+    """Run (or continue) the stored search on Ray Tune with `per_trial` resources (this command's: a resumed
+    search may run on other machines), until every trial ends or Ctrl-C."""
     from ray import tune
 
     from search.trainable import train_trial
 
-    resources = ray.cluster_resources()
-    cluster = {"CPU": resources.get("CPU", 0.0), "GPU": resources.get("GPU", 0.0), "nodes": len(ray.nodes())}
-    has_gpu = cluster["GPU"] > 0 or torch.cuda.is_available()
-    preset = args.preset or ("full" if has_gpu else "laptop")
-    experiment = args.experiment or f"{args.search or DEFAULTS['search']}-{preset}"
-    results_dir = Path(args.results).resolve() / experiment
-    prov, ray_experiment, restore = stored_search(args, results_dir)  # compares only the flags given
-    for name, value in DEFAULTS.items():
-        setattr(args, name, getattr(args, name) or value)
-    if args.resume:
-        settings = Settings.from_dict(prov["settings"])
-        if restore:
-            print(f"[search] resuming {ray_experiment} with its stored settings", flush=True)
-        else:
-            # The driver stopped after writing provenance.json but before Tune's first snapshot:
-            # nothing ran, so the stored search starts from its beginning.
-            print(f"[search] no Tune snapshot at {ray_experiment} (stopped before any trial ran): "
-                  "starting the stored search from the beginning", flush=True)
-    else:
-        with user_errors():
-            settings = resolve(preset, config_overrides(args), seeds=args.seeds)
-    auto = "" if args.preset or args.resume else f" (auto: {'a' if has_gpu else 'no'} GPU visible to Ray/torch)"
-    print(f"[search] preset {settings.preset}{auto}: {PRESETS[settings.preset].about}", flush=True)
-    if prov is None:
-        # Before the data: --clip-mode required without weights stops here, not after preprocessing.
-        scorer, clip_status = check_clip(settings.train)
-
-    # Prepared once per search, before any trial: the data pipeline never competes with trials for CPUs.
-    with user_errors("--data"):
-        data = load_data(prov["dataset"]["data_arg"] if args.resume else args.data, settings)
-    if args.resume and (why := data_changed(prov, data)):
-        raise user_error(f"--resume: {why}")
-    print(f"[search] data: {'SYNTHETIC ' if data.info.get('synthetic') else ''}{data.info.get('source')}, "
-          f"train/val/test rows {len(data.train)}/{len(data.val)}/{len(data.test)}", flush=True)
-
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if cluster["GPU"] > 0 else 0.0)
-    per_trial = {"cpu": args.cpus_per_trial, "gpu": gpus}
-    if prov is None:
-        try:
-            fuse = fuse_decision(args.fuse, args.search, args.scheduler, gpus, settings)
-            for what, used in (("--scheduler asha", args.scheduler != "fifo"), ("--search optuna", args.search != "grid")):
-                if used:
-                    family_of(settings, what)
-        except ValueError as e:
-            raise user_error(str(e)) from None
-        prov = new_provenance(args, argv, experiment, ray_experiment, settings, data, per_trial, cluster,
-                              scorer, clip_status, fuse)
-        write_provenance(results_dir, prov)
-    print(f"[search] fused: {prov['search']['fuse']['reason']}", flush=True)
+    search = prov["search"]
     # Every report carries a checkpoint and only the latest two are kept, so Tune snapshots the experiment
     # state after each report (that is what makes --resume exact); its warning about it is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if prov["search"]["search"] == "optuna":
+    if search["search"] == "optuna":
         # The second objective (val/clip_score or val/retrieval_top1) comes only with a trial's last
         # report; Tune's strict check would reject every earlier report for lacking it.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     settings = trial_settings(settings, prov["clip"]["status"])
-
     # The dataset enters the object store once; each trial gets a reference, not a copy of its own.
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, settings=settings,
-                                                         members=prov["search"]["fuse"]["members"]), per_trial)
+                                                         members=search["fuse"]["members"]), per_trial)
     if restore:
         try:  # a snapshot file cut short by the crash: repaired where that is safe, else a clear error
-            check_snapshot(ray_experiment, prov["search"]["trials"])
+            check_snapshot(prov["ray_experiment"], search["trials"])
         except DamagedSnapshot as e:
             raise user_error(f"--resume: {e}") from None
         # resume_errored: a trial that failed for a passing reason gets another go from its checkpoint.
         # The stored RunConfig comes back with it, including its Progress callback.
-        tuner = tune.Tuner.restore(ray_experiment, trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(prov["ray_experiment"], trainable, resume_errored=True)
     else:
         tuner = new_tuner(trainable, settings, prov, prov["ray_experiment"].rsplit("/", 1)[0])
-    search = prov["search"]
-    print(f"[search] {search['trials']} trials for {search['points']} points ({search['search']}, {search['scheduler']}), "
-          f"per trial {per_trial}, cluster {cluster}", flush=True)
+    print(f"[search] {search['trials']} trials for {search['points']} points ({search['search']}, "
+          f"{search['scheduler']}), per trial {per_trial}, cluster {prov['cluster']}", flush=True)
     quiet_unstarted_trials()  # a Ctrl-C's closing analysis would log one error per trial not started
     t_fit = time.time()
     try:
@@ -454,11 +454,55 @@ def main(argv=None) -> list[dict]:
     prov["fit_s"] = [*prov.get("fit_s", []), round(time.time() - t_fit, 2)]
     write_provenance(results_dir, prov)
 
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    t_start = time.time()
+    cluster = start_ray(args)
+    import torch
+
+    has_gpu = cluster["GPU"] > 0 or torch.cuda.is_available()
+    preset = args.preset or ("full" if has_gpu else "laptop")
+    results_dir = Path(args.results).resolve() / (args.experiment or f"{args.search or DEFAULTS['search']}-{preset}")
+    prov, ray_experiment, restore = stored_search(args, results_dir)  # compares only the flags given
+    for name, value in DEFAULTS.items():
+        setattr(args, name, getattr(args, name) or value)
+    if args.resume:
+        settings = Settings.from_dict(prov["settings"])
+        # Without a Tune snapshot the driver stopped after writing provenance.json but before any trial ran:
+        # the stored search starts from its beginning.
+        print(f"[search] resuming {ray_experiment} with its stored settings" if restore else
+              f"[search] no Tune snapshot at {ray_experiment} (stopped before any trial ran): starting the stored "
+              "search from the beginning", flush=True)
+    else:
+        with user_errors():
+            settings = resolve(preset, config_overrides(args), seeds=args.seeds)
+    auto = "" if args.preset or args.resume else f" (auto: {'a' if has_gpu else 'no'} GPU visible to Ray/torch)"
+    print(f"[search] preset {settings.preset}{auto}: {PRESETS[settings.preset].about}", flush=True)
+    # Before the data: --clip-mode required without weights stops here, not after preprocessing.
+    clip = check_clip(settings.train) if prov is None else None
+
+    # Prepared once per search, before any trial: the data pipeline never competes with trials for CPUs.
+    with user_errors("--data"):
+        data = load_data(prov["dataset"]["data_arg"] if args.resume else args.data, settings)
+    if args.resume and (why := data_changed(prov, data)):
+        raise user_error(f"--resume: {why}")
+    print(f"[search] data: {'SYNTHETIC ' if data.info.get('synthetic') else ''}{data.info.get('source')}, "
+          f"train/val/test rows {len(data.train)}/{len(data.val)}/{len(data.test)}", flush=True)
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if cluster["GPU"] > 0 else 0.0)
+    per_trial = {"cpu": args.cpus_per_trial, "gpu": gpus}
+    if prov is None:
+        with user_errors():
+            plan = plan_search(args, argv, results_dir, ray_experiment, settings, data, cluster, clip, per_trial)
+        prov = asdict(plan)
+        write_provenance(results_dir, prov)
+    print(f"[search] fused: {prov['search']['fuse']['reason']}", flush=True)
+
+    fit(prov, settings, data, restore, results_dir, per_trial)
     rows = export(results_dir, data=data)  # the layout was checked before training (stored_search)
-    best = next((r for r in rows if r["best"]), None)
     print(f"[search] {len(rows)} trials, {sum(r['status'] == 'ok' for r in rows)} completed, "
           f"{sum(r['status'].startswith('error') for r in rows)} errored; wall time {time.time() - t_start:.0f} s")
-    if best:
+    for best in (r for r in rows if r["best"]):  # one per family: each is ranked by its own selection metric
         metric = BEST[best.get("family") or "regressor"]
         print(f"[search] best: {({k: best[k] for k in settings.grid})} {metric} {best[metric]:.4f}")
     print(f"[search] results: {results_dir}/best_config.md", flush=True)
