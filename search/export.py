@@ -14,8 +14,9 @@ never files of two runs side by side. It holds:
     learning_curves.png             train and val L1 per epoch, every trial
     importance.png                  each swept field's fANOVA importance for the ranking metric
     parallel_coordinates.png        every trial's configuration against its ranking metric
-    samples_train.png / _test.png   generated vs real, best trial
+    samples_train.png / _test.png   generated vs real, best trial (two samples per text for a diffusion model)
     best_checkpoint/                for `python -m model.generate --checkpoint`
+    (a mixed search, --family regressor diffusion: best_checkpoint_<family>/, samples_<family>_<split>.png)
     provenance.json                 dataset, encoders, preset, code version, seed, devices
 
 Ray's own files live elsewhere (<results>/tune/<experiment>, or --storage-path). The sample
@@ -129,8 +130,13 @@ def export(results_dir: str | Path, data=None) -> list[dict]:
     rows = table_rows(trials, prov)
     prov["devices"] = devices(prov, rows)
     prov["exported"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    best = next((r for r in rows if r["best"]), None)
+    bests = [r for r in rows if r["best"]]  # one per family: each is ranked by its own selection metric
+    best = bests[0] if bests else None
     prov["best_trial"] = best and {k: best[k] for k in (*prov["settings"]["grid"], "trial_id", "member")}
+    mixed = len(prov["settings"]["grid"].get("family", ())) > 1
+    if mixed:
+        prov["best_trials"] = {r.get("family"): {k: r[k] for k in (*prov["settings"]["grid"], "trial_id", "member")}
+                               for r in bests}
     title = f"{prov['experiment']} (preset {prov['settings']['preset']})"
     best_key = best and row_key(best["trial_id"], best["member"])
 
@@ -149,24 +155,27 @@ def export(results_dir: str | Path, data=None) -> list[dict]:
         parallel_coordinates(rows, list(prov["settings"]["grid"]), out / "parallel_coordinates.png", title)
         if best is None:
             print(f"[export] no trial completed in {ray_experiment}: no best checkpoint or sample figures")
-        else:
-            record = next(t for t in trials if t.trial_id == best["trial_id"])
-            record.checkpoint.to_directory(str(out / "best_checkpoint"))
-            if best["member"] is not None:  # a fused trial's checkpoint holds every member: keep the best alone
+        for r in bests:
+            # A mixed search has a best per family: best_checkpoint_<family>/, samples_<family>_<split>.png.
+            tag = f"_{r['family']}" if mixed else ""
+            ckpt = out / f"best_checkpoint{tag}"
+            record = next(t for t in trials if t.trial_id == r["trial_id"])
+            record.checkpoint.to_directory(str(ckpt))
+            if r["member"] is not None:  # a fused trial's checkpoint holds every member: keep the best alone
                 from model import checkpoint
 
-                state = checkpoint.load(out / "best_checkpoint")
-                checkpoint.save(checkpoint.member(state, best["member"]), out / "best_checkpoint")
+                checkpoint.save(checkpoint.member(checkpoint.load(ckpt), r["member"]), ckpt)
             data, why_not = figure_data(prov, data)
             if data is None:
                 print(f"[export] sample figures skipped: {why_not}", flush=True)
-            else:
-                from model.generate import load_model
+                continue
+            from model.generate import load_model
 
-                net, tokenizer = load_model(out / "best_checkpoint", device="cpu")
-                for split in ("train", "test"):
-                    samples(net, tokenizer, data.split(split), out / f"samples_{split}.png",
-                            title=f"{split}: real (top row) vs generated (below), best trial {best_key}")
+            net, tokenizer = load_model(ckpt, device="cpu")
+            for split in ("train", "test"):
+                samples(net, tokenizer, data.split(split), out / f"samples{tag}_{split}.png",
+                        title=f"{split}: real (top row) vs generated (below), best {r.get('family', '')} trial "
+                              f"{row_key(r['trial_id'], r['member'])}")
         write_provenance(out, prov)
     return rows
 

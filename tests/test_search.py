@@ -7,6 +7,7 @@ in tests/test_search_e2e.py.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import os
@@ -408,3 +409,36 @@ def test_a_bad_mlflow_tracking_uri_is_a_one_line_error(uri, capsys):
         check_mlflow(uri)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith(f"error: --mlflow-tracking-uri: {uri}: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("family,metric,per_epoch", [("regressor", "best/val_l1", "val/l1"),
+                                                     ("diffusion", "best/val_denoise_mse", "val/denoise_mse")])
+def test_the_plan_selects_on_its_familys_metric_and_is_the_provenance(family, metric, per_epoch, tmp_path):
+    from dataclasses import asdict
+
+    from test_model import tiny_data
+
+    args = _parse(["--search", "optuna", "--family", family])
+    for name, value in grid_cli.DEFAULTS.items():
+        setattr(args, name, getattr(args, name) or value)
+    settings = resolve("smoke", config_overrides(args))
+    plan = grid_cli.plan_search(args, [], tmp_path / "exp", "/tmp/tune/exp", settings, tiny_data(),
+                                {"CPU": 2.0, "GPU": 0.0, "nodes": 1}, (None, "off: CLIP scoring disabled"),
+                                {"cpu": 1.0, "gpu": 0.0})
+    prov = json.loads(json.dumps(asdict(plan), default=str))  # what write_provenance stores
+    assert prov["search"]["objectives"] == [[metric, "min"], ["val/retrieval_top1", "max"]]
+    assert prov["experiment"] == "exp" and Settings.from_dict(prov["settings"]) == settings
+    assert prov["baselines"]["baseline/retrieval_chance_top1"] == 1 / 4  # tiny_data: 4 test records
+    assert grid_cli.scheduler("asha", 10, family).metric == per_epoch  # ASHA stops on the family's epoch metric
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.experiment = "other"
+
+
+def test_a_mixed_family_search_refuses_what_compares_trials_on_one_metric():
+    mixed = resolve("smoke", {"family": ["regressor", "diffusion"]})
+    assert grid_cli.family_of(resolve("smoke", {"family": ["diffusion"]}), "--scheduler asha") == "diffusion"
+    for what in ("--scheduler asha", "--search optuna"):
+        with pytest.raises(ValueError, match=f"{what} compares trials on one selection metric"):
+            grid_cli.family_of(mixed, what)
+    members, reason = grid_cli.fuse_decision("auto", "grid", "fifo", 1.0, mixed)
+    assert members is None and "diffusion family's members would run one after another" in reason

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from model import checkpoint
-from model.config import BEST_VAL_L1
+from model.config import BEST_VAL_DENOISE, BEST_VAL_L1
 
 REPO = Path(__file__).resolve().parents[1]
 GRID_KEYS = ("lr", "weight_decay", "n_heads", "ff_dim", "n_layers")
@@ -240,20 +240,61 @@ def test_asha_stops_staged_trials_early(tmp_path):
 
 
 def test_optuna_multi_objective_reports_pareto_front(tmp_path):
+    """TPE over the diffusion family: its own selection metric is the first objective (the regressor's, best/val_l1,
+    is the same code with BEST["regressor"]: tests/test_search.py)."""
     results = tmp_path / "results"
-    run_cli("search.grid", "--preset", "smoke", "--results", str(results), "--search", "optuna", "--num-samples", "4")
+    run_cli("search.grid", "--preset", "smoke", "--family", "diffusion", "--results", str(results), "--search",
+            "optuna", "--num-samples", "4")
     exp = results / "optuna-smoke"
     rows = read_table(exp)
-    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    assert len(rows) == 4 and all(r["status"] == "ok" and r["family"] == "diffusion" for r in rows)
     for r in rows:  # the pareto column against a brute-force dominance check of the table's own numbers
-        v, top1 = float(r["best/val_l1"]), float(r["val/retrieval_top1"])
-        dominated = any(float(o["best/val_l1"]) <= v and float(o["val/retrieval_top1"]) >= top1
-                        and (float(o["best/val_l1"]), float(o["val/retrieval_top1"])) != (v, top1) for o in rows)
+        v, top1 = float(r[BEST_VAL_DENOISE]), float(r["val/retrieval_top1"])
+        dominated = any(float(o[BEST_VAL_DENOISE]) <= v and float(o["val/retrieval_top1"]) >= top1
+                        and (float(o[BEST_VAL_DENOISE]), float(o["val/retrieval_top1"])) != (v, top1) for o in rows)
         assert (r["pareto"] == "yes") == (not dominated), rows
     md = (exp / "best_config.md").read_text()
-    assert "## Pareto front: best/val_l1 (min) × val/retrieval_top1 (max)" in md
+    assert f"## Pareto front: {BEST_VAL_DENOISE} (min) × val/retrieval_top1 (max)" in md
     objectives = json.loads((exp / "provenance.json").read_text())["search"]["objectives"]
-    assert objectives == [["best/val_l1", "min"], ["val/retrieval_top1", "max"]]  # no CLIP weights; never test
+    assert objectives == [[BEST_VAL_DENOISE, "min"], ["val/retrieval_top1", "max"]]  # no CLIP weights; never test
+
+
+def test_both_families_in_one_search_interrupted_resumed_and_exported(tmp_path):
+    """`--family regressor diffusion`: the family is a grid axis. Ctrl-C after the first trial, then --resume; the
+    table ranks each family by its own selection metric (a column says which), marks a best per family and
+    compares the families only on the metrics both report; each family's best checkpoint and sample grids (two
+    samples per text for the sampler), and model.generate on the diffusion one."""
+    results = tmp_path / "results"
+    flags = ["--preset", "smoke", "--epochs", "3", "--family", "regressor", "diffusion", "--n-heads", "2",
+             "--ff-dim", "512", "--n-layers", "2", "--weight-decay", "1e-5", "--results", str(results),
+             "--experiment", "families"]
+    rc, finished = interrupt_after([sys.executable, "-m", "search.grid", *flags], results / "tune" / "families", 1,
+                                   signal.SIGINT, tmp_path / "interrupted.log")
+    assert rc == 130 and len(finished) < 4, (tmp_path / "interrupted.log").read_text()[-3000:]
+    run_cli("search.grid", *flags, "--resume")
+    exp = results / "families"
+    rows = read_table(exp)
+    assert len(rows) == 4 and all(r["status"] == "ok" and r["epochs"] == "3" for r in rows)
+    for family, metric in (("regressor", BEST_VAL_L1), ("diffusion", BEST_VAL_DENOISE)):
+        mine = [r for r in rows if r["family"] == family]
+        assert len(mine) == 2 and all(r["ranked_by"] == metric and r[metric] for r in mine)
+        assert [r["best"] for r in mine] == ["yes", ""] and float(mine[0][metric]) <= float(mine[1][metric])
+        other = BEST_VAL_DENOISE if metric == BEST_VAL_L1 else BEST_VAL_L1
+        assert all(r[other] == "" for r in mine)  # a family is never given the other's selection metric
+    md = (exp / "best_config.md").read_text()
+    assert "## Families compared" in md and "| test/type_acc |" in md and f"| {BEST_VAL_L1} |" not in md.split(
+        "## Families compared")[1].split("##")[0]
+    for family in ("regressor", "diffusion"):
+        state = checkpoint.load(exp / f"best_checkpoint_{family}")
+        assert state["model_config"]["family"] == family
+        for split in ("train", "test"):
+            assert_valid_png(exp / f"samples_{family}_{split}.png")
+    assert_valid_png(exp / "learning_curves.png")
+    out = tmp_path / "generated.png"
+    r = run_cli("model.generate", "--checkpoint", str(exp / "best_checkpoint_diffusion"), "A small red creature.",
+                "--out", str(out))
+    assert "sampled with ddim" in r.stdout
+    assert_valid_png(out)
 
 
 def test_seeds_fused_one_trial_of_12_members_mean_std_ties_and_importance(tmp_path):
