@@ -189,6 +189,40 @@ def samples_figure(ckpt: str, data: PreparedData, path: Path, title: str, k: int
     plt.close(fig)
 
 
+def families_figure(rows: list[dict], data: PreparedData, path: Path, k: int = 6) -> None:
+    """README's picture: the same test texts, real images on top, then each row's model (a regressor's one image,
+    a diffusion model's two samples), texts shortened beneath."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from model.generate import generate, load_model
+    from search.figures import first_records
+
+    idx = first_records(data.test, k)
+    texts = [data.test.texts[i] for i in idx]
+    lines = [("real", data.test.unit_images()[idx])]
+    for r in rows:
+        net, tokenizer = load_model(r["checkpoint"], device="cpu")
+        draws = 2 if net.cfg.family == "diffusion" else 1
+        for seed in range(draws):
+            label = r["family"] + (f", sample {seed}" if draws > 1 else "")
+            lines.append((label, generate(net, tokenizer, texts, seed=seed).float().numpy()))
+    fig, axes = plt.subplots(len(lines), k, figsize=(1.6 * k, 1.7 * len(lines) + 0.6), squeeze=False)
+    for i, (label, images) in enumerate(lines):
+        for j in range(k):
+            axes[i][j].imshow(((np.clip(images[j], -1, 1) + 1) / 2).transpose(1, 2, 0))
+            axes[i][j].set_xticks([]), axes[i][j].set_yticks([])
+        axes[i][0].set_ylabel(label, fontsize=8)
+    for j, text in enumerate(texts):
+        axes[-1][j].set_xlabel(" ".join(text.split()[:7]) + " …", fontsize=6, wrap=True)
+    fig.suptitle("the same test texts: real, the regressor (one image), the diffusion model (two samples)", fontsize=9)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
 def curves_figure(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -221,6 +255,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--regressor", nargs="*", default=[], help="regressor recipes of bench/bench_recipes.py to add")
     p.add_argument("--regressor-epochs", type=int, default=6)
     p.add_argument("--out", default="results/diffusion", help="figures, checkpoints and diffusion.json go here")
+    p.add_argument("--figure", default=None, help="also draw every model's images for the same test texts here "
+                   "(README's docs/families.png: run on the synthetic set)")
     p.add_argument("--guidance", nargs="*", type=float, default=[],
                    help="after training, each recipe's final metrics at these guidance scales too (chosen on val)")
     args = p.parse_args(argv)
@@ -279,6 +315,8 @@ def main(argv=None) -> list[dict]:
     for r in rows:
         samples_figure(r["checkpoint"], data, out / f"samples_{r['recipe'].replace(' ', '_')}.png",
                        f"{r['recipe']}: real test images, then two samples per text")
+    if args.figure:
+        families_figure(rows, data, Path(args.figure))
     (out / "diffusion.json").write_text(json.dumps({"baselines": base, "rows": rows, "machine": machine(),
                                                     "args": vars(args)}, indent=2, default=str))
     print(f"\nfigures, checkpoints and diffusion.json in {out}")

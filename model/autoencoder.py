@@ -9,8 +9,8 @@
 image becomes an 8 x 8 x 4 latent, so each denoiser step sees 12x fewer values (and the UNet is shallower).
 The autoencoder is diffusers' `AutoencoderKL` (three levels of 32/64/64 channels: a factor 4 down), fitted on
 the prepared training split's images (rotated copies included) with an L1 reconstruction loss and Stable
-Diffusion's small KL weight, Adam, a fixed number of steps from a fixed seed on one thread: the same weights on
-every run. Its latents are the posterior's mode times `scale` (1 / their standard deviation on the training
+Diffusion's small KL weight, Adam, a fixed number of steps from a fixed seed: the same weights on every run with
+the same thread count (a search fits it once, in its driver, before the trials: search/grid.py). Its latents are the posterior's mode times `scale` (1 / their standard deviation on the training
 images, Stable Diffusion's scaling factor, measured here rather than copied).
 
 Cache: with `data.info["cache_dir"]` the fitted autoencoder is saved there as `autoencoder-<key[:16]>.pt`, the
@@ -42,7 +42,7 @@ VERSION = 1  # bump whenever a code change changes what a fitted autoencoder com
 class AutoencoderConfig:
     latent_channels: int = 4
     widths: tuple = (32, 64, 64)  # three levels: images shrink by 4 on each side
-    steps: int = 3000
+    steps: int = 1500
     batch_size: int = 32
     lr: float = 1e-3
     kl_weight: float = 1e-6  # Stable Diffusion's: a latent space kept near N(0, 1) without blurring
@@ -84,10 +84,8 @@ class Autoencoder(nn.Module):
 
 
 def fit(images: torch.Tensor, cfg: AutoencoderConfig = AutoencoderConfig(), log=None) -> Autoencoder:
-    """Fit on (N, 3, S, S) images in [-1, 1], on the CPU and one thread: deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same float sums whatever the caller's setting
-    try:
+    """Fit on (N, 3, S, S) images in [-1, 1], on the CPU: deterministic for a given thread count."""
+    with torch.random.fork_rng(devices=[]):  # its own generator below; the caller's global RNG untouched
         ae = Autoencoder(cfg)
         vae = ae.vae.requires_grad_(True).train()
         opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
@@ -108,8 +106,11 @@ def fit(images: torch.Tensor, cfg: AutoencoderConfig = AutoencoderConfig(), log=
         with torch.no_grad():
             ae.scale.fill_(1.0 / ae.encode(x).std().item())
         return ae
-    finally:
-        torch.set_num_threads(threads)
+
+
+def reconstruction_l1(ae: Autoencoder, images: torch.Tensor) -> float:
+    """Mean absolute error of decode(encode(images)): what the latent space loses, the floor of a latent model's L1."""
+    return (ae.decode(ae.encode(images)) - images).abs().mean().item()
 
 
 def state(ae: Autoencoder) -> dict:

@@ -48,7 +48,7 @@ class ModelConfig:
     # 0: the diffusion family denoises pixels; C > 0: the C-channel latents of a small autoencoder (1/4 the side,
     # Stable Diffusion's first stage, model/autoencoder.py), fitted once per dataset.
     latent_channels: int = 0
-    autoencoder_steps: int = 3000  # its fit's Adam steps (batch 32)
+    autoencoder_steps: int = 1500  # its fit's Adam steps (batch 32)
 
     def __post_init__(self):
         if self.family not in FAMILIES:

@@ -334,6 +334,12 @@ def plan_search(args, argv, results_dir: Path, ray_experiment: str, settings: Se
     from search.trackers import resolved_uri
 
     scorer, clip_status = clip
+    if "diffusion" in settings.grid["family"] and settings.model.latent_channels:
+        # Latent diffusion's first stage, fitted once here with all of the driver's cores (and cached beside the
+        # prepared data), so that no trial fits its own.
+        from model import autoencoder
+
+        autoencoder.load_or_train(data, autoencoder.config(settings.model))
     members, fuse_reason = fuse_decision(args.fuse, args.search, args.scheduler, per_trial["gpu"], settings)
     for what, used in (("--scheduler asha", args.scheduler != "fifo"), ("--search optuna", args.search != "grid")):
         if used:
