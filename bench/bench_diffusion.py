@@ -64,6 +64,13 @@ RECIPES = {
     "pooled": ("+ the pooled text joins the timestep embedding (every ResNet block reads it)", {"pooled_text": True}),
     "latent": ("latent diffusion: a small autoencoder's 8x8x4 latents, a two-level UNet 64/128",
                {"latent_channels": 4, "unet_levels": 2, "unet_width": 64}),
+    "pooled-v-minsnr": ("pooled text + v-prediction + min-SNR-5", {"pooled_text": True, "prediction_type": "v_prediction",
+                                                                "min_snr_gamma": 5.0}),
+    "latent-pooled": ("latent + pooled text", {"latent_channels": 4, "unet_levels": 2, "unet_width": 64,
+                                              "pooled_text": True}),
+    "latent-pooled-v-minsnr": ("latent + pooled text + v-prediction + min-SNR-5",
+                               {"latent_channels": 4, "unet_levels": 2, "unet_width": 64, "pooled_text": True,
+                                "prediction_type": "v_prediction", "min_snr_gamma": 5.0}),
     # The best found (results/BENCHMARKS.md); bench/bench_gpu_grid.py --family diffusion trains the grid with it.
     "best": ("the best recipe found", {}),
 }
