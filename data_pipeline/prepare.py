@@ -15,8 +15,9 @@ rotate (`pipeline`; undecodable images rejected) → split the records that load
 PreparedData.save into the cache (uint8 images; `Split.unit_images()` scales them to [-1, 1]).
 
 The cache is <cache_root>/prepared/<layout>-<fingerprint[:16]>/ with train/val/test.parquet and
-info.json (what `PreparedData.load` reads: provenance, the split ids, `primary_types` = {"<id>": type}), plus summary.json (counts) and rejected.jsonl (one line
-per rejected record: id, file, field, reason). The fingerprint hashes every byte read from the source,
+info.json (what `PreparedData.load` reads: provenance, the split ids, `primary_types` = {"<id>": type}), plus summary.json
+(counts, and `ambiguous_images`: each record with two image files, the one used and the ones ignored) and
+rejected.jsonl (one line per rejected record: id, file, field, reason). The fingerprint hashes every byte read from the source,
 the DataConfig and PIPELINE_VERSION: the same inputs and settings reuse the folder, anything else
 builds a new one. cache_root is `--out`, else $POKEMON_T2I_CACHE, else ~/.cache/pokemon_t2i.
 A cache folder that does not load as written (a file missing or damaged, rows that disagree with
@@ -112,9 +113,21 @@ def summary_line(info: dict) -> str:
     synthetic = " [SYNTHETIC default]" if info["synthetic"] else ""
     p = info["settings"].get("paraphrases", 1)
     paraphrased = f", each with {p} texts" if p > 1 else ""
-    return (f"{what} {c['loaded']} of {c['found']} records from {info['source']}{synthetic}: {rejected}; "
+    return (f"{what} {c['loaded']} of {c['found']} records from {info['source']}{synthetic}: {rejected}"
+            f"{_ambiguous_note(info)}; "
             f"split train {c['train']} / val {c['val']} / test {c['test']} ({c['train_rows']} training images, "
             f"{info['settings']['augment_rotations']} rotations each{paraphrased}); cache {info['cache_dir']}")
+
+
+def _ambiguous_note(info: dict) -> str:
+    """The summary's clause for records with two image files (1.png and 001.png), or ""."""
+    ambiguous = info.get("ambiguous_images") or []  # absent from caches built before it was recorded
+    if not ambiguous:
+        return ""
+    a = ambiguous[0]
+    return (f"; {len(ambiguous)} record(s) with two image files, e.g. id {a['id']}: used {a['used']}, not "
+            f"{', '.join(a['ignored'])} (the layout's own spelling, else the shortest name; every one in "
+            f"{Path(info['cache_dir']) / 'summary.json'})")
 
 
 def prepare_dataset(data: str | Path | None, cfg: DataConfig = DataConfig(), cache_root: str | Path | None = None,
@@ -184,7 +197,7 @@ def _info(src, source_name: str, cfg: DataConfig, synthetic: bool) -> dict:
     """What a prepared dataset says of itself, before the build adds its splits and counts."""
     return {"source": source_name, "layout": src.layout, "fingerprint": fingerprint(src.content_hash, cfg),
             "settings": asdict(cfg), "synthetic": synthetic, "pipeline_version": PIPELINE_VERSION,
-            "rotation_angles": rotation_angles(cfg.augment_rotations)}
+            "rotation_angles": rotation_angles(cfg.augment_rotations), "ambiguous_images": src.ambiguous_images}
 
 
 def _build(records: list[Record], rejected: list[Rejection], cfg: DataConfig, info: dict, progress: bool,
@@ -260,7 +273,8 @@ def _write_cache(prepared: PreparedData, rejected: list[Rejection], cache_dir: P
         (tmp / "rejected.jsonl").write_text("".join(r.to_json() + "\n" for r in rejected), encoding="utf-8")
         summary = {**prepared.info["counts"], "source": prepared.info["source"],
                    "synthetic": prepared.info["synthetic"], "fingerprint": prepared.info["fingerprint"],
-                   "settings": prepared.info["settings"], "cache_dir": str(cache_dir)}
+                   "settings": prepared.info["settings"], "cache_dir": str(cache_dir),
+                   "ambiguous_images": prepared.info["ambiguous_images"]}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
         if cache_dir.exists() and not (cache_dir / "info.json").exists():
             shutil.rmtree(cache_dir)  # the report of an earlier failed build, or a cache missing its info.json

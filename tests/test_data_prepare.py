@@ -327,6 +327,24 @@ def test_failed_cache_rename_is_reported(local_ray, tmp_path, make_pokedex, monk
     assert list((cache / "prepared").iterdir()) == []  # neither a cache nor a leftover build folder
 
 
+def test_a_record_with_two_image_files_says_which_it_used(local_ray, tmp_path, make_pokedex, datafx, capsys):
+    """001.png (the Pokédex's own spelling) and 1.png side by side: the prepared image is 001.png's, and
+    the summary line, summary.json and info.json say so, on the build and on a reuse of the cache."""
+    folder = make_pokedex(8)
+    (folder / "images" / "thumbnails" / "1.png").write_bytes(datafx.png((0, 0, 0, 255)))  # 001.png is not black
+    want = {"id": 1, "used": "001.png", "ignored": ["1.png"]}
+    for reused in (False, True):
+        data = prepare_dataset(folder, SMALL, cache_root=tmp_path / "cache", progress=False)
+        line = capsys.readouterr().out
+        assert data.info["cache_reused"] is reused and data.info["ambiguous_images"] == [want]
+        assert "1 record(s) with two image files, e.g. id 1: used 001.png, not 1.png" in line
+    summary = json.loads((Path(data.info["cache_dir"]) / "summary.json").read_text())
+    assert summary["ambiguous_images"] == [want] and summary["loaded"] == 8
+    split = next(data.split(s) for s in ("train", "val", "test") if 1 in data.split(s).ids)
+    image = split.images[list(split.ids).index(1)]
+    np.testing.assert_array_equal(image[:, 8, 8], [20, 100, 200])  # 001.png's colour (make_pokedex), not black
+
+
 def test_zero_usable_records_is_a_clear_error(local_ray, tmp_path, datafx):
     rec = datafx.pokedex_record
     text_broken = datafx.write_pokedex(tmp_path / "a", [rec(1, description=""), rec(2, type=[])], {})
