@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -70,11 +71,21 @@ def test_local_ray_listens_on_loopback_only(local_ray):
 
 
 def test_ray_pipeline_equals_plain_loop(local_ray, datafx):
+    """...and uses no deprecated Ray API: run_ray would hide a deprecated call turned into an error behind
+    its record-by-record fallback, so the warnings are recorded and none may be a DeprecationWarning."""
     rng = np.random.default_rng(0)
     images = {i: datafx.encode(rng.integers(0, 256, (30 + i, 30 + i, 4), dtype=np.uint8)) for i in range(1, 10)}
     images[10] = datafx.png((10, 200, 30), mode="RGB", fmt="JPEG")
-    pixels, errors = run_ray([Item(i, b) for i, b in images.items()] + [Item(99, b"broken")], 16, rotations=4,
-                             num_blocks=3, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # Ray's own bug, not our call (ray-project/ray#65302): DataContext() warns about three of its own
+        # default fields, once, when the first Ray Data call in a process creates it.
+        warnings.filterwarnings("ignore", r"`(use_push_based_shuffle|use_polars|use_arrow_tensor_v2)` is deprecated",
+                                DeprecationWarning, "ray.data.context")
+        pixels, errors = run_ray([Item(i, b) for i, b in images.items()] + [Item(99, b"broken")], 16, rotations=4,
+                                 num_blocks=3, progress=False)
+    deprecated = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert deprecated == []
     assert set(pixels) == set(images) and list(errors) == [99] and "unreadable image" in errors[99]
     splits = {"train": [1, 2, 3, 4, 5, 6], "val": [7, 8], "test": [9, 10]}
     got, want = split_arrays(pixels, splits), preprocess_loop(images, splits, 16, 4)
