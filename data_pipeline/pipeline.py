@@ -39,6 +39,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -78,6 +79,7 @@ def preprocess_batch(batch: dict[str, np.ndarray], image_size: int, rotations: i
     }
 
 
+PROGRESS_EVERY_S = 10.0  # run_ray's progress line, at most this often
 BLOCK_ATTEMPTS = 2  # a block's first run and one retry (a transient worker death), then its records one by one
 
 
@@ -170,7 +172,7 @@ def default_num_blocks(n_items: int) -> int:
 
 def run_ray(items: list[Item], image_size: int, rotations: int = 1, num_blocks: int | None = None,
             progress: bool = True) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """Steps 1–4 of `preprocess` for every item with Ray Data (from_arrow → map_batches → materialize).
+    """Steps 1–4 of `preprocess` for every item with Ray Data (from_arrow → map_batches → iter_batches).
     Needs Ray initialized (`data_pipeline.ray_env.init_ray`). Returns id → (rotations, 3, S, S) uint8
     and id → reason for the records whose image failed."""
     import pyarrow as pa
@@ -187,7 +189,9 @@ def run_ray(items: list[Item], image_size: int, rotations: int = 1, num_blocks: 
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.op_resource_reservation_enabled,
              ctx.max_errored_blocks)
-    ctx.enable_progress_bars = ctx.print_on_execution_start = progress
+    # The progress on the console is ours (below). Off a terminal Ray Data logs its own progress, to wherever
+    # the caller sends Ray's log (prepare: a file, `ray_env.ray_logs_to`); on one it would draw bars there.
+    ctx.enable_progress_bars, ctx.print_on_execution_start = progress and not sys.stdout.isatty(), progress
     ctx.op_resource_reservation_enabled = False  # see the module docstring
     ctx.max_errored_blocks = -1  # a failed block is dropped, not fatal: its records are retried below
     pixels, errors = {}, {}
@@ -196,8 +200,12 @@ def run_ray(items: list[Item], image_size: int, rotations: int = 1, num_blocks: 
         ds = ds.map_batches(_capped_batch, batch_size=None, batch_format="numpy", zero_copy_batch=True,
                             fn_kwargs={"fn": preprocess_batch, "run": run, "image_size": image_size,
                                        "rotations": rotations})
-        for batch in ds.materialize().iter_batches(batch_size=None, batch_format="numpy"):
+        shown = time.monotonic()
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):  # blocks as they finish
             _collect(batch, pixels, errors)
+            if progress and time.monotonic() - shown > PROGRESS_EVERY_S:
+                print(f"  {len(pixels) + len(errors)} of {len(items)} images done", file=sys.stderr, flush=True)
+                shown = time.monotonic()
     except Exception as exc:  # noqa: BLE001 — whatever broke the run, the records are retried one by one
         print(f"Ray Data run failed ({type(exc).__name__}: {str(exc)[:300]}); retrying record by record",
               file=sys.stderr, flush=True)

@@ -174,7 +174,7 @@ def prepare_dataset(data: str | Path | None, cfg: DataConfig = DataConfig(), cac
             return prepared
 
     info = {**_info(src, source_name, cfg, synthetic=seed is not None), "cache_dir": str(cache_dir),
-            "cache_reused": False}
+            "cache_reused": False, "ray_log": str(cache_root / "logs" / f"prepare-{cache_dir.name}.log")}
     prepared, rejected = _build(src.records, src.rejected, cfg, info, progress, cache_dir)
     _write_cache(prepared, rejected, cache_dir)
     print(summary_line(prepared.info), flush=True)
@@ -209,18 +209,21 @@ def _build(records: list[Record], rejected: list[Rejection], cfg: DataConfig, in
     if not records:
         _fail(rejected, found, info, cache_dir)
 
-    how = "in this process"
-    if decode is None:
+    what = f"{len(records)} images (size {cfg.image_size}, {cfg.augment_rotations} rotations of each training image)"
+    items = [Item(k, r.image) for k, r in enumerate(records)]  # keyed by position, not id: copies of one id are
+    start = time.perf_counter()                                # all decoded, and the first that loads is kept
+    if decode is None:  # Ray Data, its log lines in info["ray_log"] rather than around ours
         from data_pipeline.pipeline import run_ray
-        from data_pipeline.ray_env import init_ray
+        from data_pipeline.ray_env import init_ray, ray_logs_to
 
-        init_ray()
-        decode, how = run_ray, "with Ray Data"
-    _log(progress, f"preprocessing {len(records)} images {how} (size {cfg.image_size}, "
-                   f"{cfg.augment_rotations} rotations of each training image) ...")
-    # keyed by position, not id: copies of one id are all decoded, and the first that loads is kept
-    decoded, errors = decode([Item(k, r.image) for k, r in enumerate(records)], cfg.image_size,
-                              cfg.augment_rotations, progress=progress)
+        _log(progress, f"preprocessing {what} with Ray Data (Ray's own log: {info['ray_log']}) ...")
+        with ray_logs_to(Path(info["ray_log"]), f"preparing {info['source']} into {cache_dir}"):
+            init_ray()
+            decoded, errors = run_ray(items, cfg.image_size, cfg.augment_rotations, progress=progress)
+    else:
+        _log(progress, f"preprocessing {what} in this process ...")
+        decoded, errors = decode(items, cfg.image_size, cfg.augment_rotations, progress=progress)
+    _log(progress, f"preprocessed in {time.perf_counter() - start:.1f} s")
     rejected = rejected + [Rejection(records[k].id, records[k].file, "image", f"{reason} ({records[k].where})")
                            for k, reason in sorted(errors.items())]
     keep, duplicates = keep_first_loaded(records, set(decoded))
@@ -274,7 +277,7 @@ def _write_cache(prepared: PreparedData, rejected: list[Rejection], cache_dir: P
         summary = {**prepared.info["counts"], "source": prepared.info["source"],
                    "synthetic": prepared.info["synthetic"], "fingerprint": prepared.info["fingerprint"],
                    "settings": prepared.info["settings"], "cache_dir": str(cache_dir),
-                   "ambiguous_images": prepared.info["ambiguous_images"]}
+                   "ambiguous_images": prepared.info["ambiguous_images"], "ray_log": prepared.info["ray_log"]}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
         if cache_dir.exists() and not (cache_dir / "info.json").exists():
             shutil.rmtree(cache_dir)  # the report of an earlier failed build, or a cache missing its info.json

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -396,9 +397,11 @@ def test_synthetic_default_says_so(local_ray, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_subprocess_synthetic_default(tmp_path):
-    """The real entry point, in its own process with its own Ray: no --data → the synthetic default."""
+    """The real entry point, in its own process with its own Ray: no --data → the synthetic default. The
+    console carries our progress and summary and none of Ray's log lines; those are in the file the
+    progress line names (Ray Data logs its progress there too, stdout being no terminal here)."""
     env = {**os.environ, "POKEMON_T2I_CACHE": str(tmp_path)}
-    run = subprocess.run([sys.executable, "-m", "data_pipeline.prepare", "--quiet", "--image-size", "8",
+    run = subprocess.run([sys.executable, "-m", "data_pipeline.prepare", "--image-size", "8",
                           "--augment-rotations", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "SYNTHETIC" in run.stderr and "[SYNTHETIC default]" in run.stdout
@@ -406,6 +409,51 @@ def test_cli_subprocess_synthetic_default(tmp_path):
     summary = json.loads((cache_dir / "summary.json").read_text())
     assert summary["synthetic"] is True and summary["loaded"] == 300
     assert (cache_dir / "rejected.jsonl").read_text() == ""
+
+    log = tmp_path / "logs" / f"prepare-{cache_dir.name}.log"
+    assert f"preprocessing 300 images (size 8, 1 rotations of each training image) with Ray Data (Ray's own " \
+           f"log: {log}) ..." in run.stderr.splitlines() and summary["ray_log"] == str(log)
+    ray_line = re.compile(r"\t(INFO|WARNING) \S+\.py:\d+ -- ")  # Ray's format: "<time>\tINFO file.py:12 -- ..."
+    assert not [line for line in (run.stdout + run.stderr).splitlines() if ray_line.search(line)], run.stderr
+    logged = log.read_text(encoding="utf-8")
+    assert "streaming_executor.py" in logged and "Starting execution of Dataset" in logged
+    assert "logging_progress.py" in logged and "execution finished" in logged
+
+
+def test_ray_log_lines_go_to_the_file_and_errors_to_the_console_too(tmp_path):
+    """ray_logs_to, in this process: Ray's INFO and WARNING records reach the file only, ERROR ones both,
+    and after it the console handlers are as before."""
+    import io
+    import logging
+
+    import ray.data  # noqa: F401 — sets up the "ray.data" logger's handlers
+    from ray._private.log import PlainRayHandler
+
+    from data_pipeline.ray_env import ray_logs_to
+
+    # Ray's console handlers hold the stderr of when they were made (pytest's, not capsys'): read them here
+    screen = io.StringIO()
+    consoles = [h for name in ("ray", "ray.data") for h in logging.getLogger(name).handlers
+                if isinstance(h, PlainRayHandler)]
+    assert len(consoles) == 2  # one each
+    streams = [h.setStream(screen) for h in consoles]
+    data, core = logging.getLogger("ray.data.test_logs"), logging.getLogger("ray.test_logs")
+    try:
+        with ray_logs_to(tmp_path / "logs" / "ray.log", "a test"):
+            data.info("data-info")
+            data.warning("data-warning")
+            core.warning("core-warning")
+            data.error("data-error")
+        data.info("after-info")
+    finally:
+        for handler, stream in zip(consoles, streams):
+            handler.setStream(stream)
+    console, logged = screen.getvalue(), (tmp_path / "logs" / "ray.log").read_text()
+    assert "data-error" in console and "after-info" in console
+    assert not any(word in console for word in ("data-info", "data-warning", "core-warning"))
+    assert logged.startswith("===== ") and " a test\n" in logged.splitlines(keepends=True)[0]
+    assert all(word in logged for word in ("data-info", "data-warning", "core-warning", "data-error"))
+    assert "after-info" not in logged
 
 
 def test_real_pokedex(local_ray, shared_pokedex, tmp_path):
