@@ -23,7 +23,10 @@ Why the Ray Data plan looks the way it does (measured on 2 cores, ~900 small ima
   the bytes of float32 through the object store (float32 blocks cost ~0.5 s here), in the cache and
   in every trial; the scaling to [-1, 1] (step 5) happens where floats are needed (`Split.unit_images`);
 - a block whose task fails (a worker crash, twice) is dropped, not fatal: its records are then run one
-  Ray task each, and those that still fail come back in `errors` with the reason;
+  Ray task each, and those that still fail come back in `errors` with the reason. Ray Data retries a
+  task whose worker died forever, so a record that kills its worker every time would hang the run;
+  the cap is `_capped_batch`'s (map_batches' own `max_retries`, through `**ray_remote_args`, is
+  deprecated in Ray 2.60 and goes in 2.64, and no named parameter replaces it);
 - Ray Data's per-operator resource reservation is switched off for this one-operator plan: it
   holds a lone map operator to half the CPUs while it ramps up, which on 2 cores means one task
   at a time (measured: 4 × 0.5 s tasks took 1.8 s with it, 1.05 s without).
@@ -33,7 +36,11 @@ from __future__ import annotations
 
 import heapq
 import os
+import shutil
 import sys
+import tempfile
+import time
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +77,49 @@ def preprocess_batch(batch: dict[str, np.ndarray], image_size: int, rotations: i
         "image": np.concatenate(images) if images else np.zeros((0, 3, image_size, image_size), np.uint8),
         "error": np.asarray(errors, dtype=object),
     }
+
+
+PROGRESS_EVERY_S = 10.0  # run_ray's progress line, at most this often
+BLOCK_ATTEMPTS = 2  # a block's first run and one retry (a transient worker death), then its records one by one
+
+
+class BlockGaveUp(RuntimeError):
+    """A block's task was started BLOCK_ATTEMPTS times on this node (its worker died each time)."""
+
+
+def _attempts_dir(run: str) -> str:
+    return os.path.join(tempfile.gettempdir(), "pokemon_t2i-block-attempts", run)
+
+
+def _start_attempt(run: str, block: int) -> bool:
+    """Mark one more attempt of `block` in run `run` on this node: False once BLOCK_ATTEMPTS are marked."""
+    folder = _attempts_dir(run)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for k in range(BLOCK_ATTEMPTS):
+            try:
+                os.close(os.open(os.path.join(folder, f"{block}.{k}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                return True
+            except FileExistsError:
+                continue
+    except OSError:
+        return True  # no writable temp folder: run the block uncapped rather than not at all
+    return False
+
+
+def _capped_batch(batch: dict[str, np.ndarray], fn, run: str, image_size: int, rotations: int):
+    """The map_batches function: `fn` (preprocess_batch) on one block, at most BLOCK_ATTEMPTS times per node.
+
+    Ray Data reruns a task whose worker died, without limit. Each run leaves a mark in a folder of this
+    `run` on its node; once BLOCK_ATTEMPTS are there, the next run raises BlockGaveUp instead, a Python
+    error that Ray does not retry, so the block is dropped (max_errored_blocks=-1) and `run_ray` runs its
+    records one Ray task each. On a cluster a retry may land on another node, which counts from zero:
+    BLOCK_ATTEMPTS per node at most, still bounded."""
+    block = int(batch["block"][0])
+    if not _start_attempt(run, block):
+        raise BlockGaveUp(f"block {block} ({len(batch['id'])} records, ids {batch['id'][:5].tolist()}...) killed "
+                          f"its Ray worker {BLOCK_ATTEMPTS} times: its records are retried one Ray task each")
+    return fn(batch, image_size, rotations)
 
 
 def preprocess_loop(images: dict[int, bytes], splits: dict[str, list[int]], image_size: int,
@@ -122,7 +172,7 @@ def default_num_blocks(n_items: int) -> int:
 
 def run_ray(items: list[Item], image_size: int, rotations: int = 1, num_blocks: int | None = None,
             progress: bool = True) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """Steps 1–4 of `preprocess` for every item with Ray Data (from_arrow → map_batches → materialize).
+    """Steps 1–4 of `preprocess` for every item with Ray Data (from_arrow → map_batches → iter_batches).
     Needs Ray initialized (`data_pipeline.ray_env.init_ray`). Returns id → (rotations, 3, S, S) uint8
     and id → reason for the records whose image failed."""
     import pyarrow as pa
@@ -132,30 +182,37 @@ def run_ray(items: list[Item], image_size: int, rotations: int = 1, num_blocks: 
         return {}, {}
     chunks = balanced_chunks(items, num_blocks or default_num_blocks(len(items)))
     tables = [pa.table({"id": pa.array([it.id for it in c], pa.int64()),
-                        "image": pa.array([it.image for it in c], pa.binary())}) for c in chunks]
+                        "image": pa.array([it.image for it in c], pa.binary()),
+                        "block": pa.array([k] * len(c), pa.int32())}) for k, c in enumerate(chunks)]
+    run = uuid.uuid4().hex  # names this call's attempt marks (`_capped_batch`)
 
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.op_resource_reservation_enabled,
              ctx.max_errored_blocks)
-    ctx.enable_progress_bars = ctx.print_on_execution_start = progress
+    # The progress on the console is ours (below). Off a terminal Ray Data logs its own progress, to wherever
+    # the caller sends Ray's log (prepare: a file, `ray_env.ray_logs_to`); on one it would draw bars there.
+    ctx.enable_progress_bars, ctx.print_on_execution_start = progress and not sys.stdout.isatty(), progress
     ctx.op_resource_reservation_enabled = False  # see the module docstring
     ctx.max_errored_blocks = -1  # a failed block is dropped, not fatal: its records are retried below
     pixels, errors = {}, {}
     try:
         ds = ray.data.from_arrow(tables)  # one block per chunk
-        # Ray Data retries a failed task forever by default: a record that crashes its worker every
-        # time would hang the run. One retry covers a transient failure. (Ray 2.60 warns that
-        # ray_remote_args are deprecated but has no named parameter for max_retries yet.)
-        ds = ds.map_batches(preprocess_batch, fn_kwargs={"image_size": image_size, "rotations": rotations},
-                            batch_size=None, batch_format="numpy", zero_copy_batch=True, max_retries=1)
-        for batch in ds.materialize().iter_batches(batch_size=None, batch_format="numpy"):
+        ds = ds.map_batches(_capped_batch, batch_size=None, batch_format="numpy", zero_copy_batch=True,
+                            fn_kwargs={"fn": preprocess_batch, "run": run, "image_size": image_size,
+                                       "rotations": rotations})
+        shown = time.monotonic()
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):  # blocks as they finish
             _collect(batch, pixels, errors)
+            if progress and time.monotonic() - shown > PROGRESS_EVERY_S:
+                print(f"  {len(pixels) + len(errors)} of {len(items)} images done", file=sys.stderr, flush=True)
+                shown = time.monotonic()
     except Exception as exc:  # noqa: BLE001 — whatever broke the run, the records are retried one by one
         print(f"Ray Data run failed ({type(exc).__name__}: {str(exc)[:300]}); retrying record by record",
               file=sys.stderr, flush=True)
     finally:
         (ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.op_resource_reservation_enabled,
          ctx.max_errored_blocks) = saved
+        shutil.rmtree(_attempts_dir(run), ignore_errors=True)  # this node's marks; other nodes' are empty files
     lost = [it for it in items if it.id not in pixels and it.id not in errors]
     if lost:
         _one_by_one(lost, image_size, rotations, pixels, errors)

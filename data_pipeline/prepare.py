@@ -15,8 +15,9 @@ rotate (`pipeline`; undecodable images rejected) → split the records that load
 PreparedData.save into the cache (uint8 images; `Split.unit_images()` scales them to [-1, 1]).
 
 The cache is <cache_root>/prepared/<layout>-<fingerprint[:16]>/ with train/val/test.parquet and
-info.json (what `PreparedData.load` reads: provenance, the split ids, `primary_types` = {"<id>": type}), plus summary.json (counts) and rejected.jsonl (one line
-per rejected record: id, file, field, reason). The fingerprint hashes every byte read from the source,
+info.json (what `PreparedData.load` reads: provenance, the split ids, `primary_types` = {"<id>": type}), plus summary.json
+(counts, and `ambiguous_images`: each record with two image files, the one used and the ones ignored) and
+rejected.jsonl (one line per rejected record: id, file, field, reason). The fingerprint hashes every byte read from the source,
 the DataConfig and PIPELINE_VERSION: the same inputs and settings reuse the folder, anything else
 builds a new one. cache_root is `--out`, else $POKEMON_T2I_CACHE, else ~/.cache/pokemon_t2i.
 A cache folder that does not load as written (a file missing or damaged, rows that disagree with
@@ -112,9 +113,21 @@ def summary_line(info: dict) -> str:
     synthetic = " [SYNTHETIC default]" if info["synthetic"] else ""
     p = info["settings"].get("paraphrases", 1)
     paraphrased = f", each with {p} texts" if p > 1 else ""
-    return (f"{what} {c['loaded']} of {c['found']} records from {info['source']}{synthetic}: {rejected}; "
+    return (f"{what} {c['loaded']} of {c['found']} records from {info['source']}{synthetic}: {rejected}"
+            f"{_ambiguous_note(info)}; "
             f"split train {c['train']} / val {c['val']} / test {c['test']} ({c['train_rows']} training images, "
             f"{info['settings']['augment_rotations']} rotations each{paraphrased}); cache {info['cache_dir']}")
+
+
+def _ambiguous_note(info: dict) -> str:
+    """The summary's clause for records with two image files (1.png and 001.png), or ""."""
+    ambiguous = info.get("ambiguous_images") or []  # absent from caches built before it was recorded
+    if not ambiguous:
+        return ""
+    a = ambiguous[0]
+    return (f"; {len(ambiguous)} record(s) with two image files, e.g. id {a['id']}: used {a['used']}, not "
+            f"{', '.join(a['ignored'])} (the layout's own spelling, else the shortest name; every one in "
+            f"{Path(info['cache_dir']) / 'summary.json'})")
 
 
 def prepare_dataset(data: str | Path | None, cfg: DataConfig = DataConfig(), cache_root: str | Path | None = None,
@@ -161,7 +174,7 @@ def prepare_dataset(data: str | Path | None, cfg: DataConfig = DataConfig(), cac
             return prepared
 
     info = {**_info(src, source_name, cfg, synthetic=seed is not None), "cache_dir": str(cache_dir),
-            "cache_reused": False}
+            "cache_reused": False, "ray_log": str(cache_root / "logs" / f"prepare-{cache_dir.name}.log")}
     prepared, rejected = _build(src.records, src.rejected, cfg, info, progress, cache_dir)
     _write_cache(prepared, rejected, cache_dir)
     print(summary_line(prepared.info), flush=True)
@@ -184,7 +197,7 @@ def _info(src, source_name: str, cfg: DataConfig, synthetic: bool) -> dict:
     """What a prepared dataset says of itself, before the build adds its splits and counts."""
     return {"source": source_name, "layout": src.layout, "fingerprint": fingerprint(src.content_hash, cfg),
             "settings": asdict(cfg), "synthetic": synthetic, "pipeline_version": PIPELINE_VERSION,
-            "rotation_angles": rotation_angles(cfg.augment_rotations)}
+            "rotation_angles": rotation_angles(cfg.augment_rotations), "ambiguous_images": src.ambiguous_images}
 
 
 def _build(records: list[Record], rejected: list[Rejection], cfg: DataConfig, info: dict, progress: bool,
@@ -196,18 +209,21 @@ def _build(records: list[Record], rejected: list[Rejection], cfg: DataConfig, in
     if not records:
         _fail(rejected, found, info, cache_dir)
 
-    how = "in this process"
-    if decode is None:
+    what = f"{len(records)} images (size {cfg.image_size}, {cfg.augment_rotations} rotations of each training image)"
+    items = [Item(k, r.image) for k, r in enumerate(records)]  # keyed by position, not id: copies of one id are
+    start = time.perf_counter()                                # all decoded, and the first that loads is kept
+    if decode is None:  # Ray Data, its log lines in info["ray_log"] rather than around ours
         from data_pipeline.pipeline import run_ray
-        from data_pipeline.ray_env import init_ray
+        from data_pipeline.ray_env import init_ray, ray_logs_to
 
-        init_ray()
-        decode, how = run_ray, "with Ray Data"
-    _log(progress, f"preprocessing {len(records)} images {how} (size {cfg.image_size}, "
-                   f"{cfg.augment_rotations} rotations of each training image) ...")
-    # keyed by position, not id: copies of one id are all decoded, and the first that loads is kept
-    decoded, errors = decode([Item(k, r.image) for k, r in enumerate(records)], cfg.image_size,
-                              cfg.augment_rotations, progress=progress)
+        _log(progress, f"preprocessing {what} with Ray Data (Ray's own log: {info['ray_log']}) ...")
+        with ray_logs_to(Path(info["ray_log"]), f"preparing {info['source']} into {cache_dir}"):
+            init_ray()
+            decoded, errors = run_ray(items, cfg.image_size, cfg.augment_rotations, progress=progress)
+    else:
+        _log(progress, f"preprocessing {what} in this process ...")
+        decoded, errors = decode(items, cfg.image_size, cfg.augment_rotations, progress=progress)
+    _log(progress, f"preprocessed in {time.perf_counter() - start:.1f} s")
     rejected = rejected + [Rejection(records[k].id, records[k].file, "image", f"{reason} ({records[k].where})")
                            for k, reason in sorted(errors.items())]
     keep, duplicates = keep_first_loaded(records, set(decoded))
@@ -260,7 +276,8 @@ def _write_cache(prepared: PreparedData, rejected: list[Rejection], cache_dir: P
         (tmp / "rejected.jsonl").write_text("".join(r.to_json() + "\n" for r in rejected), encoding="utf-8")
         summary = {**prepared.info["counts"], "source": prepared.info["source"],
                    "synthetic": prepared.info["synthetic"], "fingerprint": prepared.info["fingerprint"],
-                   "settings": prepared.info["settings"], "cache_dir": str(cache_dir)}
+                   "settings": prepared.info["settings"], "cache_dir": str(cache_dir),
+                   "ambiguous_images": prepared.info["ambiguous_images"], "ray_log": prepared.info["ray_log"]}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
         if cache_dir.exists() and not (cache_dir / "info.json").exists():
             shutil.rmtree(cache_dir)  # the report of an earlier failed build, or a cache missing its info.json

@@ -17,6 +17,12 @@ Layouts (`detect_layout` picks one from the path):
   the table is `<root>/data/pokemon.csv` and the images `<root>/images/small_images/`; a flat folder
   (`pokemon.csv` beside `images/`) works too. The path is the folder or the csv file.
 
+Image names: in both folder layouts a record's image is `<id>.png` with or without zero padding
+(`1.png`, `001.png`, `0001.png`): image sets are named either way, whatever the layout's own
+spelling (`001.png` for the Pokédex, `1.png` for the Complete Pokédex). If a record has several, the
+layout's own spelling is used, else the shortest name; `SourceData.ambiguous_images` lists each
+such record with the file used and the ones ignored (prepare reports them in its summary).
+
 Every field is checked here, before any pixel work: a record with no usable id, a missing, blank or
 non-text description, no type, no classification or a missing image file becomes a
 `Rejection(id, file, field, reason)`; the rest go on. Undecodable images are caught later, in the
@@ -34,6 +40,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +81,8 @@ class SourceData:
     records: list[Record]
     rejected: list[Rejection] = field(default_factory=list)
     content_hash: str = ""
+    # records with more than one image file (1.png and 001.png): {"id", "used", "ignored"}, by id
+    ambiguous_images: list[dict] = field(default_factory=list)
 
 
 def detect_layout(path: str | Path) -> str:
@@ -105,8 +114,8 @@ def read_source(path: str | Path) -> SourceData:
     layout = detect_layout(path)
     reader = {"pokedex": _read_pokedex, "parquet": _read_parquet, "kaggle": _read_kaggle}[layout]
     hasher = hashlib.sha256(layout.encode())
-    records, rejected = reader(path, hasher)
-    return SourceData(layout, path.resolve(), records, rejected, hasher.hexdigest())
+    records, rejected, ambiguous = reader(path, hasher)
+    return SourceData(layout, path.resolve(), records, rejected, hasher.hexdigest(), ambiguous)
 
 
 # ----------------------------------------------------------------------------- validation, shared
@@ -164,16 +173,48 @@ def _build(raw_id, fields: dict, load_image, file: str, where: str, records: lis
         rejected.append(Rejection(shown_id, file, r.field, f"{r.reason} ({where})"))
 
 
-def _file_loader(path: Path, hasher):
+def _file_loader(path: Path, hasher, missing: str = "missing file"):
     def load() -> bytes:
         if not path.is_file():
             hasher.update(f"{path.name}:missing".encode())
-            raise _Reject("image", "missing file")
+            raise _Reject("image", missing)
         data = path.read_bytes()
         hasher.update(f"{path.name}:{len(data)}:".encode())
         hasher.update(data)
         return data
     return load
+
+
+class _ImageFolder:
+    """A layout's image folder, where record `id`'s image is `<id>.png` with any zero padding.
+
+    `own(id)` is the layout's spelling: it names a missing file and wins when a record has several.
+    The folder is listed once, so a record costs no file-system call of its own.
+    """
+
+    def __init__(self, folder: Path, own):
+        self.folder, self.own = folder, own
+        self.names: dict[int, list[str]] = {}
+        self._ambiguous: dict[int, dict] = {}
+        if folder.is_dir():
+            for entry in os.scandir(folder):
+                stem, ext = entry.name[:-4], entry.name[-4:]
+                if ext == ".png" and stem.isascii() and stem.isdigit() and entry.is_file():
+                    self.names.setdefault(int(stem), []).append(entry.name)
+
+    def find(self, rid: int) -> tuple[Path, str]:
+        """(the image file of record `rid`, the reason to give if it is missing)."""
+        own = self.own(rid)
+        names = sorted(self.names.get(rid, []), key=lambda n: (n != own, len(n), n))
+        if len(names) > 1:
+            self._ambiguous[rid] = {"id": rid, "used": names[0], "ignored": names[1:]}
+        if not names:
+            example = f" (e.g. {rid:03d}.png)" if rid < 100 else ""
+            return self.folder / own, f"missing file: no {rid}.png, zero-padded or not{example}"
+        return self.folder / names[0], "missing file"
+
+    def ambiguous(self) -> list[dict]:
+        return [self._ambiguous[i] for i in sorted(self._ambiguous)]
 
 
 def keep_first_loaded(records: list[Record], loaded: set[int]) -> tuple[list[int], list[Rejection]]:
@@ -199,7 +240,7 @@ def keep_first_loaded(records: list[Record], loaded: set[int]) -> tuple[list[int
 # ----------------------------------------------------------------------------- the three layouts
 
 
-def _read_pokedex(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
+def _read_pokedex(path: Path, hasher) -> tuple[list[Record], list[Rejection], list[dict]]:
     json_path = path if path.is_file() else path / "pokedex.json"
     raw = json_path.read_bytes()
     hasher.update(raw)
@@ -209,7 +250,7 @@ def _read_pokedex(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
         raise ValueError(f"{json_path} is not valid JSON: {exc}") from exc
     if not isinstance(entries, list):
         raise ValueError(f"{json_path} must hold a JSON list of records, found {type(entries).__name__}")
-    image_dir = json_path.parent / "images" / "thumbnails"
+    images = _ImageFolder(json_path.parent / "images" / "thumbnails", lambda rid: f"{rid:03d}.png")
     records, rejected = [], []
     for i, e in enumerate(entries):
         where = f"record {i} of {json_path.name}"
@@ -218,7 +259,7 @@ def _read_pokedex(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
             continue
         raw_id = e.get("id")
         try:
-            image_path = image_dir / f"{_parse_id(raw_id):03d}.png"
+            image_path, missing = images.find(_parse_id(raw_id))
         except _Reject as r:
             rejected.append(Rejection(raw_id if isinstance(raw_id, (int, str)) else None, str(json_path), r.field, f"{r.reason} ({where})"))
             continue
@@ -232,8 +273,8 @@ def _read_pokedex(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
         fields = {"name": name.get("english") if isinstance(name, dict) else name,
                   "description": e.get("description"), "primary": types[0],
                   "secondary": types[1] if len(types) > 1 else None, "classification": e.get("species")}
-        _build(raw_id, fields, _file_loader(image_path, hasher), str(image_path), where, records, rejected)
-    return records, rejected
+        _build(raw_id, fields, _file_loader(image_path, hasher, missing), str(image_path), where, records, rejected)
+    return records, rejected, images.ambiguous()
 
 
 def _decode_csv(raw: bytes, csv_path: Path) -> str:
@@ -322,8 +363,9 @@ def _csv_records(text: str, delimiter: str, csv_path: Path, rejected: list[Rejec
         reader = csv.reader(src, delimiter=delimiter)
 
 
-def _read_kaggle(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
+def _read_kaggle(path: Path, hasher) -> tuple[list[Record], list[Rejection], list[dict]]:
     csv_path, image_dir = _kaggle_paths(path)
+    images = _ImageFolder(image_dir, lambda rid: f"{rid}.png")
     raw = csv_path.read_bytes()
     hasher.update(raw)
     text = _decode_csv(raw, csv_path)
@@ -340,14 +382,14 @@ def _read_kaggle(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
         where = f"line {line} of {csv_path.name}"
         raw_id = row["national_number"]
         try:
-            image_path = image_dir / f"{_parse_id(raw_id)}.png"
+            image_path, missing = images.find(_parse_id(raw_id))
         except _Reject as r:
             rejected.append(Rejection(raw_id or None, str(csv_path), r.field, f"{r.reason} ({where})"))
             continue
         fields = {"name": row["english_name"], "description": row["description"], "primary": row["primary_type"],
                   "secondary": row["secondary_type"], "classification": row["classification"]}
-        _build(raw_id, fields, _file_loader(image_path, hasher), str(image_path), where, records, rejected)
-    return records, rejected
+        _build(raw_id, fields, _file_loader(image_path, hasher, missing), str(image_path), where, records, rejected)
+    return records, rejected, images.ambiguous()
 
 
 def _image_bytes(value):
@@ -361,9 +403,10 @@ def _image_bytes(value):
     return bytes(value)
 
 
-def _read_parquet(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
+def _read_parquet(path: Path, hasher) -> tuple[list[Record], list[Rejection], list[dict]]:
     """Each file (and each row group) on its own: a corrupt part rejects its records, naming the file,
-    and the other parts still load. A part without the needed columns is an error (the wrong dataset)."""
+    and the other parts still load. A part without the needed columns is an error (the wrong dataset).
+    Images sit in the rows, so none is ambiguous."""
     import pyarrow.parquet as pq  # here: the other layouts need no pyarrow (a GPU box that only trains has none)
 
     files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
@@ -405,4 +448,4 @@ def _read_parquet(path: Path, hasher) -> tuple[list[Record], list[Rejection]]:
                 _build(cell("id"), fields, lambda image=image: _image_bytes(image), str(f), f"row {row + i} of {f.name}",
                        records, rejected)
             row += n
-    return records, rejected
+    return records, rejected, []

@@ -2,6 +2,7 @@
 
     from model import clip
     scorer, status = clip.resolve_clip(train_cfg, device)  # (None, reason) when weights are missing
+    scorer, status = clip.resolve_clip(train_cfg, device, loader)  # with an owner's own clip.ClipLoader()
     if scorer is not None:
         scorer.score(images, texts)          # mean cosine, images (N, 3, S, S) in [-1, 1]
         scorer.score_scaled(images, texts)   # mean of 100 * max(cos, 0), the scale torchmetrics uses
@@ -14,6 +15,12 @@ open_clip embeddings; a set's score is the mean over its (image, text) pairs. Ra
 of unrelated pairs are far from 0 (noise vs "a photo of a cat" is about 0.25), so the
 score is reported next to `baselines`: real images with their own texts and with shuffled
 texts, a blank white image and the mean training image.
+
+What loading saves lives in a `ClipLoader`, held by its owner: the models it has loaded (CLIP loads
+once, and the trials a Ray worker process runs one after another share it) and the warnings it has
+shown (a missing-weights warning is printed once, not once per trial). `load_clip` and `resolve_clip`
+without a loader use PROCESS_CLIP, the one a process holds for callers that pass none (the training
+loop, the search's driver).
 
 No fake numbers: `load_clip` either loads the configured pretrained weights or raises
 `ClipUnavailable` saying how to fix it; it never falls back to random weights and never
@@ -232,61 +239,86 @@ class ClipScorer:
         return (100 * self.cosines(images, texts, batch_size).clamp(min=0)).mean().item()
 
 
-_LOADED: dict[tuple[str, str, str], ClipScorer] = {}  # one model per process: trials in a worker share it
+class ClipLoader:
+    """The CLIP models one owner has loaded, and the warnings it has shown.
 
+        loader = ClipLoader()
+        loader.load(model_name, pretrained, device)   # loads; the same call again returns the same scorer
+        loader.resolve(train_cfg, device)             # clip_mode and the loss rule, warning once
 
-def load_clip(model_name: str, pretrained: str, device) -> ClipScorer:
-    """The frozen CLIP model with these weights, or ClipUnavailable. Loaded once per process."""
-    device = torch.device(device or "cpu")
-    key = (model_name, pretrained, str(device))
-    if key not in _LOADED:
-        import open_clip  # imported here: ~3 s, and only runs that score or train with CLIP need it
-        args = _weights_args(model_name, pretrained)
-        try:
-            model = open_clip.create_model(model_name, device=device, require_pretrained=True, **args)
-            tokenizer = open_clip.get_tokenizer(model_name)
-        except Exception as e:  # a corrupt file, a wrong architecture, a failed download
-            raise _unavailable(model_name, pretrained, f"{type(e).__name__}: {e}") from e
-        model.eval().requires_grad_(False)
-        cfg = open_clip.get_model_preprocess_cfg(model)
-        size = cfg["size"]
-        _LOADED[key] = ClipScorer(
-            model=model, tokenizer=tokenizer,
-            image_size=size if isinstance(size, int) else size[0],
-            mean=torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1),
-            std=torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1),
-            interpolation="bicubic" if cfg.get("interpolation", "bicubic") == "bicubic" else "bilinear",
-            device=device, name=f"{model_name}/{pretrained}")
-    return _LOADED[key]
-
-
-def resolve_clip(train_cfg, device) -> tuple[ClipScorer | None, str]:
-    """Apply clip_mode and the loss rule, before training: (scorer, "ok") or (None, why not).
-
-    "off" skips scoring unless the loss needs CLIP; a CLIP loss or "required" without
-    weights raises ClipUnavailable; "auto" warns loudly and carries on without a score.
+    The owner decides what "once" spans: PROCESS_CLIP spans a process (a search's driver, a Ray
+    worker whose trials share the model), a test's own loader spans the test.
     """
-    needs_clip = train_cfg.loss in CLIP_LOSS_MODES
-    if train_cfg.clip_mode == "off" and not needs_clip:
-        return None, "off: CLIP scoring disabled"
+
+    def __init__(self):
+        self._loaded: dict[tuple[str, str, str], ClipScorer] = {}
+        self._warned: set[str] = set()
+
+    def load(self, model_name: str, pretrained: str, device) -> ClipScorer:
+        """The frozen CLIP model with these weights, or ClipUnavailable. Loaded once per loader and device."""
+        device = torch.device(device or "cpu")
+        key = (model_name, pretrained, str(device))
+        if key not in self._loaded:
+            self._loaded[key] = _load(model_name, pretrained, device)
+        return self._loaded[key]
+
+    def resolve(self, train_cfg, device) -> tuple[ClipScorer | None, str]:
+        """Apply clip_mode and the loss rule, before training: (scorer, "ok") or (None, why not).
+
+        "off" skips scoring unless the loss needs CLIP; a CLIP loss or "required" without
+        weights raises ClipUnavailable; "auto" warns loudly and carries on without a score.
+        """
+        needs_clip = train_cfg.loss in CLIP_LOSS_MODES
+        if train_cfg.clip_mode == "off" and not needs_clip:
+            return None, "off: CLIP scoring disabled"
+        try:
+            return self.load(train_cfg.clip_model, train_cfg.clip_pretrained, device), "ok"
+        except ClipUnavailable as e:
+            if needs_clip:
+                raise ClipUnavailable(f"loss={train_cfg.loss!r} needs CLIP weights. {e}") from e
+            if train_cfg.clip_mode == "required":
+                raise
+            # Loudly, but once: once per loader, and not at all in a Ray worker (a search's trial),
+            # whose driver has printed it already; the status below records it in every trial's results.
+            if str(e) not in self._warned and not _in_ray_worker():
+                self._warned.add(str(e))
+                bar = "=" * 100
+                print(f"{bar}\nWARNING: no CLIP score for this run (clip_mode='auto'); test/clip_score is recorded "
+                      f"as unavailable.\n{e}\n{bar}", file=sys.stderr, flush=True)
+            return None, f"unavailable: {str(e).splitlines()[0]} {FIX_SUMMARY}"
+
+
+PROCESS_CLIP = ClipLoader()  # the loader of callers that pass none: one per process, so trials in a worker share it
+
+
+def load_clip(model_name: str, pretrained: str, device, loader: ClipLoader | None = None) -> ClipScorer:
+    """`loader.load` (PROCESS_CLIP's when no loader is given)."""
+    return (PROCESS_CLIP if loader is None else loader).load(model_name, pretrained, device)
+
+
+def resolve_clip(train_cfg, device, loader: ClipLoader | None = None) -> tuple[ClipScorer | None, str]:
+    """`loader.resolve` (PROCESS_CLIP's when no loader is given)."""
+    return (PROCESS_CLIP if loader is None else loader).resolve(train_cfg, device)
+
+
+def _load(model_name: str, pretrained: str, device: torch.device) -> ClipScorer:
+    import open_clip  # imported here: ~3 s, and only runs that score or train with CLIP need it
+    args = _weights_args(model_name, pretrained)
     try:
-        return load_clip(train_cfg.clip_model, train_cfg.clip_pretrained, device), "ok"
-    except ClipUnavailable as e:
-        if needs_clip:
-            raise ClipUnavailable(f"loss={train_cfg.loss!r} needs CLIP weights. {e}") from e
-        if train_cfg.clip_mode == "required":
-            raise
-        # Loudly, but once: once per process, and not at all in a Ray worker (a search's trial),
-        # whose driver has printed it already; the status below records it in every trial's results.
-        if str(e) not in _WARNED and not _in_ray_worker():
-            _WARNED.add(str(e))
-            bar = "=" * 100
-            print(f"{bar}\nWARNING: no CLIP score for this run (clip_mode='auto'); test/clip_score is recorded "
-                  f"as unavailable.\n{e}\n{bar}", file=sys.stderr, flush=True)
-        return None, f"unavailable: {str(e).splitlines()[0]} {FIX_SUMMARY}"
-
-
-_WARNED: set[str] = set()
+        model = open_clip.create_model(model_name, device=device, require_pretrained=True, **args)
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except Exception as e:  # a corrupt file, a wrong architecture, a failed download
+        raise _unavailable(model_name, pretrained, f"{type(e).__name__}: {e}") from e
+    model.eval().requires_grad_(False)
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    size = cfg["size"]
+    return ClipScorer(
+        model=model, tokenizer=tokenizer,
+        image_size=size if isinstance(size, int) else size[0],
+        mean=torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1),
+        std=torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1),
+        interpolation="bicubic" if cfg.get("interpolation", "bicubic") == "bicubic" else "bilinear",
+        device=device, name=f"{model_name}/{pretrained}")
 
 
 def _in_ray_worker() -> bool:

@@ -68,6 +68,21 @@ def test_local_checkpoint_is_loaded_frozen_and_once(scorer, tiny_clip_file):
     assert clip.load_clip(TINY, tiny_clip_file, "cpu") is scorer
 
 
+def test_what_a_loader_saves_is_its_own(scorer, tiny_clip_file, capsys):
+    """Each ClipLoader loads a model once and warns once; another loader (another owner) does both again.
+    Callers passing no loader share PROCESS_CLIP, as the trials of one worker process do."""
+    assert clip.PROCESS_CLIP.load(TINY, tiny_clip_file, "cpu") is scorer  # the fixture's, through load_clip
+    mine, other = clip.ClipLoader(), clip.ClipLoader()
+    own = mine.load(TINY, tiny_clip_file, "cpu")
+    assert own is not scorer and mine.load(TINY, tiny_clip_file, "cpu") is own
+    assert all(torch.equal(a, b) for a, b in zip(own.model.state_dict().values(), scorer.model.state_dict().values()))
+    assert clip.load_clip(TINY, tiny_clip_file, "cpu", loader=mine) is own
+    cfg = TrainConfig(clip_mode="auto", clip_model=TINY, clip_pretrained=BOGUS)
+    for loader, warns in ((mine, True), (mine, False), (other, True), (other, False)):
+        assert clip.resolve_clip(cfg, "cpu", loader)[0] is None
+        assert ("WARNING: no CLIP score" in capsys.readouterr().err) is warns
+
+
 def _expect_fixing_message(err: Exception):
     msg = str(err)
     assert "--clip-pretrained /path/to/file.pt" in msg and "HF_HUB_OFFLINE" in msg and "--clip-mode off" in msg
@@ -145,12 +160,12 @@ def test_modes_and_the_loss_rule(scorer, tiny_clip_file, capsys):
     assert clip.resolve_clip(TrainConfig(clip_mode="required", clip_model=TINY, clip_pretrained=tiny_clip_file),
                              "cpu") == (scorer, "ok")
 
-    clip._WARNED.clear()
-    got, status = clip.resolve_clip(TrainConfig(clip_mode="auto", **bogus), "cpu")
+    loader = clip.ClipLoader()  # a fresh owner: it has warned about nothing yet
+    got, status = clip.resolve_clip(TrainConfig(clip_mode="auto", **bogus), "cpu", loader)
     assert got is None and status.startswith("unavailable:") and BOGUS in status and "--clip-pretrained" in status
     assert "WARNING: no CLIP score" in capsys.readouterr().err
-    assert clip.resolve_clip(TrainConfig(clip_mode="auto", **bogus), "cpu") == (None, status)
-    assert "WARNING" not in capsys.readouterr().err  # once per process, not once per trial
+    assert clip.resolve_clip(TrainConfig(clip_mode="auto", **bogus), "cpu", loader) == (None, status)
+    assert "WARNING" not in capsys.readouterr().err  # once per owner (a process, a search), not once per trial
 
     with pytest.raises(clip.ClipUnavailable) as err:
         clip.resolve_clip(TrainConfig(clip_mode="required", **bogus), "cpu")
@@ -169,12 +184,12 @@ def test_the_unavailable_banner_is_printed_by_the_driver_not_by_each_trial(monke
         return SimpleNamespace(is_initialized=lambda: True, get_runtime_context=lambda: context)
 
     cfg = TrainConfig(clip_mode="auto", clip_model=TINY, clip_pretrained=BOGUS)
-    clip._WARNED.clear()
+    loader = clip.ClipLoader()
     monkeypatch.setitem(sys.modules, "ray", ray_process("a1b2"))
-    _, status = clip.resolve_clip(cfg, "cpu")
+    _, status = clip.resolve_clip(cfg, "cpu", loader)
     assert status.startswith("unavailable:") and "WARNING" not in capsys.readouterr().err  # trial: recorded, quiet
     monkeypatch.setitem(sys.modules, "ray", ray_process(None))
-    assert clip.resolve_clip(cfg, "cpu") == (None, status)
+    assert clip.resolve_clip(cfg, "cpu", loader) == (None, status)
     assert "WARNING: no CLIP score" in capsys.readouterr().err  # the driver says it, once
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import subprocess
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -70,11 +72,21 @@ def test_local_ray_listens_on_loopback_only(local_ray):
 
 
 def test_ray_pipeline_equals_plain_loop(local_ray, datafx):
+    """...and uses no deprecated Ray API: run_ray would hide a deprecated call turned into an error behind
+    its record-by-record fallback, so the warnings are recorded and none may be a DeprecationWarning."""
     rng = np.random.default_rng(0)
     images = {i: datafx.encode(rng.integers(0, 256, (30 + i, 30 + i, 4), dtype=np.uint8)) for i in range(1, 10)}
     images[10] = datafx.png((10, 200, 30), mode="RGB", fmt="JPEG")
-    pixels, errors = run_ray([Item(i, b) for i, b in images.items()] + [Item(99, b"broken")], 16, rotations=4,
-                             num_blocks=3, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # Ray's own bug, not our call (ray-project/ray#65302): DataContext() warns about three of its own
+        # default fields, once, when the first Ray Data call in a process creates it.
+        warnings.filterwarnings("ignore", r"`(use_push_based_shuffle|use_polars|use_arrow_tensor_v2)` is deprecated",
+                                DeprecationWarning, "ray.data.context")
+        pixels, errors = run_ray([Item(i, b) for i, b in images.items()] + [Item(99, b"broken")], 16, rotations=4,
+                                 num_blocks=3, progress=False)
+    deprecated = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert deprecated == []
     assert set(pixels) == set(images) and list(errors) == [99] and "unreadable image" in errors[99]
     splits = {"train": [1, 2, 3, 4, 5, 6], "val": [7, 8], "test": [9, 10]}
     got, want = split_arrays(pixels, splits), preprocess_loop(images, splits, 16, 4)
@@ -327,6 +339,24 @@ def test_failed_cache_rename_is_reported(local_ray, tmp_path, make_pokedex, monk
     assert list((cache / "prepared").iterdir()) == []  # neither a cache nor a leftover build folder
 
 
+def test_a_record_with_two_image_files_says_which_it_used(local_ray, tmp_path, make_pokedex, datafx, capsys):
+    """001.png (the Pokédex's own spelling) and 1.png side by side: the prepared image is 001.png's, and
+    the summary line, summary.json and info.json say so, on the build and on a reuse of the cache."""
+    folder = make_pokedex(8)
+    (folder / "images" / "thumbnails" / "1.png").write_bytes(datafx.png((0, 0, 0, 255)))  # 001.png is not black
+    want = {"id": 1, "used": "001.png", "ignored": ["1.png"]}
+    for reused in (False, True):
+        data = prepare_dataset(folder, SMALL, cache_root=tmp_path / "cache", progress=False)
+        line = capsys.readouterr().out
+        assert data.info["cache_reused"] is reused and data.info["ambiguous_images"] == [want]
+        assert "1 record(s) with two image files, e.g. id 1: used 001.png, not 1.png" in line
+    summary = json.loads((Path(data.info["cache_dir"]) / "summary.json").read_text())
+    assert summary["ambiguous_images"] == [want] and summary["loaded"] == 8
+    split = next(data.split(s) for s in ("train", "val", "test") if 1 in data.split(s).ids)
+    image = split.images[list(split.ids).index(1)]
+    np.testing.assert_array_equal(image[:, 8, 8], [20, 100, 200])  # 001.png's colour (make_pokedex), not black
+
+
 def test_zero_usable_records_is_a_clear_error(local_ray, tmp_path, datafx):
     rec = datafx.pokedex_record
     text_broken = datafx.write_pokedex(tmp_path / "a", [rec(1, description=""), rec(2, type=[])], {})
@@ -367,9 +397,11 @@ def test_synthetic_default_says_so(local_ray, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_subprocess_synthetic_default(tmp_path):
-    """The real entry point, in its own process with its own Ray: no --data → the synthetic default."""
+    """The real entry point, in its own process with its own Ray: no --data → the synthetic default. The
+    console carries our progress and summary and none of Ray's log lines; those are in the file the
+    progress line names (Ray Data logs its progress there too, stdout being no terminal here)."""
     env = {**os.environ, "POKEMON_T2I_CACHE": str(tmp_path)}
-    run = subprocess.run([sys.executable, "-m", "data_pipeline.prepare", "--quiet", "--image-size", "8",
+    run = subprocess.run([sys.executable, "-m", "data_pipeline.prepare", "--image-size", "8",
                           "--augment-rotations", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "SYNTHETIC" in run.stderr and "[SYNTHETIC default]" in run.stdout
@@ -377,6 +409,51 @@ def test_cli_subprocess_synthetic_default(tmp_path):
     summary = json.loads((cache_dir / "summary.json").read_text())
     assert summary["synthetic"] is True and summary["loaded"] == 300
     assert (cache_dir / "rejected.jsonl").read_text() == ""
+
+    log = tmp_path / "logs" / f"prepare-{cache_dir.name}.log"
+    assert f"preprocessing 300 images (size 8, 1 rotations of each training image) with Ray Data (Ray's own " \
+           f"log: {log}) ..." in run.stderr.splitlines() and summary["ray_log"] == str(log)
+    ray_line = re.compile(r"\t(INFO|WARNING) \S+\.py:\d+ -- ")  # Ray's format: "<time>\tINFO file.py:12 -- ..."
+    assert not [line for line in (run.stdout + run.stderr).splitlines() if ray_line.search(line)], run.stderr
+    logged = log.read_text(encoding="utf-8")
+    assert "streaming_executor.py" in logged and "Starting execution of Dataset" in logged
+    assert "logging_progress.py" in logged and "execution finished" in logged
+
+
+def test_ray_log_lines_go_to_the_file_and_errors_to_the_console_too(tmp_path):
+    """ray_logs_to, in this process: Ray's INFO and WARNING records reach the file only, ERROR ones both,
+    and after it the console handlers are as before."""
+    import io
+    import logging
+
+    import ray.data  # noqa: F401 — sets up the "ray.data" logger's handlers
+    from ray._private.log import PlainRayHandler
+
+    from data_pipeline.ray_env import ray_logs_to
+
+    # Ray's console handlers hold the stderr of when they were made (pytest's, not capsys'): read them here
+    screen = io.StringIO()
+    consoles = [h for name in ("ray", "ray.data") for h in logging.getLogger(name).handlers
+                if isinstance(h, PlainRayHandler)]
+    assert len(consoles) == 2  # one each
+    streams = [h.setStream(screen) for h in consoles]
+    data, core = logging.getLogger("ray.data.test_logs"), logging.getLogger("ray.test_logs")
+    try:
+        with ray_logs_to(tmp_path / "logs" / "ray.log", "a test"):
+            data.info("data-info")
+            data.warning("data-warning")
+            core.warning("core-warning")
+            data.error("data-error")
+        data.info("after-info")
+    finally:
+        for handler, stream in zip(consoles, streams):
+            handler.setStream(stream)
+    console, logged = screen.getvalue(), (tmp_path / "logs" / "ray.log").read_text()
+    assert "data-error" in console and "after-info" in console
+    assert not any(word in console for word in ("data-info", "data-warning", "core-warning"))
+    assert logged.startswith("===== ") and " a test\n" in logged.splitlines(keepends=True)[0]
+    assert all(word in logged for word in ("data-info", "data-warning", "core-warning", "data-error"))
+    assert "after-info" not in logged
 
 
 def test_real_pokedex(local_ray, shared_pokedex, tmp_path):

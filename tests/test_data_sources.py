@@ -111,6 +111,59 @@ def test_kaggle_as_downloaded_root_or_csv(tmp_path, datafx):
         assert src.records[1].file == str(root / "images" / "small_images" / "4.png")
 
 
+def test_image_names_with_or_without_zero_padding_in_both_folder_layouts(tmp_path, datafx):
+    """A csv numbering records 1, 4, 25 next to 001.png (as many image sets are named), and a Pokédex
+    next to 1.png: every image is found. A record with two files uses the layout's own spelling (else
+    the shortest name), whatever the folder's listing order, and the source lists it."""
+    red, blue, green = (datafx.png(c) for c in ((200, 0, 0, 255), (0, 0, 200, 255), (0, 200, 0, 255)))
+    kaggle = write_kaggle(tmp_path / "k", datafx, rows=kaggle_rows() + [
+        ["25", "I", "Pikachu", "electric", "", "Mouse Pokémon", "Stores electricity."],
+        ["7", "I", "Squirtle", "water", "", "Tiny Turtle Pokémon", "Shoots water."]])
+    images = kaggle / "images" / "small_images"
+    (images / "1.png").rename(images / "001.png")  # zero-padded only
+    (images / "004.png").write_bytes(blue)  # beside the csv's own spelling, 4.png
+    (images / "4.png").write_bytes(red)
+    (images / "0025.png").write_bytes(blue)  # two paddings, neither the own spelling: the shorter one wins
+    (images / "025.png").write_bytes(green)
+    (images / "readme.txt").write_text("not an image")  # id 7 has no file at all
+    src = read_source(kaggle)
+    assert [r.id for r in src.records] == [1, 4, 25]
+    assert src.records[0].file == str(images / "001.png") and src.records[1].image == red
+    assert src.records[2].file == str(images / "025.png") and src.records[2].image == green
+    assert src.ambiguous_images == [{"id": 4, "used": "4.png", "ignored": ["004.png"]},
+                                    {"id": 25, "used": "025.png", "ignored": ["0025.png"]}]
+    (missing,) = src.rejected
+    assert (missing.id, missing.field, missing.file) == ("7", "image", str(images / "7.png"))
+    assert "missing file: no 7.png, zero-padded or not (e.g. 007.png)" in missing.reason and "line 6" in missing.reason
+
+    rec = datafx.pokedex_record
+    dex = datafx.write_pokedex(tmp_path / "dex", [rec(1), rec(2), rec(100)],
+                               {"1.png": red, "2.png": red, "002.png": blue, "100.png": green})
+    src = read_source(dex)
+    assert [r.image for r in src.records] == [red, blue, green] and not src.rejected  # 002.png: the Pokédex's own
+    assert src.ambiguous_images == [{"id": 2, "used": "002.png", "ignored": ["2.png"]}]
+    # The used file is part of the content hash: removing the ignored one changes nothing, the used one does.
+    (dex / "images" / "thumbnails" / "2.png").unlink()
+    assert read_source(dex).content_hash == src.content_hash
+    (dex / "images" / "thumbnails" / "002.png").unlink()
+    assert read_source(dex).content_hash != src.content_hash
+
+
+def test_real_pokedex_images_beside_a_complete_pokedex_csv(tmp_path, shared_pokedex):
+    """The issue's case on the real data: a csv numbering records 1..898 beside the Pokédex's zero-padded
+    thumbnails (linked, not copied). Before, ids 1-99 (99 of 898) were rejected as missing files."""
+    rows = [[e["id"], "I", e["name"]["english"], e["type"][0], (e["type"][1:] or [""])[0], e["species"],
+             e["description"]] for e in json.loads((shared_pokedex / "pokedex.json").read_text(encoding="utf-8"))]
+    buf = io.StringIO()
+    csv.writer(buf).writerows([KAGGLE_HEADER] + rows)
+    (tmp_path / "pokemon.csv").write_text(buf.getvalue(), encoding="utf-8")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "small_images").symlink_to(shared_pokedex / "images" / "thumbnails")
+    src = read_source(tmp_path)
+    assert (len(src.records), src.rejected, src.ambiguous_images) == (898, [], [])
+    assert src.records[0].file.endswith("small_images/001.png") and src.records[99].file.endswith("/100.png")
+
+
 # ----------------------------------------------------------------------------- bad records
 
 
