@@ -18,9 +18,10 @@ texts, a blank white image and the mean training image.
 
 What loading saves lives in a `ClipLoader`, held by its owner: the models it has loaded (CLIP loads
 once, and the trials a Ray worker process runs one after another share it) and the warnings it has
-shown (a missing-weights warning is printed once, not once per trial). `load_clip` and `resolve_clip`
-without a loader use PROCESS_CLIP, the one a process holds for callers that pass none (the training
-loop, the search's driver).
+shown (a missing-weights warning is printed once, not once per trial). Its owner decides what "once" spans:
+a search's driver holds one (search/grid.py), each Ray worker one for the trials it runs one after another
+(search/trainable.py, through model.train.ProcessCache). `load_clip` and `resolve_clip` without a loader
+use a new one: the weights are loaded again.
 
 No fake numbers: `load_clip` either loads the configured pretrained weights or raises
 `ClipUnavailable` saying how to fix it; it never falls back to random weights and never
@@ -246,8 +247,7 @@ class ClipLoader:
         loader.load(model_name, pretrained, device)   # loads; the same call again returns the same scorer
         loader.resolve(train_cfg, device)             # clip_mode and the loss rule, warning once
 
-    The owner decides what "once" spans: PROCESS_CLIP spans a process (a search's driver, a Ray
-    worker whose trials share the model), a test's own loader spans the test.
+    The owner decides what "once" spans: a search's driver, a Ray worker whose trials share the model, a test.
     """
 
     def __init__(self):
@@ -288,17 +288,14 @@ class ClipLoader:
             return None, f"unavailable: {str(e).splitlines()[0]} {FIX_SUMMARY}"
 
 
-PROCESS_CLIP = ClipLoader()  # the loader of callers that pass none: one per process, so trials in a worker share it
-
-
 def load_clip(model_name: str, pretrained: str, device, loader: ClipLoader | None = None) -> ClipScorer:
-    """`loader.load` (PROCESS_CLIP's when no loader is given)."""
-    return (PROCESS_CLIP if loader is None else loader).load(model_name, pretrained, device)
+    """`loader.load` (a new loader's when none is given: nothing kept)."""
+    return (loader or ClipLoader()).load(model_name, pretrained, device)
 
 
 def resolve_clip(train_cfg, device, loader: ClipLoader | None = None) -> tuple[ClipScorer | None, str]:
-    """`loader.resolve` (PROCESS_CLIP's when no loader is given)."""
-    return (PROCESS_CLIP if loader is None else loader).resolve(train_cfg, device)
+    """`loader.resolve` (a new loader's when none is given: nothing kept, the warning shown)."""
+    return (loader or ClipLoader()).resolve(train_cfg, device)
 
 
 def _load(model_name: str, pretrained: str, device: torch.device) -> ClipScorer:

@@ -62,10 +62,11 @@ def nearest_l1(queries: torch.Tensor, references: torch.Tensor, batch: int = 256
 class Evaluator:
     """The data on the device and everything the metrics need, once per trial."""
 
-    def __init__(self, data: PreparedData, train_cfg: TrainConfig, device):
+    def __init__(self, data: PreparedData, train_cfg: TrainConfig, device, clip_loader: clip.ClipLoader | None = None):
         self.data, self.device = data, torch.device(device)
-        # Decided before any training: a CLIP loss or clip_mode="required" without weights stops here.
-        self.scorer, self.clip_status = clip.resolve_clip(train_cfg, self.device)
+        # Decided before any training: a CLIP loss or clip_mode="required" without weights stops here. The
+        # loader's owner keeps the weights loaded for its next trial.
+        self.scorer, self.clip_status = clip.resolve_clip(train_cfg, self.device, clip_loader)
         self.images = {name: images(data.split(name), self.device) for name in ("train", "val", "test")}
         self.nn_real = nearest_l1(self.images["test"], self.images["train"]).mean().item()
         self.type_clf, self.type_labels = None, {}

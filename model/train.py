@@ -36,7 +36,7 @@ frozen, the loop reloads the best-validation weights and trains `finetune_epochs
 
 Speed: the whole preprocessed dataset is moved to the device once (the Evaluator holds it); with a frozen
 text encoder (the default) its hidden states are computed once per distinct text and reused by every step,
-and a `TextStates` the caller holds keeps them for the next trial on the same texts.
+and a `ProcessCache` the caller holds keeps them (and CLIP's weights) for its next trial.
 """
 
 from __future__ import annotations
@@ -44,11 +44,12 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
 from data_pipeline.dataset import PreparedData
+from model.clip import ClipLoader
 from model.config import BEST, SAMPLES_PER_S, ModelConfig, TrainConfig
 from model.evaluate import Evaluator
 from model.families import EVAL_BATCH, make_family
@@ -67,9 +68,7 @@ def default_device() -> str:
 
 
 class TextStates:
-    """A frozen encoder's hidden states of one text set, kept for the next trial on the same texts: a search's
-    worker runs trial after trial on them (seconds each on a CPU). Its holder decides its lifetime
-    (search/trainable.py keeps one per worker process); without one, every trial encodes afresh."""
+    """A frozen encoder's hidden states of one text set, kept for the next trial on the same texts."""
 
     def __init__(self):
         self.key, self.hidden = None, None
@@ -78,6 +77,15 @@ class TextStates:
         if self.key != key:
             self.key, self.hidden = key, encode()
         return self.hidden
+
+
+@dataclass
+class ProcessCache:
+    """What a process keeps from one trial for the next: a search's worker runs trial after trial on the same
+    texts (their encoder states take seconds on a CPU) and with the same CLIP weights (seconds to load). Its
+    holder decides its lifetime: search/trainable.py keeps one per Ray worker; without one a trial starts afresh."""
+    text_states: TextStates = field(default_factory=TextStates)
+    clip: ClipLoader = field(default_factory=ClipLoader)
 
 
 class TextTable:
@@ -361,7 +369,7 @@ def ema_weights(ema, weights: FlatParams):
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: PreparedData, report=None, resume=None,
-          device=None, text_states: TextStates | None = None) -> dict:
+          device=None, cache: ProcessCache | None = None) -> dict:
     """One trial: `train_members` with K = 1. `report(metrics, state)` gets the member's dict; a
     diverged run raises FloatingPointError."""
     def report_one(metrics: list[dict], state: dict) -> None:
@@ -370,28 +378,29 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: PreparedData, re
         if report is not None:
             report(metrics[0], state)
 
-    return train_members(model_cfg, [train_cfg], data, report_one, resume, device, text_states=text_states)[0]
+    return train_members(model_cfg, [train_cfg], data, report_one, resume, device, cache=cache)[0]
 
 
 def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: PreparedData, report=None,
-                  resume=None, device=None, compile: bool = False, text_states: TextStates | None = None) -> list[dict]:
+                  resume=None, device=None, compile: bool = False, cache: ProcessCache | None = None) -> list[dict]:
     """Train len(train_cfgs) trials of one architecture together; returns each member's final metrics.
 
     `compile=True` runs the members' training step through torch.compile (CUDA graphs on a GPU; the regressor).
-    `text_states` keeps a frozen encoder's hidden states for the caller's next trial on the same texts.
+    `cache` keeps what this trial loads (a frozen encoder's states, CLIP) for the caller's next trial.
     """
     device = torch.device(device or default_device())
     check_data(model_cfg, data)
     check_members(model_cfg, train_cfgs)
     first, k = train_cfgs[0], len(train_cfgs)
-    evaluator = Evaluator(data, first, device)  # the data on the device; CLIP decided before any training
+    cache = cache or ProcessCache()
+    evaluator = Evaluator(data, first, device, cache.clip)  # the data on the device; CLIP decided before training
 
     torch.manual_seed(first.seed)  # the global stream draws the dropout masks; weights use the members' seeds
     tokenizer, encoder, encoder_source = load_text_encoder(model_cfg.text_encoder)
     net = TextToImage(model_cfg, encoder, seeds=[c.seed for c in train_cfgs]).to(device)
     texts = TextTable.of(tokenizer, data, model_cfg, device)
     if model_cfg.freeze_text_encoder:
-        texts.cache_hidden(net, text_states)
+        texts.cache_hidden(net, cache.text_states)
     family = make_family(net, texts, first, evaluator)
     weights = FlatParams(net.generator)
     ema = None

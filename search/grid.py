@@ -117,12 +117,12 @@ def check_data(data: str | None) -> None:
         detect_layout(data)
 
 
-def check_clip(train_cfg, device: str = "cpu"):
+def check_clip(train_cfg, loader, device: str = "cpu"):
     """(scorer, status) for the baselines; --clip-mode required (or a CLIP loss) without weights is a user error."""
     from model import clip
 
     try:
-        return clip.resolve_clip(train_cfg, device)
+        return clip.resolve_clip(train_cfg, device, loader)
     except clip.ClipUnavailable as e:
         raise user_error(f"{str(e).splitlines()[0]} {clip.FIX_SUMMARY}") from None
 
@@ -328,8 +328,9 @@ class Plan:
 
 
 def plan_search(args, argv, results_dir: Path, ray_experiment: str, settings: Settings, data, cluster: dict,
-                clip: tuple, per_trial: dict) -> Plan:
-    """The Plan of a new search: the command's flags, resolved settings and data, the cluster, CLIP's status."""
+                clip: tuple, per_trial: dict, clip_loader=None) -> Plan:
+    """The Plan of a new search: the command's flags, resolved settings and data, the cluster, CLIP's status (and
+    the driver's CLIP loader, which holds the weights check_clip loaded)."""
     from model.evaluate import Evaluator
     from search.trackers import resolved_uri
 
@@ -363,7 +364,7 @@ def plan_search(args, argv, results_dir: Path, ray_experiment: str, settings: Se
                  "split_ids": data.info.get("splits")},
         clip={"model": settings.train.clip_model, "pretrained": settings.train.clip_pretrained,
               "mode": settings.train.clip_mode, "status": clip_status},
-        baselines=Evaluator(data, settings.train, "cpu").baselines(), cluster=cluster, **_versions())
+        baselines=Evaluator(data, settings.train, "cpu", clip_loader).baselines(), cluster=cluster, **_versions())
 
 
 def new_tuner(trainable, settings: Settings, prov: dict, storage: str):
@@ -485,8 +486,12 @@ def main(argv=None) -> list[dict]:
             settings = resolve(preset, config_overrides(args), seeds=args.seeds)
     auto = "" if args.preset or args.resume else f" (auto: {'a' if has_gpu else 'no'} GPU visible to Ray/torch)"
     print(f"[search] preset {settings.preset}{auto}: {PRESETS[settings.preset].about}", flush=True)
-    # Before the data: --clip-mode required without weights stops here, not after preprocessing.
-    clip = check_clip(settings.train) if prov is None else None
+    # Before the data: --clip-mode required without weights stops here, not after preprocessing. The driver's
+    # loader keeps the weights for the baselines.
+    from model.clip import ClipLoader
+
+    clip_loader = ClipLoader()
+    clip = check_clip(settings.train, clip_loader) if prov is None else None
 
     # Prepared once per search, before any trial: the data pipeline never competes with trials for CPUs.
     with user_errors("--data"):
@@ -499,7 +504,8 @@ def main(argv=None) -> list[dict]:
     per_trial = {"cpu": args.cpus_per_trial, "gpu": gpus}
     if prov is None:
         with user_errors():
-            plan = plan_search(args, argv, results_dir, ray_experiment, settings, data, cluster, clip, per_trial)
+            plan = plan_search(args, argv, results_dir, ray_experiment, settings, data, cluster, clip, per_trial,
+                               clip_loader)
         prov = asdict(plan)
         write_provenance(results_dir, prov)
     print(f"[search] fused: {prov['search']['fuse']['reason']}", flush=True)

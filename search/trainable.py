@@ -32,7 +32,7 @@ from ray import tune
 from data_pipeline.dataset import PreparedData
 from model import checkpoint
 from model.config import BEST, SELECTION
-from model.train import TextStates, default_device, train, train_members
+from model.train import ProcessCache, default_device, train, train_members
 from search.settings import Settings
 from search.space import trial_configs
 
@@ -52,9 +52,9 @@ def where() -> dict:
     return {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "device": device}
 
 
-# A frozen encoder's hidden states, kept by this worker process for its next trial: Tune reuses the
-# process (reuse_actors), and every trial of a search encodes the same texts (seconds each on a CPU).
-TEXT_STATES = TextStates()
+# What this worker process keeps for its next trial (a frozen encoder's states of the search's texts, CLIP's
+# weights): Tune reuses the process (reuse_actors), and every trial of a search needs the same.
+WORKER_CACHE = ProcessCache()
 
 
 def member_report(metrics: list[dict], family: str) -> dict:
@@ -149,10 +149,10 @@ def train_trial(config: dict, data: PreparedData, settings: Settings, members: l
     try:
         if fused:
             train_members(model_cfg, train_cfgs, data, report=report, resume=resume, device=default_device(),
-                          text_states=TEXT_STATES)
+                          cache=WORKER_CACHE)
         else:  # a diverged trial raises FloatingPointError
             train(model_cfg, train_cfgs[0], data, report=lambda m, s: report([m], s), resume=resume,
-                  device=default_device(), text_states=TEXT_STATES)
+                  device=default_device(), cache=WORKER_CACHE)
     except FloatingPointError as e:
         diverged.write_text(str(e))
         raise

@@ -65,13 +65,12 @@ def test_local_checkpoint_is_loaded_frozen_and_once(scorer, tiny_clip_file):
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)  # the file's weights, not a fresh init
     assert not scorer.model.training and not any(p.requires_grad for p in scorer.model.parameters())
     assert scorer.image_size == 48 and scorer.name == f"{TINY}/{tiny_clip_file}"
-    assert clip.load_clip(TINY, tiny_clip_file, "cpu") is scorer
 
 
 def test_what_a_loader_saves_is_its_own(scorer, tiny_clip_file, capsys):
-    """Each ClipLoader loads a model once and warns once; another loader (another owner) does both again.
-    Callers passing no loader share PROCESS_CLIP, as the trials of one worker process do."""
-    assert clip.PROCESS_CLIP.load(TINY, tiny_clip_file, "cpu") is scorer  # the fixture's, through load_clip
+    """Each ClipLoader loads a model once and warns once; another loader (another owner) does both again, and a
+    call without one keeps nothing (search/trainable.py gives each Ray worker one, for the trials it runs)."""
+    assert clip.load_clip(TINY, tiny_clip_file, "cpu") is not scorer  # no loader: loaded again
     mine, other = clip.ClipLoader(), clip.ClipLoader()
     own = mine.load(TINY, tiny_clip_file, "cpu")
     assert own is not scorer and mine.load(TINY, tiny_clip_file, "cpu") is own
@@ -157,8 +156,9 @@ def test_openai_weights_from_a_file_get_quickgelu(tmp_path):
 def test_modes_and_the_loss_rule(scorer, tiny_clip_file, capsys):
     bogus = dict(clip_model=TINY, clip_pretrained=BOGUS)
     assert clip.resolve_clip(TrainConfig(clip_mode="off", **bogus), "cpu") == (None, "off: CLIP scoring disabled")
-    assert clip.resolve_clip(TrainConfig(clip_mode="required", clip_model=TINY, clip_pretrained=tiny_clip_file),
-                             "cpu") == (scorer, "ok")
+    got, status = clip.resolve_clip(TrainConfig(clip_mode="required", clip_model=TINY, clip_pretrained=tiny_clip_file),
+                                    "cpu")
+    assert status == "ok" and got.name == scorer.name  # the file's weights (loaded anew: no loader given)
 
     loader = clip.ClipLoader()  # a fresh owner: it has warned about nothing yet
     got, status = clip.resolve_clip(TrainConfig(clip_mode="auto", **bogus), "cpu", loader)

@@ -206,7 +206,7 @@ def test_a_source_without_usable_records_is_a_one_line_error(make_pokedex, capsy
 def test_clip_required_without_weights_is_a_one_line_error(capsys):
     cfg = TrainConfig(clip_mode="required", clip_pretrained="/nonexistent/clip_weights.pt")
     with pytest.raises(SystemExit) as e:
-        grid_cli.check_clip(cfg)
+        grid_cli.check_clip(cfg, None)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1
     assert "/nonexistent/clip_weights.pt" in err and "--clip-pretrained" in err
