@@ -87,6 +87,9 @@ class TrainConfig:
     finetune_lr: float = 1e-5
     # Learning-rate warm-up: linear from 0 over the first warmup_steps optimizer steps (0: none).
     warmup_steps: int = 0
+    # "bf16": the training step's forward and backward under torch.autocast in bfloat16 (weights, optimizer and
+    # evaluation stay float32); on a CPU with AVX-512 BF16 and on GPUs it is faster. "fp32": no autocast.
+    precision: str = "fp32"
     # The diffusion family's process (model/diffusion.py; the regressor ignores these), in diffusers' own names:
     # training noise from a DDPMScheduler with this beta schedule and prediction type, min-SNR-gamma loss
     # weighting (0: off), the text replaced by the empty text with probability cond_dropout (so that
@@ -108,6 +111,7 @@ class TrainConfig:
         if self.clip_mode not in ("auto", "required", "off"):
             raise ValueError(f"clip_mode must be 'auto', 'required' or 'off', got {self.clip_mode!r}")
         choices = {"prediction_type": ("epsilon", "v_prediction", "sample"), "sampler": ("ddim", "dpm", "ddpm"),
+                   "precision": ("fp32", "bf16"),
                    "noise_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

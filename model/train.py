@@ -469,7 +469,8 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
         t0 = time.perf_counter()
         for i in range(0, n, batch):
             rows = orders[:, i:i + batch]  # (K, B)
-            loss, metric = step(rows, streams)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=first.precision == "bf16"):
+                loss, metric = step(rows, streams)
             weights.grad.zero_()
             if encoder_opt is not None:
                 encoder_opt.zero_grad(set_to_none=True)
