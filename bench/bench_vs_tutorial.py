@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -59,7 +60,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -77,14 +77,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_pipeline.prepare import SYNTHETIC_RECORDS, fingerprint, record_text  # noqa: E402
 from data_pipeline.preprocess import prepare_pixels, split_ids  # noqa: E402
 from data_pipeline.sources import read_source  # noqa: E402
-from model.config import TEST_L1, TRAIN_L1, VAL_L1  # noqa: E402
+from model.config import TRAIN_L1, VAL_L1  # noqa: E402
 from model.network import TextToImage, load_text_encoder  # noqa: E402
 from search.settings import Settings, resolve  # noqa: E402
 from search.space import grid_size, trial_configs  # noqa: E402
 
 # --quick: the smoke preset cut to 4 points (one weight-decay pair among them), 2 reshuffles.
 QUICK_GRID = {"lr": (1e-4,), "weight_decay": (1e-5, 1e-6), "n_heads": (2,), "ff_dim": (512,), "n_layers": (2, 3)}
-RESHUFFLE_SEEDS = (1, 2, 3)
+RESHUFFLE_SEEDS = (1, 2, 3, 4)  # 2 rounds of 2 trials at a time on 2 cores
+FIT_STARTS = "[tutorial] search starts"  # printed just before Tuner.fit(): the bench splits the wall time there
 TIMING = ("setup_s", "load_data_s", "data_wait_s", "train_step_s", "val_s", "save_s")
 
 # ---------------------------------------------------------------------------- the tutorial way
@@ -261,6 +262,7 @@ def tutorial_search(settings: Settings, data_dir: str, storage_path: str, param_
         run_config=tune.RunConfig(name="tutorial", storage_path=storage_path),  # only to keep it in a temp dir
         param_space=config,
     )
+    print(FIT_STARTS, flush=True)
     t0 = time.perf_counter()
     results = tuner.fit()
     fit_s = time.perf_counter() - t0
@@ -302,17 +304,26 @@ def subprocess_env(work: Path) -> dict:
             "POKEMON_T2I_CACHE": str(work / "cache"), "PYTHONUNBUFFERED": "1"}
 
 
-def timed(cmd: list[str], work: Path, log_name: str) -> float:
-    """Run cmd from the repo root, its output in work/log_name; the wall time, or an error with the log's tail."""
-    log = work / log_name
+def timed(cmd: list[str], work: Path, log_name: str, marks: dict[str, str]) -> tuple[float, dict]:
+    """Run cmd from the repo root, its output in work/log_name with each line's time; (wall time, the time
+    of the first line containing each of `marks`' strings), or an error with the log's tail."""
+    log, seen = work / log_name, {}
     t0 = time.perf_counter()
     with open(log, "w") as out:
-        rc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(work), stdout=out, stderr=subprocess.STDOUT).returncode
+        proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(work), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            t = time.perf_counter() - t0
+            out.write(f"{t:8.1f}  {line}")
+            for name, text in marks.items():
+                if text in line:
+                    seen.setdefault(name, t)
+        rc = proc.wait()
     wall = time.perf_counter() - t0
     if rc != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
         raise RuntimeError(f"{' '.join(cmd)} exited with {rc}; the end of {log}:\n{tail}")
-    return wall
+    return wall, seen
 
 
 def point_key(point: dict, grid: dict) -> tuple:
@@ -323,7 +334,7 @@ def run_ours(preset: str, overrides: dict, work: Path) -> dict:
     """`python -m search.grid` as a user runs it, timed; its results table, provenance and Tune reports."""
     cmd = [sys.executable, "-m", "search.grid", "--preset", preset, "--results", str(work / "results"),
            "--experiment", "ours", *grid_flags(overrides)]
-    wall = timed(cmd, work, "ours.log")
+    wall, seen = timed(cmd, work, "ours.log", {"data_ready": "[search] data:", "fit_start": " trials for "})
     table = json.loads((work / "results" / "ours" / "best_config.json").read_text())
     prov = table["provenance"]
     settings = Settings.from_dict(prov["settings"])
@@ -331,7 +342,8 @@ def run_ours(preset: str, overrides: dict, work: Path) -> dict:
                for f in Path(prov["ray_experiment"]).glob("trial_*/result.json")]
     split = {name: ids[:settings.max_records] if settings.max_records else ids
              for name, ids in prov["dataset"]["split_ids"].items()}
-    return {"wall_s": wall, "fit_s": prov["fit_s"][-1], "settings": settings, "prov": prov,
+    return {"wall_s": wall, "fit_s": prov["fit_s"][-1], "before_fit_s": seen["fit_start"],
+            "data_ready_s": seen["data_ready"], "settings": settings, "prov": prov,
             "rows": {point_key(r, settings.grid): r for r in table["rows"]}, "split": split,
             "train_rows": prov["dataset"]["counts"]["train"],
             "trial_s": [h[-1]["time_total_s"] for h in reports if h],
@@ -348,8 +360,8 @@ def run_tutorial(preset: str, overrides: dict, data_dir: Path, work: Path, name:
            "--out", str(out)]
     if reshuffle is not None:
         cmd += ["--reshuffle", json.dumps(reshuffle)]
-    wall = timed(cmd, work, f"{name}.log")
-    return {**json.loads(out.read_text()), "wall_s": wall}
+    wall, seen = timed(cmd, work, f"{name}.log", {"fit_start": FIT_STARTS})
+    return {**json.loads(out.read_text()), "wall_s": wall, "before_fit_s": seen["fit_start"]}
 
 
 def best_val(trial: dict) -> float:
@@ -386,8 +398,10 @@ def agreement(ours: dict, tut: dict, calib: dict) -> dict:
         keys = [k for k in keys if k[wd] == float(grid["weight_decay"][0])]
     deltas = [tut_best[k] - ours_best[k] for k in keys]
 
-    runs = [best_val(t) for t in calib["trials"]] + [tut_best[point_key(tut["best_config"], grid)]]
-    tolerance = max(runs) - min(runs)
+    # 3 standard deviations of the difference of two runs that differ by their shuffles alone (sqrt 2 x one
+    # run's), one run's estimated from the best point's grid run and its reshuffled runs.
+    runs = [tut_best[point_key(tut["best_config"], grid)]] + [best_val(t) for t in calib["trials"]]
+    tolerance = 3 * math.sqrt(2) * statistics.stdev(runs)
     ours_best_key, tut_best_key = min(ours_best, key=ours_best.get), min(tut_best, key=tut_best.get)
     best_delta = tut_best[tut_best_key] - ours_best[ours_best_key]
     return {
@@ -402,6 +416,41 @@ def agreement(ours: dict, tut: dict, calib: dict) -> dict:
         "mean_delta_se": statistics.stdev(deltas) / math.sqrt(len(deltas)) if len(deltas) > 1 else math.nan,
         "within": sum(abs(d) <= tolerance for d in deltas),
     }
+
+
+def step_costs(settings: Settings, point: dict, data_dir: Path, batches: int = 10) -> dict:
+    """The tutorial's training step split, in ms per batch (median of `batches`, one thread as in a trial): the
+    tokenizer, the text encoder's forward, and the rest (generator forward, L1, backward, AdamW step)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model_cfg, train_cfg = trial_configs({k: v for k, v in point.items() if k != "shuffle_seed"},
+                                             settings.model, settings.train)
+        tokenizer, encoder, _ = load_text_encoder(model_cfg.text_encoder)
+        net = TextToImage(model_cfg, encoder, seeds=(train_cfg.seed,)).train()
+        optimizer = optim.AdamW(net.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        trainset, _, _ = load_data(data_dir, settings)
+        loader = torch.utils.data.DataLoader(trainset, batch_size=train_cfg.batch_size, shuffle=True)
+        costs = {"tokenizer": [], "text encoder": [], "generator + backward + AdamW": []}
+        stream = itertools.chain.from_iterable(itertools.repeat(loader))  # epoch after epoch: smoke has one batch
+        for i, (texts, images) in zip(range(batches + 2), stream):
+            t0 = time.perf_counter()
+            tok = tokenizer(list(texts), padding=True, truncation=True, max_length=model_cfg.max_tokens,
+                            return_tensors="pt")
+            t1 = time.perf_counter()
+            hidden = net.encode_text(tok["input_ids"], tok["attention_mask"])
+            t2 = time.perf_counter()
+            optimizer.zero_grad()
+            loss = nn.functional.l1_loss(net.generator(hidden[None], tok["attention_mask"][None])[0], images)
+            loss.backward()
+            optimizer.step()
+            t3 = time.perf_counter()
+            if i >= 2:  # two warm-up steps
+                for name, dt in zip(costs, (t1 - t0, t2 - t1, t3 - t2)):
+                    costs[name].append(1000 * dt)
+        return {name: statistics.median(v) for name, v in costs.items()}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def where_time_goes(ours: dict, tut: dict) -> dict:
@@ -438,13 +487,15 @@ def measure(preset: str, overrides: dict, work: Path) -> dict:
     seeds = RESHUFFLE_SEEDS[:2] if overrides == QUICK_GRID else RESHUFFLE_SEEDS
     calib = run_tutorial(preset, overrides, data_dir, work, "reshuffled",
                          reshuffle={**tut["best_config"], "shuffle_seed": list(seeds)})
+    costs = step_costs(settings, tut["best_config"], data_dir)
     same_data = fingerprint(read_source(data_dir).content_hash, settings.data) == ours["prov"]["dataset"]["fingerprint"]
     samples = points * settings.train.epochs * ours["train_rows"]
+    keep = ("wall_s", "fit_s", "before_fit_s", "checkpoint_bytes")
     return {"preset": preset, "points": points, "epochs": settings.train.epochs, "train_rows": ours["train_rows"],
-            "samples": samples, "ours": {k: ours[k] for k in ("wall_s", "fit_s", "checkpoint_bytes")},
-            "tutorial": {k: tut[k] for k in ("wall_s", "fit_s", "checkpoint_bytes")},
-            "same_data": same_data, "agreement": agreement(ours, tut, calib), "time": where_time_goes(ours, tut),
-            "code_version": ours["prov"]["code_version"]}
+            "samples": samples, "ours": {k: ours[k] for k in (*keep, "data_ready_s")},
+            "tutorial": {k: tut[k] for k in keep}, "same_data": same_data,
+            "agreement": agreement(ours, tut, calib), "time": where_time_goes(ours, tut), "step_ms": costs,
+            "batch_size": min(settings.train.batch_size, ours["train_rows"]), "code_version": ours["prov"]["code_version"]}
 
 
 def report(results: list[dict], where: str) -> None:
@@ -452,46 +503,63 @@ def report(results: list[dict], where: str) -> None:
 
     print(f"\nThis project vs the Ray Tune PyTorch tutorial pattern, {time.strftime('%Y-%m-%d')}, Ray {ray.__version__}, "
           f"{where}; code {results[0]['code_version']}")
-    print("1 CPU per trial; samples = points x epochs x training rows; wall = the whole command, start to end\n")
-    print("| preset | points x epochs x rows | way | wall (s) | Tuner.fit() (s) | samples/s | tutorial / ours (wall) "
-          "| checkpoints left on disk |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("1 CPU per trial; samples = points x epochs x training rows; wall = the whole command, start to end; "
+          "before / after = the wall time before Tuner.fit() (Python, Ray, data) and after it (ours: the results "
+          "export; the tutorial: scoring the best checkpoint on test)\n")
+    print("| preset | points x epochs x rows | way | wall (s) | before, fit(), after (s) | samples/s "
+          "| tutorial / ours, wall | tutorial / ours, fit() | checkpoints on disk at the end |")
+    print("|---|---|---|---:|---|---:|---:|---:|---:|")
     for r in results:
-        for way in ("ours", "tutorial"):
-            w = r[way]
-            ratio = f"**{r['tutorial']['wall_s'] / r['ours']['wall_s']:.2f}x**" if way == "tutorial" else ""
+        o, t = r["ours"], r["tutorial"]
+        for way, w in (("ours", o), ("tutorial", t)):
+            after = w["wall_s"] - w["before_fit_s"] - w["fit_s"]
+            ratios = (f"**{t['wall_s'] / o['wall_s']:.2f}x** | {t['fit_s'] / o['fit_s']:.2f}x" if way == "tutorial"
+                      else " | ")
             print(f"| {r['preset']} | {r['points']} x {r['epochs']} x {r['train_rows']} | {way} | {w['wall_s']:.1f} "
-                  f"| {w['fit_s']:.1f} | {r['samples'] / w['wall_s']:.1f} | {ratio} | {w['checkpoint_bytes'] / 1e9:.2f} GB |")
+                  f"| {w['before_fit_s']:.1f}, {w['fit_s']:.1f}, {after:.1f} | {r['samples'] / w['wall_s']:.1f} "
+                  f"| {ratios} | {w['checkpoint_bytes'] / 1e9:.2f} GB |")
 
-    print("\nAgreement (best val L1; tolerance = the range of the tutorial's best point over 4 shuffle seeds):\n")
+    print("\nAgreement (best val L1; tolerance = 3 sd of the difference of two runs, one run's sd from the tutorial's "
+          "best point over 1 + N shuffle seeds):\n")
     print("| preset | same data and split (train/val/test records) | wd pairs identical (ours, tutorial) "
-          "| tolerance | best point, ours | best point, tutorial | best val L1 ours / tutorial (delta) "
-          "| test L1 ours / tutorial | distinct points within tolerance | median, max abs delta | mean delta (SE) |")
-    print("|---|---|---|---:|---|---|---|---|---|---|---|")
+          "| best val L1 of the best point over its shuffles | tolerance | best point, ours | best point, tutorial "
+          "| best val L1 ours / tutorial (delta) | test L1 ours / tutorial | distinct points within tolerance "
+          "| median, max abs delta | mean delta (SE) |")
+    print("|---|---|---|---|---:|---|---|---|---|---|---|---|")
     for r in results:
         a, b = r["agreement"], r["agreement"]["best"]
         sizes = "/".join(str(v) for v in a["split_sizes"].values())
         short = lambda p: ", ".join(f"{k} {v:g}" for k, v in p.items())  # noqa: E731
         print(f"| {r['preset']} | {'yes' if r['same_data'] and a['same_split'] else 'NO'} ({sizes}) "
-              f"| {a['pairs_identical']['ours']}, {a['pairs_identical']['tutorial']} | {a['tolerance']:.4f} "
+              f"| {a['pairs_identical']['ours']}, {a['pairs_identical']['tutorial']} "
+              f"| {', '.join(f'{v:.4f}' for v in a['reshuffled'])} | {a['tolerance']:.4f} "
               f"| {short(b['ours_point'])} | {short(b['tutorial_point'])} "
               f"| {b['ours']:.4f} / {b['tutorial']:.4f} ({b['delta']:+.4f}, {'within' if b['within'] else 'OUTSIDE'}) "
               f"| {b['ours_test_l1']:.4f} / {b['tutorial_test_l1']:.4f} | {a['within']}/{a['distinct_points']} "
               f"| {a['median_abs_delta']:.4f}, {a['max_abs_delta']:.4f} | {a['mean_delta']:+.4f} ({a['mean_delta_se']:.4f}) |")
 
-    print("\nWhere the time goes (sums over trials; overhead = 1 - (trial time / concurrency) / Tuner.fit()):\n")
-    print("| preset | way | trial time (s) | Tune overhead | training-step samples/s per trial (median epoch) "
-          "| setup | load_data | DataLoader wait | train steps | validation | torch.save | tune.report + other "
-          "| torch threads |")
+    print("\nWhere the trials' time goes (sums over trials, s; Tune overhead = 1 - (trial time / concurrency) / fit()):\n")
+    print("| preset | way | trial time | Tune overhead | training-step samples/s (median epoch) | setup (encoder, net) "
+          "| load_data | DataLoader wait | train steps | validation | torch.save | tune.report + other | torch threads |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in results:
         o, t = r["time"]["ours"], r["time"]["tutorial"]
         print(f"| {r['preset']} | ours | {o['sum_trial_s']:.1f} | {o['overhead']:.1%} | {o['step_samples_per_s']:.1f} "
               f"| | | | | | | | {', '.join(map(str, o['torch_threads']))} |")
-        b = t["buckets"]
-        cells = " | ".join(f"{b[k]:.1f}" for k in (*TIMING, "report_and_other_s"))
+        cells = " | ".join(f"{t['buckets'][k]:.1f}" for k in (*TIMING, "report_and_other_s"))
         print(f"| {r['preset']} | tutorial | {t['sum_trial_s']:.1f} | {t['overhead']:.1%} "
               f"| {t['step_samples_per_s']:.1f} | {cells} | {', '.join(map(str, t['torch_threads']))} |")
+
+    print("\nThe tutorial's training step, ms per batch (median of 10, one thread, its best point); ours' step is the "
+          "generator alone, on the encoder's states cached once per text:\n")
+    print("| preset | batch | tokenizer | text encoder forward | generator + backward + AdamW | ours' whole step "
+          "(from its samples/s) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        c = r["step_ms"]
+        ours_ms = 1000 * r["batch_size"] / r["time"]["ours"]["step_samples_per_s"]
+        print(f"| {r['preset']} | {r['batch_size']} | {c['tokenizer']:.1f} | {c['text encoder']:.1f} "
+              f"| {c['generator + backward + AdamW']:.1f} | {ours_ms:.1f} |")
 
 
 def tutorial_process(args) -> None:
