@@ -487,6 +487,10 @@ def measure(preset: str, overrides: dict, work: Path) -> dict:
     seeds = RESHUFFLE_SEEDS[:2] if overrides == QUICK_GRID else RESHUFFLE_SEEDS
     calib = run_tutorial(preset, overrides, data_dir, work, "reshuffled",
                          reshuffle={**tut["best_config"], "shuffle_seed": list(seeds)})
+    # The raw measurements, kept in case the analysis below fails after the long runs (small: reports only).
+    raw = Path(tempfile.gettempdir()) / f"bench_vs_tutorial-{preset}-raw.json"
+    raw.write_text(json.dumps({"ours": {k: v for k, v in ours.items() if k != "settings"}, "tutorial": tut,
+                               "reshuffled": calib}, default=str))
     costs = step_costs(settings, tut["best_config"], data_dir)
     same_data = fingerprint(read_source(data_dir).content_hash, settings.data) == ours["prov"]["dataset"]["fingerprint"]
     samples = points * settings.train.epochs * ours["train_rows"]
@@ -596,9 +600,9 @@ def main(argv=None) -> list[dict]:
     for preset in presets:
         with tempfile.TemporaryDirectory(prefix=f"vs-tutorial-{preset}-") as work:
             results.append(measure(preset, overrides, Path(work)))
+        if args.json:  # after each preset: a later one that fails leaves the earlier measurements
+            Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     report(results, where)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return results
 
 
