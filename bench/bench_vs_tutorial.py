@@ -489,7 +489,8 @@ def measure(preset: str, overrides: dict, work: Path) -> dict:
                          reshuffle={**tut["best_config"], "shuffle_seed": list(seeds)})
     # The raw measurements, kept in case the analysis below fails after the long runs (small: reports only).
     raw = Path(tempfile.gettempdir()) / f"bench_vs_tutorial-{preset}-raw.json"
-    raw.write_text(json.dumps({"ours": {k: v for k, v in ours.items() if k != "settings"}, "tutorial": tut,
+    raw.write_text(json.dumps({"ours": {**{k: v for k, v in ours.items() if k != "settings"}, "rows": list(ours["rows"].values())},
+                               "tutorial": tut,
                                "reshuffled": calib}, default=str))
     costs = step_costs(settings, tut["best_config"], data_dir)
     same_data = fingerprint(read_source(data_dir).content_hash, settings.data) == ours["prov"]["dataset"]["fingerprint"]
