@@ -1,6 +1,6 @@
 """This project against what a user would write without it: Ray Tune's PyTorch tutorial pattern, same grid.
 
-    python bench/bench_vs_tutorial.py                   # smoke and laptop presets, both ways (~25 min, 2 cores)
+    python bench/bench_vs_tutorial.py                   # smoke and laptop presets, both ways (~45 min, 2 cores)
     python bench/bench_vs_tutorial.py --presets smoke   # one preset
     python bench/bench_vs_tutorial.py --quick           # smoke preset, 4 grid points: a couple of minutes
 
