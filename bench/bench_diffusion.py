@@ -71,6 +71,12 @@ RECIPES = {
     "latent-pooled-v-minsnr": ("latent + pooled text + v-prediction + min-SNR-5",
                                {"latent_channels": 4, "unet_levels": 2, "unet_width": 64, "pooled_text": True,
                                 "prediction_type": "v_prediction", "min_snr_gamma": 5.0}),
+    "pixel-fast": ("pooled text + v-prediction + min-SNR-5 + 100 warm-up steps + bf16 autocast",
+                   {"pooled_text": True, "prediction_type": "v_prediction", "min_snr_gamma": 5.0, "warmup_steps": 100,
+                    "precision": "bf16"}),
+    "latent-fast": ("latent + pooled text + v-prediction + min-SNR-5 + 100 warm-up steps + bf16 autocast",
+                    {"latent_channels": 4, "unet_levels": 2, "unet_width": 64, "pooled_text": True,
+                     "prediction_type": "v_prediction", "min_snr_gamma": 5.0, "warmup_steps": 100, "precision": "bf16"}),
     # The best found (results/BENCHMARKS.md); bench/bench_gpu_grid.py --family diffusion trains the grid with it.
     "best": ("the best recipe found", {}),
 }
