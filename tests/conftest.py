@@ -51,6 +51,22 @@ def write_pokedex(directory: Path, records: list[dict], images: dict) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory):
+    """Each test process (each pytest-xdist worker) prepares data into its own cache root, inherited by the CLI
+    subprocesses it starts: no two workers build the same cache entry at once, and the suite writes nothing into
+    the user's ~/.cache/pokemon_t2i."""
+    import os
+
+    old = os.environ.get("POKEMON_T2I_CACHE")
+    os.environ["POKEMON_T2I_CACHE"] = str(tmp_path_factory.mktemp("t2i-cache"))
+    yield
+    if old is None:
+        os.environ.pop("POKEMON_T2I_CACHE", None)
+    else:
+        os.environ["POKEMON_T2I_CACHE"] = old
+
+
 @pytest.fixture
 def datafx():
     return SimpleNamespace(png=png, encode=encode, pokedex_record=pokedex_record, write_pokedex=write_pokedex)

@@ -1,108 +1,62 @@
-"""The real entry points in smoke mode: `python -m search.grid` and `python -m search.export`.
-
-Each test runs the CLI as a subprocess (its own local Ray, as a user would) on the embedded
-synthetic data, and checks the files it leaves. About 2-3 minutes in all on 2 cores.
+"""The real entry points in smoke mode: `python -m search.grid` and `python -m search.export`, through a crash, a
+killed trial and Ctrl-C. Each test runs the CLI as a subprocess (its own local Ray, as a user would) on the
+embedded synthetic data (tests/e2e.py), and checks the files it leaves. The other end-to-end runs are in
+tests/test_search_e2e_schedulers.py and tests/test_search_e2e_families.py, so that pytest-xdist spreads them.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import logging
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
+from e2e import REPO, assert_valid_png, interrupt_after, read_table, run_cli, trial_states
 from model import checkpoint
-from model.config import BEST_VAL_DENOISE, BEST_VAL_L1
+from model.config import BEST_VAL_L1
 
-REPO = Path(__file__).resolve().parents[1]
 GRID_KEYS = ("lr", "weight_decay", "n_heads", "ff_dim", "n_layers")
 pytestmark = pytest.mark.slow
 
 
-def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"{args} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
-    return r
-
-
-def read_table(exp: Path) -> list[dict]:
-    with open(exp / "best_config.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def trial_states(exp: Path) -> dict[str, str]:
-    """trial_id -> status, from the experiment snapshot Tune keeps on disk (what --resume reads)."""
-    from ray.tune import ExperimentAnalysis
-
-    # Trials that have not reported yet have no result files: expected mid-search, not worth a warning.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    return {t.trial_id: t.status for t in ExperimentAnalysis(str(exp)).trials}
-
-
-def assert_valid_png(path: Path):
-    with Image.open(path) as im:
-        assert im.format == "PNG" and min(im.size) > 100
-        im.verify()
-
-
-def interrupt_after(cmd, tune_exp: Path, at_least: int, sig: int, log: Path, while_waiting=None) -> tuple[int, dict]:
-    """Run `cmd` until `at_least` trials have finished, then send `sig` to its process group
-    (Ctrl-C reaches the whole foreground group; SIGKILL takes the driver and its local Ray, like a crash).
-    `while_waiting()` is called at every poll. Returns the exit status and the trials finished at the signal."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 240
-            finished = {}
-            while len(finished) < at_least:
-                assert proc.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, f"fewer than {at_least} trials finished in 240 s"
-                time.sleep(0.5)
-                if while_waiting is not None:
-                    while_waiting()
-                try:
-                    finished = {t: s for t, s in trial_states(tune_exp).items() if s == "TERMINATED"}
-                except Exception:  # noqa: BLE001 — the experiment is still being created
-                    pass
-            os.killpg(proc.pid, sig)
-            rc = proc.wait(timeout=180)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # whatever of its local Ray is left
-            except ProcessLookupError:
-                pass
-            proc.wait()
-    return rc, finished
-
-
 # Dropout off and 12 epochs: the unfused and the fused grid then train identically (a fused member equals
-# its single run to float rounding), and a fused trial lasts long enough to be killed mid-training.
-SMOKE = ["--preset", "smoke", "--epochs", "12", "--dropout-encoder", "0", "--dropout-attention", "0",
-         "--dropout-decoder", "0"]
+# its single run to float rounding), and a fused trial lasts long enough to be killed mid-training. Half the
+# thesis grid (2 encoder layers: 16 points, 4 architectures) is enough for every state these tests reach.
+SMOKE = ["--preset", "smoke", "--epochs", "12", "--n-layers", "2", "--dropout-encoder", "0", "--dropout-attention",
+         "0", "--dropout-decoder", "0"]
+POINTS, ARCHITECTURES = 16, 4
 
 
 @pytest.fixture(scope="module")
 def unfused(tmp_path_factory):
-    """The 32-trial grid, unfused: its driver crashed (SIGKILL) after 4 trials, then `--resume` to the end.
+    """The 16-trial grid, unfused: its driver crashed (SIGKILL) after 4 trials, then `--resume` to the end.
     The command carries config flags (their stored values) because "rerun the same command with --resume"
     is what the search tells the user. Shared by the two tests below (the fused grid is compared with it)."""
     tmp = tmp_path_factory.mktemp("unfused")
-    results = tmp / "results"
-    tune_exp = results / "tune" / "grid-smoke"
-    cmd = [sys.executable, "-m", "search.grid", *SMOKE, "--fuse", "off", "--results", str(results)]
-    rc, finished = interrupt_after(cmd, tune_exp, 4, signal.SIGKILL, tmp / "crash.log")
-    assert rc == -signal.SIGKILL and len(finished) < 32, "the search finished before the crash: nothing resumed"
-    kept = {t: next(tune_exp.glob(f"trial_{t}/result.json")).read_text() for t in finished}
-    run_cli(*cmd[2:], "--resume")
+    for attempt in range(3):
+        results = tmp / f"results{attempt}"
+        tune_exp = results / "tune" / "grid-smoke"
+        cmd = [sys.executable, "-m", "search.grid", *SMOKE, "--fuse", "off", "--results", str(results)]
+        rc, finished = interrupt_after(cmd, tune_exp, 4, signal.SIGKILL, tmp / "crash.log")
+        assert rc == -signal.SIGKILL and len(finished) < POINTS, "the search finished before the crash: nothing resumed"
+        kept = {t: next(tune_exp.glob(f"trial_{t}/result.json")).read_text() for t in finished}
+        r = subprocess.run([sys.executable, "-m", *cmd[2:], "--resume"], cwd=REPO, capture_output=True, text=True,
+                           timeout=300)
+        if r.returncode == 0:
+            break
+        # A kill inside Tune's own non-atomic copy of its snapshot to storage leaves it empty: the search
+        # cannot be resumed, and must say so in one line (results/BENCHMARKS.md, "A driver killed mid-search").
+        # That window is Tune's, not this test's subject: crash a new search, at most twice more.
+        out = r.stdout + r.stderr
+        assert r.returncode == 2 and "snapshot" in out and "is damaged" in out, out[-3000:]
+    else:
+        pytest.fail("three crashes in a row landed in Tune's snapshot copy")
     return SimpleNamespace(tmp=tmp, results=results, exp=results / "grid-smoke", tune_exp=tune_exp, kept=kept)
 
 
@@ -110,16 +64,16 @@ def test_smoke_grid_crashed_resumed_and_exported(unfused):
     """The unfused grid after a driver crash and --resume; then search.export rebuilds the results."""
     results, exp, tune_exp, tmp_path = unfused.results, unfused.exp, unfused.tune_exp, unfused.tmp
     states = trial_states(tune_exp)
-    assert len(states) == 32 and set(states.values()) == {"TERMINATED"}
+    assert len(states) == POINTS and set(states.values()) == {"TERMINATED"}
     for t, text in unfused.kept.items():  # finished before the crash: not run again
         assert next(tune_exp.glob(f"trial_{t}/result.json")).read_text() == text
 
     rows = read_table(exp)
-    assert len(rows) == 32 and all(r["status"] == "ok" for r in rows)
+    assert len(rows) == POINTS and all(r["status"] == "ok" for r in rows)
     vals = [float(r[BEST_VAL_L1]) for r in rows]
     assert vals == sorted(vals) and [r["best"] for r in rows].count("yes") == 1 and rows[0]["best"] == "yes"
     assert {r["test/clip_score"] for r in rows} == {"off"}  # the smoke preset turns CLIP off
-    assert len({(r["lr"], r["weight_decay"], r["n_heads"], r["ff_dim"], r["n_layers"]) for r in rows}) == 32
+    assert len({(r["lr"], r["weight_decay"], r["n_heads"], r["ff_dim"], r["n_layers"]) for r in rows}) == POINTS
 
     prov = json.loads((exp / "provenance.json").read_text())
     assert prov["settings"]["preset"] == "smoke" and prov["dataset"]["synthetic"] is True
@@ -128,7 +82,7 @@ def test_smoke_grid_crashed_resumed_and_exported(unfused):
     md = (exp / "best_config.md").read_text()
     assert "preset: **smoke**" in md and "SYNTHETIC" in md and prov["dataset"]["fingerprint"] in md
     payload = json.loads((exp / "best_config.json").read_text())
-    assert len(payload["rows"]) == 32 and payload["provenance"]["experiment"] == "grid-smoke"
+    assert len(payload["rows"]) == POINTS and payload["provenance"]["experiment"] == "grid-smoke"
     for name in ("learning_curves.png", "samples_train.png", "samples_test.png"):
         assert_valid_png(exp / name)
 
@@ -204,153 +158,11 @@ def test_tensorboard_event_files_hold_the_reported_metrics(unfused):
             assert scalars[(f"ray/tune/{key}", last["training_iteration"])] == pytest.approx(last[key], rel=1e-6)
 
 
-def test_nan_trial_errors_alone_and_is_not_retried(tmp_path):
-    """`--lr inf` makes AdamW's first step send every weight to ±inf: the loss is NaN from the next step on.
-
-    No test-only hook: an infinite learning rate is a value a user can type. The trial must
-    error with the reason, the other trial must finish, and the FailureConfig retries must
-    stop at once instead of re-running the diverging epoch.
-    """
-    results = tmp_path / "results"
-    run_cli("search.grid", "--preset", "smoke", "--results", str(results), "--experiment", "nan",
-            "--lr", "inf", "1e-4", "--weight-decay", "1e-5", "--n-heads", "2", "--ff-dim", "512", "--n-layers", "2")
-    rows = read_table(results / "nan")
-    assert len(rows) == 2
-    ok, bad = rows
-    assert ok["status"] == "ok" and ok["best"] == "yes" and float(ok["lr"]) == 1e-4
-    assert bad["lr"] == "inf" and bad[BEST_VAL_L1] == "" and bad["best"] == ""
-    assert bad["status"].startswith("error: FloatingPointError: training loss became nan")
-    assert "not retried" in bad["status"]
-
-
-def test_asha_stops_staged_trials_early(tmp_path):
-    """ASHA over staged trials (4 epochs, then 2 with the encoder's top layer unfrozen): a trial lasts 6."""
-    results = tmp_path / "results"
-    run_cli("search.grid", "--preset", "smoke", "--results", str(results), "--scheduler", "asha", "--epochs", "4",
-            "--finetune-epochs", "2", "--finetune-layers", "1", "--lr", "1e-4", "1e-5", "--weight-decay", "1e-5",
-            "--n-layers", "2")
-    rows = read_table(results / "grid-smoke")
-    assert len(rows) == 8
-    assert any(r["status"].startswith("stopped early (asha)") for r in rows)
-    best = next(r for r in rows if r["best"] == "yes")
-    assert best["status"] == "ok" and best["epochs"] == "6"
-    assert "scheduler asha" in (results / "grid-smoke" / "best_config.md").read_text()
-    best_weights = checkpoint.load(results / "grid-smoke" / "best_checkpoint")["best_model"][0]
-    assert {k.split(".")[3] for k in best_weights if k.startswith("text_encoder.")} == {"5"}  # the top layer
-
-
-def test_optuna_multi_objective_reports_pareto_front(tmp_path):
-    """TPE over the diffusion family: its own selection metric is the first objective (the regressor's, best/val_l1,
-    is the same code with BEST["regressor"]: tests/test_search.py)."""
-    results = tmp_path / "results"
-    run_cli("search.grid", "--preset", "smoke", "--family", "diffusion", "--results", str(results), "--search",
-            "optuna", "--num-samples", "4")
-    exp = results / "optuna-smoke"
-    rows = read_table(exp)
-    assert len(rows) == 4 and all(r["status"] == "ok" and r["family"] == "diffusion" for r in rows)
-    for r in rows:  # the pareto column against a brute-force dominance check of the table's own numbers
-        v, top1 = float(r[BEST_VAL_DENOISE]), float(r["val/retrieval_top1"])
-        dominated = any(float(o[BEST_VAL_DENOISE]) <= v and float(o["val/retrieval_top1"]) >= top1
-                        and (float(o[BEST_VAL_DENOISE]), float(o["val/retrieval_top1"])) != (v, top1) for o in rows)
-        assert (r["pareto"] == "yes") == (not dominated), rows
-    md = (exp / "best_config.md").read_text()
-    assert f"## Pareto front: {BEST_VAL_DENOISE} (min) × val/retrieval_top1 (max)" in md
-    objectives = json.loads((exp / "provenance.json").read_text())["search"]["objectives"]
-    assert objectives == [[BEST_VAL_DENOISE, "min"], ["val/retrieval_top1", "max"]]  # no CLIP weights; never test
-
-
-def test_both_families_in_one_search_interrupted_resumed_and_exported(tmp_path):
-    """`--family regressor diffusion`: the family is a grid axis. Ctrl-C after the first trial, then --resume; the
-    table ranks each family by its own selection metric (a column says which), marks a best per family and
-    compares the families only on the metrics both report; each family's best checkpoint and sample grids (two
-    samples per text for the sampler), and model.generate on the diffusion one."""
-    results = tmp_path / "results"
-    flags = ["--preset", "smoke", "--epochs", "3", "--family", "regressor", "diffusion", "--n-heads", "2",
-             "--ff-dim", "512", "--n-layers", "2", "--weight-decay", "1e-5", "--results", str(results),
-             "--experiment", "families"]
-    rc, finished = interrupt_after([sys.executable, "-m", "search.grid", *flags], results / "tune" / "families", 1,
-                                   signal.SIGINT, tmp_path / "interrupted.log")
-    assert rc == 130 and len(finished) < 4, (tmp_path / "interrupted.log").read_text()[-3000:]
-    run_cli("search.grid", *flags, "--resume")
-    exp = results / "families"
-    rows = read_table(exp)
-    assert len(rows) == 4 and all(r["status"] == "ok" and r["epochs"] == "3" for r in rows)
-    for family, metric in (("regressor", BEST_VAL_L1), ("diffusion", BEST_VAL_DENOISE)):
-        mine = [r for r in rows if r["family"] == family]
-        assert len(mine) == 2 and all(r["ranked_by"] == metric and r[metric] for r in mine)
-        assert [r["best"] for r in mine] == ["yes", ""] and float(mine[0][metric]) <= float(mine[1][metric])
-        other = BEST_VAL_DENOISE if metric == BEST_VAL_L1 else BEST_VAL_L1
-        assert all(r[other] == "" for r in mine)  # a family is never given the other's selection metric
-    md = (exp / "best_config.md").read_text()
-    assert "## Families compared" in md and "| test/type_acc |" in md and f"| {BEST_VAL_L1} |" not in md.split(
-        "## Families compared")[1].split("##")[0]
-    for family in ("regressor", "diffusion"):
-        state = checkpoint.load(exp / f"best_checkpoint_{family}")
-        assert state["model_config"]["family"] == family
-        for split in ("train", "test"):
-            assert_valid_png(exp / f"samples_{family}_{split}.png")
-    assert_valid_png(exp / "learning_curves.png")
-    out = tmp_path / "generated.png"
-    r = run_cli("model.generate", "--checkpoint", str(exp / "best_checkpoint_diffusion"), "A small red creature.",
-                "--out", str(out))
-    assert "sampled with ddim" in r.stdout
-    assert_valid_png(out)
-
-
-def test_seeds_fused_one_trial_of_12_members_mean_std_ties_and_importance(tmp_path):
-    """`--seeds 3 --fuse on` on one architecture: one Tune trial training 12 members (the grid's 4 learning-rate
-    x weight-decay points x 3 seeds); the table has 4 configurations, mean ± std over seeds and whether each
-    is tied with the best; the JSON every seed's row; importance.png and parallel_coordinates.png beside."""
-    from scipy import stats
-
-    results = tmp_path / "results"
-    run_cli("search.grid", "--preset", "smoke", "--results", str(results), "--experiment", "seeds", "--seeds", "3",
-            "--fuse", "on", "--n-heads", "2", "--ff-dim", "512", "--n-layers", "2")
-    exp = results / "seeds"
-    assert len(trial_states(results / "tune" / "seeds")) == 1
-    prov = json.loads((exp / "provenance.json").read_text())
-    members = prov["search"]["fuse"]["members"]
-    assert len(members) == 12 and {m["seed"] for m in members} == {0, 1, 2} and prov["search"]["points"] == 12
-
-    payload = json.loads((exp / "best_config.json").read_text())
-    per_seed = payload["rows"]
-    assert len(per_seed) == 12 and len({(r["lr"], r["weight_decay"], r["seed"]) for r in per_seed}) == 12
-    assert all(r["status"] == "ok" for r in per_seed)
-    table = read_table(exp)
-    assert len(table) == 4 and all(r["seeds"] == "3/3" for r in table) and "seed" not in table[0]
-    values = {(float(r["lr"]), float(r["weight_decay"])): [] for r in table}
-    for r in per_seed:
-        values[(r["lr"], r["weight_decay"])].append(r[BEST_VAL_L1])
-    means = [float(r[BEST_VAL_L1]) for r in table]
-    assert means == sorted(means) and table[0]["vs_best"] == "best"
-    best = values[(float(table[0]["lr"]), float(table[0]["weight_decay"]))]
-    for r in table:  # against the JSON's per-seed rows, and scipy's Welch test
-        mine = values[(float(r["lr"]), float(r["weight_decay"]))]
-        assert float(r[BEST_VAL_L1]) == pytest.approx(sum(mine) / 3)
-        assert float(r[f"{BEST_VAL_L1} std"]) == pytest.approx(stats.tstd(mine))
-        if r["vs_best"] != "best":
-            p = stats.ttest_ind(mine, best, equal_var=False, alternative="greater").pvalue
-            assert float(r["p_vs_best"]) == pytest.approx(p) and r["vs_best"] == ("worse" if p < 0.05 else "tied")
-    md = (exp / "best_config.md").read_text()
-    tied = sum(r["vs_best"] == "tied" for r in table)
-    assert f"**{tied} of the other 3 configurations {'is' if tied == 1 else 'are'} tied with the best" in md
-    assert "α = 0.05" in md and " ± " in md and "## Every seed" in md
-    assert "## Which hyperparameters matter" in md and "| seed |" in md and "| lr |" in md
-    for name in ("importance.png", "parallel_coordinates.png"):
-        assert_valid_png(exp / name)
-    # The search's checkpoint is the best configuration's best seed.
-    best_row = next(r for r in per_seed if r["best"])
-    assert (best_row["lr"], best_row["weight_decay"]) == (float(table[0]["lr"]), float(table[0]["weight_decay"]))
-    assert best_row[BEST_VAL_L1] == min(best)
-    state = checkpoint.load(exp / "best_checkpoint")
-    assert state["train_configs"][0]["seed"] == best_row["seed"] == members[best_row["member"]]["seed"]
-
-
 def test_fused_grid_survives_a_killed_trial_and_ctrl_c_and_matches_unfused(tmp_path, unfused):
-    """`--fuse on`: 8 Tune trials, one per architecture, each training its 4 (lr, weight_decay) points.
+    """`--fuse on`: 4 Tune trials, one per architecture, each training its 4 (lr, weight_decay) points.
     One trial's process is SIGKILLed mid-training (FailureConfig retries it from its last epoch
     checkpoint), then the driver gets Ctrl-C (exit 130, partial results saved) and the search is resumed.
-    With dropout off the 32 rows must equal the unfused search's, point by point: nothing was lost or
+    With dropout off the 16 rows must equal the unfused search's, point by point: nothing was lost or
     trained twice. The search also logs to a real local MLflow store (`--mlflow-tracking-uri`), which the
     retry and the resume must keep writing to the same runs (assert_mlflow_runs)."""
     results = tmp_path / "results"
@@ -369,20 +181,20 @@ def test_fused_grid_survives_a_killed_trial_and_ctrl_c_and_matches_unfused(tmp_p
                 os.kill(reports[-1]["pid"], signal.SIGKILL)
                 killed.append((reports[-1]["trial_id"], reports[-1]["epoch"]))
 
-    rc, finished = interrupt_after(cmd, tune_exp, 3, signal.SIGINT, tmp_path / "fused.log",
+    rc, finished = interrupt_after(cmd, tune_exp, 2, signal.SIGINT, tmp_path / "fused.log",
                                    while_waiting=kill_one_trial_mid_training)
     log = (tmp_path / "fused.log").read_text()
     assert rc == 130 and killed, log[-3000:]  # a partial search is not a success
-    assert len(finished) < 8, "the fused search finished before the interrupt: nothing was resumed"
+    assert len(finished) < ARCHITECTURES, "the fused search finished before the interrupt: nothing was resumed"
     partial = read_table(results / "fused")  # saved before exiting, one row per grid point
-    assert len(partial) == 32 and {r["status"] for r in partial} >= {"ok", "pending"}
-    assert "FileNotFoundError" not in log and log.count(" not started") == 1, log[-3000:]
+    assert len(partial) == POINTS and {r["status"] for r in partial} >= {"ok", "pending"}
+    assert "FileNotFoundError" not in log and log.count(" not started") <= 1, log[-3000:]  # said once, if at all
     run_cli(*cmd[2:], "--resume")
 
     exp = results / "fused"
-    assert len(trial_states(tune_exp)) == 8  # one Tune trial per architecture
+    assert len(trial_states(tune_exp)) == ARCHITECTURES  # one Tune trial per architecture
     rows = read_table(exp)
-    assert len(rows) == 32 and all(r["status"] == "ok" and r["epochs"] == "12" for r in rows)
+    assert len(rows) == POINTS and all(r["status"] == "ok" and r["epochs"] == "12" for r in rows)
     assert {r["member"] for r in rows} == {"0", "1", "2", "3"}
     for r in rows:
         theirs = plain[tuple(r[k] for k in GRID_KEYS)]
@@ -394,7 +206,7 @@ def test_fused_grid_survives_a_killed_trial_and_ctrl_c_and_matches_unfused(tmp_p
     after = [r for r in reports if r["pid"] != reports[0]["pid"]]  # the retry runs in a new process ...
     assert after and after[0]["epoch"] > 1 and after[-1]["epoch"] == 12  # ... from its checkpoint, to the end
     prov = json.loads((exp / "provenance.json").read_text())
-    assert prov["search"]["fuse"]["on"] and prov["search"]["trials"] == 8 and prov["search"]["points"] == 32
+    assert prov["search"]["fuse"]["on"] and prov["search"]["trials"] == ARCHITECTURES and prov["search"]["points"] == POINTS
     best = next(r for r in rows if r["best"] == "yes")
     from model import checkpoint
 
