@@ -22,7 +22,7 @@ import ray  # imported before data_pipeline on purpose: init_ray must still keep
 from data_pipeline.config import DataConfig
 from data_pipeline.dataset import PreparedData
 from data_pipeline.pipeline import Item, preprocess_loop, run_ray, split_arrays
-from data_pipeline.prepare import NoUsableRecords, main, prepare_dataset, prepare_in_memory, summary_line
+from data_pipeline.prepare import NoUsableRecords, main, prepare_dataset, prepare_in_memory
 from data_pipeline.preprocess import enriched_text
 from data_pipeline.ray_env import init_ray
 
@@ -174,7 +174,9 @@ def test_prepare_bad_and_odd_input_end_to_end(local_ray, tmp_path, datafx, capsy
                for r in lines if r["id"] in (11, 12, 13))
     assert info["counts"] == {"found": 16, "loaded": 8, "rejected": 8, "train": 4, "val": 2, "test": 2, "train_rows": 16}
     printed = capsys.readouterr().out
-    assert "8 of 16 records" in printed and "8 rejected" in printed and printed.strip() == summary_line(info)
+    assert printed.strip() == (f"prepared 8 of 16 records from {folder.resolve()}: 8 rejected (see "
+                               f"{cache_dir / 'rejected.jsonl'}); split train 4 / val 2 / test 2 (16 training "
+                               f"images, 4 rotations each); cache {cache_dir}")
     summary = json.loads((cache_dir / "summary.json").read_text())
     assert {k: summary[k] for k in ("loaded", "rejected", "train", "val", "test")} == {
         "loaded": 8, "rejected": 8, "train": 4, "val": 2, "test": 2}

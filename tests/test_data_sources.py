@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -218,7 +220,7 @@ def test_every_broken_record_is_reported_and_good_ones_kept(tmp_path, datafx):
         assert r.file and r.reason
         json.loads(r.to_json())
     reasons = {(r.id, r.field): r.reason for r in src.rejected}
-    assert "missing file" in reasons[(2, "image")] and reasons[(2, "image")]
+    assert "missing file" in reasons[(2, "image")]
     assert "blank description" in reasons[(3, "description")]
     assert "must be text" in reasons[(4, "description")]
     assert next(r for r in src.rejected if r.id == 2).file.endswith("002.png")
@@ -263,7 +265,7 @@ def test_synthetic_is_deterministic(tmp_path):
 def test_synthetic_text_determines_image(tmp_path):
     folder = generate(tmp_path / "s", n=120, seed=3)
     entries = {e["id"]: e for e in json.loads((folder / "pokedex.json").read_text())}
-    plain = 0
+    plain, by_word = 0, {}
     for r in read_source(folder).records:
         attrs = entries[r.id]["attributes"]
         colour_word, rgb = TYPE_COLOURS[attrs["primary"]]
@@ -279,5 +281,15 @@ def test_synthetic_text_determines_image(tmp_path):
             img = img[(img < 250).any(axis=1)]
             colours, counts = np.unique(img, axis=0, return_counts=True)
             assert np.abs(colours[counts.argmax()] - rgb).max() <= 12, (r.id, attrs)
+            word = re.search(r"creature with a ([a-z ]+) body", r.description).group(1)
+            by_word.setdefault(word, []).append(colours[counts.argmax()])
             plain += 1
     assert plain > 20
+    # Read from the text and the pixels alone, not the generator's table: one colour word, one body colour;
+    # different words, clearly different colours; and the words mean their colour.
+    body = {w: np.mean(c, 0) for w, c in by_word.items()}
+    assert all(np.ptp(np.array(c), 0).max() <= 24 for c in by_word.values())
+    assert all(np.abs(body[a] - body[b]).max() > 40 for a, b in itertools.combinations(body, 2))
+    for word, channel in (("red", 0), ("green", 1), ("blue", 2)):
+        assert word in body and np.argmax(body[word]) == channel, (word, body.get(word))
+    assert body["black"].max() < 80 and body["yellow"][:2].min() > 200 > 2 * body["yellow"][2]

@@ -144,21 +144,25 @@ def test_members_are_independent_networks_at_every_image_size(size, pooled):
 
 
 def test_overfits_eight_samples_beyond_the_text_blind_optimum(encoder):
+    """Within 300 epochs the train L1 falls well below the text-blind optimum (stopped as soon as it does)."""
     data = tiny_data(n_train=8)
-    curve, val = [], []
-    def record(m, state):
-        curve.append(m[TRAIN_L1])
-        val.append(m[VAL_L1])
-    metrics = train(ModelConfig(image_size=32, **NO_DROPOUT),
-                    TrainConfig(lr=3e-4, weight_decay=0.0, epochs=300, batch_size=8, clip_mode="off"),
-                    data, report=record)
     # The per-pixel median of the training images is the best any text-blind output can do under L1:
     # falling well below it means the network tells the eight texts apart.
     median = torch.as_tensor(data.train.images).median(0).values
     text_blind = (torch.as_tensor(data.train.images) - median).abs().mean().item()
-    assert len(curve) == 300
-    assert curve[-1] <= 0.85 * text_blind, f"train L1 {curve[-1]:.3f} vs text-blind optimum {text_blind:.3f}"
-    assert metrics[BEST_VAL_L1] == min(val)
+    curve = []
+
+    class Reached(Exception):
+        pass
+
+    def record(m, state):
+        curve.append(m[TRAIN_L1])
+        if curve[-1] <= 0.85 * text_blind:
+            raise Reached
+    with pytest.raises(Reached):  # not raised: 300 epochs ended above the bound
+        train(ModelConfig(image_size=32, **NO_DROPOUT),
+              TrainConfig(lr=3e-4, weight_decay=0.0, epochs=300, batch_size=8, clip_mode="off"), data, report=record)
+    assert curve[0] > 0.85 * text_blind  # it had to learn it
 
 
 def _final_weights(cfg, tcfg, data, **kw):
@@ -175,6 +179,7 @@ def test_same_seed_same_weights_other_seed_other_weights():
     for k, v in s1[-1]["model"].items():
         assert torch.equal(v, s2[-1]["model"][k]), k
     assert m1[TEST_L1] == m2[TEST_L1]
+    assert m1[BEST_VAL_L1] == min(h[VAL_L1] for h in s1[-1]["history"][0])  # the best epoch's, not the last
     assert any(not torch.equal(v, s3[-1]["model"][k]) for k, v in s1[-1]["model"].items())
 
 
