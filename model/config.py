@@ -96,9 +96,11 @@ class TrainConfig:
     # classifier-free guidance has an unconditional model), EMA weights for evaluation and checkpoints
     # (decay ema_decay; 0: off), and images sampled with sampler ("ddim", "dpm" for DPM-Solver++, or "ddpm")
     # in sample_steps steps at guidance_scale (1: no guidance).
-    prediction_type: str = "epsilon"  # "epsilon", "v_prediction" or "sample"
-    noise_schedule: str = "linear"  # "linear", "scaled_linear" or "squaredcos_cap_v2"
-    min_snr_gamma: float = 0.0
+    # The defaults are the best recipe measured on 2 CPU cores (bench/bench_diffusion.py "pixel-fast",
+    # results/BENCHMARKS.md): v-prediction, the cosine schedule, min-SNR-5.
+    prediction_type: str = "v_prediction"  # "epsilon", "v_prediction" or "sample"
+    noise_schedule: str = "squaredcos_cap_v2"  # "linear", "scaled_linear" or "squaredcos_cap_v2"
+    min_snr_gamma: float = 5.0
     cond_dropout: float = 0.1
     ema_decay: float = 0.999
     sampler: str = "ddim"
