@@ -4,9 +4,7 @@ through Ray Tune on a tiny config (one grid point, 2 epochs, the smoke preset's 
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,24 +14,12 @@ import ray
 from data_pipeline.prepare import prepare_in_memory
 from data_pipeline.synthetic import generate
 from model.config import TRAIN_L1, VAL_L1
+from benches import load_bench
 from search.settings import limit_records, resolve
 
-REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_bench():
-    """The bench as a module; Ray pickles its trainable by value (trial workers cannot import bench/)."""
-    import ray.cloudpickle
-
-    spec = importlib.util.spec_from_file_location("bench_vs_tutorial", REPO / "bench" / "bench_vs_tutorial.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    ray.cloudpickle.register_pickle_by_value(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_bench("bench_vs_tutorial", pickle_by_value=True)  # its trainable runs in Tune's workers
 POINT = {"lr": (1e-3,), "weight_decay": (1e-5,), "n_heads": (2,), "ff_dim": (512,), "n_layers": (2,)}
 
 

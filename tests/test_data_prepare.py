@@ -476,11 +476,9 @@ def test_real_pokedex(local_ray, shared_pokedex, tmp_path):
 
 def test_bench_smoke(local_ray, shared_pokedex, capsys):
     """bench/bench_data_pipeline.py --smoke runs and finds the two paths' arrays equal."""
-    import importlib.util
+    from benches import load_bench
 
-    spec = importlib.util.spec_from_file_location("bench_data_pipeline", REPO / "bench" / "bench_data_pipeline.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("bench_data_pipeline")
     result = bench.main(["--smoke", "--data", str(shared_pokedex), "--image-size", "16"])
     assert result["arrays_equal"] is True and result["images"] == 60
     assert "images/s" in capsys.readouterr().out

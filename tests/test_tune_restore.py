@@ -10,10 +10,8 @@ after the crash, that checkpoint is gone and two later ones (epochs 3 and 4) exi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,28 +22,16 @@ import torch
 from model import checkpoint as state_file
 from model.config import TrainConfig
 from model.train import train_members
+from benches import load_bench
 from search.snapshot import DamagedSnapshot, check_snapshot, refuse_empty_restart
 from search.trainable import SUBSTITUTE, replay
 from test_members import SMALL
 from test_model import tiny_data
 
 EPOCHS = 5
-REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_bench():
-    """bench/bench_resume_race.py as a module; Ray pickles its toy trial by value (workers cannot import it)."""
-    import ray.cloudpickle
-
-    spec = importlib.util.spec_from_file_location("bench_resume_race", REPO / "bench" / "bench_resume_race.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    ray.cloudpickle.register_pickle_by_value(module)
-    return module
-
-
-resume_race = _load_bench()
+resume_race = load_bench("bench_resume_race", pickle_by_value=True)  # its toy trial runs in Tune's workers
 
 
 def counting_trainable(mixin: bool):
