@@ -23,7 +23,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from torchvision.utils import make_grid, save_image
+from PIL import Image
 
 from model import checkpoint
 from model.config import ModelConfig, TrainConfig
@@ -99,13 +99,20 @@ def grid_tensor(images: torch.Tensor, size: int | None = 256, ncol: int | None =
     factor = max(1, math.ceil(size / s)) if size else 1
     if factor > 1:
         images = F.interpolate(images, scale_factor=factor, mode="nearest")
-    ncol = ncol or math.ceil(math.sqrt(len(images)))
-    return make_grid((images + 1) / 2, nrow=ncol, padding=2 * (len(images) > 1), pad_value=1.0)
+    n, _, h, w = images.shape
+    ncol = min(ncol or math.ceil(math.sqrt(n)), n)
+    pad = 2 if n > 1 else 0
+    grid = torch.ones(3, math.ceil(n / ncol) * (h + pad) + pad, ncol * (w + pad) + pad)
+    for k, image in enumerate((images + 1) / 2):
+        top, left = pad + (k // ncol) * (h + pad), pad + (k % ncol) * (w + pad)
+        grid[:, top:top + h, left:left + w] = image
+    return grid
 
 
 def save_grid(images: torch.Tensor, path, size: int | None = 256, ncol: int | None = None) -> torch.Tensor:
+    """grid_tensor's grid written as an 8-bit PNG (rounded to the nearest level)."""
     grid = grid_tensor(images, size, ncol)
-    save_image(grid, path)
+    Image.fromarray(grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()).save(path)
     return grid
 
 

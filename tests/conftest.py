@@ -51,6 +51,41 @@ def write_pokedex(directory: Path, records: list[dict], images: dict) -> Path:
     return directory
 
 
+# The files that take longest (CI's --durations), started first so that the two workers finish together: pytest-xdist
+# hands out whole files (--dist loadfile) in collection order (--no-loadscope-reorder; its default would start the
+# files with most tests first, which are the quick ones). The other files keep their order after these.
+LONGEST_FIRST = ("test_search_e2e.py", "test_diffusion.py", "test_search_e2e_families.py",
+                 "test_search_e2e_schedulers.py", "test_cluster.py", "test_tune_restore.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_per_worker():
+    """Two pytest-xdist workers share two cores: each worker's torch (and the CLIs it starts) computes on one
+    thread. Two threads per worker oversubscribe the cores, and on the small tensors of these tests a second
+    thread buys little: the suite's CPU time falls by more than it loses in any one test."""
+    import os
+
+    import torch
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(threads)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp
+
+
 @pytest.fixture(scope="session", autouse=True)
 def own_cache(tmp_path_factory):
     """Each test process (each pytest-xdist worker) prepares data into its own cache root, inherited by the CLI

@@ -22,6 +22,15 @@ def test_images_are_written_at_a_viewable_size_with_sharp_pixels(tmp_path):
     assert torch.allclose(first[::8, ::8], expect, atol=1)  # nearest-neighbour: each pixel an 8×8 block
     assert torch.equal(first, first[::8, ::8].repeat_interleave(8, 0).repeat_interleave(8, 1))
 
+    assert (big[:2] == 255).all() and (big[:, 258:260] == 255).all()  # the white gaps
+    # The layout is torchvision's make_grid (what the grid was built with before; torchvision is installed
+    # for open_clip, but importing it cost every search driver 2.9 s): the same pixels.
+    from torchvision.utils import make_grid
+
+    upscaled = torch.nn.functional.interpolate(images, scale_factor=8, mode="nearest")
+    theirs = make_grid((upscaled + 1) / 2, nrow=2, padding=2, pad_value=1.0)
+    assert torch.equal(big, theirs.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).float())
+
     save_grid(images[:1], tmp_path / "raw.png", size=None)
     with Image.open(tmp_path / "raw.png") as im:
         assert im.size == (32, 32)  # the model's own resolution, one flag away (--raw)
