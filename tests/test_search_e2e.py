@@ -1,6 +1,6 @@
-"""The real entry points in smoke mode: `python -m search.grid` and `python -m search.export`, through a crash, a
-killed trial and Ctrl-C. Each test runs the CLI as a subprocess (its own local Ray, as a user would) on the
-embedded synthetic data (tests/e2e.py), and checks the files it leaves. The other end-to-end runs are in
+"""The real entry points in smoke mode: `python -m search.grid` through a crash, a killed trial and Ctrl-C, and
+search.export's and model.generate's main on what it left. Each test runs the search CLI as a subprocess (its own
+local Ray, as a user would) on the embedded synthetic data (tests/e2e.py), and checks the files it leaves. The other end-to-end runs are in
 tests/test_search_e2e_schedulers.py and tests/test_search_e2e_families.py, so that pytest-xdist spreads them.
 """
 
@@ -102,7 +102,9 @@ def test_smoke_grid_crashed_resumed_and_exported(unfused):
     for name in ("best_config.csv", "best_config.md", "best_config.json", "learning_curves.png",
                  "samples_train.png", "samples_test.png"):
         (exp / name).unlink()
-    run_cli("search.export", str(exp))
+    from search.export import main as export  # in this process: its CLI start-up is search.grid's, tested above
+
+    export([str(exp)])
     assert (exp / "best_config.csv").read_text() == table
     for name in ("learning_curves.png", "samples_train.png", "samples_test.png"):
         assert_valid_png(exp / name)

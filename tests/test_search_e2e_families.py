@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from e2e import assert_valid_png, interrupt_after, read_table, run_cli, trial_states
+from e2e import ONE_AT_A_TIME, assert_valid_png, interrupt_after, read_table, run_cli, trial_states
 from model import checkpoint
 from model.config import BEST_VAL_DENOISE, BEST_VAL_L1
 
@@ -24,7 +24,7 @@ def test_both_families_in_one_search_interrupted_resumed_and_exported(tmp_path, 
     results = tmp_path / "results"
     flags = ["--preset", "smoke", "--epochs", "3", "--family", "regressor", "diffusion", "--n-heads", "2",
              "--ff-dim", "512", "--n-layers", "2", "--weight-decay", "1e-5", "--results", str(results),
-             "--experiment", "families"]
+             "--experiment", "families", *ONE_AT_A_TIME]
     rc, finished = interrupt_after([sys.executable, "-m", "search.grid", *flags], results / "tune" / "families", 1,
                                    signal.SIGINT, tmp_path / "interrupted.log")
     assert rc == 130 and len(finished) < 4, (tmp_path / "interrupted.log").read_text()[-3000:]

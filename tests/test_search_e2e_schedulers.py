@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from e2e import read_table, run_cli
+from e2e import ONE_AT_A_TIME, read_table, run_cli
 from model import checkpoint
 from model.config import BEST_VAL_DENOISE, BEST_VAL_L1
 
@@ -18,12 +18,13 @@ def test_nan_trial_errors_alone_and_is_not_retried(tmp_path):
     """`--lr inf` makes AdamW's first step send every weight to ±inf: the loss is NaN from the next step on.
 
     No test-only hook: an infinite learning rate is a value a user can type. The trial must
-    error with the reason, the other trial must finish, and the FailureConfig retries must
-    stop at once instead of re-running the diverging epoch.
+    error with the reason, the other trial must finish, and the FailureConfig retry (one here: each
+    starts a new worker process) must stop at once instead of re-running the diverging epoch.
     """
     results = tmp_path / "results"
     run_cli("search.grid", "--preset", "smoke", "--results", str(results), "--experiment", "nan",
-            "--lr", "inf", "1e-4", "--weight-decay", "1e-5", "--n-heads", "2", "--ff-dim", "512", "--n-layers", "2")
+            "--lr", "inf", "1e-4", "--weight-decay", "1e-5", "--n-heads", "2", "--ff-dim", "512", "--n-layers", "2",
+            "--max-failures", "1", *ONE_AT_A_TIME)
     rows = read_table(results / "nan")
     assert len(rows) == 2
     ok, bad = rows
@@ -38,7 +39,7 @@ def test_asha_stops_staged_trials_early(tmp_path):
     results = tmp_path / "results"
     run_cli("search.grid", "--preset", "smoke", "--results", str(results), "--scheduler", "asha", "--epochs", "4",
             "--finetune-epochs", "2", "--finetune-layers", "1", "--lr", "1e-4", "1e-5", "--weight-decay", "1e-5",
-            "--n-layers", "2")
+            "--n-layers", "2", *ONE_AT_A_TIME)
     rows = read_table(results / "grid-smoke")
     assert len(rows) == 8
     assert any(r["status"].startswith("stopped early (asha)") for r in rows)
@@ -54,7 +55,7 @@ def test_optuna_multi_objective_reports_pareto_front(tmp_path):
     is the same code with BEST["regressor"]: tests/test_search.py)."""
     results = tmp_path / "results"
     run_cli("search.grid", "--preset", "smoke", "--family", "diffusion", "--results", str(results), "--search",
-            "optuna", "--num-samples", "4")
+            "optuna", "--num-samples", "4", *ONE_AT_A_TIME)
     exp = results / "optuna-smoke"
     rows = read_table(exp)
     assert len(rows) == 4 and all(r["status"] == "ok" and r["family"] == "diffusion" for r in rows)
