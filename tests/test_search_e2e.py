@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from e2e import REPO, assert_valid_png, interrupt_after, read_table, run_cli, trial_states
+from e2e import ONE_AT_A_TIME, REPO, assert_valid_png, interrupt_after, read_table, run_cli, trial_states
 from model import checkpoint
 from model.config import BEST_VAL_L1
 
@@ -42,7 +42,9 @@ def unfused(tmp_path_factory):
     for attempt in range(3):
         results = tmp / f"results{attempt}"
         tune_exp = results / "tune" / "grid-smoke"
-        cmd = [sys.executable, "-m", "search.grid", *SMOKE, "--fuse", "off", "--results", str(results)]
+        # One trial at a time (tests/e2e.py). The fused search below keeps two side by side: it checks the
+        # partial table of every grid point, and Tune creates a trial for each only while it has room to run it.
+        cmd = [sys.executable, "-m", "search.grid", *SMOKE, "--fuse", "off", "--results", str(results), *ONE_AT_A_TIME]
         rc, finished = interrupt_after(cmd, tune_exp, 4, signal.SIGKILL, tmp / "crash.log")
         assert rc == -signal.SIGKILL and len(finished) < POINTS, "the search finished before the crash: nothing resumed"
         kept = {t: next(tune_exp.glob(f"trial_{t}/result.json")).read_text() for t in finished}
