@@ -24,7 +24,7 @@ def test_nan_trial_errors_alone_and_is_not_retried(tmp_path):
     results = tmp_path / "results"
     run_cli("search.grid", "--preset", "smoke", "--results", str(results), "--experiment", "nan",
             "--lr", "inf", "1e-4", "--weight-decay", "1e-5", "--n-heads", "2", "--ff-dim", "512", "--n-layers", "2",
-            "--max-failures", "1", *ONE_AT_A_TIME)
+            "--max-failures", "1")  # side by side: the retry's new worker starts while the other trial trains
     rows = read_table(results / "nan")
     assert len(rows) == 2
     ok, bad = rows
