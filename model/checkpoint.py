@@ -1,30 +1,104 @@
-"""Checkpoints as one torch file of plain data: weights, optimizer, epoch, RNG and the configs.
+"""A trial's training state, typed, and its checkpoint file: one torch file of plain data.
 
     from model import checkpoint
-    checkpoint.save(state, "run/checkpoint.pt")   # atomic: a crash never leaves half a file
+    checkpoint.save(state, "run/checkpoint.pt")   # state: a TrainingState; atomic: a crash never leaves half a file
     state = checkpoint.load("run/checkpoint.pt")  # or a directory holding checkpoint.pt
     train(model_cfg, train_cfg, data, resume=state)
-    checkpoint.save(checkpoint.member(state, 2), "best")   # member 2 of a fused trial, on its own
+    checkpoint.save(state.member(2), "best")      # member 2 of a fused trial, on its own
+    state.finished(), state.replay(after=3)       # training over?  the per-member reports after epoch 3
 
-A state (what `model.train.train_members` reports, for K members; a single trial is K = 1) holds:
-format, model_config, train_configs (one `asdict` per member), text_encoder (name and the folder or
-hub name it loaded from), epoch (epochs completed), model (trainable weights, each with a leading
-member axis K), best_model (per member: its best-validation weights with a member axis of 1, or
-None; the EMA weights for a family that trains with them), optimizer, ema (diffusers' EMAModel state,
-or None), rng (torch CPU and CUDA states), best_selection (per member: the best value of its family's
-selection metric), history (per member, per-epoch metrics), errors (per member: why it stopped, or None)
-and, once training finished, final (the final metrics per member). `member(state, m)` is member m alone as a one-member state: what
-`python -m model.generate` and the search's best_checkpoint/ hold.
+`TrainingState` is what `model.train.train_members` reports after every epoch, for its K members (a single trial
+is K = 1), and the one place that says what a state holds. On disk it is a plain dict (`to_dict`), so loading runs
+no pickled code (`weights_only=True`).
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
 
+from model.files import save_torch
+
 FILENAME = "checkpoint.pt"
+# 4: the family's config section beside model_config, the text stack under generator.text, the family's frozen
+# part under frozen.
+FORMAT = 4
+
+
+@dataclass
+class TrainingState:
+    """K members' training state after `epoch` epochs.
+
+    model_config, family_config (the family's section), train_configs (one per member): `asdict` of each config.
+    text_encoder: its name and the folder or hub name it loaded from. rng: torch's CPU and CUDA states.
+    Per member: best_selection (the best value of its family's selection metric), best_model (its
+    best-validation weights with a member axis of 1, or None; the EMA weights for a family that trains with
+    them), history (per-epoch metrics), errors (why it stopped, or None). Shared: model (the last trainable
+    weights, each with a leading member axis K), optimizer, ema (diffusers' EMAModel state) — None once the
+    trial finished, since nothing trains it again — and final (each member's final metrics, once finished).
+    member_of: {"member": m, "members": K} for one member cut out of a fused trial.
+    """
+    model_config: dict
+    family_config: dict
+    train_configs: list
+    text_encoder: dict
+    epoch: int
+    rng: dict
+    best_selection: list
+    best_model: list
+    history: list
+    errors: list
+    model: dict | None = None
+    optimizer: dict | None = None
+    ema: dict | None = None
+    final: list | None = None
+    member_of: dict | None = None
+    format: int = FORMAT
+
+    @property
+    def members(self) -> int:
+        return len(self.train_configs)
+
+    def finished(self) -> bool:
+        """Training is over (every epoch ran, or every member stopped): `final` holds the final metrics."""
+        return self.final is not None
+
+    def member(self, m: int) -> "TrainingState":
+        """Member m alone, as a one-member state without the last weights, optimizer and EMA (a finished member
+        is never trained again): its configs, best weights, history, final metrics."""
+        if not 0 <= m < self.members:
+            raise IndexError(f"member {m} requested, but this checkpoint holds {self.members} member(s) "
+                             f"(0..{self.members - 1})")
+        return replace(self, train_configs=[self.train_configs[m]], best_selection=[self.best_selection[m]],
+                       best_model=[self.best_model[m]], history=[self.history[m]], errors=[self.errors[m]],
+                       final=None if self.final is None else [self.final[m]], model=None, optimizer=None, ema=None,
+                       member_of={"member": m, "members": self.members})
+
+    def without_training(self) -> "TrainingState":
+        """A finished trial's state without the last weights and optimizer (3 of its 4 copies of the weights):
+        the best weights stay, for export and generate."""
+        return replace(self, model=None, optimizer=None)
+
+    def replay(self, after: int) -> list[list[dict]]:
+        """The per-member reports of the epochs after `after` up to this state's last one, rebuilt from the
+        history (a member that stopped reports its error, as the loop does)."""
+        return [[next((h for h in hist if h["epoch"] == epoch), {"epoch": epoch, "error": error})
+                 for hist, error in zip(self.history, self.errors)]
+                for epoch in range(after + 1, self.epoch + 1)]
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "this checkpoint") -> "TrainingState":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            found = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"{where} was written by another version of this code (format {found}, expected "
+                             f"{FORMAT}); retrain it")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def _file(path: str | Path) -> Path:
@@ -32,32 +106,15 @@ def _file(path: str | Path) -> Path:
     return path / FILENAME if path.is_dir() or path.suffix == "" else path
 
 
-def save(state: dict, path: str | Path) -> Path:
-    path = _file(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+def save(state: TrainingState, path: str | Path) -> Path:
+    return save_torch(state.to_dict(), _file(path))
 
 
-def load(path: str | Path, map_location="cpu") -> dict:
+def load(path: str | Path, map_location="cpu") -> TrainingState:
+    """The TrainingState in a checkpoint file (or the directory holding checkpoint.pt); FileNotFoundError when
+    there is none, ValueError when it is another version's."""
     path = _file(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: pass a checkpoint file or the directory holding {FILENAME}")
     # weights_only: a checkpoint holds tensors and plain data only, so loading runs no pickled code.
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def member(state: dict, m: int) -> dict:
-    """Member m of a (fused) training state as a one-member state, without the optimizer and last
-    weights (a finished member is never trained again): its configs, best weights, history, final metrics."""
-    k = len(state["train_configs"])
-    if not 0 <= m < k:
-        raise IndexError(f"member {m} requested, but this checkpoint holds {k} member(s) (0..{k - 1})")
-    out = {key: state[key] for key in ("format", "model_config", "text_encoder", "epoch", "rng") if key in state}
-    for key in ("train_configs", "best_model", "best_selection", "history", "errors", "final"):
-        if key in state:
-            out[key] = [state[key][m]]
-    out["member_of"] = {"member": m, "members": k}
-    return out
+    return TrainingState.from_dict(torch.load(path, map_location=map_location, weights_only=True), str(path))

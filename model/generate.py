@@ -11,7 +11,7 @@ draws two images per prompt (one row per sample); a regressor checkpoint makes o
 prompt in one forward, and says so when given those flags. As a library:
 
     net, tokenizer = load_model("results/exp/best_checkpoint")
-    images = generate(net, tokenizer, ["..."], seed=0)      # (B, 3, S, S) in [-1, 1]
+    images = generate(net, tokenizer, ["..."], seed=0)      # (B, 3, S, S) in [-1, 1]; steps=, guidance= for a sampler
     save_grid(images, "grid.png", size=256)
 """
 
@@ -25,35 +25,33 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model import checkpoint
+from model import checkpoint, families
+from model.checkpoint import TrainingState
 from model.config import ModelConfig, TrainConfig
-from model.families import make_family
-from model.network import TextToImage, load_text_encoder
-from model.train import STATE_FORMAT, TextTable, default_device, load_trainable
+from model.network import TextToImage, load_trainable
+from model.text import TextTable, load_text_encoder
+from model.train import default_device
 
 
-def read_checkpoint(path, member: int = 0) -> dict:
+def read_checkpoint(path, member: int = 0) -> TrainingState:
     """One member's state (a fused trial's checkpoint holds several); ValueError naming the file when
     it is missing, not one of ours, or the member has no weights to generate with."""
     try:
         state = checkpoint.load(path)
-        ModelConfig(**state["model_config"])
-    except FileNotFoundError as e:
+        families.section(ModelConfig(**state.model_config), state.family_config)
+    except (FileNotFoundError, ValueError) as e:
         raise ValueError(str(e)) from e
     except Exception as e:  # noqa: BLE001 — torch.load's many ways to reject a foreign file
         detail = " ".join(str(e).split())[:200]
         raise ValueError(f"{path} is not a checkpoint written by model.train or search.grid "
                          f"({type(e).__name__}: {detail})") from e
-    if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} was written by an older version of this code (format {state.get('format')}, "
-                         f"expected {STATE_FORMAT}); retrain it")
     try:
-        state = checkpoint.member(state, member)
+        state = state.member(member)
     except IndexError as e:
         raise ValueError(f"{path}: {e}") from e
-    if state["best_model"][0] is None:
+    if state.best_model[0] is None:
         raise ValueError(f"{path}: member {member} has no best-validation weights (it diverged before its first "
-                         f"validation): {state.get('errors', [None])[0]}")
+                         f"validation): {state.errors[0]}")
     return state
 
 
@@ -63,32 +61,27 @@ def load_model(path, device=None, member: int = 0):
     return model_from_state(read_checkpoint(path, member), device)
 
 
-def model_from_state(state: dict, device=None):
+def model_from_state(state: TrainingState, device=None):
     """The network of a one-member state (`read_checkpoint`'s), with its best-validation weights (a diffusion
-    model's EMA weights). It carries its trial's TrainConfig as `net.train_cfg`: a diffusion model samples with
-    its noise schedule, prediction type, sampler, steps and guidance."""
+    model's EMA weights), and its tokenizer. It carries its trial's TrainConfig as `net.train_cfg`."""
     device = device or default_device()
-    cfg = ModelConfig(**state["model_config"])
+    cfg = ModelConfig(**state.model_config)
     tokenizer, encoder, _ = load_text_encoder(cfg.text_encoder)
-    net = TextToImage(cfg, encoder)
-    load_trainable(net, state["best_model"][0])
-    net.train_cfg = TrainConfig(**state["train_configs"][0])
+    net = TextToImage(cfg, families.section(cfg, state.family_config), encoder)
+    load_trainable(net, state.best_model[0])
+    net.train_cfg = TrainConfig(**state.train_configs[0])
     return net.to(device).eval(), tokenizer
 
 
 @torch.no_grad()
-def generate(net: TextToImage, tokenizer, prompts: list[str], seed: int = 0, steps: int | None = None,
-             guidance: float | None = None) -> torch.Tensor:
-    """(B, 3, S, S) in [-1, 1]: one forward for a regressor (seed, steps and guidance do not apply), a sampler
-    run from seed `seed`'s noise for a diffusion model."""
+def generate(net: TextToImage, tokenizer, prompts: list[str], seed: int = 0, **sampling) -> torch.Tensor:
+    """(B, 3, S, S) in [-1, 1]: the family's images for the prompts, from seed `seed` (a sampler's starting noise;
+    a one-forward family ignores it); `sampling` (steps, guidance) overrides a sampler's settings."""
     device = next(net.parameters()).device
-    train_cfg = getattr(net, "train_cfg", None) or TrainConfig()
-    texts = TextTable(tokenizer, {"prompts": list(prompts)}, net.cfg.max_tokens, device,
-                      extra=("",) if net.cfg.family == "diffusion" else ())
-    family = make_family(net.eval(), texts, train_cfg)
-    if net.cfg.family == "diffusion":
-        return family.sample(texts.rows["prompts"], seed, steps, guidance)[0]
-    return family.forward(texts.rows["prompts"][None])[0]  # a one-member network
+    family = families.get(net.cfg.family)
+    texts = TextTable(tokenizer, {"prompts": list(prompts)}, net.cfg.max_tokens, device, extra=family.extra_texts)
+    process = family(net.eval(), texts, getattr(net, "train_cfg", None) or TrainConfig(), net.section)
+    return process.images(texts.rows["prompts"], seed, **sampling)[0]  # a one-member network
 
 
 def grid_tensor(images: torch.Tensor, size: int | None = 256, ncol: int | None = None) -> torch.Tensor:
@@ -127,7 +120,8 @@ def main(argv=None):
                       help="enlarge each image (nearest-neighbour) to at least this many px (default 256)")
     view.add_argument("--raw", action="store_true", help="write the model's own resolution (32 or 64 px)")
     parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
-    sampling = parser.add_argument_group("diffusion checkpoints (a regressor makes one image per prompt in one forward)")
+    sampling = parser.add_argument_group("a sampling family's checkpoints (diffusion); a one-forward family (the "
+                                         "regressor) makes one image per prompt")
     sampling.add_argument("--seed", type=int, default=0, help="starting noise (default 0)")
     sampling.add_argument("--steps", type=int, default=None, help="sampler steps (default: the trial's sample_steps)")
     sampling.add_argument("--guidance", type=float, default=None,
@@ -140,19 +134,18 @@ def main(argv=None):
         print(f"error: --checkpoint: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     net, tokenizer = model_from_state(state, args.device)
-    diffusion = net.cfg.family == "diffusion"
+    family = families.get(net.cfg.family)
     given = [f"--{name}" for name, default in (("seed", 0), ("steps", None), ("guidance", None), ("samples", 1))
              if getattr(args, name) != default]
-    if not diffusion and given:
-        print(f"note: {' '.join(given)} ignored: a regressor checkpoint makes one image per prompt in one forward",
+    if family.draws == 1 and given:
+        print(f"note: {' '.join(given)} ignored: a {family.name} checkpoint makes one image per prompt in one forward",
               file=sys.stderr, flush=True)
-    draws = args.samples if diffusion else 1
-    images = torch.cat([generate(net, tokenizer, args.prompts, args.seed + i, args.steps, args.guidance)
-                        for i in range(draws)])
+    draws = args.samples if family.draws != 1 else 1
+    sampling = {"steps": args.steps, "guidance": args.guidance} if family.draws != 1 else {}
+    images = torch.cat([generate(net, tokenizer, args.prompts, args.seed + i, **sampling) for i in range(draws)])
     grid = save_grid(images, args.out, size=None if args.raw else args.size, ncol=len(args.prompts) if draws > 1 else None)
     n = len(images)
-    how = (f", sampled with {net.train_cfg.sampler} in {args.steps or net.train_cfg.sample_steps} steps at guidance "
-           f"{net.train_cfg.guidance_scale if args.guidance is None else args.guidance}, seed {args.seed}") if diffusion else ""
+    how = f", {family.describe(net.section, **sampling)}, seed {args.seed}" if family.draws != 1 else ""
     print(f"wrote {args.out} ({n} image{'s' * (n > 1)}, {net.cfg.image_size} px each, grid "
           f"{grid.shape[2]}×{grid.shape[1]} px{how})")
     return args.out

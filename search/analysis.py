@@ -10,8 +10,8 @@ swept fields matter; pure functions of the results table's rows (search/results.
     s.no_effect                 # [NoEffect("weight_decay", 16, 16)]: fields whose values give identical rows
 
 A configuration is every swept field but `seed`; its replicates are its rows with different seeds
-(`--seeds N`). Family-aware: a row ranks by its family's best metric (model.config.BEST; a row without
-`family` is a regressor), and bests, ties and importance are computed within a family. Families are
+(`--seeds N`). Family-aware: a row ranks by its family's best metric (its family's `best`, model/families/; a
+row without `family` is of the default family), and bests, ties and importance are computed within a family. Families are
 compared with each other only on the test metrics both report (`compare_families`).
 
 The tie test: a one-sided Welch t-test of "this configuration's mean is worse (higher) than the best's"
@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.config import BEST, FAMILIES, TEST_CLIP, TEST_L1, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC
+from model import families as registry
+from model.config import DEFAULT_FAMILY, TEST_CLIP, TEST_L1, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC
 
 SEED = "seed"  # the TrainConfig field whose grid axis holds the replicates
 ALPHA = 0.05
@@ -43,12 +44,12 @@ DIRECTION = {TEST_L1: "min", TEST_CLIP: "max", TEST_TOP1: "max", TEST_TOP5: "max
 
 
 def family(row: dict) -> str:
-    return row.get("family") or FAMILIES[0]
+    return row.get("family") or DEFAULT_FAMILY
 
 
 def ranked_by(row: dict) -> str:
     """The metric that ranks this row: its family's best-so-far selection metric (lower is better)."""
-    return BEST[family(row)]
+    return registry.get(family(row)).best
 
 
 def number(value) -> float | None:
@@ -67,9 +68,9 @@ def levels(values) -> list:
 
 
 def families(rows: list[dict]) -> list[str]:
-    """The families present, in FAMILIES order (an unknown name after them)."""
-    present = {family(r) for r in rows}
-    return [f for f in FAMILIES if f in present] + sorted(present - set(FAMILIES))
+    """The families present, in the registry's order (an unknown name after them)."""
+    present, known = {family(r) for r in rows}, registry.names()
+    return [f for f in known if f in present] + sorted(present - set(known))
 
 
 def welch_greater(a, b) -> float:
@@ -185,7 +186,7 @@ def best_rows(rows: list[dict], fields: list[str]) -> dict[str, dict]:
 
 def tie_sentence(t: Ties, n_configs: int, seeds: int, named: bool = False) -> str:
     """The one sentence the Markdown summary gives per family (`named`: say which, in a mixed search)."""
-    name = f" {t.family}" if named or t.family != FAMILIES[0] else ""
+    name = f" {t.family}" if named or t.family != DEFAULT_FAMILY else ""
     if t.reason:
         return f"No tie claim{f' for the{name} configurations' if name else ''}: {t.reason}."
     others = n_configs - 1
@@ -276,7 +277,7 @@ def importance(rows: list[dict], fields: list[str], fam: str) -> Importance:
     the family's ranking metric (its main effect, from a random-forest fit over the trials). The trials go
     into an in-memory study as categorical parameters; `seed`, when swept, is one of them, so its share is
     the seed noise the others can be read against."""
-    metric = BEST[fam]
+    metric = registry.get(fam).best
     done = [r for r in rows if family(r) == fam and r.get("status") == "ok" and number(r.get(metric)) is not None]
     imp = Importance(fam, metric, len(done))
     swept = [f for f in fields if f != "family" and len({r.get(f) for r in done}) > 1]

@@ -164,7 +164,7 @@ def export(results_dir: str | Path, data=None) -> list[dict]:
             if r["member"] is not None:  # a fused trial's checkpoint holds every member: keep the best alone
                 from model import checkpoint
 
-                checkpoint.save(checkpoint.member(checkpoint.load(ckpt), r["member"]), ckpt)
+                checkpoint.save(checkpoint.load(ckpt).member(r["member"]), ckpt)
             data, why_not = figure_data(prov, data)
             if data is None:
                 print(f"[export] sample figures skipped: {why_not}", flush=True)

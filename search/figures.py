@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from data_pipeline.dataset import Split  # noqa: E402
-from model.config import BEST, SELECTION, TRAIN_METRIC  # noqa: E402
+from model import families as registry  # noqa: E402
+from model.config import DEFAULT_FAMILY  # noqa: E402
 from search import analysis  # noqa: E402
 from search.results import atomic_write  # noqa: E402
 
@@ -38,13 +39,14 @@ def _save(fig, path: str | Path) -> None:
 def learning_curves(series: dict[str, dict], best: str | None, path: str | Path, title: str) -> None:
     """Each family's training and selection metric per epoch (one row of panels per family: train/l1 and val/l1
     for the regressor, train/loss and val/denoise_mse for diffusion), one thin line per trial; the best bold.
-    A series without "family" is a regressor's."""
-    families = sorted({s.get("family", "regressor") for s in series.values()}) or ["regressor"]
+    A series without "family" is of the default family."""
+    families = sorted({s.get("family", DEFAULT_FAMILY) for s in series.values()}) or [DEFAULT_FAMILY]
     fig, axes = plt.subplots(len(families), 2, figsize=(11, 4 * len(families)), squeeze=False)
     for row, family in zip(axes, families):
-        for ax, metric in zip(row, (TRAIN_METRIC[family], SELECTION[family])):
+        fam = registry.get(family)
+        for ax, metric in zip(row, (fam.train_metric, fam.selection)):
             for trial_id, s in series.items():
-                if s.get("family", "regressor") != family:
+                if s.get("family", DEFAULT_FAMILY) != family:
                     continue
                 pts = [(e, v) for e, v in zip(s["epoch"], s.get(metric, [])) if v is not None and np.isfinite(v)]
                 if not pts:
@@ -60,7 +62,7 @@ def learning_curves(series: dict[str, dict], best: str | None, path: str | Path,
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:  # the best trial may have no finite value to draw
                 ax.legend(loc="upper right")
-        row[0].set_ylabel("L1" if family == "regressor" else "loss")
+        row[0].set_ylabel(fam.train_metric.split("/")[-1])
     fig.suptitle(f"{title}: {len(series)} trials")
     _save(fig, path)
 
@@ -78,14 +80,14 @@ def first_records(split: Split, k: int) -> list[int]:
 
 
 def samples(net, tokenizer, split: Split, path: str | Path, title: str, k: int = 8) -> None:
-    """Top row real images, then the model's images for the same texts: one row for a regressor (one image per
-    text), two for a diffusion model (two samples per text, seeds 0 and 1)."""
+    """Top row real images, then the model's images for the same texts: one row for a one-forward family (the
+    regressor), two for a sampler (two samples per text, seeds 0 and 1)."""
     from model.generate import generate
 
     rows = first_records(split, k)
     texts = [split.texts[i] for i in rows]
     real = Split(split.ids[rows], texts, split.images[rows]).unit_images()  # [-1, 1]
-    draws = 2 if net.cfg.family == "diffusion" else 1
+    draws = 2 if registry.get(net.cfg.family).draws != 1 else 1
     fakes = [generate(net, tokenizer, texts, seed=s).float().cpu().numpy() for s in range(draws)]
     labels = ["real", *(["generated"] if draws == 1 else [f"sample {s}" for s in range(draws)])]
     fig, axes = plt.subplots(1 + draws, len(rows), figsize=(1.5 * len(rows), 1.7 * (1 + draws)), squeeze=False)
@@ -136,10 +138,10 @@ def importance(summary, path: str | Path, title: str) -> None:
 def parallel_coordinates(rows: list[dict], fields: list[str], path: str | Path, title: str) -> None:
     """One line per completed trial through its value of every swept field and, on the last axis, its
     ranking metric (coloured by it); the best row drawn black. One panel per family."""
-    fams = analysis.families(rows) or ["regressor"]
+    fams = analysis.families(rows) or [DEFAULT_FAMILY]
     fig, axes = plt.subplots(len(fams), 1, figsize=(10, 4.2 * len(fams)), squeeze=False)
     for ax, fam in zip(axes[:, 0], fams):
-        metric = BEST[fam] if fam in BEST else None
+        metric = registry.get(fam).best if fam in registry.names() else None
         done = [r for r in rows if analysis.family(r) == fam and r.get("status") == "ok"
                 and metric and analysis.number(r.get(metric)) is not None]
         ax.set_title(f"{fam}: {len(done)} completed trials against {metric}", fontsize=10)

@@ -33,7 +33,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from model.config import BEST, SELECTION, VAL_CLIP, VAL_TOP1
+from model import families
+from model.config import DEFAULT_FAMILY, VAL_CLIP, VAL_TOP1
 from search.export import (PROVENANCE, SetLayoutError, check_layout, data_changed, export, ray_files_inside,
                            read_provenance, user_error, write_provenance)
 from search.results import code_version, quiet_unstarted_trials
@@ -117,12 +118,14 @@ def check_data(data: str | None) -> None:
         detect_layout(data)
 
 
-def check_clip(train_cfg, loader, device: str = "cpu"):
+def check_clip(settings: Settings, loader, device: str = "cpu"):
     """(scorer, status) for the baselines; --clip-mode required (or a CLIP loss) without weights is a user error."""
-    from model import clip
+    from model.eval import clip
 
+    clip_loss = next(filter(None, (families.get(name).clip_loss(settings.trial({"family": name})[2])
+                                   for name in settings.grid["family"])), None)
     try:
-        return clip.resolve_clip(train_cfg, device, loader)
+        return clip.resolve_clip(settings.train, device, loader, clip_loss)
     except clip.ClipUnavailable as e:
         raise user_error(f"{str(e).splitlines()[0]} {clip.FIX_SUMMARY}") from None
 
@@ -168,7 +171,7 @@ def family_of(settings: Settings, what: str) -> str:
     return families[0]
 
 
-def scheduler(name: str, epochs: int, family: str = "regressor"):
+def scheduler(name: str, epochs: int, family: str = DEFAULT_FAMILY):
     if name == "fifo":
         return None
     from ray.tune.schedulers import ASHAScheduler
@@ -176,7 +179,7 @@ def scheduler(name: str, epochs: int, family: str = "regressor"):
     # Every trial gets a tenth of its epochs before it can be stopped; a third survive each rung. Counted in
     # the trial's own epochs: after a crash a restored trial may report an epoch again, and Tune's
     # training_iteration then counts it twice.
-    return ASHAScheduler(time_attr="epoch", metric=SELECTION[family], mode="min", max_t=epochs,
+    return ASHAScheduler(time_attr="epoch", metric=families.get(family).selection, mode="min", max_t=epochs,
                          grace_period=max(1, epochs // 10), reduction_factor=3)
 
 
@@ -248,20 +251,17 @@ def fuse_decision(mode: str, search: str, scheduler: str, gpus_per_trial: float,
                   settings: Settings) -> tuple[list[dict] | None, str]:
     """(the member points, or None to run unfused; the one-line reason printed and recorded)."""
     _, members = fused_space(settings.grid)
-    why_not = None
-    if "diffusion" in settings.grid["family"]:
-        why_not = ("the diffusion family's members would run one after another (diffusers' UNet has no member axis), "
-                   "so fusing saves no kernel launches")
-    elif search != "grid":
-        why_not = f"--search {search} chooses grid points one at a time"
-    elif scheduler != "fifo":
-        why_not = f"--scheduler {scheduler} stops single grid points early, and fused members train in lockstep"
-    elif not settings.model.freeze_text_encoder:
-        why_not = "a fine-tuned text encoder (--no-freeze-text-encoder) cannot be shared by members"
-    elif settings.train.finetune_epochs:
-        why_not = "staged training (--finetune-epochs) fine-tunes the text encoder, which members cannot share"
-    elif len(members) < 2:
-        why_not = "each architecture has a single learning-rate x weight-decay point: nothing to fuse"
+    reasons = [  # why not to fuse, the first that applies
+        *(families.get(f).fuses for f in settings.grid["family"]),
+        search != "grid" and f"--search {search} chooses grid points one at a time",
+        scheduler != "fifo" and f"--scheduler {scheduler} stops single grid points early, and fused members train "
+                                "in lockstep",
+        not settings.model.freeze_text_encoder and "a fine-tuned text encoder (--no-freeze-text-encoder) cannot be "
+                                                   "shared by members",
+        settings.train.finetune_epochs and "staged training (--finetune-epochs) fine-tunes the text encoder, which "
+                                           "members cannot share",
+        len(members) < 2 and "each architecture has a single learning-rate x weight-decay point: nothing to fuse"]
+    why_not = next((r for r in reasons if r), None)
     if mode == "on" and why_not:
         raise ValueError(f"--fuse on: {why_not}; use --fuse auto or off")
     if mode == "off":
@@ -317,7 +317,7 @@ class Plan:
     search: SearchPlan
     dataset: dict  # the --data argument, the prepared data's info (source, fingerprint, ...), counts, split ids
     clip: dict  # model, pretrained, mode, status
-    baselines: dict  # model.evaluate.Evaluator.baselines(): the text-blind reference points beside the table
+    baselines: dict  # model.eval.evaluator.Evaluator.baselines(): the text-blind reference points beside the table
     cluster: dict  # CPU, GPU, nodes
     started: str = field(default_factory=_now)
     code_version: str = field(default_factory=code_version)
@@ -328,19 +328,18 @@ class Plan:
 
 
 def plan_search(args, argv, results_dir: Path, ray_experiment: str, settings: Settings, data, cluster: dict,
-                clip: tuple, per_trial: dict, clip_loader=None) -> Plan:
-    """The Plan of a new search: the command's flags, resolved settings and data, the cluster, CLIP's status (and
-    the driver's CLIP loader, which holds the weights check_clip loaded)."""
-    from model.evaluate import Evaluator
+                clip: tuple, per_trial: dict) -> Plan:
+    """The Plan of a new search: the command's flags, resolved settings and data, the cluster, CLIP's scorer (the
+    weights check_clip loaded, for the baselines) and status."""
+    from model.eval.evaluator import Evaluator, split_images
     from search.trackers import resolved_uri
 
     scorer, clip_status = clip
-    if "diffusion" in settings.grid["family"] and settings.model.latent_channels:
-        # Latent diffusion's first stage, fitted once here with all of the driver's cores (and cached beside the
-        # prepared data), so that no trial fits its own.
-        from model import autoencoder
-
-        autoencoder.load_or_train(data, autoencoder.config(settings.model))
+    for name in settings.grid["family"]:
+        # What a family fits once per dataset (latent diffusion's first stage), fitted here with all of the driver's
+        # cores (and cached beside the prepared data), so that no trial fits its own.
+        model_cfg, _, section = settings.trial({"family": name})
+        families.get(name).fit_once(data, model_cfg, section)
     members, fuse_reason = fuse_decision(args.fuse, args.search, args.scheduler, per_trial["gpu"], settings)
     for what, used in (("--scheduler asha", args.scheduler != "fifo"), ("--search optuna", args.search != "grid")):
         if used:
@@ -348,7 +347,8 @@ def plan_search(args, argv, results_dir: Path, ray_experiment: str, settings: Se
     points = grid_size(settings.grid) if args.search == "grid" else (args.num_samples or 16)
     # The searcher's second objective: the CLIP score when weights exist, else retrieval top-1; both
     # on the validation split, so the search never selects on the test set it reports.
-    objectives = [(BEST[settings.grid["family"][0]], "min"), (VAL_CLIP if scorer is not None else VAL_TOP1, "max")]
+    objectives = [(families.get(settings.grid["family"][0]).best, "min"),
+                  (VAL_CLIP if scorer is not None else VAL_TOP1, "max")]
     search = SearchPlan(
         search=args.search, scheduler=args.scheduler, trials=points // len(members) if members else points,
         points=points, fuse={"mode": args.fuse, "on": members is not None, "reason": fuse_reason, "members": members},
@@ -364,7 +364,8 @@ def plan_search(args, argv, results_dir: Path, ray_experiment: str, settings: Se
                  "split_ids": data.info.get("splits")},
         clip={"model": settings.train.clip_model, "pretrained": settings.train.clip_pretrained,
               "mode": settings.train.clip_mode, "status": clip_status},
-        baselines=Evaluator(data, settings.train, "cpu", clip_loader).baselines(), cluster=cluster, **_versions())
+        baselines=Evaluator(data, split_images(data, "cpu"), scorer, clip_status).baselines(), cluster=cluster,
+        **_versions())
 
 
 def new_tuner(trainable, settings: Settings, prov: dict, storage: str):
@@ -435,8 +436,11 @@ def fit(prov: dict, settings: Settings, data, restore: bool, results_dir: Path, 
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     settings = trial_settings(settings, prov["clip"]["status"])
     # The dataset enters the object store once; each trial gets a reference, not a copy of its own.
+    # The families' classes travel with the trials: a family registered by the user's own script (a class of its
+    # __main__, which Ray pickles by value) trains on workers that never imported that script.
+    used = {name: families.get(name) for name in settings.grid["family"]}
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, settings=settings,
-                                                         members=search["fuse"]["members"]), per_trial)
+                                                         members=search["fuse"]["members"], used=used), per_trial)
     if restore:
         try:  # a snapshot file cut short by the crash: repaired where that is safe, else a clear error
             check_snapshot(prov["ray_experiment"], search["trials"])
@@ -488,10 +492,10 @@ def main(argv=None) -> list[dict]:
     print(f"[search] preset {settings.preset}{auto}: {PRESETS[settings.preset].about}", flush=True)
     # Before the data: --clip-mode required without weights stops here, not after preprocessing. The driver's
     # loader keeps the weights for the baselines.
-    from model.clip import ClipLoader
+    from model.eval.clip import ClipLoader
 
     clip_loader = ClipLoader()
-    clip = check_clip(settings.train, clip_loader) if prov is None else None
+    clip = check_clip(settings, clip_loader) if prov is None else None
 
     # Prepared once per search, before any trial: the data pipeline never competes with trials for CPUs.
     with user_errors("--data"):
@@ -504,8 +508,7 @@ def main(argv=None) -> list[dict]:
     per_trial = {"cpu": args.cpus_per_trial, "gpu": gpus}
     if prov is None:
         with user_errors():
-            plan = plan_search(args, argv, results_dir, ray_experiment, settings, data, cluster, clip, per_trial,
-                               clip_loader)
+            plan = plan_search(args, argv, results_dir, ray_experiment, settings, data, cluster, clip, per_trial)
         prov = asdict(plan)
         write_provenance(results_dir, prov)
     print(f"[search] fused: {prov['search']['fuse']['reason']}", flush=True)
@@ -515,7 +518,7 @@ def main(argv=None) -> list[dict]:
     print(f"[search] {len(rows)} trials, {sum(r['status'] == 'ok' for r in rows)} completed, "
           f"{sum(r['status'].startswith('error') for r in rows)} errored; wall time {time.time() - t_start:.0f} s")
     for best in (r for r in rows if r["best"]):  # one per family: each is ranked by its own selection metric
-        metric = BEST[best.get("family") or "regressor"]
+        metric = families.get(best.get("family") or DEFAULT_FAMILY).best
         print(f"[search] best: {({k: best[k] for k in settings.grid})} {metric} {best[metric]:.4f}")
     print(f"[search] results: {results_dir}/best_config.md", flush=True)
     if any(r["status"] in ("pending", "running", "paused") for r in rows):

@@ -17,7 +17,8 @@ from collections import Counter
 
 from ray.tune import Callback
 
-from model.config import SELECTION
+from model import families
+from model.config import DEFAULT_FAMILY
 from search.results import error_reason
 
 
@@ -34,11 +35,11 @@ class Progress(Callback):
         self.start = self.last = time.monotonic()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        metric = SELECTION[trial.config.get("family", "regressor")]
+        metric = families.get(trial.config.get("family", DEFAULT_FAMILY)).selection
         self.latest[trial.trial_id] = (result.get("epoch"), metric, result.get(metric))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        epoch, metric, val = self.latest.get(trial.trial_id, (None, SELECTION["regressor"], None))
+        epoch, metric, val = self.latest.get(trial.trial_id, (None, families.get(DEFAULT_FAMILY).selection, None))
         val = f"{val:.4f}" if isinstance(val, float) else val
         print(f"[search] trial {trial.trial_id} {trial.config} finished after {epoch} epochs, {metric} {val}")
         self.line(trials)

@@ -8,8 +8,8 @@
 Columns use the config field names and metric names spelled in model/config.py, so the
 table, the search space and the checkpoints read the same. A CLIP score that could not be
 computed is shown as "unavailable" (or "off"), never as a number; the reason is stated once,
-in the table's header and provenance. Each row ranks by its family's best metric (`ranked_by`,
-model.config.BEST). With seed replicates (`--seeds N`) the CSV and Markdown tables have one row per
+in the table's header and provenance. Each row ranks by its family's best metric (`ranked_by`:
+the family's `best`, model/families/). With seed replicates (`--seeds N`) the CSV and Markdown tables have one row per
 configuration (mean ± std over seeds, a tie test against the best: search/analysis.py) and the JSON
 keeps every seed's row besides.
 """
@@ -30,21 +30,29 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.config import (BEST, BEST_VAL_DENOISE, BEST_VAL_L1, TEST_CLIP, TEST_DIVERSITY, TEST_L1, TEST_MEMORISATION,
-                          TEST_NN_TRAIN, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, SELECTION, TRAIN_METRIC, VAL_CLIP, VAL_TOP1,
-                          TrainConfig)
+from model import families as registry
+from model.config import (BEST_VAL_L1, DEFAULT_FAMILY, TEST_CLIP, TEST_DIVERSITY, TEST_L1, TEST_MEMORISATION,
+                          TEST_NN_TRAIN, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, VAL_CLIP, VAL_TOP1, TrainConfig)
 from search import analysis
+from search.trainable import members_of
 
 TABLE = "best_config"
 # Every metric a row carries (None where its trial did not report it). The table shows each present family's
-# ranking metric (model.config.BEST), the thesis's test and validation metrics, and the guards against wrong
+# ranking metric (its `best`), the thesis's test and validation metrics, and the guards against wrong
 # winners (memorisation, diversity) where some row reports them.
 GUARDS = (TEST_NN_TRAIN, TEST_MEMORISATION, TEST_DIVERSITY)
-METRIC_COLUMNS = (BEST_VAL_L1, BEST_VAL_DENOISE, TEST_L1, TEST_CLIP, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, *GUARDS,
-                  VAL_CLIP, VAL_TOP1)
+SHARED_METRICS = (TEST_L1, TEST_CLIP, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, *GUARDS, VAL_CLIP, VAL_TOP1)
+
+
+def ranking_metrics() -> tuple[str, ...]:
+    """Every registered family's ranking metric, in registry order."""
+    return tuple(dict.fromkeys(registry.get(f).best for f in registry.names()))
+
+
+def metric_names() -> tuple[str, ...]:
+    return (*ranking_metrics(), *SHARED_METRICS)
 # member: a fused trial's rows are its members (search/trainable.py), numbered in the provenance's order.
 RUN_COLUMNS = ("epochs", "wall_s", "status", "trial_id", "member", "hostname", "node_id", "device")
-NODE_KEYS = ("time_total_s", "hostname", "node_id", "device")
 
 
 @dataclass
@@ -155,28 +163,19 @@ def row_key(trial_id: str, member: int | None) -> str:
     return trial_id if member is None else f"{trial_id}/m{member}"
 
 
-def member_history(history: list[dict], member: int | None) -> list[dict]:
-    """A fused trial's reports cut to one member's (`m<k>/` prefix dropped); a plain trial's as they are."""
-    if member is None:
-        return history
-    prefix = f"m{member}/"
-    return [{**{k: h.get(k) for k in NODE_KEYS}, "epoch": h.get("epoch"),
-             **{k[len(prefix):]: v for k, v in h.items() if k.startswith(prefix)}} for h in history]
-
-
 def trial_runs(t: TrialRecord, provenance: dict) -> list[tuple[dict, int | None, list[dict]]]:
     """(grid point, member, history) for each table row of a trial: one, or one per fused member."""
     members = provenance["search"].get("fuse", {}).get("members")
     if not members:
         return [(dict(t.config), None, t.history)]
-    return [({**t.config, **point}, k, member_history(t.history, k)) for k, point in enumerate(members)]
+    return [({**t.config, **point}, k, [members_of(h, k) for h in t.history]) for k, point in enumerate(members)]
 
 
 def table_rows(trials: list[TrialRecord], provenance: dict) -> list[dict]:
     settings = provenance["settings"]
     search = provenance["search"]
     target = TrainConfig(**settings["train"]).total_epochs  # both stages of a staged trial
-    fixed_family = settings["model"].get("family") or "regressor"
+    fixed_family = settings["model"].get("family") or DEFAULT_FAMILY
     rows = []
     for t, point, member, history in ((t, *run) for t in trials for run in trial_runs(t, provenance)):
         last = history[-1] if history else {}
@@ -189,8 +188,8 @@ def table_rows(trials: list[TrialRecord], provenance: dict) -> list[dict]:
         row = {k: point.get(k) for k in settings["grid"]}
         row.setdefault("family", fixed_family)  # a grid axis once --family sweeps it
         row["ranked_by"] = analysis.ranked_by(row)
-        row.update({m: last.get(m) for m in METRIC_COLUMNS})
-        row.update({m: _finite(last.get(m)) for m in (*BEST.values(), TEST_L1)})
+        row.update({m: last.get(m) for m in metric_names()})
+        row.update({m: _finite(last.get(m)) for m in (*ranking_metrics(), TEST_L1)})
         row.update({TEST_CLIP: clip(TEST_CLIP), VAL_CLIP: clip(VAL_CLIP), "epochs": epochs,
                     "wall_s": round(last["time_total_s"], 1) if last.get("time_total_s") is not None else None,
                     "status": (f"error: FloatingPointError: {last['error']}" if last.get("error") else
@@ -213,15 +212,15 @@ def table_rows(trials: list[TrialRecord], provenance: dict) -> list[dict]:
 
 def metric_columns(rows: list[dict]) -> list[str]:
     """Each present family's ranking metric, the thesis's metrics, and the guards some row reports."""
-    ranking = [BEST[f] for f in analysis.families(rows) if f in BEST] or [BEST_VAL_L1]
+    ranking = [registry.get(f).best for f in analysis.families(rows) if f in registry.names()] or [BEST_VAL_L1]
     guards = [m for m in GUARDS if any(r.get(m) is not None for r in rows)]
     return [*ranking, TEST_L1, TEST_CLIP, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, *guards, VAL_CLIP, VAL_TOP1]
 
 
 def field_columns(rows: list[dict]) -> list[str]:
     """The swept fields, as the rows carry them, and `family` where a row is not a regressor."""
-    fields = [c for c in rows[0] if c not in (*METRIC_COLUMNS, *RUN_COLUMNS, "best", "pareto", "family", "ranked_by")]
-    if any(analysis.family(r) != "regressor" for r in rows):
+    fields = [c for c in rows[0] if c not in (*metric_names(), *RUN_COLUMNS, "best", "pareto", "family", "ranked_by")]
+    if any(analysis.family(r) != DEFAULT_FAMILY for r in rows):
         fields = ["family", *fields]
     return fields
 
@@ -518,8 +517,8 @@ def curves(trials: list[TrialRecord], provenance: dict) -> dict[str, dict]:
         for point, member, history in trial_runs(t, provenance):
             if not history:
                 continue
-            family = point.get("family") or "regressor"
+            family = registry.get(point.get("family") or DEFAULT_FAMILY)
             out[row_key(t.trial_id, member)] = {
-                "family": family, "epoch": [h.get("epoch") for h in history],
-                **{m: [h.get(m) for h in history] for m in (TRAIN_METRIC[family], SELECTION[family])}}
+                "family": family.name, "epoch": [h.get("epoch") for h in history],
+                **{m: [h.get(m) for h in history] for m in (family.train_metric, family.selection)}}
     return out

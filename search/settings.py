@@ -7,7 +7,9 @@
     settings.train.epochs, settings.grid["lr"]           # 3, (0.001, 0.0001)
 
 Precedence: dataclass defaults < preset < flags. One flag per config field, named after it
-(`n_heads` <-> `--n-heads`); a field in two configs (`image_size`) sets both. A swept field's
+(`n_heads` <-> `--n-heads`); a field in two configs (`image_size`) sets both. The configs are ModelConfig,
+TrainConfig, DataConfig and every registered model family's own section (`settings.sections["diffusion"]`: the
+diffusion family's DiffusionConfig), so `--unet-width 64` is a flag like `--epochs 3`. A swept field's
 flag takes one or more values and replaces that axis of the grid (`--lr 1e-3` pins it).
 Seed replicates (`resolve(..., seeds=3)`, the CLI's `--seeds 3`) are one more grid axis, of the
 TrainConfig field `seed`: values seed .. seed+2, so a fused trial trains them as members too.
@@ -24,11 +26,16 @@ import numpy as np
 
 from data_pipeline.config import DataConfig
 from data_pipeline.dataset import PreparedData, Split
+from model import families
 from model.config import ModelConfig, TrainConfig
 from search.analysis import SEED  # the TrainConfig field that --seeds turns into a grid axis
 from search.space import AXES, trial_configs
 
-CONFIGS = (ModelConfig, TrainConfig, DataConfig)
+
+
+def config_classes() -> tuple[type, ...]:
+    """Every config dataclass a flag can set: the shared three, then each registered family's section."""
+    return (ModelConfig, TrainConfig, DataConfig, *(families.get(name).Config for name in families.names()))
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ class Settings:
     data: DataConfig
     grid: dict  # swept field -> tuple of values
     max_records: int | None = None
+    sections: dict = field(default_factory=dict)  # family name -> its config section (every registered family)
 
     @property
     def seeds(self) -> int:
@@ -82,18 +90,23 @@ class Settings:
     def to_dict(self) -> dict:
         return {"preset": self.preset, "model": asdict(self.model), "train": asdict(self.train),
                 "data": asdict(self.data), "grid": {k: list(v) for k, v in self.grid.items()},
-                "max_records": self.max_records}
+                "max_records": self.max_records, "sections": {k: asdict(v) for k, v in self.sections.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Settings":
+        sections = {name: families.get(name).Config(**fields_) for name, fields_ in d.get("sections", {}).items()}
         return cls(d["preset"], ModelConfig(**d["model"]), TrainConfig(**d["train"]), DataConfig(**d["data"]),
-                   {k: tuple(v) for k, v in d["grid"].items()}, d.get("max_records"))
+                   {k: tuple(v) for k, v in d["grid"].items()}, d.get("max_records"), sections)
+
+    def trial(self, point: dict) -> tuple:
+        """(model, train, family section) of one point of the grid."""
+        return trial_configs(point, self.model, self.train, self.sections)
 
 
 def config_fields() -> dict[str, type]:
     """Every config field name once, with its type (image_size appears in two configs, same type)."""
     out = {}
-    for cls in CONFIGS:
+    for cls in config_classes():
         hints = get_type_hints(cls)
         for f in fields(cls):
             out.setdefault(f.name, hints[f.name])
@@ -105,7 +118,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                       "data_pipeline/config.py)")
     for name, typ in config_fields().items():
         flag = "--" + name.replace("_", "-")
-        owners = "/".join(c.__name__ for c in CONFIGS if name in {f.name for f in fields(c)})
+        owners = "/".join(c.__name__ for c in config_classes() if name in {f.name for f in fields(c)})
         if name in AXES:
             group.add_argument(flag, type=typ, nargs="+", default=None, metavar=name.upper(),
                                help=f"grid axis, default {' '.join(map(str, AXES[name]))} ({owners})")
@@ -137,13 +150,15 @@ def resolve(preset: str, overrides: dict, seeds: int = 1) -> Settings:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in fixed.items() if k in names})
 
-    settings = Settings(preset, build(ModelConfig), build(TrainConfig), build(DataConfig), grid, p.max_records)
+    sections = {name: build(families.get(name).Config) for name in families.names()}
+    settings = Settings(preset, build(ModelConfig), build(TrainConfig), build(DataConfig), grid, p.max_records,
+                        sections)
     if settings.model.image_size != settings.data.image_size:
         raise ValueError("model and data image_size differ")  # unreachable through flags: one flag sets both
-    # Build every trial's configs now, so a bad combination (d_model not divisible by a head count)
-    # fails before Ray starts rather than inside trial 17.
+    # Build every trial's configs now, so a bad combination (d_model not divisible by a head count, a size the
+    # family cannot make) fails before Ray starts rather than inside trial 17.
     for values in itertools.product(*grid.values()):
-        trial_configs(dict(zip(grid, values)), settings.model, settings.train)
+        settings.trial(dict(zip(grid, values)))
     return settings
 
 

@@ -3,7 +3,7 @@
     from search.space import AXES, GRID, fused_space, grid_size, param_space, trial_configs
     grid_size(GRID)                                   # 32; AXES adds the model family, one value by default
     param_space(GRID, "grid")                         # {"lr": tune.grid_search([...]), ...}
-    model_cfg, train_cfg = trial_configs({"lr": 1e-4, "n_heads": 4}, ModelConfig(), TrainConfig())
+    model_cfg, train_cfg, section = trial_configs({"lr": 1e-4, "n_heads": 4}, ModelConfig(), TrainConfig(), sections)
     trial_grid, members = fused_space(GRID)           # 8 architectures; 4 (lr, weight_decay) members each
 
 The space holds only the swept fields, spelled as the config fields they set. Everything
@@ -17,7 +17,8 @@ import itertools
 import math
 from dataclasses import fields, replace
 
-from model.config import ModelConfig, TrainConfig
+from model import families
+from model.config import DEFAULT_FAMILY, ModelConfig, TrainConfig
 
 # learning rate × weight decay × heads × feed-forward × layers = 2 × 2 × 2 × 2 × 2 = 32 trials.
 GRID: dict[str, tuple] = {
@@ -31,7 +32,7 @@ GRID: dict[str, tuple] = {
 # What a search sweeps: the model family (`--family regressor diffusion` makes it an axis of two values), then
 # the thesis's grid. Both families read the same five knobs: the text stack's heads, width and layers, and the
 # optimizer's learning rate and weight decay.
-AXES: dict[str, tuple] = {"family": ("regressor",), **GRID}
+AXES: dict[str, tuple] = {"family": (DEFAULT_FAMILY,), **GRID}
 
 SEARCHES = ("grid", "optuna")
 
@@ -51,16 +52,26 @@ def param_space(grid: dict[str, tuple], search: str) -> dict:
     raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
 
 
-def trial_configs(point: dict, model: ModelConfig, train: TrainConfig) -> tuple[ModelConfig, TrainConfig]:
-    """The base configs with this trial's swept values replaced; an unknown key is an error, not ignored."""
+def trial_configs(point: dict, model: ModelConfig, train: TrainConfig, sections: dict | None = None) -> tuple:
+    """(model, train, family section): the base configs with this trial's swept values replaced. `sections` holds
+    each family's base section (by family name; a missing one: its defaults); the trial's family (the point's
+    `family`, else the model's) takes its own and the point's values of its fields. An unknown key is an error,
+    not ignored."""
     model_keys = {f.name for f in fields(ModelConfig)}
     train_keys = {f.name for f in fields(TrainConfig)}
-    unknown = set(point) - model_keys - train_keys
-    if unknown:
-        raise KeyError(f"search-space keys {sorted(unknown)} are not ModelConfig or TrainConfig fields")
     model = replace(model, **{k: v for k, v in point.items() if k in model_keys})
+    family = families.get(model.family)
+    section = (sections or {}).get(family.name) or family.Config()
+    section_keys = {f.name for f in fields(section)}
+    # A field of another family's section is not an error: a mixed search sweeps both families' fields.
+    other_keys = {f.name for name in families.names() for f in fields(families.get(name).Config)}
+    unknown = set(point) - model_keys - train_keys - other_keys
+    if unknown:
+        raise KeyError(f"search-space keys {sorted(unknown)} are not fields of ModelConfig, TrainConfig or a "
+                       "family's config section")
     train = replace(train, **{k: v for k, v in point.items() if k in train_keys})
-    return model, train
+    section = families.section(model, replace(section, **{k: v for k, v in point.items() if k in section_keys}))
+    return model, train, section
 
 
 def fused_space(grid: dict[str, tuple]) -> tuple[dict[str, tuple], list[dict]]:

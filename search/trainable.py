@@ -1,6 +1,6 @@
 """The Ray Tune adapter: one trial = `model.train.train_members` plus checkpoints and reports.
 
-    trainable = tune.with_parameters(train_trial, data=data, settings=settings, members=None)
+    trainable = tune.with_parameters(train_trial, data=data, settings=settings, members=None, used=None)
     tune.Tuner(trainable, param_space=param_space(GRID, "grid")).fit()
 
 `config` holds only the swept fields; the base configs and the data come in through
@@ -9,9 +9,10 @@ every trial on a node reads the same copy. Each epoch's metrics are reported wit
 training state as a checkpoint; a retried or resumed trial continues from the latest one.
 
 Fused (`members` = the member points of `search.space.fused_space`): the trial is one architecture
-and trains every member point with it at once. Its reports hold each member's metrics under
-`m<k>/` (`m0/val/l1`, `m2/test/l1`, `m1/error`) and, for the progress line and schedulers, the
-best live member's `val/l1`; the results table expands them into one row per member.
+and trains every member point with it at once. Tune takes one flat dict of numbers per report, so its reports
+hold each member's metrics under `m<k>/` (`m0/val/l1`, `m2/test/l1`, `m1/error`: `member_report`, read back by
+`members_of`) and, for the progress line and schedulers, the best live member's selection metric; the results
+table expands them into one row per member.
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ import torch
 from ray import tune
 
 from data_pipeline.dataset import PreparedData
-from model import checkpoint
-from model.config import BEST, SELECTION
-from model.train import ProcessCache, default_device, train, train_members
+from model import checkpoint, families
+from model.checkpoint import TrainingState
+from model.train import Runtime, default_device, train_members
 from search.settings import Settings
-from search.space import trial_configs
 
 # Written in the trial's working directory when its loss diverges. Training resumes from the
 # last checkpoint with the same RNG state, so a FailureConfig retry would diverge again at the
@@ -52,33 +52,29 @@ def where() -> dict:
     return {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "device": device}
 
 
-# What this worker process keeps for its next trial (a frozen encoder's states of the search's texts, CLIP's
-# weights): Tune reuses the process (reuse_actors), and every trial of a search needs the same.
-WORKER_CACHE = ProcessCache()
+# Where this worker process trains, and what it keeps for its next trial (a frozen encoder's states of the
+# search's texts, CLIP's weights): Tune reuses the process (reuse_actors), and every trial of a search needs the same.
+WORKER = Runtime(device=default_device())
+NODE_KEYS = ("time_total_s", "hostname", "node_id", "device")  # a fused trial's, shared by its members' rows
 
 
-def member_report(metrics: list[dict], family: str) -> dict:
-    """A fused trial's per-member metrics as one flat Tune result, with the best live member's selection metric
-    (the family's: val/l1 for the regressor) for the progress line and schedulers."""
+def member_report(metrics: list[dict], family) -> dict:
+    """A fused trial's per-member metrics as one flat Tune result (`m<k>/<metric>`), with the best live member's
+    selection metric (the family's: val/l1 for the regressor) for the progress line and schedulers."""
     out = {"epoch": max(m.get("epoch", 0) for m in metrics)}
     for k, m in enumerate(metrics):
         out.update({f"m{k}/{key}": value for key, value in m.items()})
-    selection, best = SELECTION[family], BEST[family]
-    live = [m for m in metrics if "error" not in m and selection in m]
-    out[selection] = min((m[selection] for m in live), default=math.nan)
-    out[best] = min((m[best] for m in live), default=math.nan)
+    live = [m for m in metrics if "error" not in m and family.selection in m]
+    out[family.selection] = min((m[family.selection] for m in live), default=math.nan)
+    out[family.best] = min((m[family.best] for m in live), default=math.nan)
     return out
 
 
-def replay(state: dict, recorded_epoch: int) -> list[list[dict]]:
-    """The per-member reports of the epochs after `recorded_epoch` up to the state's last one, rebuilt from
-    the state's history (a member that stopped reports its error, as the loop does): what a restored trial
-    reports first when its result.json lacks them, so its results have every epoch."""
-    out = []
-    for epoch in range(recorded_epoch + 1, state["epoch"] + 1):
-        out.append([next((h for h in hist if h["epoch"] == epoch), {"epoch": epoch, "error": error})
-                    for hist, error in zip(state["history"], state["errors"])])
-    return out
+def members_of(result: dict, member: int) -> dict:
+    """The inverse of `member_report` for member k: its own metrics, with the trial's node keys and epoch."""
+    prefix = f"m{member}/"
+    return {**{k: result.get(k) for k in NODE_KEYS}, "epoch": result.get("epoch"),
+            **{k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}}
 
 
 def last_reported_epoch() -> int:
@@ -98,11 +94,15 @@ def last_reported_epoch() -> int:
     return last
 
 
-def train_trial(config: dict, data: PreparedData, settings: Settings, members: list[dict] | None = None) -> None:
+def train_trial(config: dict, data: PreparedData, settings: Settings, members: list[dict] | None = None,
+                used: dict | None = None) -> None:
+    for family_class in (used or {}).values():  # the search's families, as its driver registered them
+        families.register(family_class)
     fused = members is not None
     points = [{**config, **m} for m in members] if fused else [config]
-    configs = [trial_configs(p, settings.model, settings.train) for p in points]
-    model_cfg, train_cfgs = configs[0][0], [t for _, t in configs]
+    configs = [settings.trial(p) for p in points]
+    model_cfg, section, train_cfgs = configs[0][0], configs[0][2], [t for _, t, _ in configs]
+    family = families.get(model_cfg.family)
     # Ray logs one "Checkpoint successfully created" line per report otherwise: 3,200 for the grid.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     # Ray gives a trial its CPU share; without this torch would start one thread per core in every trial.
@@ -119,15 +119,18 @@ def train_trial(config: dict, data: PreparedData, settings: Settings, members: l
             resume = checkpoint.load(d)
     node = where()
 
-    def report(metrics: list[dict], state: dict | None) -> None:
-        result = {**(member_report(metrics, model_cfg.family) if fused else metrics[0]), **node}
+    def report(metrics: list[dict], state: TrainingState | None) -> None:
+        if not fused and "error" in metrics[0]:  # a single trial that diverged fails (Tune records the reason)
+            diverged.write_text(metrics[0]["error"])
+            raise FloatingPointError(metrics[0]["error"])
+        result = {**(member_report(metrics, family) if fused else metrics[0]), **node}
         if state is None:
             tune.report(result)
             return
-        if "final" in state:
+        if state.finished():
             # A finished trial is never trained again: its last checkpoint keeps the best weights
             # (for export and generate) and drops the optimizer and last weights, 3 of 4 copies.
-            state = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+            state = state.without_training()
         with tempfile.TemporaryDirectory() as d:
             checkpoint.save(state, d)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
@@ -136,26 +139,17 @@ def train_trial(config: dict, data: PreparedData, settings: Settings, members: l
         # Tune writes result.json to storage in the background, with its snapshot: after a driver crash it
         # can end before the restored state (and RestoreFromSuccessor restores past the snapshot). The
         # epochs it lacks are reported first, from the state's history; the last with the state.
-        missed = replay(resume, last_reported_epoch())
+        missed = resume.replay(after=last_reported_epoch())
         for metrics in missed[:-1]:
             report(metrics, None)
-        if missed and "final" not in resume:
+        if missed and not resume.finished():
             report(missed[-1], resume)
-    if resume is not None and "final" in resume:
+    if resume is not None and resume.finished():
         # The driver died after this trial's last report but before Tune recorded it as done:
         # report the finished state again rather than training zero epochs and reporting nothing.
-        report(resume["final"], resume)
+        report(resume.final, resume)
         return
-    try:
-        if fused:
-            train_members(model_cfg, train_cfgs, data, report=report, resume=resume, device=default_device(),
-                          cache=WORKER_CACHE)
-        else:  # a diverged trial raises FloatingPointError
-            train(model_cfg, train_cfgs[0], data, report=lambda m, s: report([m], s), resume=resume,
-                  device=default_device(), cache=WORKER_CACHE)
-    except FloatingPointError as e:
-        diverged.write_text(str(e))
-        raise
+    train_members(model_cfg, train_cfgs, data, report=report, resume=resume, family_cfg=section, runtime=WORKER)
 
 
 class RestoreFromSuccessor:

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from data_pipeline.dataset import PreparedData, Split
-from model import clip
+from model.eval import clip
+from model.families.regressor import RegressorConfig
 from model.config import TEST_CLIP, ModelConfig, TrainConfig
 
 TINY = "tiny-test-clip"
@@ -173,7 +174,7 @@ def test_modes_and_the_loss_rule(scorer, tiny_clip_file, capsys):
     _expect_fixing_message(err.value)
     for mode in ("auto", "off"):  # a CLIP loss cannot train without CLIP, whatever the mode
         with pytest.raises(clip.ClipUnavailable, match="needs CLIP weights"):
-            clip.resolve_clip(TrainConfig(loss="l1+clip", clip_mode=mode, **bogus), "cpu")
+            clip.resolve_clip(TrainConfig(clip_mode=mode, **bogus), "cpu", clip_loss="l1+clip")
 
 
 def test_the_unavailable_banner_is_printed_by_the_driver_not_by_each_trial(monkeypatch, capsys):
@@ -360,18 +361,19 @@ def test_train_auto_without_weights_records_unavailable_with_the_reason():
     assert metrics["test/clip_status"].startswith("unavailable:") and BOGUS in metrics["test/clip_status"]
 
 
-@pytest.mark.parametrize("cfg", [dict(clip_mode="required"), dict(loss="clip", clip_mode="auto")])
-def test_train_stops_before_any_epoch_without_weights(cfg):
+@pytest.mark.parametrize("cfg, loss", [(dict(clip_mode="required"), "l1"), (dict(clip_mode="auto"), "clip")])
+def test_train_stops_before_any_epoch_without_weights(cfg, loss):
     reports = []
     with pytest.raises(clip.ClipUnavailable, match="--clip-pretrained"):
         _train()(SMALL, TrainConfig(epochs=1, clip_model=TINY, clip_pretrained=BOGUS, **cfg), tiny_data(),
-                 report=lambda m, s: reports.append(m))
+                 report=lambda m, s: reports.append(m), family_cfg=RegressorConfig(loss=loss))
     assert reports == []
 
 
 def test_train_with_clip_loss_and_score(tiny_clip_file):
-    metrics = _train()(SMALL, TrainConfig(epochs=1, batch_size=4, loss="l1+clip", clip_mode="required",
-                                          clip_model=TINY, clip_pretrained=tiny_clip_file), tiny_data())
+    metrics = _train()(SMALL, TrainConfig(epochs=1, batch_size=4, clip_mode="required", clip_model=TINY,
+                                          clip_pretrained=tiny_clip_file), tiny_data(),
+                       family_cfg=RegressorConfig(loss="l1+clip"))
     assert metrics["test/clip_status"] == "ok" and isinstance(metrics[TEST_CLIP], float)
     assert np.isfinite(metrics["train/l1"])
 
@@ -382,12 +384,12 @@ def test_fused_members_with_a_clip_loss_equal_their_single_runs(tiny_clip_file):
 
     model_cfg = ModelConfig(image_size=32, d_model=32, ff_dim=64, n_layers=1, dropout_encoder=0.0,
                             dropout_attention=0.0, dropout_decoder=0.0)
-    cfgs = [TrainConfig(lr=lr, epochs=2, batch_size=2, loss="l1+clip", clip_weight=1.0, clip_mode="required",
-                        clip_model=TINY, clip_pretrained=tiny_clip_file) for lr in (3e-3, 1e-3)]
-    data = tiny_data()
-    fused = train_members(model_cfg, cfgs, data, device="cpu")
+    cfgs = [TrainConfig(lr=lr, epochs=2, batch_size=2, clip_mode="required", clip_model=TINY,
+                        clip_pretrained=tiny_clip_file) for lr in (3e-3, 1e-3)]
+    section, data = RegressorConfig(loss="l1+clip", clip_weight=1.0), tiny_data()
+    fused = train_members(model_cfg, cfgs, data, family_cfg=section)
     for f, cfg in zip(fused, cfgs):
-        single = train(model_cfg, cfg, data, device="cpu")
+        single = train(model_cfg, cfg, data, family_cfg=section)
         assert f["train/l1"] == pytest.approx(single["train/l1"], rel=1e-4)
         assert f[TEST_CLIP] == pytest.approx(single[TEST_CLIP], rel=1e-4)
     assert fused[0]["train/l1"] != pytest.approx(fused[1]["train/l1"], rel=1e-4)  # two different runs compared

@@ -1,4 +1,4 @@
-"""The diffusion family (model/diffusion.py, model/families.py) in the one loop, on tiny data made here."""
+"""The diffusion family (model/families/diffusion.py) in the one loop, on tiny data made here."""
 
 from __future__ import annotations
 
@@ -7,23 +7,26 @@ import pytest
 import torch
 
 from data_pipeline.dataset import PreparedData, Split
-from model import checkpoint
+from dataclasses import replace
+
+from model import checkpoint, families
 from model.config import TEST_DIVERSITY, TEST_MEMORISATION, TRAIN_LOSS, VAL_DENOISE, ModelConfig, TrainConfig
-from model.diffusion import Denoiser, Diffusion
-from model.evaluate import MEMORISING, Evaluator
+from model.eval.evaluator import MEMORISING, Evaluator, split_images
+from model.families.diffusion import Denoiser, DiffusionConfig, Process
+from model.families.regressor import RegressorConfig
 from model.train import train, train_members
 from test_model import NO_DROPOUT, tiny_data
 
-TINY = ModelConfig(family="diffusion", image_size=32, d_model=32, ff_dim=64, n_layers=1, n_heads=2, max_tokens=32,
-                   unet_width=16, unet_levels=2)
-QUICK = TrainConfig(lr=1e-3, epochs=2, batch_size=4, clip_mode="off", sample_steps=3)
+TINY = ModelConfig(family="diffusion", image_size=32, d_model=32, ff_dim=64, n_layers=1, n_heads=2, max_tokens=32)
+SECTION = DiffusionConfig(unet_width=16, unet_levels=2, sample_steps=3)
+QUICK = TrainConfig(lr=1e-3, epochs=2, batch_size=4, clip_mode="off")
 
 
 @pytest.mark.parametrize("pooled", [False, True], ids=["cross-attention", "+pooled"])
 def test_a_member_is_its_own_unet(pooled):
     cfg = ModelConfig(**{**TINY.__dict__, "pooled_text": pooled})
-    two = Denoiser(cfg, text_dim=12, seeds=[0, 5]).eval()  # eval: no dropout
-    five = Denoiser(cfg, text_dim=12, seeds=[5]).eval()
+    two = Denoiser(cfg, SECTION, text_dim=12, seeds=[0, 5]).eval()  # eval: no dropout
+    five = Denoiser(cfg, SECTION, text_dim=12, seeds=[5]).eval()
     for (name, a), (_, b) in zip(two.named_parameters(), five.named_parameters(), strict=True):
         assert torch.equal(a[1], b[0]), name  # member 1 starts where a one-member network with its seed starts
     assert not torch.equal(two.unet.conv_in.weight[0], two.unet.conv_in.weight[1])
@@ -35,7 +38,8 @@ def test_a_member_is_its_own_unet(pooled):
 
 def _run(model_cfg, cfg, data, **kw):
     history, states = [], []
-    final = train(model_cfg, cfg, data, report=lambda m, s: (history.append(m), states.append(s)), device="cpu", **kw)
+    final = train(model_cfg, cfg, data, report=lambda m, s: (history.append(m), states.append(s)),
+                  family_cfg=kw.pop("family_cfg", SECTION), **kw)
     return history, states, final
 
 
@@ -50,15 +54,15 @@ def test_a_diffusion_member_equals_its_single_run():
             fused_history[k].append(m)
         fused_states.append(state)
 
-    results = train_members(model_cfg, cfgs, data, report=report, device="cpu")
+    results = train_members(model_cfg, cfgs, data, report=report, family_cfg=SECTION)
     for k, cfg in enumerate(cfgs):
         history, states, single = _run(model_cfg, cfg, data)
         for mine, theirs in zip(fused_history[k], history, strict=True):
             assert mine[TRAIN_LOSS] == pytest.approx(theirs[TRAIN_LOSS], rel=1e-4)
             assert mine[VAL_DENOISE] == pytest.approx(theirs[VAL_DENOISE], rel=1e-4)
         assert results[k][TEST_DIVERSITY] == pytest.approx(single[TEST_DIVERSITY], rel=1e-3)
-        mine = checkpoint.member(fused_states[-1], k)["best_model"][0]
-        for name, w in states[-1]["best_model"][0].items():
+        mine = fused_states[-1].member(k).best_model[0]
+        for name, w in states[-1].best_model[0].items():
             torch.testing.assert_close(mine[name], w, rtol=1e-3, atol=1e-4)
     assert results[0][VAL_DENOISE] != results[1][VAL_DENOISE]  # two different runs were compared
 
@@ -73,32 +77,33 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
         raise KeyboardInterrupt  # the trial's process dies here
 
     with pytest.raises(KeyboardInterrupt):
-        train(TINY, cfg, data, report=stop_after_one, device="cpu")
+        train(TINY, cfg, data, report=stop_after_one, family_cfg=SECTION)
     _, resumed, resumed_final = _run(TINY, cfg, data, resume=checkpoint.load(tmp_path / "epoch1"))
-    assert [s["epoch"] for s in resumed] == [2, 3]
-    for name, w in full[-1]["model"].items():
-        assert torch.equal(w, resumed[-1]["model"][name]), name
-    for a, b in zip(full[-1]["ema"]["shadow_params"], resumed[-1]["ema"]["shadow_params"], strict=True):
+    assert [s.epoch for s in resumed] == [2, 3]
+    for name, w in full[-1].model.items():
+        assert torch.equal(w, resumed[-1].model[name]), name
+    for a, b in zip(full[-1].ema["shadow_params"], resumed[-1].ema["shadow_params"], strict=True):
         assert torch.equal(a, b)
     untimed = {k: v for k, v in final.items() if k != "samples_per_s"}
     assert untimed == {k: v for k, v in resumed_final.items() if k != "samples_per_s"}
 
 
 def test_the_selection_metric_is_deterministic_and_moves_with_the_weights():
-    from model.families import make_family
-    from model.network import TextToImage, load_text_encoder
-    from model.train import TextTable
+    from model.families import Diffusion, Targets
+    from model.network import TextToImage
+    from model.text import TextTable, load_text_encoder
 
     data = tiny_data()
     tokenizer, encoder, _ = load_text_encoder(TINY.text_encoder)
-    net = TextToImage(TINY, encoder, seeds=[0])
-    texts = TextTable.of(tokenizer, data, TINY, "cpu")
-    texts.cache_hidden(net)
-    family = make_family(net, texts, QUICK, Evaluator(data, QUICK, "cpu"))
+    net = TextToImage(TINY, SECTION, encoder, seeds=[0])
+    texts = TextTable.of(tokenizer, data, TINY, "cpu", Diffusion.extra_texts)
+    texts.cache_hidden(encoder, TINY.text_encoder)
+    targets = Targets(data, split_images(data, "cpu"))
+    family = Diffusion(net, texts, QUICK, SECTION, targets)
     first = family.select()
     torch.manual_seed(99)  # the metric must not read the global RNG
     assert family.select() == first
-    again = make_family(net, texts, QUICK, Evaluator(data, QUICK, "cpu"))  # a new trial: the same noise
+    again = Diffusion(net, texts, QUICK, SECTION, targets)  # a new trial: the same noise
     assert again.select() == first
     with torch.no_grad():
         net.generator.unet.conv_out.bias.add_(0.5)
@@ -109,7 +114,7 @@ def test_the_selection_metric_is_deterministic_and_moves_with_the_weights():
 def test_every_prediction_type_implies_the_true_noise_from_its_own_target(prediction_type):
     # The selection metric compares the implied noise, so recipes with different prediction types are ranked
     # on one quantity: the exact target of each type must imply exactly the noise that was added.
-    process = Diffusion(TrainConfig(prediction_type=prediction_type, noise_schedule="squaredcos_cap_v2"))
+    process = Process(DiffusionConfig(prediction_type=prediction_type, noise_schedule="squaredcos_cap_v2"))
     x0, noise = torch.rand(1, 4, 3, 8, 8) * 2 - 1, torch.randn(1, 4, 3, 8, 8)
     t = torch.tensor([[10, 200, 600, 990]])
     x_t = process.noisy(x0, noise, t)
@@ -122,11 +127,11 @@ def test_min_snr_weights_follow_the_paper():
     # Hang et al. 2023: min(SNR, gamma) / SNR for an epsilon target, min(SNR, gamma) / (SNR + 1) for v.
     t = torch.tensor([[1, 100, 500, 999]])
     for prediction_type, extra in (("epsilon", 0.0), ("v_prediction", 1.0)):
-        process = Diffusion(TrainConfig(min_snr_gamma=5.0, prediction_type=prediction_type))
+        process = Process(DiffusionConfig(min_snr_gamma=5.0, prediction_type=prediction_type))
         a = process.scheduler.alphas_cumprod[t]
         snr = a / (1 - a)
         torch.testing.assert_close(process.weights(t), torch.minimum(snr, torch.tensor(5.0)) / (snr + extra))
-    assert torch.equal(Diffusion(TrainConfig(min_snr_gamma=0.0)).weights(t), torch.ones(1, 4))
+    assert torch.equal(Process(DiffusionConfig(min_snr_gamma=0.0)).weights(t), torch.ones(1, 4))
 
 
 class ConstantX0(torch.nn.Module):
@@ -144,10 +149,10 @@ class ConstantX0(torch.nn.Module):
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm"])
 def test_a_deterministic_sampler_ends_on_the_predicted_clean_image(sampler):
-    process = Diffusion(TrainConfig(prediction_type="sample", sampler=sampler, sample_steps=6, guidance_scale=3.0))
+    process = Process(DiffusionConfig(prediction_type="sample", sampler=sampler, sample_steps=6, guidance_scale=3.0))
     image = torch.rand(1, 1, 3, 8, 8) * 2 - 1
     hidden, mask = torch.zeros(1, 2, 4, 6), torch.ones(1, 2, 4)
-    out = process.sample(ConstantX0(image), hidden, mask, hidden, mask, torch.randn(1, 2, 3, 8, 8))
+    out = process.sample(ConstantX0(image), (hidden, mask), (hidden, mask), torch.randn(1, 2, 3, 8, 8))
     # DPM-Solver++ ends at sigma 0; DDIM's last trailing step lands on t = 0, not on alpha 1, where
     # sqrt(1 - alpha_0) = sqrt(beta_0) = 0.01 keeps 1% of the implied noise.
     tol = 1e-4 if sampler == "dpm" else 0.05
@@ -164,7 +169,7 @@ def test_memorisation_flags_a_model_that_returns_training_images():
     train_images = rng.uniform(-1, 1, (20, 3, 8, 8))
     data = PreparedData(_split(train_images, 0), _split(rng.uniform(-1, 1, (4, 3, 8, 8)), 100),
                         _split(rng.uniform(-1, 1, (6, 3, 8, 8)), 200), info={"source": "tests"})
-    evaluator = Evaluator(data, TrainConfig(clip_mode="off"), "cpu")
+    evaluator = Evaluator(data, split_images(data, "cpu"))
 
     def outputs(test_images):
         return lambda split, sample: torch.as_tensor(test_images if split == "test" else evaluator.images[split])[None]
@@ -181,10 +186,11 @@ def test_memorisation_flags_a_model_that_returns_training_images():
 
 def test_staged_training_and_a_clip_loss_are_the_regressors():
     data = tiny_data()
-    with pytest.raises(ValueError, match="regressor"):
-        train(TINY, TrainConfig(**{**QUICK.__dict__, "finetune_epochs": 1}), data, device="cpu")
-    with pytest.raises(ValueError, match="regressor"):
-        train(TINY, TrainConfig(**{**QUICK.__dict__, "loss": "l1+clip", "clip_mode": "auto"}), data, device="cpu")
+    with pytest.raises(ValueError, match="staged training .* does not apply to the diffusion family"):
+        train(TINY, replace(QUICK, finetune_epochs=1), data, family_cfg=SECTION)
+    # A CLIP loss is a field of the regressor's section: a diffusion model refuses that section by name.
+    with pytest.raises(TypeError, match="a diffusion model takes a DiffusionConfig, got RegressorConfig"):
+        train(TINY, QUICK, data, family_cfg=RegressorConfig(loss="l1+clip"))
 
 
 
@@ -192,8 +198,8 @@ def test_staged_training_and_a_clip_loss_are_the_regressors():
 # 0.50/0.60 (chance 0.133) but take 136 s in the suite; 16 epochs learn nothing. At 16 px (the colour that names
 # the type needs no more) a step is 3x cheaper: 24 epochs give 0.47/0.47, 0.37/0.27, 0.30/0.37 (one seed under
 # the bar), 30 epochs 0.77/0.73, 0.63/0.40, 0.53/0.50 in about 53 s. The test runs 30 epochs at 16 px.
-LEARN = TrainConfig(lr=3e-3, warmup_steps=50, epochs=30, batch_size=32, clip_mode="off", sample_steps=10,
-                    guidance_scale=5.0)
+LEARN = TrainConfig(lr=3e-3, warmup_steps=50, epochs=30, batch_size=32, clip_mode="off")
+LEARN_SECTION = replace(SECTION, sample_steps=10, guidance_scale=5.0)
 LEARN_SIZE = 16
 
 
@@ -206,13 +212,13 @@ def test_the_family_learns_the_synthetic_texts_types(tmp_path):
     from data_pipeline.prepare import prepare_in_memory
     from data_pipeline.synthetic import generate
     from model.config import TEST_TYPE_ACC, VAL_TYPE_ACC
-    from model.faithfulness import BASELINE_CHANCE
+    from model.eval.type_classifier import BASELINE_CHANCE
 
     data = prepare_in_memory(generate(tmp_path / "synthetic", 300, 0),
                              DataConfig(image_size=LEARN_SIZE, augment_rotations=1))
-    chance = Evaluator(data, LEARN, "cpu").baselines()[BASELINE_CHANCE]
+    chance = Evaluator(data, split_images(data, "cpu")).baselines()[BASELINE_CHANCE]
     final = train(ModelConfig(**{**TINY.__dict__, **NO_DROPOUT, "pooled_text": True, "image_size": LEARN_SIZE}),
-                  LEARN, data, device="cpu")
+                  LEARN, data, family_cfg=LEARN_SECTION)
     accuracy = (final[VAL_TYPE_ACC] + final[TEST_TYPE_ACC]) / 2  # over 60 sampled images
     print(f"type accuracy val {final[VAL_TYPE_ACC]:.3f}, test {final[TEST_TYPE_ACC]:.3f}, chance {chance:.3f}; "
           f"memorisation {final[TEST_MEMORISATION]:.2f}, diversity {final[TEST_DIVERSITY]:.3f}")
@@ -224,9 +230,10 @@ def test_the_family_learns_the_synthetic_texts_types(tmp_path):
 def test_16_px_is_a_size_for_the_pixel_diffusion_family_only(family, latent, ok):
     """The regressor's decoder doubles a 4 px map at least three times, and the autoencoder's latents of a 16 px
     image would be 4 px: both refuse 16 px, naming the family; a UNet on pixels takes it."""
-    make = lambda: ModelConfig(family=family, image_size=16, latent_channels=latent)  # noqa: E731
+    section = DiffusionConfig(latent_channels=latent) if family == "diffusion" else None
+    make = lambda: families.section(ModelConfig(family=family, image_size=16), section)  # noqa: E731
     if ok:
-        assert make().image_size == 16
+        assert make() == section
     else:
         with pytest.raises(ValueError, match=f"image_size must be one of \\(32, 64, 128\\) for the {family} family"):
             make()

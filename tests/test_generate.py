@@ -55,15 +55,16 @@ def diffusion_checkpoint(tmp_path_factory):
     """A latent diffusion model trained for one epoch on tiny data: its best checkpoint, as export writes it."""
     from model import checkpoint
     from model.config import ModelConfig, TrainConfig
+    from model.families.diffusion import DiffusionConfig
     from model.train import train
     from test_model import tiny_data
 
-    cfg = ModelConfig(family="diffusion", image_size=32, d_model=32, ff_dim=64, n_layers=1, n_heads=2, max_tokens=32,
-                      unet_width=16, unet_levels=2, latent_channels=4, autoencoder_steps=20)
+    cfg = ModelConfig(family="diffusion", image_size=32, d_model=32, ff_dim=64, n_layers=1, n_heads=2, max_tokens=32)
+    section = DiffusionConfig(unet_width=16, unet_levels=2, latent_channels=4, autoencoder_steps=20, sample_steps=3)
     states = []
-    train(cfg, TrainConfig(lr=1e-3, epochs=1, batch_size=4, clip_mode="off", sample_steps=3), tiny_data(),
-          report=lambda m, s: states.append(s), device="cpu")
-    return checkpoint.save(checkpoint.member(states[-1], 0), tmp_path_factory.mktemp("diffusion") / "best_checkpoint")
+    train(cfg, TrainConfig(lr=1e-3, epochs=1, batch_size=4, clip_mode="off"), tiny_data(),
+          report=lambda m, s: states.append(s), family_cfg=section)
+    return checkpoint.save(states[-1].member(0), tmp_path_factory.mktemp("diffusion") / "best_checkpoint")
 
 
 def test_a_diffusion_checkpoint_samples_a_viewable_png_per_seed(diffusion_checkpoint, tmp_path, capsys):
@@ -89,8 +90,8 @@ def test_a_regressor_checkpoint_says_what_it_ignores(tmp_path, capsys):
 
     states = []
     train(ModelConfig(image_size=32, d_model=32, ff_dim=64, max_tokens=32), TrainConfig(epochs=1, batch_size=4,
-          clip_mode="off"), tiny_data(), report=lambda m, s: states.append(s), device="cpu")
-    ckpt = checkpoint.save(checkpoint.member(states[-1], 0), tmp_path / "best")
+          clip_mode="off"), tiny_data(), report=lambda m, s: states.append(s))
+    ckpt = checkpoint.save(states[-1].member(0), tmp_path / "best")
     main(["--checkpoint", str(ckpt), "A red square creature.", "--steps", "5", "--out", str(tmp_path / "r.png")])
     captured = capsys.readouterr()
     assert "--steps ignored" in captured.err and (tmp_path / "r.png").is_file()

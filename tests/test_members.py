@@ -15,7 +15,8 @@ import torch
 
 from model import checkpoint
 from model.config import TEST_L1, TEST_TOP1, TRAIN_L1, VAL_L1, ModelConfig, TrainConfig
-from model.train import MemberAdamW, train, train_members
+from model.members import MemberAdamW
+from model.train import train, train_members
 from test_model import NO_DROPOUT, tiny_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ def test_member_adamw_is_torch_adamw_per_member():
 
 def _run(model_cfg, cfg, data):
     history, states = [], []
-    metrics = train(model_cfg, cfg, data, report=lambda m, s: (history.append(m), states.append(s)), device="cpu")
+    metrics = train(model_cfg, cfg, data, report=lambda m, s: (history.append(m), states.append(s)))
     return history, states[-1], metrics
 
 
@@ -64,7 +65,7 @@ def test_members_end_with_their_single_runs_weights(model_cfg):
             fused_history[k].append(m)
         fused_states.append(state)
 
-    results = train_members(model_cfg, cfgs, data, report=report, device="cpu")
+    results = train_members(model_cfg, cfgs, data, report=report)
     for k, cfg in enumerate(cfgs):
         history, state, single = _run(model_cfg, cfg, data)
         for mine, theirs in zip(fused_history[k], history, strict=True):
@@ -74,12 +75,12 @@ def test_members_end_with_their_single_runs_weights(model_cfg):
         assert results[k][TEST_TOP1] == single[TEST_TOP1]
         # Same weights, to float rounding (batched vs single matmuls differ in the last bits, which
         # Adam's normalized steps can carry to ~1e-4): tiny against how far training moved them.
-        for name, w in state["model"].items():
-            mine = fused_states[-1]["model"][name][k]
-            moved = (w[0] - fused_states[0]["model"][name][k]).abs().max()
+        for name, w in state.model.items():
+            mine = fused_states[-1].model[name][k]
+            moved = (w[0] - fused_states[0].model[name][k]).abs().max()
             assert (mine - w[0]).abs().max() <= 0.02 * moved + 1e-6, name
-        best = checkpoint.member(fused_states[-1], k)["best_model"][0]
-        for name, w in state["best_model"][0].items():
+        best = fused_states[-1].member(k).best_model[0]
+        for name, w in state.best_model[0].items():
             torch.testing.assert_close(best[name], w, rtol=1e-3, atol=5e-4)
     assert len({round(r[TEST_L1], 6) for r in results}) == 3  # the members really differ: distinct runs compared
 
@@ -88,13 +89,13 @@ def test_a_diverged_member_fails_alone():
     data = tiny_data()
     good = TrainConfig(lr=1e-3, epochs=2, batch_size=4, clip_mode="off")
     bad = TrainConfig(lr=float("inf"), epochs=2, batch_size=4, clip_mode="off")
-    results = train_members(SMALL, [bad, good], data, device="cpu")
+    results = train_members(SMALL, [bad, good], data)
     assert "diverged" in results[0]["error"] and TEST_L1 not in results[0]
     _, _, single = _run(SMALL, good, data)
     assert "error" not in results[1] and math.isfinite(results[1][TEST_L1])
     assert results[1][TEST_L1] == pytest.approx(single[TEST_L1], rel=1e-4)
     with pytest.raises(FloatingPointError, match="diverged"):  # alone, the same member raises
-        train(SMALL, bad, data, device="cpu")
+        train(SMALL, bad, data)
 
 
 def test_fused_resume_continues_exactly(tmp_path):
@@ -102,24 +103,24 @@ def test_fused_resume_continues_exactly(tmp_path):
     cfgs = [TrainConfig(lr=lr, epochs=4, batch_size=4, clip_mode="off") for lr in (1e-3, float("inf"), 3e-4)]
     model_cfg = ModelConfig(image_size=32, d_model=32, ff_dim=64, max_tokens=32)  # dropout on: RNG must resume
     full = []
-    train_members(model_cfg, cfgs, data, report=lambda m, s: full.append(s), device="cpu")
+    train_members(model_cfg, cfgs, data, report=lambda m, s: full.append(s))
 
     def stop_after_two(metrics, state):
-        checkpoint.save(state, tmp_path / f"epoch{state['epoch']}")
-        if state["epoch"] == 2:
+        checkpoint.save(state, tmp_path / f"epoch{state.epoch}")
+        if state.epoch == 2:
             raise KeyboardInterrupt  # the trial's process dies here
     with pytest.raises(KeyboardInterrupt):
-        train_members(model_cfg, cfgs, data, report=stop_after_two, device="cpu")
+        train_members(model_cfg, cfgs, data, report=stop_after_two)
     resumed = []
-    train_members(model_cfg, cfgs, data, report=lambda m, s: resumed.append(s), device="cpu",
+    train_members(model_cfg, cfgs, data, report=lambda m, s: resumed.append(s),
                   resume=checkpoint.load(tmp_path / "epoch2"))
-    assert [s["epoch"] for s in resumed] == [3, 4]
-    for name, w in full[-1]["model"].items():
-        assert torch.equal(w, resumed[-1]["model"][name]), name
-    assert resumed[-1]["errors"][1] and "diverged" in resumed[-1]["errors"][1]  # the dead member stays dead
+    assert [s.epoch for s in resumed] == [3, 4]
+    for name, w in full[-1].model.items():
+        assert torch.equal(w, resumed[-1].model[name]), name
+    assert resumed[-1].errors[1] and "diverged" in resumed[-1].errors[1]  # the dead member stays dead
     def untimed(final):
         return [{k: v for k, v in m.items() if k != "samples_per_s"} for m in final]
-    assert untimed(resumed[-1]["final"]) == untimed(full[-1]["final"])
+    assert untimed(resumed[-1].final) == untimed(full[-1].final)
 
 
 def test_fusing_refuses_what_members_cannot_share():

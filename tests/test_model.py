@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from data_pipeline.dataset import PreparedData, Split
 from model import checkpoint
 from model.config import BEST_VAL_L1, SAMPLES_PER_S, TEST_L1, TRAIN_L1, VAL_L1, ModelConfig, TrainConfig
-from model.network import Generator, TextEncoderUnavailable, load_text_encoder
-from model.families import augment
+from model.families.regressor import Generator, RegressorConfig, augment
+from model.text import TextEncoderUnavailable, load_text_encoder
 from model.train import train
 
 COLOURS = {"red": (1, -1, -1), "green": (-1, 1, -1), "blue": (-1, -1, 1), "yellow": (1, 1, -1)}
@@ -69,15 +69,17 @@ def test_unknown_text_encoder_names_offline_choices(monkeypatch, tmp_path):
 
 class Reference(nn.Module):
     """The generator written with torch.nn's own modules, one member: the independent reference the
-    member-axis network (model/network.py) must equal. Parameter names match the network's."""
+    member-axis network (model/families/regressor.py) must equal. Parameter names match the network's."""
 
     def __init__(self, cfg: ModelConfig, text_dim: int):
         super().__init__()
         d, side = cfg.d_model, Generator.LATENT_SIZE
-        self.proj = nn.Linear(text_dim, d)
-        self.layers = nn.ModuleList([nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.ff_dim, 0.0, activation="gelu",
-                                                                batch_first=True, norm_first=True)
-                                     for _ in range(cfg.n_layers)])
+        self.text = nn.Module()
+        self.text.proj = nn.Linear(text_dim, d)
+        self.text.layers = nn.ModuleList([nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.ff_dim, 0.0,
+                                                                     activation="gelu", batch_first=True,
+                                                                     norm_first=True)
+                                          for _ in range(cfg.n_layers)])
         self.to_latent = nn.Module()
         self.to_latent.queries = nn.Parameter(torch.zeros(1, side * side, d))
         self.to_latent.attn = nn.MultiheadAttention(d, cfg.n_heads, batch_first=True)
@@ -94,8 +96,8 @@ class Reference(nn.Module):
 
     def forward(self, hidden, mask):  # (B, T, H), (B, T) -> (B, 3, S, S)
         pad = mask == 0
-        x = self.proj(hidden)
-        for layer in self.layers:
+        x = self.text.proj(hidden)
+        for layer in self.text.layers:
             x = layer(x, src_key_padding_mask=pad)
         q = self.to_latent.queries.expand(len(x), -1, -1)
         latent = self.to_latent.norm(q + self.to_latent.attn(q, x, x, key_padding_mask=pad, need_weights=False)[0])
@@ -111,7 +113,7 @@ class Reference(nn.Module):
 @pytest.mark.parametrize("n_heads,ff_dim,n_layers", list(itertools.product((2, 4), (512, 1024), (2, 3))))
 def test_every_grid_architecture_equals_torch_nn_reference(encoder, n_heads, ff_dim, n_layers):
     cfg = ModelConfig(n_heads=n_heads, ff_dim=ff_dim, n_layers=n_layers, image_size=32)
-    gen = Generator(cfg, 384, seeds=(5,)).eval()
+    gen = Generator(cfg, RegressorConfig(), 384, seeds=(5,)).eval()
     ref = Reference(cfg, 384).eval()
     ref_shapes = {k: v.shape for k, v in ref.state_dict().items()}
     assert set(ref_shapes) == {k for k, _ in gen.named_parameters()}
@@ -131,7 +133,7 @@ def test_every_grid_architecture_equals_torch_nn_reference(encoder, n_heads, ff_
 @pytest.mark.parametrize("size,pooled", [(64, False), (128, False), (32, True)])
 def test_members_are_independent_networks_at_every_image_size(size, pooled):
     cfg = ModelConfig(image_size=size, d_model=32, ff_dim=64, pooled_text=pooled, **NO_DROPOUT)
-    both, alone = Generator(cfg, 384, seeds=(1, 2)).eval(), Generator(cfg, 384, seeds=(2,)).eval()
+    both, alone = Generator(cfg, RegressorConfig(), 384, seeds=(1, 2)).eval(), Generator(cfg, RegressorConfig(), 384, seeds=(2,)).eval()
     for (name, a), (_, b) in zip(both.named_parameters(), alone.named_parameters()):
         assert torch.equal(a[1], b[0]), name  # member 1 starts where a one-member network with its seed starts
     hidden, mask = torch.randn(2, 3, 7, 384), torch.ones(2, 3, 7)
@@ -176,11 +178,11 @@ def test_same_seed_same_weights_other_seed_other_weights():
     m1, s1 = _final_weights(cfg, TrainConfig(epochs=2, seed=3, clip_mode="off"), data)
     m2, s2 = _final_weights(cfg, TrainConfig(epochs=2, seed=3, clip_mode="off"), data)
     m3, s3 = _final_weights(cfg, TrainConfig(epochs=2, seed=4, clip_mode="off"), data)
-    for k, v in s1[-1]["model"].items():
-        assert torch.equal(v, s2[-1]["model"][k]), k
+    for k, v in s1[-1].model.items():
+        assert torch.equal(v, s2[-1].model[k]), k
     assert m1[TEST_L1] == m2[TEST_L1]
-    assert m1[BEST_VAL_L1] == min(h[VAL_L1] for h in s1[-1]["history"][0])  # the best epoch's, not the last
-    assert any(not torch.equal(v, s3[-1]["model"][k]) for k, v in s1[-1]["model"].items())
+    assert m1[BEST_VAL_L1] == min(h[VAL_L1] for h in s1[-1].history[0])  # the best epoch's, not the last
+    assert any(not torch.equal(v, s3[-1].model[k]) for k, v in s1[-1].model.items())
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
@@ -197,9 +199,9 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
         train(cfg, tcfg, data, report=stop_after_two)
 
     resumed, resumed_states = _final_weights(cfg, tcfg, data, resume=checkpoint.load(tmp_path / "epoch2"))
-    assert [s["epoch"] for s in resumed_states] == [3, 4]
-    for k, v in full_states[-1]["model"].items():
-        assert torch.equal(v, resumed_states[-1]["model"][k]), k
+    assert [s.epoch for s in resumed_states] == [3, 4]
+    for k, v in full_states[-1].model.items():
+        assert torch.equal(v, resumed_states[-1].model[k]), k
     timing = {SAMPLES_PER_S}
     assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in full.items() if k not in timing}
 
@@ -208,10 +210,10 @@ def test_frozen_encoder_is_not_trained_and_unfrozen_is(encoder):
     data = tiny_data(n_train=4)
     before = {k: v.clone() for k, v in encoder[1].state_dict().items()}
     _, frozen = _final_weights(ModelConfig(image_size=32), TrainConfig(epochs=1, clip_mode="off"), data)
-    assert not any(k.startswith("text_encoder.") for k in frozen[-1]["model"])  # reloaded from its source
+    assert not any(k.startswith("text_encoder.") for k in frozen[-1].model)  # reloaded from its source
     _, tuned = _final_weights(ModelConfig(image_size=32, freeze_text_encoder=False),
                               TrainConfig(epochs=1, lr=1e-3, clip_mode="off"), data)
-    changed = [k for k, v in before.items() if not torch.equal(v, tuned[-1]["model"]["text_encoder." + k])]
+    changed = [k for k, v in before.items() if not torch.equal(v, tuned[-1].model["text_encoder." + k])]
     assert changed, "an unfrozen text encoder must be trained"
     assert all(torch.equal(v, encoder[1].state_dict()[k]) for k, v in before.items()), "the cached copy was changed"
 
@@ -232,14 +234,14 @@ def test_empty_validation_split_is_a_clear_error_before_training():
 
 def test_pooled_text_starts_as_identity_film_and_learns_it():
     cfg = ModelConfig(image_size=32, d_model=32, ff_dim=64, pooled_text=True, **NO_DROPOUT)
-    gen = Generator(cfg, 384, seeds=(0,))
+    gen = Generator(cfg, RegressorConfig(), 384, seeds=(0,))
     films = [block.film for block in gen.decoder]
     assert all(f is not None and not f.weight.any() and not f.bias.any() for f in films)  # identity at start
     hidden, mask = torch.randn(1, 4, 7, 384), torch.ones(1, 4, 7)
     gen(hidden, mask).abs().mean().backward()
     assert all(f.weight.grad.abs().sum() > 0 for f in films)  # the pooled text reaches every block
     assert gen.to_latent.pool.weight.grad.abs().sum() > 0
-    assert all(block.film is None for block in Generator(ModelConfig(image_size=32, d_model=32), 384).decoder)
+    assert all(block.film is None for block in Generator(ModelConfig(image_size=32, d_model=32), RegressorConfig(), 384).decoder)
 
 
 def test_augment_flips_and_shifts_targets_keeping_the_whole_creature():

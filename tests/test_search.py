@@ -27,6 +27,8 @@ from search.results import (TrialRecord, atomic_write, error_reason, pareto_fron
                             table_rows, write_tables)
 from search.settings import PRESETS, Settings, add_config_flags, config_overrides, limit_records, resolve
 from search.space import GRID, grid_size, param_space, trial_configs
+from model.families.diffusion import DiffusionConfig
+from model.families.regressor import RegressorConfig
 
 
 def test_grid_is_the_thesis_grid():
@@ -41,17 +43,32 @@ def test_grid_is_the_thesis_grid():
 def test_trial_configs_replace_only_the_swept_fields():
     base_m, base_t = ModelConfig(image_size=32, d_model=64), TrainConfig(epochs=3)
     point = {"lr": 1e-5, "weight_decay": 1e-6, "n_heads": 4, "ff_dim": 1024, "n_layers": 3}
-    m, t = trial_configs(point, base_m, base_t)
+    m, t, section = trial_configs(point, base_m, base_t)
     assert (m.n_heads, m.ff_dim, m.n_layers, t.lr, t.weight_decay) == (4, 1024, 3, 1e-5, 1e-6)
     assert (m.image_size, m.d_model, t.epochs) == (32, 64, 3)  # untouched
+    assert section == RegressorConfig()  # no section given: the family's defaults
     with pytest.raises(KeyError, match="device"):
         trial_configs({"device": "cuda"}, base_m, base_t)  # runtime knobs never enter the space
+
+
+def test_a_family_field_lands_in_its_own_section():
+    """A family's own field (a flag like any other) sets that family's section, and only for its trials."""
+    sections = {"diffusion": DiffusionConfig(unet_width=48)}
+    m, _, section = trial_configs({"family": "diffusion", "sample_steps": 7}, ModelConfig(image_size=32),
+                                  TrainConfig(), sections)
+    assert m.family == "diffusion" and section == DiffusionConfig(unet_width=48, sample_steps=7)
+    _, _, section = trial_configs({"family": "regressor", "sample_steps": 7}, ModelConfig(image_size=32),
+                                  TrainConfig(), sections)
+    assert section == RegressorConfig()  # a mixed search sweeps both families' fields; each takes its own
+    s = resolve("smoke", {"unet_width": 24, "decoder_channels": 64})
+    assert s.sections["diffusion"].unet_width == 24 and s.sections["regressor"].decoder_channels == 64
+    assert s.trial({"family": "diffusion"})[2].unet_width == 24
 
 
 def test_full_preset_is_the_thesis():
     s = resolve("full", {})
     assert (s.train.epochs, s.train.batch_size, s.model.image_size, s.data.augment_rotations) == (100, 10, 64, 8)
-    assert s.data.enriched_text and s.train.loss == "l1" and s.max_records is None
+    assert s.data.enriched_text and s.sections["regressor"].loss == "l1" and s.max_records is None
     assert (s.model.dropout_encoder, s.model.dropout_attention, s.model.dropout_decoder) == (0.3, 0.3, 0.3)
     assert s.grid == {"family": ("regressor",), **GRID}  # the thesis's grid, of the thesis's model family
     assert resolve("smoke", {}).grid == s.grid  # a preset shrinks the run, not the grid
@@ -204,9 +221,9 @@ def test_a_source_without_usable_records_is_a_one_line_error(make_pokedex, capsy
 
 
 def test_clip_required_without_weights_is_a_one_line_error(capsys):
-    cfg = TrainConfig(clip_mode="required", clip_pretrained="/nonexistent/clip_weights.pt")
+    settings = resolve("smoke", {"clip_mode": "required", "clip_pretrained": "/nonexistent/clip_weights.pt"})
     with pytest.raises(SystemExit) as e:
-        grid_cli.check_clip(cfg, None)
+        grid_cli.check_clip(settings, None)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1
     assert "/nonexistent/clip_weights.pt" in err and "--clip-pretrained" in err
@@ -371,7 +388,7 @@ def test_every_grid_point_builds_valid_configs():
     s = resolve("full", {})
     built = set()
     for values in itertools.product(*s.grid.values()):
-        m, t = trial_configs(dict(zip(s.grid, values)), s.model, s.train)
+        m, t, _ = s.trial(dict(zip(s.grid, values)))
         built.add((m.family, t.lr, t.weight_decay, m.n_heads, m.ff_dim, m.n_layers))
     assert built == set(itertools.product(["regressor"], (1e-4, 1e-5), (1e-5, 1e-6), (2, 4), (512, 1024), (2, 3)))
 

@@ -93,7 +93,7 @@ def test_smoke_grid_crashed_resumed_and_exported(unfused):
     from model.generate import main as generate
 
     best_state = checkpoint.load(exp / "best_checkpoint")
-    assert best_state["best_model"] and "optimizer" not in best_state and "model" not in best_state
+    assert best_state.best_model and best_state.optimizer is None and best_state.model is None
 
     generate(["--checkpoint", str(exp / "best_checkpoint"), "A small red creature.", "--out", str(tmp_path / "g.png")])
     with Image.open(tmp_path / "g.png") as im:
@@ -215,8 +215,8 @@ def test_fused_grid_survives_a_killed_trial_and_ctrl_c_and_matches_unfused(tmp_p
     from model import checkpoint
 
     state = checkpoint.load(exp / "best_checkpoint")  # the best member alone, as model.generate loads it
-    assert state["member_of"]["member"] == int(best["member"]) and len(state["best_model"]) == 1
-    assert state["train_configs"][0]["lr"] == float(best["lr"])
+    assert state.member_of["member"] == int(best["member"]) and len(state.best_model) == 1
+    assert state.train_configs[0]["lr"] == float(best["lr"])
     assert_mlflow_runs(mlflow_uri, "fused", tune_exp, prov["search"]["fuse"]["members"], tmp_path)
 
 
@@ -245,4 +245,4 @@ def assert_mlflow_runs(uri: str, experiment: str, tune_exp: Path, members: list[
             assert all(history[e] == pytest.approx(reports[e][key]) for e in history), key
         local = client.download_artifacts(run.info.run_id, "best_checkpoint", str(tmp_path / run.info.run_id))
         state = checkpoint.load(local)
-        assert len(state["best_model"]) == len(members) and "final" in state
+        assert len(state.best_model) == len(members) and state.finished()

@@ -43,7 +43,7 @@ def test_both_families_in_one_search_interrupted_resumed_and_exported(tmp_path, 
         "## Families compared")[1].split("##")[0]
     for family in ("regressor", "diffusion"):
         state = checkpoint.load(exp / f"best_checkpoint_{family}")
-        assert state["model_config"]["family"] == family
+        assert state.model_config["family"] == family
         for split in ("train", "test"):
             assert_valid_png(exp / f"samples_{family}_{split}.png")
     assert_valid_png(exp / "learning_curves.png")
@@ -101,4 +101,4 @@ def test_seeds_fused_one_trial_of_12_members_mean_std_ties_and_importance(tmp_pa
     assert (best_row["lr"], best_row["weight_decay"]) == (float(table[0]["lr"]), float(table[0]["weight_decay"]))
     assert best_row[BEST_VAL_L1] == min(best)
     state = checkpoint.load(exp / "best_checkpoint")
-    assert state["train_configs"][0]["seed"] == best_row["seed"] == members[best_row["member"]]["seed"]
+    assert state.train_configs[0]["seed"] == best_row["seed"] == members[best_row["member"]]["seed"]

@@ -45,13 +45,13 @@ def test_asha_stops_staged_trials_early(tmp_path):
     best = next(r for r in rows if r["best"] == "yes")
     assert best["status"] == "ok" and best["epochs"] == "6"
     assert "scheduler asha" in (results / "grid-smoke" / "best_config.md").read_text()
-    best_weights = checkpoint.load(results / "grid-smoke" / "best_checkpoint")["best_model"][0]
+    best_weights = checkpoint.load(results / "grid-smoke" / "best_checkpoint").best_model[0]
     assert {k.split(".")[3] for k in best_weights if k.startswith("text_encoder.")} == {"5"}  # the top layer
 
 
 def test_optuna_multi_objective_reports_pareto_front(tmp_path):
     """TPE over the diffusion family: its own selection metric is the first objective (the regressor's, best/val_l1,
-    is the same code with BEST["regressor"]: tests/test_search.py)."""
+    is the same code with the regressor's `best`: tests/test_search.py)."""
     results = tmp_path / "results"
     run_cli("search.grid", "--preset", "smoke", "--family", "diffusion", "--results", str(results), "--search",
             "optuna", "--num-samples", "3", *ONE_AT_A_TIME)

@@ -12,8 +12,8 @@ from data_pipeline.dataset import PreparedData, Split
 from model import checkpoint
 from model.config import TEST_L1, VAL_L1, TrainConfig
 from model.generate import generate, load_model
-from model.network import load_text_encoder
-from model.evaluate import images, member_l1
+from model.eval.evaluator import images, member_l1
+from model.text import load_text_encoder
 from model.train import train, train_members
 from test_members import SMALL
 from test_model import tiny_data
@@ -32,7 +32,7 @@ def _run(model_cfg, cfg, data, stop_after=None, resume=None):
             raise KeyboardInterrupt  # a killed run: its last state is what a checkpoint holds
 
     try:
-        final = train(model_cfg, cfg, data, report=report, resume=resume, device="cpu")
+        final = train(model_cfg, cfg, data, report=report, resume=resume)
     except KeyboardInterrupt:
         final = None
     return history, states, final
@@ -55,10 +55,10 @@ def test_stage_two_starts_from_stage_one_best_weights(layers):
 
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert np.argmin([h[VAL_L1] for h in history[:3]]) == 0 and history[2][VAL_L1] > history[0][VAL_L1] + 0.05
-    stage1_best, stage1_last = states[2]["best_model"][0], states[2]["model"]
+    stage1_best, stage1_last = states[2].best_model[0], states[2].model
     assert not any(k.startswith("text_encoder.") for k in stage1_last)  # stage 1: the encoder is frozen
     assert any(not torch.equal(stage1_best[k][0], stage1_last[k][0]) for k in stage1_last)
-    stage2 = states[3]["model"]
+    stage2 = states[3].model
     for k, w in stage1_best.items():
         assert torch.equal(stage2[k], w), k  # the generator starts from stage 1's best, not its last weights
     top = _pretrained("encoder.layer.4.") | _pretrained("encoder.layer.5.") if layers else {}
@@ -73,7 +73,7 @@ def test_stage_two_fine_tunes_the_top_layers_saves_them_and_resumes_exactly(tmp_
     cfg = replace(STAGED, epochs=1, finetune_epochs=2, finetune_layers=1, finetune_lr=3e-3)
     history, states, final = _run(SMALL, cfg, data)
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    weights = states[-1]["best_model"][0]
+    weights = states[-1].best_model[0]
     moved = {k: (weights[k] - w).abs().max().item() for k, w in _pretrained("encoder.layer.5.").items()}
     assert max(moved.values()) > 1e-4, moved  # the top layer learned
     assert not any(k.startswith("text_encoder.encoder.layer.4.") for k in weights)  # the rest stays frozen
@@ -88,8 +88,8 @@ def test_stage_two_fine_tunes_the_top_layers_saves_them_and_resumes_exactly(tmp_
     _, killed, _ = _run(SMALL, cfg, data, stop_after=2)
     resumed_history, resumed, _ = _run(SMALL, cfg, data, resume=checkpoint.load(checkpoint.save(killed[-1], tmp_path / "k")))
     assert [h["epoch"] for h in resumed_history] == [3]
-    for k, w in states[-1]["model"].items():
-        assert torch.equal(resumed[-1]["model"][k], w), k
+    for k, w in states[-1].model.items():
+        assert torch.equal(resumed[-1].model[k], w), k
 
 
 def test_staged_training_trains_alone_from_a_frozen_encoder():
@@ -99,6 +99,6 @@ def test_staged_training_trains_alone_from_a_frozen_encoder():
     with pytest.raises(ValueError, match="freeze_text_encoder=True"):
         train(replace(SMALL, freeze_text_encoder=False), STAGED, data)
     with pytest.raises(ValueError, match="has 6 layers"):
-        train(SMALL, replace(STAGED, epochs=1, finetune_layers=7), data, device="cpu")
+        train(SMALL, replace(STAGED, epochs=1, finetune_layers=7), data)
     with pytest.raises(ValueError, match="finetune_layers must be >= 0"):
         TrainConfig(finetune_epochs=1, finetune_layers=-1)

@@ -24,7 +24,7 @@ from model.config import TrainConfig
 from model.train import train_members
 from benches import load_bench
 from search.snapshot import DamagedSnapshot, check_snapshot, refuse_empty_restart
-from search.trainable import SUBSTITUTE, replay
+from search.trainable import SUBSTITUTE
 from test_members import SMALL
 from test_model import tiny_data
 
@@ -149,8 +149,8 @@ def test_a_damaged_experiment_state_is_refused_not_restarted_empty(restored):
 
 
 def test_replay_rebuilds_the_reports_of_the_epochs_tune_missed():
-    """train_trial's replay: a fused state's history gives back exactly the reports the loop made, a
-    stopped member's error included."""
+    """TrainingState.replay (what train_trial reports first after a restore): a fused state's history gives back
+    exactly the reports the loop made, a stopped member's error included."""
     reports, states = [], []
     good = TrainConfig(lr=1e-3, epochs=4, batch_size=4, clip_mode="off")
     bad = TrainConfig(lr=float("inf"), epochs=4, batch_size=4, clip_mode="off")  # diverges in epoch 1
@@ -159,11 +159,11 @@ def test_replay_rebuilds_the_reports_of_the_epochs_tune_missed():
         reports.append(metrics)
         states.append(state)
 
-    train_members(SMALL, [good, bad], tiny_data(), report=report, device="cpu")
+    train_members(SMALL, [good, bad], tiny_data(), report=report)
     assert "diverged" in reports[0][1]["error"]
-    assert replay(states[2], 1) == reports[1:3]  # epochs 2 and 3, from the epoch-3 state
-    assert replay(states[2], 3) == []
-    final = replay(states[3], 0)  # the finished state: its last epoch without the final metrics
+    assert states[2].replay(after=1) == reports[1:3]  # epochs 2 and 3, from the epoch-3 state
+    assert states[2].replay(after=3) == []
+    final = states[3].replay(after=0)  # the finished state: its last epoch without the final metrics
     assert final[:3] == reports[:3]
     # Epoch 4 as an epoch report: the per-epoch keys of epochs 1-3 (the final metrics are not replayed).
     assert [set(m) for m in final[3]] == [set(m) for m in reports[2]]
@@ -206,11 +206,11 @@ def test_train_trial_reports_the_epoch_tune_missed_then_trains_on_exactly(tmp_pa
     restored[0] = tune.Checkpoint.from_directory(str(tmp_path / "checkpoint_000001"))
     trainable.train_trial(arch, data, settings, members)
 
-    assert [r["epoch"] for r, _ in reports] == [2, 3, 4] and reports[0][1]["epoch"] == 2
+    assert [r["epoch"] for r, _ in reports] == [2, 3, 4] and reports[0][1].epoch == 2
     assert all(state is not None for _, state in reports)
     assert [untimed(r) for r, _ in reports] == [untimed(r) for r, _ in full[1:]]
-    for name, w in full[-1][1]["best_model"][0].items():
-        assert torch.equal(w, reports[-1][1]["best_model"][0][name]), name
+    for name, w in full[-1][1].best_model[0].items():
+        assert torch.equal(w, reports[-1][1].best_model[0][name]), name
 
 
 def untimed(result: dict) -> dict:

@@ -1,6 +1,6 @@
 """Type accuracy: a text-faithfulness metric that needs nothing downloaded.
 
-    from model import faithfulness as ff
+    from model.eval import type_classifier as ff
     clf = ff.load_or_train(data, device)             # once per dataset version: cached in data.info["cache_dir"]
     labels, _ = ff.type_labels(data.test, data.info["primary_types"], clf.classes)
     metrics[ff.TEST_TYPE_ACC] = ff.type_accuracy(clf, generated, labels)   # generated: (N_test, 3, S, S) in [-1, 1]
@@ -48,26 +48,16 @@ API:
 `images` anywhere: (N, 3, S, S), numpy or torch, uint8 [0, 255] or float [-1, 1], any S, any device.
 `primary_types` is {str(record id): type name}; None reads data.info["primary_types"].
 
-Cache: with `data.info["cache_dir"]` the fitted classifier is saved there as
-`type_classifier-<key[:16]>.pt`, the key hashing the dataset fingerprint, the training ids' primary
-types, ClassifierConfig and CLASSIFIER_VERSION, so the search's trials load it instead of refitting.
-Written atomically (temporary file, then rename); a corrupt or mismatched file is refitted and
-replaced, with a warning; a cache folder that cannot be written leaves the classifier in memory.
-Without a cache_dir (data built in memory) it is fitted in memory each call (seconds).
+Cache: with `data.info["cache_dir"]` the fitted classifier is saved there (model/files.py `load_or_fit`),
+keyed by the dataset fingerprint, the training ids' primary types, ClassifierConfig and CLASSIFIER_VERSION,
+so the search's trials load it instead of refitting. Without a cache_dir (data built in memory) it is fitted
+in memory each call (seconds).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
-import sys
-import time
-import uuid
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -75,6 +65,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import TEST_TYPE_ACC  # noqa: F401 (re-exported: the metric this module computes)
+from model.files import load_or_fit
 
 BASELINE_CEILING = "baseline/type_acc_ceiling"
 BASELINE_CHANCE = "baseline/type_acc_chance"
@@ -239,58 +230,30 @@ def train_classifier(data, primary_types: dict | None = None,
 # Cache
 
 
-def cache_key(data, primary_types: dict | None = None, cfg: ClassifierConfig = ClassifierConfig()) -> str:
+def cache_key(data, primary_types: dict | None = None, cfg: ClassifierConfig = ClassifierConfig()) -> dict:
     """What the fitted classifier depends on: the dataset version, its training labels, the settings, the code."""
     types = _primary_types(data, primary_types)
     train_types = sorted({(int(i), types.get(str(int(i)))) for i in data.train.ids})
-    blob = json.dumps({"version": CLASSIFIER_VERSION, "config": dataclasses.asdict(cfg),
-                       "fingerprint": data.info.get("fingerprint"), "train_types": train_types}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return {"what": "type_classifier", "version": CLASSIFIER_VERSION, "config": dataclasses.asdict(cfg),
+            "fingerprint": data.info.get("fingerprint"), "train_types": train_types}
 
 
-def cache_path(data, key: str) -> Path | None:
-    cache_dir = data.info.get("cache_dir")
-    return Path(cache_dir) / f"type_classifier-{key[:16]}.pt" if cache_dir else None
+def _state(clf: TypeClassifier) -> dict:
+    return {"version": CLASSIFIER_VERSION, "classes": clf.classes, "config": dataclasses.asdict(clf.cfg),
+            "state_dict": clf.state_dict()}
 
 
-def _load(path: Path, key: str) -> TypeClassifier:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("key") != key:
-        raise ValueError("its key does not match this dataset and classifier version")
+def _from_state(state: dict) -> TypeClassifier:
     clf = TypeClassifier(state["classes"], ClassifierConfig(**state["config"]))
     clf.load_state_dict(state["state_dict"])
     return clf.eval().requires_grad_(False)
 
 
-def _save(clf: TypeClassifier, path: Path, key: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        torch.save({"key": key, "version": CLASSIFIER_VERSION, "classes": clf.classes,
-                    "config": dataclasses.asdict(clf.cfg), "state_dict": clf.state_dict()}, tmp)
-        os.replace(tmp, path)  # atomic: concurrent trials each write a whole (identical) file, never half of one
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        warnings.warn(f"type classifier not cached ({path}: {e}); it stays in memory and is refitted next time")
-
-
 def load_or_train(data, device="cpu", primary_types: dict | None = None,
                   cfg: ClassifierConfig = ClassifierConfig()) -> TypeClassifier:
     """The type classifier for this prepared dataset, on `device`: loaded from its cache, else fitted (and cached)."""
-    key = cache_key(data, primary_types, cfg)
-    path = cache_path(data, key)
-    if path is not None and path.exists():
-        try:
-            return _load(path, key).to(device)
-        except Exception as e:  # a truncated or corrupt file, another format: refit, never crash a trial
-            warnings.warn(f"type classifier cache {path} unreadable ({type(e).__name__}: {e}); refitting it")
-    start = time.perf_counter()
-    clf = train_classifier(data, primary_types, cfg)
-    print(f"model.faithfulness: type classifier fitted on {len(data.train)} training images, {len(clf.classes)} types, "
-          f"in {time.perf_counter() - start:.1f} s" + (f"; cached at {path}" if path else " (no cache_dir: in memory)"),
-          file=sys.stderr, flush=True)
-    if path is not None:
-        _save(clf, path, key)
-    return clf.to(device)
+    return load_or_fit(data.info.get("cache_dir"), "type_classifier", cache_key(data, primary_types, cfg),
+                       lambda: train_classifier(data, primary_types, cfg), _state, _from_state).to(device)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Type accuracy (model/faithfulness.py): on a fabricated set where the type decides the colour, the classifier
+"""Type accuracy (model/eval/type_classifier.py): on a fabricated set where the type decides the colour, the classifier
 recognises held-out real images, text-blind images score no better than chance, and the cache is reused and repaired."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from data_pipeline.dataset import PreparedData, Split
-from model import faithfulness as ff
+from model.eval import type_classifier as ff
 
 SIZE = 32
 TYPE_COLOURS = {"Fire": (230, 60, 30), "Water": (40, 90, 220), "Grass": (60, 170, 60),
@@ -140,7 +140,7 @@ def test_cache_is_reused_and_a_corrupt_file_refitted(tmp_path, monkeypatch, fitt
 
     first = ff.load_or_train(data, "cpu", types)
     (path,) = tmp_path.glob("type_classifier-*.pt")
-    assert len(fits) == 1 and not list(tmp_path.glob("*.tmp-*"))
+    assert len(fits) == 1 and [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
     second = ff.load_or_train(data, "cpu", types)
     assert len(fits) == 1  # loaded, not refitted
     assert second.classes == first.classes

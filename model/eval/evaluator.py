@@ -1,8 +1,8 @@
 """Evaluation in one place: built once per trial, called by the loop, the same for every model family.
 
-    from model.evaluate import Evaluator
-    evaluator = Evaluator(data, train_cfg, device)      # CLIP decided here (a CLIP loss without weights stops)
-    evaluator.images["val"]                            # (N, 3, S, S) float32 in [-1, 1] on the device
+    from model.eval.evaluator import Evaluator, split_images
+    images = split_images(data, device)                 # {"train", "val", "test"}: (N, 3, S, S) in [-1, 1]
+    evaluator = Evaluator(data, images, scorer, clip_status)   # CLIP's scorer or None (model/eval/clip.py)
     metrics = evaluator.final(generate, alive)          # one dict per member, after training
     evaluator.baselines()                               # the text-blind reference points, once per dataset
 
@@ -11,7 +11,7 @@
 From them, per member:
 - on test: L1 to the real images (`test/l1`), the CLIP score where weights load (`test/clip_score`, else None
   with the reason in `test/clip_status`), retrieval top-1/top-5 (is the record's real image the nearest to
-  its generated one?), type accuracy (model/faithfulness.py), and two guards against wrong winners:
+  its generated one?), type accuracy (model/eval/type_classifier.py), and two guards against wrong winners:
   - memorisation (`test/nn_train_l1`, `test/memorisation_ratio`): each generated image's mean absolute
     difference to its nearest training image, and the mean of that over the same figure for the real test
     images (`baseline/nn_train_l1_real`). A model that copies training images has a ratio near 0; a model
@@ -27,9 +27,10 @@ from __future__ import annotations
 import torch
 
 from data_pipeline.dataset import PreparedData, Split
-from model import clip, faithfulness
 from model.config import (TEST_CLIP, TEST_DIVERSITY, TEST_L1, TEST_MEMORISATION, TEST_NN_TRAIN, TEST_TOP1, TEST_TOP5,
-                          TEST_TYPE_ACC, VAL_CLIP, VAL_TOP1, VAL_TYPE_ACC, TrainConfig)
+                          TEST_TYPE_ACC, VAL_CLIP, VAL_TOP1, VAL_TYPE_ACC)
+from model.eval import clip
+from model.eval import type_classifier
 
 BASELINE_NN_REAL = "baseline/nn_train_l1_real"
 BASELINE_DIVERSITY_REAL = "baseline/diversity_real_pairs"
@@ -59,15 +60,19 @@ def nearest_l1(queries: torch.Tensor, references: torch.Tensor, batch: int = 256
     return torch.cat([torch.cdist(q[i:i + batch], r, p=1).min(1).values for i in range(0, len(q), batch)]) / q.shape[1]
 
 
-class Evaluator:
-    """The data on the device and everything the metrics need, once per trial."""
+def split_images(data: PreparedData, device) -> dict[str, torch.Tensor]:
+    """Every split's images on the device, (N, 3, S, S) float32 in [-1, 1]: what a trial trains towards and is
+    measured against."""
+    return {name: images(data.split(name), torch.device(device)) for name in ("train", "val", "test")}
 
-    def __init__(self, data: PreparedData, train_cfg: TrainConfig, device, clip_loader: clip.ClipLoader | None = None):
-        self.data, self.device = data, torch.device(device)
-        # Decided before any training: a CLIP loss or clip_mode="required" without weights stops here. The
-        # loader's owner keeps the weights loaded for its next trial.
-        self.scorer, self.clip_status = clip.resolve_clip(train_cfg, self.device, clip_loader)
-        self.images = {name: images(data.split(name), self.device) for name in ("train", "val", "test")}
+
+class Evaluator:
+    """Everything the metrics need, once per trial: the dataset, its split images (`split_images`) and CLIP's
+    scorer where weights loaded (else None, with the reason in `clip_status`)."""
+
+    def __init__(self, data: PreparedData, images: dict[str, torch.Tensor], scorer=None, clip_status: str = "off"):
+        self.data, self.images, self.scorer, self.clip_status = data, images, scorer, clip_status
+        self.device = images["test"].device
         self.nn_real = nearest_l1(self.images["test"], self.images["train"]).mean().item()
         self.type_clf, self.type_labels = None, {}
 
@@ -77,8 +82,8 @@ class Evaluator:
         The loop calls this right before its first epoch: building the classifier draws from the global RNG
         (an nn.Linear's init), which the dropout masks draw from, and the recipes' numbers were measured so."""
         if self.type_clf is None and "primary_types" in self.data.info:
-            self.type_clf = faithfulness.load_or_train(self.data, self.device)
-            self.type_labels = {name: faithfulness.type_labels(self.data.split(name), self.data.info["primary_types"],
+            self.type_clf = type_classifier.load_or_train(self.data, self.device)
+            self.type_labels = {name: type_classifier.type_labels(self.data.split(name), self.data.info["primary_types"],
                                                                self.type_clf.classes)[0] for name in ("val", "test")}
 
     def final(self, generate, alive: list[bool]) -> list[dict]:
@@ -99,7 +104,7 @@ class Evaluator:
                     continue
                 retrieval = clip.retrieval_accuracy(generated[m], real)
                 score = self.scorer.score(generated[m], texts) if self.scorer is not None else None
-                type_acc = (faithfulness.type_accuracy(self.type_clf, generated[m], self.type_labels[name])
+                type_acc = (type_classifier.type_accuracy(self.type_clf, generated[m], self.type_labels[name])
                             if self.type_clf is not None else None)
                 if name == "val":
                     out[m].update({VAL_CLIP: score, VAL_TOP1: retrieval["top1"], VAL_TYPE_ACC: type_acc})
@@ -115,13 +120,13 @@ class Evaluator:
         return out
 
     def baselines(self) -> dict:
-        """Reference points beside every table (JSON-ready): CLIP's and L1's (model/clip.py), type accuracy's
-        (model/faithfulness.py), the real test images' nearest-training-image L1, and the mean L1 between real
+        """Reference points beside every table (JSON-ready): CLIP's and L1's (model/eval/clip.py), type accuracy's
+        (model/eval/type_classifier.py), the real test images' nearest-training-image L1, and the mean L1 between real
         test images of different records (how different two images of this data are)."""
         self.load_type_classifier()
         out = clip.baselines(self.scorer, self.data, self.clip_status)
         if self.type_clf is not None:
-            out.update(faithfulness.type_baselines(self.type_clf, self.data))
+            out.update(type_classifier.type_baselines(self.type_clf, self.data))
         test = self.images["test"]
         out[BASELINE_NN_REAL] = self.nn_real
         out[BASELINE_DIVERSITY_REAL] = (test - test.roll(1, 0)).abs().mean().item() if len(test) > 1 else None

@@ -1,8 +1,9 @@
 """CLIP score, CLIP loss, the baselines that give a CLIP score meaning, and a retrieval metric.
 
-    from model import clip
+    from model.eval import clip
     scorer, status = clip.resolve_clip(train_cfg, device)  # (None, reason) when weights are missing
     scorer, status = clip.resolve_clip(train_cfg, device, loader)  # with an owner's own clip.ClipLoader()
+    scorer, status = clip.resolve_clip(train_cfg, device, loader, clip_loss="l1+clip")  # a loss that needs it
     if scorer is not None:
         scorer.score(images, texts)          # mean cosine, images (N, 3, S, S) in [-1, 1]
         scorer.score_scaled(images, texts)   # mean of 100 * max(cos, 0), the scale torchmetrics uses
@@ -20,7 +21,7 @@ What loading saves lives in a `ClipLoader`, held by its owner: the models it has
 once, and the trials a Ray worker process runs one after another share it) and the warnings it has
 shown (a missing-weights warning is printed once, not once per trial). Its owner decides what "once" spans:
 a search's driver holds one (search/grid.py), each Ray worker one for the trials it runs one after another
-(search/trainable.py, through model.train.ProcessCache). `load_clip` and `resolve_clip` without a loader
+(search/trainable.py, through model.train.Runtime). `load_clip` and `resolve_clip` without a loader
 use a new one: the weights are loaded again.
 
 No fake numbers: `load_clip` either loads the configured pretrained weights or raises
@@ -152,7 +153,7 @@ def _weights_args(model_name: str, pretrained: str) -> dict:
             if args.get("weights_only") is False or _named_openai(pretrained):
                 # Only OpenAI ships TorchScript CLIP files; a GELU mismatch gives wrong features silently.
                 args["force_quick_gelu"] = True
-                print(f"model.clip: {pretrained} looks like OpenAI weights; using QuickGELU "
+                print(f"model.eval.clip: {pretrained} looks like OpenAI weights; using QuickGELU "
                       f"(as {model_name}-quickgelu)", file=sys.stderr)
             else:
                 warnings.warn(f"CLIP weights from the file {pretrained}: if they are OpenAI's, use "
@@ -245,7 +246,7 @@ class ClipLoader:
 
         loader = ClipLoader()
         loader.load(model_name, pretrained, device)   # loads; the same call again returns the same scorer
-        loader.resolve(train_cfg, device)             # clip_mode and the loss rule, warning once
+        loader.resolve(train_cfg, device, clip_loss)  # clip_mode and the loss rule, warning once
 
     The owner decides what "once" spans: a search's driver, a Ray worker whose trials share the model, a test.
     """
@@ -262,20 +263,21 @@ class ClipLoader:
             self._loaded[key] = _load(model_name, pretrained, device)
         return self._loaded[key]
 
-    def resolve(self, train_cfg, device) -> tuple[ClipScorer | None, str]:
+    def resolve(self, train_cfg, device, clip_loss: str | None = None) -> tuple[ClipScorer | None, str]:
         """Apply clip_mode and the loss rule, before training: (scorer, "ok") or (None, why not).
 
-        "off" skips scoring unless the loss needs CLIP; a CLIP loss or "required" without
-        weights raises ClipUnavailable; "auto" warns loudly and carries on without a score.
+        "off" skips scoring unless the loss needs CLIP (`clip_loss`: the name of a loss that does, one of
+        CLIP_LOSS_MODES, as the family's `clip_loss(section)` says; None when it does not); a CLIP loss or
+        "required" without weights raises ClipUnavailable; "auto" warns loudly and carries on without a score.
         """
-        needs_clip = train_cfg.loss in CLIP_LOSS_MODES
+        needs_clip = clip_loss in CLIP_LOSS_MODES
         if train_cfg.clip_mode == "off" and not needs_clip:
             return None, "off: CLIP scoring disabled"
         try:
             return self.load(train_cfg.clip_model, train_cfg.clip_pretrained, device), "ok"
         except ClipUnavailable as e:
             if needs_clip:
-                raise ClipUnavailable(f"loss={train_cfg.loss!r} needs CLIP weights. {e}") from e
+                raise ClipUnavailable(f"loss={clip_loss!r} needs CLIP weights. {e}") from e
             if train_cfg.clip_mode == "required":
                 raise
             # Loudly, but once: once per loader, and not at all in a Ray worker (a search's trial),
@@ -293,9 +295,10 @@ def load_clip(model_name: str, pretrained: str, device, loader: ClipLoader | Non
     return (loader or ClipLoader()).load(model_name, pretrained, device)
 
 
-def resolve_clip(train_cfg, device, loader: ClipLoader | None = None) -> tuple[ClipScorer | None, str]:
+def resolve_clip(train_cfg, device, loader: ClipLoader | None = None,
+                 clip_loss: str | None = None) -> tuple[ClipScorer | None, str]:
     """`loader.resolve` (a new loader's when none is given: nothing kept, the warning shown)."""
-    return (loader or ClipLoader()).resolve(train_cfg, device)
+    return (loader or ClipLoader()).resolve(train_cfg, device, clip_loss)
 
 
 def _load(model_name: str, pretrained: str, device: torch.device) -> ClipScorer:

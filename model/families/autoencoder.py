@@ -1,39 +1,34 @@
 """A small autoencoder for latent diffusion (Stable Diffusion's first stage), fitted once per dataset and cached.
 
-    from model.autoencoder import AutoencoderConfig, load_or_train
+    from model.families.autoencoder import AutoencoderConfig, load_or_train
     ae = load_or_train(data, AutoencoderConfig(latent_channels=4), device="cpu")   # diffusers' AutoencoderKL, frozen
     z = ae.encode(images)     # (N, 3, S, S) in [-1, 1] -> (N, 4, S/4, S/4), scaled to unit variance
     x = ae.decode(z)          # back to (N, 3, S, S), clamped to [-1, 1]
 
-`ModelConfig.latent_channels > 0` trains the diffusion family on these latents instead of pixels: a 32 px
+`DiffusionConfig.latent_channels > 0` trains the diffusion family on these latents instead of pixels: a 32 px
 image becomes an 8 x 8 x 4 latent, so each denoiser step sees 12x fewer values (and the UNet is shallower).
 The autoencoder is diffusers' `AutoencoderKL` (three levels of 32/64/64 channels: a factor 4 down), fitted on
 the prepared training split's images (rotated copies included) with an L1 reconstruction loss and Stable
 Diffusion's small KL weight, Adam, a fixed number of steps from a fixed seed: the same weights on every run with
-the same thread count (a search fits it once, in its driver, before the trials: search/grid.py). Its latents are the posterior's mode times `scale` (1 / their standard deviation on the training
-images, Stable Diffusion's scaling factor, measured here rather than copied).
+the same thread count (a search fits it once, in its driver, before the trials: the family's `fit_once`). Its
+latents are the posterior's mode times `scale` (1 / their standard deviation on the training images, Stable
+Diffusion's scaling factor, measured here rather than copied).
 
-Cache: with `data.info["cache_dir"]` the fitted autoencoder is saved there as `autoencoder-<key[:16]>.pt`, the
-key hashing the dataset fingerprint, the training ids, AutoencoderConfig and VERSION, so a search's trials load
-it instead of refitting (written atomically; an unreadable file is refitted, with a warning). Every training
-checkpoint holds its weights too, so `python -m model.generate` needs no cache.
+Cache: with `data.info["cache_dir"]` the fitted autoencoder is saved there (model/files.py `load_or_fit`), keyed
+by the dataset fingerprint, the training ids, AutoencoderConfig and VERSION, so a search's trials load it instead
+of refitting. Every training checkpoint holds its weights too, so `python -m model.generate` needs no cache.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
 import sys
-import time
-import uuid
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from model.files import load_or_fit
 
 VERSION = 1  # bump whenever a code change changes what a fitted autoencoder computes
 
@@ -47,6 +42,11 @@ class AutoencoderConfig:
     lr: float = 1e-3
     kl_weight: float = 1e-6  # Stable Diffusion's: a latent space kept near N(0, 1) without blurring
     seed: int = 0
+
+    @property
+    def factor(self) -> int:
+        """How much smaller the latents' side is than the images'."""
+        return 2 ** (len(self.widths) - 1)
 
 
 class Autoencoder(nn.Module):
@@ -68,7 +68,7 @@ class Autoencoder(nn.Module):
 
     @property
     def factor(self) -> int:
-        return 2 ** (len(self.cfg.widths) - 1)
+        return self.cfg.factor
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -126,41 +126,18 @@ def from_state(s: dict) -> Autoencoder:
     return ae.eval()
 
 
-def cache_key(data, cfg: AutoencoderConfig) -> str:
-    blob = json.dumps({"version": VERSION, "config": dataclasses.asdict(cfg), "fingerprint": data.info.get("fingerprint"),
-                       "train_ids": sorted({int(i) for i in data.train.ids})}, sort_keys=True, default=list)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def config(model_cfg) -> AutoencoderConfig:
-    """The autoencoder a ModelConfig asks for (latent_channels, autoencoder_steps)."""
-    return AutoencoderConfig(latent_channels=model_cfg.latent_channels, steps=model_cfg.autoencoder_steps)
+def config(section) -> AutoencoderConfig:
+    """The autoencoder a diffusion config section asks for (latent_channels, autoencoder_steps)."""
+    return AutoencoderConfig(latent_channels=section.latent_channels, steps=section.autoencoder_steps)
 
 
 def load_or_train(data, cfg: AutoencoderConfig, device="cpu") -> Autoencoder:
     """The autoencoder for this prepared dataset on `device`: loaded from its cache, else fitted (and cached)."""
-    key = cache_key(data, cfg)
-    cache_dir = data.info.get("cache_dir")
-    path = Path(cache_dir) / f"autoencoder-{key[:16]}.pt" if cache_dir else None
-    if path is not None and path.exists():
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            if saved.get("key") != key:
-                raise ValueError("its key does not match this dataset and autoencoder version")
-            return from_state(saved).to(device)
-        except Exception as e:  # a truncated or corrupt file: refit, never crash a trial
-            warnings.warn(f"autoencoder cache {path} unreadable ({type(e).__name__}: {e}); refitting it")
-    start = time.perf_counter()
-    images = torch.as_tensor(data.train.unit_images())
-    ae = fit(images, cfg, log=lambda line: print(f"model.autoencoder: {line}", file=sys.stderr, flush=True))
-    print(f"model.autoencoder: fitted on {len(images)} training images in {time.perf_counter() - start:.0f} s"
-          + (f"; cached at {path}" if path else " (no cache_dir: in memory)"), file=sys.stderr, flush=True)
-    if path is not None:
-        tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        try:
-            torch.save({"key": key, **state(ae)}, tmp)
-            os.replace(tmp, path)  # atomic: concurrent trials each write a whole (identical) file
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            warnings.warn(f"autoencoder not cached ({path}: {e}); it stays in memory and is refitted next time")
-    return ae.to(device)
+    key = {"what": "autoencoder", "version": VERSION, "config": dataclasses.asdict(cfg),
+           "fingerprint": data.info.get("fingerprint"), "train_ids": sorted({int(i) for i in data.train.ids})}
+
+    def fit_on_data() -> Autoencoder:
+        images = torch.as_tensor(data.train.unit_images())
+        return fit(images, cfg, log=lambda line: print(f"model.autoencoder: {line}", file=sys.stderr, flush=True))
+
+    return load_or_fit(data.info.get("cache_dir"), "autoencoder", key, fit_on_data, state, from_state).to(device)

@@ -1,0 +1,395 @@
+"""The diffusion family: the thesis's text stack conditioning a diffusers UNet, trained as a DDPM.
+
+    from model.families.diffusion import Denoiser, Diffusion, DiffusionConfig, Process
+    section = DiffusionConfig(unet_width=32, prediction_type="v_prediction")
+    net = Denoiser(model_cfg, section, text_dim=384, seeds=[0, 1])    # K = 2 members of one architecture
+    process = Process(section)
+    loss = process.loss(net, x0, hidden, mask, t, noise)              # (K,): each member's own loss
+    images = process.sample(net, (hidden, mask), (null_hidden, null_mask), noise)   # (K, B, C, S, S)
+
+Three things are kept apart, as lucidrains' denoising-diffusion-pytorch does: the network (`Denoiser`: the
+text stack and the UNet), the process (`Process`: diffusers' DDPMScheduler adds the training noise, a DDIM,
+DPM-Solver++ or DDPM scheduler samples, classifier-free guidance mixes the two predictions) and the trainer
+(model/train.py's one loop: members, AdamW, EMA weights, checkpoints). `Diffusion` is the family
+(model/families/__init__.py) that wraps them for the loop. Nothing diffusers provides is written here by hand:
+the UNet, the noise schedules, `add_noise`, `get_velocity`, the samplers and the SNR of min-SNR weighting are
+diffusers'; EMA is diffusers' `EMAModel` in the loop.
+
+The text stack is every family's (model/text.py TextStack, with a final LayerNorm here): the frozen
+BERT-family encoder's hidden states, a projection to d_model and the grid's transformer layers (n_heads,
+ff_dim, n_layers), so the thesis's grid means the same for both families; its output is what the UNet's
+cross-attention reads. `latent_channels > 0` denoises a small autoencoder's latents (model/families/autoencoder.py)
+instead of pixels.
+
+Members: every weight has a leading member axis K, as in the regressor. The UNet's parameters are the K
+members' own UNets stacked ((K, *shape) each, member k initialized from its seed alone), and member k's
+forward is `torch.func.functional_call` of the one UNet module with slice k of each: its own weights, its own
+batch. The members run one after another (diffusers' UNet has no member axis), so on a GPU a fused diffusion
+trial saves no kernel launches: the search trains diffusion trials unfused and says why (`Diffusion.fuses`).
+
+Randomness: the noise, the timesteps and the conditioning-dropout coin of a training step come from the
+member's own `torch.Generator` (`draws`), seeded by (seed, epoch) in the loop, so a resumed run continues
+bit for bit and a member sees exactly what its single run sees. Sampling starts from noise the caller gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from model.config import BEST_VAL_DENOISE, EVAL_BATCH, TRAIN_LOSS, VAL_DENOISE, ModelConfig, TrainConfig
+from model.families import autoencoder
+from model.members import init_members
+from model.text import TextStack
+
+TIMESTEPS = 1000  # DDPM's training timesteps
+NORM_GROUPS = 8  # GroupNorm groups in the UNet: its narrowest level is 32 channels wide, 4 per group
+# The selection metric's fixed timesteps, spread over the schedule: every validation image is noised at each.
+VAL_TIMESTEPS = (50, 150, 300, 500, 700, 900)
+VAL_NOISE_SEED = 1234  # the same noise for every member, epoch and trial: a deterministic metric
+SAMPLE_SEED = 2024  # generated evaluation images start from this seed's noise: the same for every member and trial
+SAMPLERS = ("ddim", "dpm", "ddpm")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The diffusion family's own fields, in diffusers' own names where it has them.
+
+    The denoiser: a diffusers UNet2DConditionModel whose level i has unet_width * (1, 2, 2, 2, ...)[i] channels
+    and unet_layers resnet layers, with cross-attention to the text stack's output at the unet_attention lowest
+    levels (0: only in the middle block); n_heads (ModelConfig) sets its heads. latent_channels 0: it denoises
+    pixels; C > 0: the C-channel latents of a small autoencoder (1/4 the side, Stable Diffusion's first stage),
+    fitted once per dataset in autoencoder_steps Adam steps.
+
+    The process: training noise from a DDPMScheduler with this beta schedule and prediction type, min-SNR-gamma
+    loss weighting (0: off), the text replaced by the empty text with probability cond_dropout (so that
+    classifier-free guidance has an unconditional model), EMA weights for evaluation and checkpoints (decay
+    ema_decay; 0: off), and images sampled with sampler ("ddim", "dpm" for DPM-Solver++, or "ddpm") in
+    sample_steps steps at guidance_scale (1: no guidance). The defaults are the best recipe measured on 2 CPU cores
+    (bench/bench_diffusion.py "pixel-fast", results/BENCHMARKS.md): v-prediction, the cosine schedule, min-SNR-5.
+    """
+    unet_width: int = 32
+    unet_levels: int = 3
+    unet_layers: int = 1
+    unet_attention: int = 1
+    latent_channels: int = 0
+    autoencoder_steps: int = 1500
+    prediction_type: str = "v_prediction"  # "epsilon", "v_prediction" or "sample"
+    noise_schedule: str = "squaredcos_cap_v2"  # "linear", "scaled_linear" or "squaredcos_cap_v2"
+    min_snr_gamma: float = 5.0
+    cond_dropout: float = 0.1
+    ema_decay: float = 0.999
+    sampler: str = "ddim"
+    sample_steps: int = 25
+    guidance_scale: float = 3.0
+
+    def __post_init__(self):
+        choices = {"prediction_type": ("epsilon", "v_prediction", "sample"), "sampler": SAMPLERS,
+                   "noise_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0 <= self.cond_dropout < 1 or not 0 <= self.ema_decay < 1 or self.sample_steps < 1:
+            raise ValueError(f"cond_dropout and ema_decay must be in [0, 1) and sample_steps >= 1, got "
+                             f"{self.cond_dropout}, {self.ema_decay}, {self.sample_steps}")
+        if not 0 <= self.unet_attention <= self.unet_levels or self.unet_levels < 2:
+            raise ValueError(f"unet_levels must be >= 2 and unet_attention in 0..unet_levels, got {self.unet_levels} "
+                             f"and {self.unet_attention}")
+
+
+# ---------------------------------------------------------------------------- the network
+
+
+def unet_config(cfg: ModelConfig, section: DiffusionConfig, channels: int, size: int) -> dict:
+    """UNet2DConditionModel's arguments for this ModelConfig on (channels, size, size) inputs (pixels, or an
+    autoencoder's latents): levels of unet_width x (1, 2, 2, ...) channels, cross-attention at the
+    `unet_attention` lowest levels and in the middle block."""
+    widths = tuple(section.unet_width * (1 if i == 0 else 2) for i in range(section.unet_levels))
+    attend = [i >= section.unet_levels - section.unet_attention for i in range(section.unet_levels)]  # down levels, top first
+    return dict(
+        sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=widths,
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attend),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attend)),
+        mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=section.unet_layers, norm_num_groups=NORM_GROUPS,
+        cross_attention_dim=cfg.d_model, attention_head_dim=cfg.n_heads,  # diffusers' legacy name: the head count
+        dropout=cfg.dropout_decoder,
+        # pooled_text: the text's mean token, projected, joins the timestep embedding, which every ResNet block
+        # of the UNet reads (as the regressor's pooled text reaches every decoder block).
+        **({"class_embed_type": "projection", "projection_class_embeddings_input_dim": cfg.d_model}
+           if cfg.pooled_text else {}))
+
+
+class Denoiser(nn.Module):
+    """K members: text stack -> UNet. forward((K, B, C, S, S) noisy images, (K, B) timesteps, text) -> prediction."""
+
+    def __init__(self, cfg: ModelConfig, section: DiffusionConfig, text_dim: int, seeds=(0,), channels: int = 3,
+                 size: int | None = None):
+        super().__init__()
+        from diffusers import UNet2DConditionModel
+
+        self.text = TextStack(len(seeds), cfg, text_dim, norm=True)
+        unets = []
+        for seed in seeds:
+            with torch.random.fork_rng(devices=[]):  # diffusers initializes from the global RNG
+                torch.manual_seed(int(seed) + 1)  # +1: the text stack's generator already uses the seed itself
+                unets.append(UNet2DConditionModel(**unet_config(cfg, section, channels, size or cfg.image_size)))
+        self.unet = unets[0]
+        for name, _ in list(self.unet.named_parameters()):  # the members' UNets, stacked: (K, *shape) each
+            owner, _, attr = name.rpartition(".")
+            stacked = torch.stack([u.get_parameter(name).detach() for u in unets])
+            self.unet.get_submodule(owner)._parameters[attr] = nn.Parameter(stacked)
+        init_members(self.text, seeds)
+
+    @property
+    def members(self) -> int:
+        return self.text.proj.weight.shape[0]
+
+    def forward(self, sample, timesteps, hidden, attention_mask):
+        """sample (K, B, C, S, S), timesteps (K, B), hidden (K, B, T, H), mask (K, B, T) -> (K, B, C, S, S)."""
+        text, _, pooled = self.text(hidden, attention_mask)  # (K, B, T, D), pooled (K, B, D) with pooled_text
+        params = dict(self.unet.named_parameters())
+        return torch.stack([
+            functional_call(self.unet, {name: p[m] for name, p in params.items()}, (sample[m], timesteps[m]),
+                            {"encoder_hidden_states": text[m], "encoder_attention_mask": attention_mask[m],
+                             "class_labels": None if pooled is None else pooled[m]}).sample
+            for m in range(sample.shape[0])])
+
+
+# ---------------------------------------------------------------------------- the process
+
+
+def draws(generators: list[torch.Generator], batch: int, shape: tuple, cond_dropout: float, device):
+    """One training step's randomness, each member's from its own generator, in a fixed order:
+    (drop (K, B) bool: text replaced by the empty text, timesteps (K, B), noise (K, B, *shape))."""
+    drop, t, noise = [], [], []
+    for g in generators:
+        drop.append(torch.rand(batch, generator=g, device=device) < cond_dropout)
+        t.append(torch.randint(0, TIMESTEPS, (batch,), generator=g, device=device))
+        noise.append(torch.randn((batch, *shape), generator=g, device=device))
+    return torch.stack(drop), torch.stack(t), torch.stack(noise)
+
+
+class Process:
+    """The process: training noise and targets, the loss, the validation metric, sampling (all diffusers')."""
+
+    def __init__(self, cfg: DiffusionConfig, clip_sample: bool = True):
+        from diffusers import DDPMScheduler
+
+        self.cfg = cfg
+        # clip_sample: the sampler clips its x0 estimate to [-1, 1], the pixels' range (not a latent space's).
+        self.scheduler = DDPMScheduler(num_train_timesteps=TIMESTEPS, beta_schedule=cfg.noise_schedule,
+                                       prediction_type=cfg.prediction_type, clip_sample=clip_sample)
+
+    def _flat(self, fn, x0, noise, t):
+        """Apply a scheduler method, which expects (N, C, S, S) and (N,), to (K, B, ...) tensors."""
+        k, b = t.shape
+        return fn(x0.flatten(0, 1), noise.flatten(0, 1), t.flatten()).view(k, b, *x0.shape[2:])
+
+    def noisy(self, x0, noise, t):
+        return self._flat(self.scheduler.add_noise, x0, noise, t)
+
+    def target(self, x0, noise, t):
+        if self.cfg.prediction_type == "epsilon":
+            return noise
+        if self.cfg.prediction_type == "v_prediction":
+            return self._flat(self.scheduler.get_velocity, x0, noise, t)
+        return x0
+
+    def weights(self, t):
+        """Min-SNR-gamma loss weights (K, B) for this prediction type; ones when min_snr_gamma is 0."""
+        gamma = self.cfg.min_snr_gamma
+        if not gamma:
+            return torch.ones(t.shape, device=t.device)
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(self.scheduler, t)
+        clipped = snr.clamp(max=gamma)
+        if self.cfg.prediction_type == "epsilon":
+            return clipped / snr
+        if self.cfg.prediction_type == "v_prediction":
+            return clipped / (snr + 1)
+        return clipped
+
+    def loss(self, net, x0, hidden, mask, t, noise):
+        """Each member's weighted MSE to its target: x0 (K, B, C, S, S), the text, the step's draws -> (K,)."""
+        pred = net(self.noisy(x0, noise, t), t, hidden, mask)
+        mse = (pred - self.target(x0, noise, t)).pow(2).flatten(2).mean(2)  # (K, B)
+        return (self.weights(t) * mse).mean(1)
+
+    def epsilon(self, pred, x_t, t):
+        """The noise a prediction implies (K, B, ...): the same quantity whatever the prediction type."""
+        if self.cfg.prediction_type == "epsilon":
+            return pred
+        a = self.scheduler.alphas_cumprod.to(x_t.device)[t].view(*t.shape, 1, 1, 1)
+        if self.cfg.prediction_type == "v_prediction":
+            return a.sqrt() * pred + (1 - a).sqrt() * x_t
+        return (x_t - a.sqrt() * pred) / (1 - a).sqrt()
+
+    @torch.no_grad()
+    def denoise_mse(self, net, x0, hidden, mask, noise):
+        """The selection metric: each member's mean squared error of the implied noise, with every image noised
+        at each of VAL_TIMESTEPS with the fixed `noise` (len(VAL_TIMESTEPS), N, C, S, S) -> (K,)."""
+        k = net.members
+        total = torch.zeros(k, device=x0.device)
+        for j, step in enumerate(VAL_TIMESTEPS):
+            x = x0.expand(k, *x0.shape)  # (K, N, C, S, S)
+            eps = noise[j].expand_as(x)
+            t = torch.full(x.shape[:2], step, device=x0.device, dtype=torch.long)
+            x_t = self.noisy(x, eps, t)
+            total += (self.epsilon(net(x_t, t, hidden, mask), x_t, t) - eps).pow(2).flatten(1).mean(1)
+        return total / len(VAL_TIMESTEPS)
+
+    def sampler(self):
+        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+        cls = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "ddpm": DDPMScheduler}[self.cfg.sampler]
+        # trailing spacing: the first sampling step is the last training timestep, pure noise ("Common
+        # Diffusion Noise Schedules and Sample Steps are Flawed", Lin et al. 2024); diffusers' default for
+        # DDIM starts below it, which leaves a few-step sampler's images noisy.
+        return cls.from_config(self.scheduler.config, timestep_spacing="trailing")
+
+    @torch.no_grad()
+    def sample(self, net, text, null, noise, steps=None, guidance=None, generator=None):
+        """Images from noise (K, B, C, S, S) for the texts, text = (hidden (K, B, T, H), mask (K, B, T));
+        classifier-free guidance mixes the predictions with the empty text's (`null`, the same shapes) at
+        `guidance` (1: none). A stochastic sampler (ddpm) draws its per-step noise from `generator`."""
+        (hidden, mask), (null_hidden, null_mask) = text, null
+        steps = steps or self.cfg.sample_steps
+        guidance = self.cfg.guidance_scale if guidance is None else guidance
+        scheduler = self.sampler()
+        scheduler.set_timesteps(steps, device=noise.device)
+        k, b = noise.shape[:2]
+        x = noise * scheduler.init_noise_sigma
+        text, text_mask = (torch.cat([hidden, null_hidden], 1), torch.cat([mask, null_mask], 1)) if guidance != 1 \
+            else (hidden, mask)
+        for step in scheduler.timesteps:
+            x_in = scheduler.scale_model_input(x.flatten(0, 1), step).view_as(x)
+            x_in = torch.cat([x_in, x_in], 1) if guidance != 1 else x_in
+            t = torch.full(x_in.shape[:2], int(step), device=x.device, dtype=torch.long)
+            pred = net(x_in, t, text, text_mask)  # (K, B or 2B, C, S, S)
+            if guidance != 1:
+                cond, uncond = pred.split(b, dim=1)
+                pred = uncond + guidance * (cond - uncond)
+            x = scheduler.step(pred.flatten(0, 1), step, x.flatten(0, 1), generator=generator).prev_sample.view_as(x)
+        return x
+
+
+# ---------------------------------------------------------------------------- the family
+
+
+class Diffusion:
+    """The family (model/families/__init__.py): a DDPM conditioned on the text stack, over pixels or a small
+    autoencoder's latents (`latent_channels`), sampled with a few-step sampler; selected on the validation
+    denoising error; EMA weights for evaluation and checkpoints."""
+
+    name = "diffusion"
+    Config = DiffusionConfig
+    train_metric, selection, best = TRAIN_LOSS, VAL_DENOISE, BEST_VAL_DENOISE
+    draws = None  # a sampler: as many images per text as asked
+    fuses = ("the diffusion family's members would run one after another (diffusers' UNet has no member axis), "
+             "so fusing saves no kernel launches")
+    stages = False
+    extra_texts = ("",)  # the empty text: the unconditional model of classifier-free guidance
+
+    @staticmethod
+    def check(model_cfg: ModelConfig, section: DiffusionConfig) -> None:
+        # A UNet on pixels halves any of these sizes, and 16 px too (a size for quick checks: tests/test_diffusion.py
+        # learns the synthetic set at 16 px); the autoencoder's latents are a quarter of the side.
+        sizes = (32, 64, 128) if section.latent_channels else (16, 32, 64, 128)
+        if model_cfg.image_size not in sizes:
+            raise ValueError(f"image_size must be one of {sizes} for the diffusion family"
+                             f"{' in latent space' if section.latent_channels else ''}, got {model_cfg.image_size}")
+
+    @staticmethod
+    def network(model_cfg: ModelConfig, section: DiffusionConfig, text_dim: int, seeds) -> Denoiser:
+        factor = autoencoder.config(section).factor if section.latent_channels else 1
+        return Denoiser(model_cfg, section, text_dim, seeds, channels=section.latent_channels or 3,
+                        size=model_cfg.image_size // factor)
+
+    @staticmethod
+    def frozen(model_cfg, section: DiffusionConfig):
+        """Latent diffusion's first stage, shared by every member (its weights come from fit_once or a checkpoint)."""
+        return autoencoder.Autoencoder(autoencoder.config(section)) if section.latent_channels else None
+
+    @staticmethod
+    def describe(section: DiffusionConfig, steps=None, guidance=None) -> str:
+        """How its images are drawn, for a line a user reads."""
+        return (f"sampled with {section.sampler} in {steps or section.sample_steps} steps at guidance "
+                f"{section.guidance_scale if guidance is None else guidance}")
+
+    @staticmethod
+    def clip_loss(section) -> None:
+        return None  # it trains on its own denoising loss
+
+    @staticmethod
+    def fit_once(data, model_cfg, section: DiffusionConfig, device="cpu"):
+        """The autoencoder of latent diffusion, fitted once per dataset and cached (None on pixels)."""
+        return autoencoder.load_or_train(data, autoencoder.config(section), device) if section.latent_channels else None
+
+    def __init__(self, net, texts, cfg: TrainConfig, section: DiffusionConfig, targets=None):
+        self.net, self.texts, self.cfg, self.section = net, texts, cfg, section
+        self.ema_decay = section.ema_decay
+        self.ae = net.frozen  # None: pixel space
+        # The sampler clips its clean-image estimate to [-1, 1], the pixels' range; a latent space has none.
+        self.process = Process(section, clip_sample=self.ae is None)
+        self.null = texts.index[""]
+        if targets is None:  # generating from a checkpoint: the autoencoder came with its weights
+            return
+        self.x0 = {name: targets.images[name] for name in ("train", "val")}  # what the denoiser learns to make
+        if self.ae is not None:
+            self.ae.load_state_dict(self.fit_once(targets.data, net.cfg, section, targets.device).state_dict())
+            self.x0 = {name: self.ae.encode(x) for name, x in self.x0.items()}  # (N, C, S/4, S/4)
+        gen = torch.Generator(device=targets.device).manual_seed(VAL_NOISE_SEED)
+        self.val_noise = torch.randn((len(VAL_TIMESTEPS), *self.x0["val"].shape), generator=gen, device=targets.device)
+
+    def hidden_states(self, text_idx):
+        return self.texts.hidden_states(self.net.text_encoder, text_idx)
+
+    def loss(self, rows, streams):
+        """Each member's denoising loss on its own batch, its noise, timesteps and dropout from its stream."""
+        x0 = self.x0["train"][rows]  # (K, B, C, S, S)
+        drop, t, noise = draws(streams, rows.shape[1], x0.shape[2:], self.section.cond_dropout, x0.device)
+        text_idx = torch.where(drop, self.null, self.texts.rows["train"][rows])
+        loss = self.process.loss(self.net.generator, x0, *self.hidden_states(text_idx), t, noise)
+        return loss, loss
+
+    @torch.no_grad()
+    def select(self) -> list[float]:
+        """The validation denoising MSE at fixed noise and timesteps (deterministic; no sampling)."""
+        self.net.eval()
+        rows, k = self.texts.rows["val"], self.net.generator.members
+        total = 0.0
+        for i in range(0, len(rows), EVAL_BATCH):
+            hidden, mask = self.hidden_states(rows[i:i + EVAL_BATCH].expand(k, -1))
+            mse = self.process.denoise_mse(self.net.generator, self.x0["val"][i:i + EVAL_BATCH], hidden, mask,
+                                           self.val_noise[:, i:i + EVAL_BATCH])
+            total = total + mse * len(hidden[0])
+        return (total / len(rows)).tolist()
+
+    def generate(self, split: str, sample: int = 0) -> torch.Tensor:
+        """Sampled images for every row of a split, (K, N, 3, S, S): draw `sample` of a fixed seed, the same
+        starting noise for every member."""
+        return self.images(self.texts.rows[split], sample * 7919 + {"train": 0, "val": 1, "test": 2}[split])
+
+    @torch.no_grad()
+    def images(self, rows, seed: int = 0, steps=None, guidance=None) -> torch.Tensor:
+        """Images for text rows (N,) from seed SAMPLE_SEED + seed: (K, N, 3, S, S) in [-1, 1]; `steps` and
+        `guidance` override the section's sample_steps and guidance_scale."""
+        self.net.eval()
+        k, device, s = self.net.generator.members, rows.device, self.net.cfg.image_size
+        size = s // (self.ae.factor if self.ae is not None else 1)
+        gen = torch.Generator(device=device).manual_seed(SAMPLE_SEED + seed)
+        noise = torch.randn((len(rows), self.section.latent_channels or 3, size, size), generator=gen, device=device)
+        out = []
+        for i in range(0, len(rows), EVAL_BATCH):
+            idx = rows[i:i + EVAL_BATCH].expand(k, -1)
+            text, null = self.hidden_states(idx), self.hidden_states(torch.full_like(idx, self.null))
+            x = self.process.sample(self.net.generator, text, null, noise[i:i + EVAL_BATCH].expand(k, -1, -1, -1, -1),
+                                    steps, guidance, generator=gen)
+            if self.ae is not None:
+                x = self.ae.decode(x.flatten(0, 1)).view(k, x.shape[1], 3, s, s)
+            out.append(x)
+        return torch.cat(out, dim=1).clamp(-1, 1)
