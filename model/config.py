@@ -20,6 +20,7 @@ from dataclasses import dataclass
 DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
 DEFAULT_FAMILY = "regressor"  # the thesis's model
 EVAL_BATCH = 64  # rows per forward when encoding texts and making evaluation images
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,10 @@ class TrainConfig:
     finetune_lr: float = 1e-5
     # Learning-rate warm-up: linear from 0 over the first warmup_steps optimizer steps (0: none).
     warmup_steps: int = 0
+    # Learning-rate decay over the run's budget (every epoch's steps, both stages): "constant" (none), or "cosine":
+    # after the warm-up, half a cosine from the full rate down to zero at the run's last step. A fixed-budget run
+    # ends on small steps, which is where decay pays.
+    lr_schedule: str = "constant"
     # "bf16": the training step's forward and backward under torch.autocast in bfloat16 (weights, optimizer and
     # evaluation stay float32); on a CPU with AVX-512 BF16 and on GPUs it is faster. "fp32": no autocast.
     precision: str = "fp32"
@@ -77,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"clip_mode must be 'auto', 'required' or 'off', got {self.clip_mode!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be one of ('fp32', 'bf16'), got {self.precision!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.finetune_epochs < 0 or self.finetune_layers < 0:
             raise ValueError(f"finetune_epochs and finetune_layers must be >= 0, got {self.finetune_epochs} "
                              f"and {self.finetune_layers}")
@@ -104,11 +111,16 @@ VAL_CLIP = "val/clip_score"
 VAL_TOP1 = "val/retrieval_top1"
 VAL_TYPE_ACC = "val/type_acc"
 SAMPLES_PER_S = "samples_per_s"
-# The diffusion family's training loss, and its per-epoch selection metric: the validation denoising error
-# at fixed noise and timesteps (cheap and deterministic; sampling every epoch is not).
+# For a family that evaluates with EMA weights: the decay its last update used. The configured decay is a ceiling:
+# diffusers' EMAModel warms up as (1 + n) / (10 + n) below it (0.99 after 1,000 updates), so a short run averages
+# over far fewer steps than 1 / (1 - decay) would say; this reports what ran.
+EMA_DECAY = "ema/decay"
+# The diffusion family's training loss, and its per-epoch selection metric: the validation clean-image error in
+# pixels at fixed noise levels (cheap and deterministic, where sampling every epoch is not, and the same quantity
+# whatever the noise schedule, prediction type or latent space).
 TRAIN_LOSS = "train/loss"
-VAL_DENOISE = "val/denoise_mse"
-BEST_VAL_DENOISE = "best/val_denoise_mse"
+VAL_X0 = "val/x0_mse"
+BEST_VAL_X0 = "best/val_x0_mse"
 # Guards against wrong winners, for every family: memorisation (each generated test image's L1 to its nearest
 # training image, and that over the same figure for the real test images: below 1 = closer to the training set
 # than real unseen images are) and diversity (mean L1 between two samples of the same text; 0 = one image per text).

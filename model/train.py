@@ -52,7 +52,7 @@ import torch
 from data_pipeline.dataset import PreparedData
 from model import families
 from model.checkpoint import FORMAT, TrainingState
-from model.config import SAMPLES_PER_S, ModelConfig, TrainConfig
+from model.config import EMA_DECAY, SAMPLES_PER_S, ModelConfig, TrainConfig
 from model.eval.clip import ClipLoader, resolve_clip
 from model.eval.evaluator import Evaluator, split_images
 from model.families import Targets
@@ -178,6 +178,18 @@ def optimizers(net: TextToImage, weights: FlatParams, train_cfgs: list[TrainConf
     if not net.cfg.freeze_text_encoder:  # K = 1 here (check_members)
         return opt, torch.optim.AdamW(net.text_encoder.parameters(), lr=first.lr, weight_decay=first.weight_decay)
     return opt, None
+
+
+def lr_scale(cfg: TrainConfig, opt_step: int, run_step: int, run_steps: int) -> float:
+    """The learning-rate multiplier of an update: the warm-up's (linear over the optimizer's first warmup_steps
+    steps, `opt_step` counting from 1), times the schedule's over the run (`run_step` of `run_steps`, from 1):
+    constant, or half a cosine from 1 after the warm-up to (almost) 0 at the last step, as transformers'
+    get_cosine_schedule_with_warmup."""
+    scale = min(1.0, opt_step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.lr_schedule == "cosine":
+        progress = max(0, run_step - 1 - cfg.warmup_steps) / max(1, run_steps - cfg.warmup_steps)
+        scale *= 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return scale
 
 
 @contextmanager
@@ -379,14 +391,15 @@ def start_stage2(run: Run) -> None:
 def train_epoch(run: Run, epoch: int) -> tuple[list[float], float]:
     """Every member one pass over its own shuffle, one batched step for all of them: (each member's mean training
     metric, seconds)."""
-    first, n, device = run.train_cfgs[0], len(run.texts.rows["train"]), run.device
+    first, n, device = run.train_cfgs[0], run.family.train_size, run.device
+    steps = math.ceil(n / first.batch_size)  # per epoch
     run.net.train()
     orders = torch.stack([epoch_order(n, c.seed, epoch) for c in run.train_cfgs]).to(device)  # (K, N)
     streams = member_streams(run.train_cfgs, epoch, device)
     totals, dead = torch.zeros(len(run.train_cfgs), device=device), run.dead
     t0 = time.perf_counter()
-    for i in range(0, n, first.batch_size):
-        rows = orders[:, i:i + first.batch_size]  # (K, B)
+    for step, i in enumerate(range(0, n, first.batch_size), start=epoch * steps + 1):
+        rows = orders[:, i:i + first.batch_size]  # (K, B): positions among the rows the family trains on
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=first.precision == "bf16"):
             loss, metric = run.step(rows, streams)
         run.weights.grad.zero_()
@@ -395,7 +408,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[list[float], float]:
         loss.sum().backward()  # members share no weights: each row's gradient is its own loss's
         if dead is not None:  # a diverged member is frozen at zero weights, its NaNs kept out of AdamW
             run.weights.grad.masked_fill_(dead, 0.0)
-        run.opt.step(min(1.0, (run.opt.steps + 1) / first.warmup_steps) if first.warmup_steps else 1.0)
+        run.opt.step(lr_scale(first, run.opt.steps + 1, step, first.total_epochs * steps))
         if run.encoder_opt is not None:
             run.encoder_opt.step()
         if run.ema is not None:
@@ -412,7 +425,7 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
     defaults. `runtime`: the device, compile, and what the caller keeps for its next trial.
     """
     run = setup(model_cfg, train_cfgs, data, resume, family_cfg, runtime or Runtime())
-    first, k, n = train_cfgs[0], len(train_cfgs), len(data.train)
+    first, k, n = train_cfgs[0], len(train_cfgs), run.family.train_size
     metrics = [h[-1] if h else {} for h in run.members.history]
     for epoch in range(run.start_epoch, first.total_epochs):
         if not any(run.members.alive):
@@ -425,6 +438,9 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
         with ema_weights(run.ema, run.weights):
             metrics = run.members.record(epoch, train_metric, run.family.select(), k * n / elapsed, run.family,
                                          train_cfgs, lambda m: member_weights(run.net, run.weights, m))
+        if run.ema is not None:  # what the configured decay came to (see EMA_DECAY)
+            for mt in metrics:
+                mt[EMA_DECAY] = run.ema.cur_decay_value
         if run.dead is not None:
             run.opt.freeze(run.dead)
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from model.config import BEST_VAL_DENOISE, BEST_VAL_L1, TEST_DIVERSITY, TEST_L1, TEST_TOP1
+from model.config import BEST_VAL_X0, BEST_VAL_L1, TEST_DIVERSITY, TEST_L1, TEST_TOP1
 from search import analysis
 from search import grid as grid_cli
 from search.figures import importance as importance_figure
@@ -159,7 +159,7 @@ def test_families_rank_by_their_own_metric_and_are_compared_on_shared_test_metri
     dif = {1e-4: [0.09, 0.08, 0.10], 1e-5: [0.05, 0.06, 0.04]}  # diffusion's best is the other lr
     test_l1 = {"regressor": [0.25, 0.26, 0.24], "diffusion": [0.35, 0.36, 0.34]}
     trials = []
-    for fam, vals, metric in (("regressor", reg, BEST_VAL_L1), ("diffusion", dif, BEST_VAL_DENOISE)):
+    for fam, vals, metric in (("regressor", reg, BEST_VAL_L1), ("diffusion", dif, BEST_VAL_X0)):
         for lr, vs in vals.items():
             for seed, v in enumerate(vs):
                 best_lr = 1e-4 if fam == "regressor" else 1e-5
@@ -168,7 +168,7 @@ def test_families_rank_by_their_own_metric_and_are_compared_on_shared_test_metri
                     m[TEST_DIVERSITY] = 0.2  # only diffusion reports it: not a shared metric
                 trials.append(_trial(f"{fam}-{lr}-{seed}", {**point, "family": fam, "lr": lr, "seed": seed}, m))
     rows = table_rows(trials, prov)
-    assert {(r["family"], r["ranked_by"]) for r in rows} == {("regressor", BEST_VAL_L1), ("diffusion", BEST_VAL_DENOISE)}
+    assert {(r["family"], r["ranked_by"]) for r in rows} == {("regressor", BEST_VAL_L1), ("diffusion", BEST_VAL_X0)}
     summary = summarize(rows, prov)
     assert {f: (t.best["lr"], t.worse) for f, t in summary.ties.items()} == {"regressor": (1e-4, 1), "diffusion": (1e-5, 1)}
     assert sorted((r["family"], r["lr"], r["seed"]) for r in rows if r["best"]) == [
@@ -182,7 +182,7 @@ def test_families_rank_by_their_own_metric_and_are_compared_on_shared_test_metri
                                                               equal_var=False, alternative="greater").pvalue)
     assert "better" not in compared[TEST_TOP1]  # identical values: neither family is better
     assert set(summary.importance) == {"regressor", "diffusion"}
-    assert summary.importance["diffusion"].metric == BEST_VAL_DENOISE
+    assert summary.importance["diffusion"].metric == BEST_VAL_X0
 
     write_tables(rows, prov, tmp_path, summary)
     md = (tmp_path / "best_config.md").read_text()
@@ -190,7 +190,7 @@ def test_families_rank_by_their_own_metric_and_are_compared_on_shared_test_metri
     assert "0 of the other 1 regressor configurations are tied" in md
     table = _read_csv(tmp_path / "best_config.csv")
     assert [r["family"] for r in table] == ["regressor"] * 2 + ["diffusion"] * 2
-    assert {r["ranked_by"] for r in table if r["family"] == "diffusion"} == {BEST_VAL_DENOISE}
+    assert {r["ranked_by"] for r in table if r["family"] == "diffusion"} == {BEST_VAL_X0}
 
 
 # ---------------------------------------------------------------------------- which fields matter

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from data_pipeline.dataset import PreparedData, Split
 from model import checkpoint
 from model.config import BEST_VAL_L1, SAMPLES_PER_S, TEST_L1, TRAIN_L1, VAL_L1, ModelConfig, TrainConfig
-from model.families.regressor import Generator, RegressorConfig, augment
+from model.augment import augment
+from model.families.regressor import Generator, RegressorConfig
 from model.text import TextEncoderUnavailable, load_text_encoder
 from model.train import train
 
@@ -259,3 +260,24 @@ def test_augment_flips_and_shifts_targets_keeping_the_whole_creature():
     assert set(cols[~flipped].tolist()) == {1, 2, 3, 4, 5} and set(cols[flipped].tolist()) == {7, 8, 9, 10, 11}
     assert torch.equal(augment(img, flip=False, shift=0.0), img)  # off: the targets are untouched
 
+
+
+def test_cosine_decay_runs_from_full_to_zero_over_the_runs_steps(monkeypatch):
+    from model.members import MemberAdamW
+    from model.train import lr_scale
+
+    cfg = TrainConfig(warmup_steps=10, lr_schedule="cosine")
+    scales = [lr_scale(cfg, s, s, 100) for s in range(1, 101)]
+    assert scales[:10] == pytest.approx([s / 10 for s in range(1, 11)])  # the warm-up, as before
+    after = scales[10:]  # from step 11, the first at the full rate
+    assert after[0] == 1.0 and all(a > b for a, b in zip(after, after[1:])) and 0 < after[-1] < 0.01  # down to ~0
+    assert scales[55] == pytest.approx(0.5)  # half way through the decay, half the rate
+    assert [lr_scale(TrainConfig(warmup_steps=10), s, s, 100) for s in range(10, 101)] == [1.0] * 91  # constant
+    # The loop passes each step's scale to the optimizer: 2 epochs of 8 rows in batches of 4 = 4 steps.
+    seen = []
+    step = MemberAdamW.step
+    monkeypatch.setattr(MemberAdamW, "step", lambda self, scale=1.0: (seen.append(scale), step(self, scale)))
+    train(ModelConfig(image_size=32, d_model=32, ff_dim=64, **NO_DROPOUT),
+          TrainConfig(epochs=2, batch_size=4, lr_schedule="cosine", clip_mode="off"), tiny_data(n_train=8))
+    cosine = TrainConfig(lr_schedule="cosine")
+    assert seen == pytest.approx([lr_scale(cosine, s, s, 4) for s in range(1, 5)]) and seen[0] == 1.0 > seen[-1]

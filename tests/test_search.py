@@ -430,7 +430,7 @@ def test_a_bad_mlflow_tracking_uri_is_a_one_line_error(uri, capsys):
 
 
 @pytest.mark.parametrize("family,metric,per_epoch", [("regressor", "best/val_l1", "val/l1"),
-                                                     ("diffusion", "best/val_denoise_mse", "val/denoise_mse")])
+                                                     ("diffusion", "best/val_x0_mse", "val/x0_mse")])
 def test_the_plan_selects_on_its_familys_metric_and_is_the_provenance(family, metric, per_epoch, tmp_path):
     from dataclasses import asdict
 

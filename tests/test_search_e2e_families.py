@@ -11,7 +11,7 @@ import pytest
 
 from e2e import ONE_AT_A_TIME, assert_valid_png, interrupt_after, read_table, run_cli, trial_states
 from model import checkpoint
-from model.config import BEST_VAL_DENOISE, BEST_VAL_L1
+from model.config import BEST_VAL_X0, BEST_VAL_L1
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +32,11 @@ def test_both_families_in_one_search_interrupted_resumed_and_exported(tmp_path, 
     exp = results / "families"
     rows = read_table(exp)
     assert len(rows) == 4 and all(r["status"] == "ok" and r["epochs"] == "3" for r in rows)
-    for family, metric in (("regressor", BEST_VAL_L1), ("diffusion", BEST_VAL_DENOISE)):
+    for family, metric in (("regressor", BEST_VAL_L1), ("diffusion", BEST_VAL_X0)):
         mine = [r for r in rows if r["family"] == family]
         assert len(mine) == 2 and all(r["ranked_by"] == metric and r[metric] for r in mine)
         assert [r["best"] for r in mine] == ["yes", ""] and float(mine[0][metric]) <= float(mine[1][metric])
-        other = BEST_VAL_DENOISE if metric == BEST_VAL_L1 else BEST_VAL_L1
+        other = BEST_VAL_X0 if metric == BEST_VAL_L1 else BEST_VAL_L1
         assert all(r[other] == "" for r in mine)  # a family is never given the other's selection metric
     md = (exp / "best_config.md").read_text()
     assert "## Families compared" in md and "| test/type_acc |" in md and f"| {BEST_VAL_L1} |" not in md.split(

@@ -34,8 +34,9 @@ What a family supplies (class attributes and static methods, then per trial an i
 - `fit_once(data, model_cfg, section, device)`: what must be fitted once per dataset before training (cached
   beside the prepared data; a search does it in its driver before any trial), or nothing.
 - an instance per trial, `Family(net, texts, train_cfg, section, targets)` (`targets` None: generating only),
-  with `loss(rows, streams)`, `select()`, `generate(split, sample)`, `images(rows, seed, **sampling)` and
-  `ema_decay` (0: no EMA weights).
+  with `train_size` (how many training rows it trains on: `loss` gets positions among them), `loss(rows,
+  streams)`, `select()`, `generate(split, sample)`, `images(rows, seed, **sampling)` and `ema_decay` (0: no EMA
+  weights).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Family(Protocol):
     stages: ClassVar[bool]
     extra_texts: ClassVar[tuple]
     ema_decay: float
+    train_size: int
 
     @staticmethod
     def check(model_cfg, section) -> None: ...

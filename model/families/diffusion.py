@@ -36,19 +36,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from model.config import BEST_VAL_DENOISE, EVAL_BATCH, TRAIN_LOSS, VAL_DENOISE, ModelConfig, TrainConfig
+from model.augment import augment
+from model.config import BEST_VAL_X0, EVAL_BATCH, TRAIN_LOSS, VAL_X0, ModelConfig, TrainConfig
 from model.families import autoencoder
 from model.members import init_members
 from model.text import TextStack
 
 TIMESTEPS = 1000  # DDPM's training timesteps
 NORM_GROUPS = 8  # GroupNorm groups in the UNet: its narrowest level is 32 channels wide, 4 per group
-# The selection metric's fixed timesteps, spread over the schedule: every validation image is noised at each.
-VAL_TIMESTEPS = (50, 150, 300, 500, 700, 900)
+# The selection metric's fixed noise levels, as the share of the signal's variance left (alpha-bar): every validation
+# image is noised to each, at the timestep of the trial's own schedule closest to it, so trials that differ in noise
+# schedule, prediction type or pixel vs latent space are compared on one quantity (the clean-image error in pixels).
+VAL_SIGNAL = (0.95, 0.8, 0.6, 0.4, 0.2, 0.05)
 VAL_NOISE_SEED = 1234  # the same noise for every member, epoch and trial: a deterministic metric
 SAMPLE_SEED = 2024  # generated evaluation images start from this seed's noise: the same for every member and trial
 SAMPLERS = ("ddim", "dpm", "ddpm")
@@ -85,6 +89,10 @@ class DiffusionConfig:
     sampler: str = "ddim"
     sample_steps: int = 25
     guidance_scale: float = 3.0
+    # The data pipeline's rotated copies of a training image carry the same text: a generative model would learn
+    # creatures upside down that no text asks for. Off: each record's upright image only (rotations are not
+    # augmentation for a model that draws what the text says); on: every copy, as the regressor trains.
+    rotated_copies: bool = False
 
     def __post_init__(self):
         choices = {"prediction_type": ("epsilon", "v_prediction", "sample"), "sampler": SAMPLERS,
@@ -219,28 +227,37 @@ class Process:
         mse = (pred - self.target(x0, noise, t)).pow(2).flatten(2).mean(2)  # (K, B)
         return (self.weights(t) * mse).mean(1)
 
-    def epsilon(self, pred, x_t, t):
-        """The noise a prediction implies (K, B, ...): the same quantity whatever the prediction type."""
-        if self.cfg.prediction_type == "epsilon":
+    def clean(self, pred, x_t, t):
+        """The clean image a prediction implies (K, B, ...), whatever the prediction type."""
+        if self.cfg.prediction_type == "sample":
             return pred
         a = self.scheduler.alphas_cumprod.to(x_t.device)[t].view(*t.shape, 1, 1, 1)
         if self.cfg.prediction_type == "v_prediction":
-            return a.sqrt() * pred + (1 - a).sqrt() * x_t
-        return (x_t - a.sqrt() * pred) / (1 - a).sqrt()
+            return a.sqrt() * x_t - (1 - a).sqrt() * pred
+        return (x_t - (1 - a).sqrt() * pred) / a.sqrt()
+
+    def val_timesteps(self) -> list[int]:
+        """This schedule's timestep closest to each of VAL_SIGNAL's noise levels."""
+        alphas = self.scheduler.alphas_cumprod
+        return [int((alphas - level).abs().argmin()) for level in VAL_SIGNAL]
 
     @torch.no_grad()
-    def denoise_mse(self, net, x0, hidden, mask, noise):
-        """The selection metric: each member's mean squared error of the implied noise, with every image noised
-        at each of VAL_TIMESTEPS with the fixed `noise` (len(VAL_TIMESTEPS), N, C, S, S) -> (K,)."""
+    def x0_error(self, net, x0, text, noise, pixels, decode=None):
+        """The selection metric: each member's mean squared error, in pixels, of the clean image it implies from
+        x0 (N, C, S, S; pixels or latents) noised to each of VAL_SIGNAL's levels with the fixed `noise`
+        (len(VAL_SIGNAL), N, C, S, S), against the real images `pixels` (N, 3, S', S'); `decode` maps latents to
+        pixels. text = (hidden (K, N, T, H), mask (K, N, T)) -> (K,)."""
         k = net.members
         total = torch.zeros(k, device=x0.device)
-        for j, step in enumerate(VAL_TIMESTEPS):
+        for j, step in enumerate(self.val_timesteps()):
             x = x0.expand(k, *x0.shape)  # (K, N, C, S, S)
-            eps = noise[j].expand_as(x)
             t = torch.full(x.shape[:2], step, device=x0.device, dtype=torch.long)
-            x_t = self.noisy(x, eps, t)
-            total += (self.epsilon(net(x_t, t, hidden, mask), x_t, t) - eps).pow(2).flatten(1).mean(1)
-        return total / len(VAL_TIMESTEPS)
+            x_t = self.noisy(x, noise[j].expand_as(x), t)
+            estimate = self.clean(net(x_t, t, *text), x_t, t)
+            if decode is not None:
+                estimate = decode(estimate.flatten(0, 1)).view(k, *pixels.shape)
+            total += (estimate.clamp(-1, 1) - pixels).pow(2).flatten(1).mean(1)
+        return total / len(VAL_SIGNAL)
 
     def sampler(self):
         from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
@@ -283,11 +300,13 @@ class Process:
 class Diffusion:
     """The family (model/families/__init__.py): a DDPM conditioned on the text stack, over pixels or a small
     autoencoder's latents (`latent_channels`), sampled with a few-step sampler; selected on the validation
-    denoising error; EMA weights for evaluation and checkpoints."""
+    clean-image error at fixed noise levels (`Process.x0_error`); EMA weights for evaluation and checkpoints.
+    Trains on each record's upright image (`rotated_copies`), flipped and shifted (augment_flip, augment_shift)
+    with each member's own stream."""
 
     name = "diffusion"
     Config = DiffusionConfig
-    train_metric, selection, best = TRAIN_LOSS, VAL_DENOISE, BEST_VAL_DENOISE
+    train_metric, selection, best = TRAIN_LOSS, VAL_X0, BEST_VAL_X0
     draws = None  # a sampler: as many images per text as asked
     fuses = ("the diffusion family's members would run one after another (diffusers' UNet has no member axis), "
              "so fusing saves no kernel launches")
@@ -338,35 +357,60 @@ class Diffusion:
         self.null = texts.index[""]
         if targets is None:  # generating from a checkpoint: the autoencoder came with its weights
             return
-        self.x0 = {name: targets.images[name] for name in ("train", "val")}  # what the denoiser learns to make
+        if self.ae is not None and cfg.augment_shift:
+            raise ValueError("augment_shift applies to the diffusion family on pixels, not on an autoencoder's latents "
+                             f"(latent_channels={section.latent_channels}): drop one of them")
+        ids = np.asarray(targets.data.train.ids)  # a record's rotated copies follow its upright image (copy 0)
+        rows = np.arange(len(ids)) if section.rotated_copies else np.sort(np.unique(ids, return_index=True)[1])
+        rows = torch.as_tensor(rows, device=targets.device)
+        self.train_size, self.train_text = len(rows), texts.rows["train"][rows]
+        self.pixels = {"train": targets.images["train"][rows], "val": targets.images["val"]}
+        self.x0 = dict(self.pixels)  # what the denoiser learns to make: pixels, or their latents
         if self.ae is not None:
             self.ae.load_state_dict(self.fit_once(targets.data, net.cfg, section, targets.device).state_dict())
-            self.x0 = {name: self.ae.encode(x) for name, x in self.x0.items()}  # (N, C, S/4, S/4)
+            self.x0 = {name: self.ae.encode(x) for name, x in self.pixels.items()}  # (N, C, S/4, S/4)
+            if cfg.augment_flip:  # a flip of the image, encoded: the autoencoder is not exactly mirror-symmetric
+                self.x0["flipped"] = self.ae.encode(self.pixels["train"].flip(-1))
         gen = torch.Generator(device=targets.device).manual_seed(VAL_NOISE_SEED)
-        self.val_noise = torch.randn((len(VAL_TIMESTEPS), *self.x0["val"].shape), generator=gen, device=targets.device)
+        self.val_noise = torch.randn((len(VAL_SIGNAL), *self.x0["val"].shape), generator=gen, device=targets.device)
 
     def hidden_states(self, text_idx):
         return self.texts.hidden_states(self.net.text_encoder, text_idx)
 
+    def targets(self, rows, streams):
+        """The batch's clean images (K, B, C, S, S), each member's flipped and shifted from its own stream."""
+        x0 = self.x0["train"][rows]
+        if not (self.cfg.augment_flip or self.cfg.augment_shift):
+            return x0
+        if self.ae is None:
+            return torch.stack([augment(x0[m], self.cfg.augment_flip, self.cfg.augment_shift, generator=g)
+                                for m, g in enumerate(streams)])
+        flip = torch.stack([torch.rand(rows.shape[1], generator=g, device=x0.device) < 0.5 for g in streams])
+        return torch.where(flip[..., None, None, None], self.x0["flipped"][rows], x0)
+
     def loss(self, rows, streams):
-        """Each member's denoising loss on its own batch, its noise, timesteps and dropout from its stream."""
-        x0 = self.x0["train"][rows]  # (K, B, C, S, S)
-        drop, t, noise = draws(streams, rows.shape[1], x0.shape[2:], self.section.cond_dropout, x0.device)
-        text_idx = torch.where(drop, self.null, self.texts.rows["train"][rows])
-        loss = self.process.loss(self.net.generator, x0, *self.hidden_states(text_idx), t, noise)
+        """Each member's denoising loss on its own batch, its noise, timesteps, dropout and augmentation from its
+        stream. rows (K, B): positions among the rows it trains on (`train_size`)."""
+        drop, t, noise = draws(streams, rows.shape[1], self.x0["train"].shape[1:], self.section.cond_dropout,
+                               rows.device)
+        text_idx = torch.where(drop, self.null, self.train_text[rows])
+        loss = self.process.loss(self.net.generator, self.targets(rows, streams), *self.hidden_states(text_idx), t,
+                                 noise)
         return loss, loss
 
     @torch.no_grad()
     def select(self) -> list[float]:
-        """The validation denoising MSE at fixed noise and timesteps (deterministic; no sampling)."""
+        """The validation clean-image error at fixed noise levels, in pixels (deterministic; no sampling)."""
         self.net.eval()
         rows, k = self.texts.rows["val"], self.net.generator.members
+        decode = self.ae.decode if self.ae is not None else None
         total = 0.0
         for i in range(0, len(rows), EVAL_BATCH):
-            hidden, mask = self.hidden_states(rows[i:i + EVAL_BATCH].expand(k, -1))
-            mse = self.process.denoise_mse(self.net.generator, self.x0["val"][i:i + EVAL_BATCH], hidden, mask,
-                                           self.val_noise[:, i:i + EVAL_BATCH])
-            total = total + mse * len(hidden[0])
+            text = self.hidden_states(rows[i:i + EVAL_BATCH].expand(k, -1))
+            mse = self.process.x0_error(self.net.generator, self.x0["val"][i:i + EVAL_BATCH], text,
+                                        self.val_noise[:, i:i + EVAL_BATCH], self.pixels["val"][i:i + EVAL_BATCH],
+                                        decode)
+            total = total + mse * len(text[0][0])
         return (total / len(rows)).tolist()
 
     def generate(self, split: str, sample: int = 0) -> torch.Tensor:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from model.config import EVAL_BATCH, TRAIN_L1, VAL_L1, BEST_VAL_L1, ModelConfig, TrainConfig
 from model.eval.clip import clip_cosines
 from model.eval.evaluator import member_l1
+from model.augment import augment
 from model.members import Attention, Conv, GroupNorm, LayerNorm, Linear, init_members
 from model.text import TextStack
 
@@ -145,29 +146,6 @@ class Generator(nn.Module):
 
 
 
-def augment(images: torch.Tensor, flip: bool, shift: float) -> torch.Tensor:
-    """Target images (..., 3, S, S) in [-1, 1], each flipped left-right with probability 1/2 and shifted by up
-    to `shift` x S pixels each way (whole pixels, white filling what moves in). Draws from the global RNG."""
-    if not flip and not shift:
-        return images
-    shape = images.shape
-    x = images.reshape(-1, *shape[-3:])  # (N, 3, S, S)
-    n, s = len(x), shape[-1]
-    if flip:
-        x = torch.where(torch.rand(n, 1, 1, 1, device=x.device) < 0.5, x.flip(-1), x)
-    if shift:
-        m = int(round(shift * s))
-        padded = F.pad(x, (m, m, m, m), value=1.0)  # white border
-        dy, dx = torch.randint(0, 2 * m + 1, (2, n), device=x.device)
-        rows = (dy[:, None] + torch.arange(s, device=x.device))[:, None, :, None].expand(n, 3, s, s + 2 * m)
-        x = padded.gather(2, rows)  # (N, 3, S, S + 2m): each image's own vertical window
-        cols = (dx[:, None] + torch.arange(s, device=x.device))[:, None, None, :].expand(n, 3, s, s)
-        x = x.gather(3, cols)
-    return x.reshape(shape)
-
-
-
-
 # ---------------------------------------------------------------------------- the family
 
 
@@ -212,6 +190,7 @@ class Regressor:
     def __init__(self, net, texts, cfg: TrainConfig, section: RegressorConfig, targets=None):
         self.net, self.texts, self.cfg, self.section = net, texts, cfg, section
         self.targets = targets.images if targets is not None else None
+        self.train_size = len(texts.rows["train"])  # every training row, rotated copies included
         self.scorer = targets.scorer if targets is not None else None
         self.text_features = self.scorer.text_features(texts.texts) if section.loss != "l1" else None  # (U, E)
 
