@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
     labels, _ = ff.type_labels(data.test, types, clf.classes)
     val_labels, _ = ff.type_labels(data.val, types, clf.classes)
     n = len(data.test)
-    train = ff._split_images(data.train)
+    train = images_of(data.train)
     shape = (n, *train.shape[1:])
     blind = {
         "mean training image": train.mean(0, keepdim=True).expand(shape),
@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
           f"cached load {load_s:.3f} s ({path})")
     rows = [("ceiling: real test images", base[ff.BASELINE_CEILING]),
             ("chance: majority type's share", base[ff.BASELINE_CHANCE]),
-            ("real val images", ff.type_accuracy(clf, ff._split_images(data.val), val_labels))]
+            ("real val images", ff.type_accuracy(clf, images_of(data.val), val_labels))]
     rows += [(name, ff.type_accuracy(clf, images, labels)) for name, images in blind.items()]
     for name, acc in rows:
         print(f"  {name:<40} {acc:.3f}")
@@ -100,11 +100,16 @@ def main(argv=None) -> dict:
     return {"accuracy": dict(rows), "fit_s": fit_s, "load_s": load_s, "cache": str(path), "cv": cv}
 
 
+def images_of(split) -> torch.Tensor:
+    """A split's images as the classifier reads them: (N, 3, S, S) float32 in [-1, 1]."""
+    return torch.as_tensor(split.unit_images(), dtype=torch.float32)
+
+
 def cross_validate(data, types: dict, l2s, folds: int = 5) -> dict:
     """{l2: mean held-out accuracy} over folds of the training records (a record's rotated copies stay together;
     each held-out record is scored once, on its first copy): selects settings without touching val or test."""
     labels, classes = ff.type_labels(data.train, types)
-    images = ff._split_images(data.train)
+    images = images_of(data.train)
     ids = torch.as_tensor(data.train.ids)
     unique = ids.unique()
     order = torch.randperm(len(unique), generator=torch.Generator().manual_seed(0))
