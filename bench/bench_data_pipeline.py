@@ -2,7 +2,8 @@
 
     python bench/bench_data_pipeline.py                      # the shared Pokédex, 64 px, 8 rotations
     python bench/bench_data_pipeline.py --repeats 7 --data PATH
-    python bench/bench_data_pipeline.py --smoke              # 60 records, 1 repeat, no calibration: checks it runs
+    python bench/bench_data_pipeline.py --quick              # 60 synthetic records, 1 repeat, no calibration:
+                                                             # seconds, checks the script (tests/test_data_prepare.py)
 
 Run from the repository root (Ray workers import `data_pipeline` from the driver's working directory).
 
@@ -28,14 +29,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
@@ -44,18 +46,9 @@ from data_pipeline.pipeline import Item, preprocess_loop, run_ray, split_arrays 
 from data_pipeline.preprocess import split_ids  # noqa: E402
 from data_pipeline.ray_env import init_ray  # noqa: E402
 from data_pipeline.sources import read_source  # noqa: E402
+from machine import machine  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pokedex"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> str:
@@ -90,29 +83,36 @@ def parallel_headroom(n: int = 2_000_000) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="dataset (any layout data_pipeline reads)")
+    parser.add_argument("--data", default=None, help="dataset (any layout data_pipeline reads; default: the shared "
+                        "Pokédex, with --quick 60 generated synthetic records)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=DataConfig.image_size)
     parser.add_argument("--augment-rotations", type=int, default=DataConfig.augment_rotations)
     parser.add_argument("--num_blocks", type=int, default=None, help="Ray Data blocks (default: 2 per CPU)")
-    parser.add_argument("--smoke", action="store_true", help="60 records, 1 repeat, no parallel-headroom calibration")
+    parser.add_argument("--quick", action="store_true", help="60 records, 1 repeat, no parallel-headroom calibration")
     args = parser.parse_args(argv)
 
+    if args.data is None and args.quick:
+        from data_pipeline.synthetic import generate
+
+        tmp = tempfile.TemporaryDirectory(prefix="bench-data-")  # removed when main returns
+        args.data = str(generate(Path(tmp.name) / "synthetic", 60, 0))
+    args.data = args.data or str(DEFAULT_DATA)
     if not Path(args.data).exists():
         raise SystemExit(f"no dataset at {args.data}; pass --data PATH")
     src = read_source(args.data)
     records = list({r.id: r for r in reversed(src.records)}.values())[::-1]  # first copy of each id
-    records = records[:60] if args.smoke else records
-    repeats = 1 if args.smoke else args.repeats
+    records = records[:60] if args.quick else records
+    repeats = 1 if args.quick else args.repeats
     size, rotations = args.image_size, args.augment_rotations
     images = {r.id: r.image for r in records}
     items = [Item(r.id, r.image) for r in records]
     cfg = DataConfig()
     splits = split_ids(images, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-    load_at_start = load_average()
-    # before Ray starts (forking a process that runs Ray's threads is unsafe); smoke runs skip it,
+    load_at_start, where = load_average(), machine()
+    # before Ray starts (forking a process that runs Ray's threads is unsafe); quick runs skip it,
     # as they may run inside a process where Ray is already up
-    headroom = None if args.smoke else parallel_headroom()
+    headroom = None if args.quick else parallel_headroom()
 
     t = time.perf_counter()
     init_ray()
@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"\nData pipeline benchmark: {n} images from {args.data} → {size} px, {rotations} rotations "
           f"(output rows train {rows['train']} / val {rows['val']} / test {rows['test']})")
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load average {load_at_start} at start → "
-          f"{load_average()} at end; Ray {ray.__version__} with {cpus} CPUs; Python {platform.python_version()}")
+    print(f"machine: {where}\nload average {load_at_start} at start → {load_average()} at end; Ray {ray.__version__} "
+          f"with {cpus} CPUs")
     print(f"loop process nice {os.nice(0)}, Ray workers nice {worker_nice} (Ray's default is 15, so on a busy "
           "machine its workers yield to everything else; RAY_worker_niceness=0 levels them with the loop)")
     if headroom is not None:

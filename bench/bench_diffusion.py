@@ -3,6 +3,7 @@
     python bench/bench_diffusion.py --throughput                       # samples/s of the training step, per variant
     python bench/bench_diffusion.py --data ../shared/datasets/pokedex --recipes first best --minutes 60 \\
         --regressor laptop-staged4 --out /tmp/diffusion                 # recipes on real data, beside the regressor
+    python bench/bench_diffusion.py --quick [--throughput]             # seconds: checks the script (tests/test_benches.py)
 
 Throughput (`--throughput`): the training step of `model.train.train` (its own samples_per_s: training steps
 only, every member's samples) for the issue's first attempt and each speed variant, on the same rows.
@@ -22,20 +23,19 @@ the checkpoints, and diffusion.json. Recipes (each on top of `first`, the issue'
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_recipes  # noqa: E402
+from common import quick_data, save_results, train_logged  # noqa: E402
 from machine import machine  # noqa: E402
 
 from data_pipeline.config import DataConfig  # noqa: E402
 from data_pipeline.dataset import PreparedData  # noqa: E402
-from model import checkpoint  # noqa: E402
 from model.config import (BEST, SELECTION, TEST_DIVERSITY, TEST_L1, TEST_MEMORISATION, TEST_TOP1, TEST_TOP5,  # noqa: E402
                           TEST_TYPE_ACC, VAL_TYPE_ACC, ModelConfig, TrainConfig)
 from model.evaluate import Evaluator  # noqa: E402
@@ -116,27 +116,18 @@ def run(name: str, overrides: dict, data: PreparedData, image_size: int, minutes
 
 
 def fit(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: PreparedData, out: Path) -> dict:
-    selection, last = SELECTION[model_cfg.family], {}
-
-    def report(metrics, state):
-        last["state"] = state
-        print(f"[{name}] epoch {metrics['epoch']}/{train_cfg.total_epochs}: {selection} {metrics[selection]:.4f}",
-              flush=True)
-
-    t0 = time.perf_counter()
-    final = train(model_cfg, train_cfg, data, report=report)
-    wall = time.perf_counter() - t0
-    ckpt = checkpoint.save(checkpoint.member(last["state"], 0), out / f"checkpoint_{name}")
-    history = last["state"]["history"][0]
-    train_s = sum(len(data.train) / m["samples_per_s"] for m in history)
-    return {"recipe": name, "family": model_cfg.family, "wall_s": wall, "train_s": train_s,
-            "samples_per_s": history[-1]["samples_per_s"], "epochs": train_cfg.total_epochs,
+    selection = SELECTION[model_cfg.family]
+    r = train_logged(name, model_cfg, train_cfg, data, out, lambda m: f"{selection} {m[selection]:.4f}")
+    train_s = sum(len(data.train) / m["samples_per_s"] for m in r.history)
+    return {"recipe": name, "family": model_cfg.family, "wall_s": r.wall_s, "train_s": train_s,
+            "samples_per_s": r.history[-1]["samples_per_s"], "epochs": train_cfg.total_epochs,
             "steps": train_cfg.total_epochs * -(-len(data.train) // train_cfg.batch_size),
-            "selection": selection, "best": final[BEST[model_cfg.family]],
-            "best_epoch": min(history, key=lambda m: m[selection])["epoch"],
-            **{k: final.get(k) for k in (TEST_TYPE_ACC, TEST_TOP1, TEST_TOP5, TEST_MEMORISATION, TEST_DIVERSITY, TEST_L1)},
-            "curve": {"epoch": [m["epoch"] for m in history], selection: [m[selection] for m in history]},
-            "checkpoint": str(ckpt), "config": {**asdict(model_cfg), **asdict(train_cfg)}}
+            "selection": selection, "best": r.final[BEST[model_cfg.family]],
+            "best_epoch": min(r.history, key=lambda m: m[selection])["epoch"],
+            **{k: r.final.get(k) for k in (TEST_TYPE_ACC, TEST_TOP1, TEST_TOP5, TEST_MEMORISATION, TEST_DIVERSITY,
+                                           TEST_L1)},
+            "curve": {"epoch": [m["epoch"] for m in r.history], selection: [m[selection] for m in r.history]},
+            "checkpoint": str(r.checkpoint), "config": {**asdict(model_cfg), **asdict(train_cfg)}}
 
 
 def guidance_sweep(ckpt: str, data: PreparedData, scales: list[float]) -> list[dict]:
@@ -162,22 +153,29 @@ def guidance_sweep(ckpt: str, data: PreparedData, scales: list[float]) -> list[d
     return out
 
 
-def throughput(data: PreparedData, image_size: int, rows: int) -> list[dict]:
-    variants = {
-        "first (batch 64)": {},
-        "batch 32": {"batch_size": 32},
-        "two levels": {"unet_levels": 2},
-        "cross-attention at two levels": {"unet_attention": 2},
-        "widths 64/128/128": {"unet_width": 64},
-        "batch 10 (the thesis's)": {"batch_size": 10},
-        "bf16 autocast": {"precision": "bf16"},
-        # The autoencoder's fit is not part of the step: a few steps of it are enough to time the denoiser.
-        "latent 8x8x4, two levels": {"latent_channels": 4, "unet_levels": 2, "autoencoder_steps": 5},
-        "latent 8x8x4, widths 64/128": {"latent_channels": 4, "unet_levels": 2, "unet_width": 64,
-                                        "autoencoder_steps": 5},
-        "latent 8x8x4, widths 64/128, bf16": {"latent_channels": 4, "unet_levels": 2, "unet_width": 64,
-                                              "autoencoder_steps": 5, "precision": "bf16"},
-    }
+# --throughput: the issue's first attempt, then each speed variant on top of it.
+VARIANTS = {
+    "first (batch 64)": {},
+    "batch 32": {"batch_size": 32},
+    "two levels": {"unet_levels": 2},
+    "cross-attention at two levels": {"unet_attention": 2},
+    "widths 64/128/128": {"unet_width": 64},
+    "batch 10 (the thesis's)": {"batch_size": 10},
+    "bf16 autocast": {"precision": "bf16"},
+    # The autoencoder's fit is not part of the step: a few steps of it are enough to time the denoiser.
+    "latent 8x8x4, two levels": {"latent_channels": 4, "unet_levels": 2, "autoencoder_steps": 5},
+    "latent 8x8x4, widths 64/128": {"latent_channels": 4, "unet_levels": 2, "unet_width": 64, "autoencoder_steps": 5},
+    "latent 8x8x4, widths 64/128, bf16": {"latent_channels": 4, "unet_levels": 2, "unet_width": 64,
+                                          "autoencoder_steps": 5, "precision": "bf16"},
+}
+# --quick (checks the script in seconds, measures nothing): 40 synthetic creatures, one rotation, one epoch per
+# recipe, every UNet 16 channels wide at two levels and sampled in 2 steps; --throughput: 16 rows, the first
+# variant and a latent one.
+QUICK = {"unet_width": 16, "unet_levels": 2, "sample_steps": 2}
+QUICK_VARIANTS = ("first (batch 64)", "latent 8x8x4, two levels")
+
+
+def throughput(data: PreparedData, image_size: int, rows: int, variants: dict) -> list[dict]:
     out = []
     for name, over in variants.items():
         model_cfg, train_cfg = configs(over, image_size, 1)
@@ -229,6 +227,7 @@ def families_figure(rows: list[dict], data: PreparedData, path: Path, k: int = 6
     from search.figures import first_records
 
     idx = first_records(data.test, k)
+    k = len(idx)  # a test split may hold fewer records
     texts = [data.test.texts[i] for i in idx]
     lines = [("real", data.test.unit_images()[idx])]
     for r in rows:
@@ -286,16 +285,25 @@ def main(argv=None) -> list[dict]:
                    "(README's docs/families.png: run on the synthetic set)")
     p.add_argument("--guidance", nargs="*", type=float, default=[],
                    help="after training, each recipe's final metrics at these guidance scales too (chosen on val)")
+    p.add_argument("--quick", action="store_true", help="checks the script in seconds, measures nothing: 40 synthetic "
+                   "creatures, 1 rotation, 1 epoch per recipe, a 16-channel two-level UNet, 2 sampler steps")
     args = p.parse_args(argv)
+    for name in args.regressor:  # before the long runs
+        if bench_recipes.recipe_configs(name, ModelConfig(), TrainConfig(epochs=args.regressor_epochs))[2]:
+            p.error(f"--regressor {name} changes the data: run it with bench/bench_recipes.py")
+    tiny = QUICK if args.quick else {}
+    if args.quick:
+        args.augment_rotations, args.minutes, args.rows = 1, 0.0, 16
 
     from data_pipeline.prepare import prepare_dataset
 
-    data = prepare_dataset(args.data, DataConfig(image_size=args.image_size, augment_rotations=args.augment_rotations),
-                           progress=False)
+    data_cfg = DataConfig(image_size=args.image_size, augment_rotations=args.augment_rotations)
+    data = quick_data(data_cfg) if args.quick else prepare_dataset(args.data, data_cfg, progress=False)
     head = (f"machine: {machine()}\ndata: {data.info['source']}, {args.image_size} px, {args.augment_rotations} "
             f"rotations, train/val/test rows {len(data.train)}/{len(data.val)}/{len(data.test)}")
     if args.throughput:
-        rows = throughput(data, args.image_size, args.rows)
+        variants = {k: {**v, **tiny} for k, v in VARIANTS.items() if not args.quick or k in QUICK_VARIANTS}
+        rows = throughput(data, args.image_size, args.rows, variants)
         print(f"\n{head}; {args.rows} training rows per measurement\n\n| variant | samples/s | vs first |\n|---|---|---|")
         for r in rows:
             print(f"| {r['variant']} | {r['samples_per_s']:.1f} | {r['samples_per_s'] / rows[0]['samples_per_s']:.2f}x |")
@@ -305,25 +313,19 @@ def main(argv=None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.recipes:
-        rows.append(run(name, RECIPES[name][1], data, args.image_size, args.minutes, out))
+        rows.append(run(name, {**RECIPES[name][1], **tiny}, data, args.image_size, args.minutes, out))
         print(f"[{name}] done: " + ", ".join(f"{k} {rows[-1][k]:.4f}" for k in (TEST_TYPE_ACC, TEST_TOP5, TEST_MEMORISATION,
                                                                                 TEST_DIVERSITY, TEST_L1)), flush=True)
-    if args.regressor:
-        import bench_recipes
-
-        for name in args.regressor:
-            over = {**bench_recipes.SEED, **bench_recipes.RECIPES[name][1]}
-            total = args.regressor_epochs
-            if over.get("finetune_epochs"):
-                over["epochs"] = total - over["finetune_epochs"]
-            model_cfg, train_cfg = trial_configs(over, ModelConfig(image_size=args.image_size),
-                                                 TrainConfig(epochs=total, clip_mode="off"))
-            rows.append(fit(f"regressor {name}", model_cfg, train_cfg, data, out))
+    for name in args.regressor:
+        model_cfg, train_cfg, _ = bench_recipes.recipe_configs(
+            name, ModelConfig(image_size=args.image_size), TrainConfig(epochs=args.regressor_epochs, clip_mode="off"))
+        rows.append(fit(f"regressor {name}", model_cfg, train_cfg, data, out))
 
     base = Evaluator(data, TrainConfig(clip_mode="off"), "cpu").baselines()
     from model.faithfulness import BASELINE_CEILING, BASELINE_CHANCE
 
-    print(f"\n{head}; {args.minutes:g} min of training per diffusion recipe\n"
+    budget = "one epoch per recipe (--quick)" if args.quick else f"{args.minutes:g} min of training per diffusion recipe"
+    print(f"\n{head}; {budget}\n"
           f"type accuracy ceiling {base[BASELINE_CEILING]:.3f}, chance {base[BASELINE_CHANCE]:.3f}; retrieval chance "
           f"top-1 {base['baseline/retrieval_chance_top1']:.3f}, top-5 {base['baseline/retrieval_chance_top5']:.3f}; "
           f"real test images' L1 to their nearest training image {base['baseline/nn_train_l1_real']:.4f}; "
@@ -349,9 +351,7 @@ def main(argv=None) -> list[dict]:
     if args.figure:
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         families_figure(rows, data, Path(args.figure))
-    (out / "diffusion.json").write_text(json.dumps({"baselines": base, "rows": rows, "machine": machine(),
-                                                    "args": vars(args)}, indent=2, default=str))
-    print(f"\nfigures, checkpoints and diffusion.json in {out}")
+    save_results(out / "diffusion.json", base, rows, args)
     return rows
 
 

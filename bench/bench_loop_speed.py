@@ -3,11 +3,14 @@
     git worktree add /tmp/old 8a22673                     # the plain loop before the member axis
     (cd /tmp/old && PYTHONPATH=/tmp/old python /path/to/this/bench/bench_loop_speed.py 64 old)
     python bench/bench_loop_speed.py 64 new
+    python bench/bench_loop_speed.py 32 new --quick       # seconds: checks the script (tests/test_benches.py)
 
 100 training rows of tests/test_model.py's tiny_data at the given size, batch 10, heads 2 / ff 512 /
-layers 2, frozen encoder, 3 epochs, one thread. Imports `model` from the working directory's checkout.
+layers 2, frozen encoder, 3 epochs, one thread (--quick: 20 rows, 1 epoch). Imports `model` from the
+working directory's checkout.
 """
 
+import argparse
 import os
 import sys
 
@@ -22,9 +25,21 @@ from model.config import SAMPLES_PER_S, ModelConfig, TrainConfig  # noqa: E402
 from model.train import train  # noqa: E402
 from test_model import tiny_data  # noqa: E402
 
-torch.set_num_threads(1)
-size, label = int(sys.argv[1]), sys.argv[2]
-speeds = []
-train(ModelConfig(image_size=size), TrainConfig(epochs=3, clip_mode="off"), tiny_data(n_train=100, size=size),
-      report=lambda m, s: speeds.append(m[SAMPLES_PER_S]), device="cpu")
-print(f"{label}: samples/s per epoch {[round(x, 1) for x in speeds]}  ({machine()})")
+
+def main(argv=None) -> list[float]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("size", type=int, help="image size (px)")
+    p.add_argument("label", help="what the output line calls this checkout")
+    p.add_argument("--quick", action="store_true", help="20 rows, 1 epoch: checks the script, measures nothing")
+    args = p.parse_args(argv)
+    rows, epochs = (20, 1) if args.quick else (100, 3)
+    torch.set_num_threads(1)
+    speeds = []
+    train(ModelConfig(image_size=args.size), TrainConfig(epochs=epochs, clip_mode="off"),
+          tiny_data(n_train=rows, size=args.size), report=lambda m, s: speeds.append(m[SAMPLES_PER_S]), device="cpu")
+    print(f"{args.label}: samples/s per epoch {[round(x, 1) for x in speeds]}  ({machine()})")
+    return speeds
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 the real training loop at batch 10, 64x64, with the text encoder frozen vs fine-tuned.
 
     python bench/bench_model.py [--samples 200] [--epochs 2]
+    python bench/bench_model.py --quick               # seconds: checks the script (tests/test_benches.py)
 
 Speeds come from `model.train.train` itself (its `samples_per_s`, training steps only),
 on generated data of the real shape; absolute numbers hold for the machine printed above
@@ -28,24 +29,29 @@ from model.train import train  # noqa: E402
 from test_model import tiny_data  # noqa: E402
 
 
-def main():
-    parser = argparse.ArgumentParser()
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=200, help="training samples per epoch")
     parser.add_argument("--epochs", type=int, default=2, help="the fastest epoch is reported (the first warms up)")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="10 samples, 1 epoch: checks the script, measures nothing")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.samples, args.epochs = 10, 1
     print(f"machine: {machine()}\n")
 
     _, encoder, _ = load_text_encoder()
     print("| n_heads | ff_dim | n_layers | trainable params (generator) | with the text encoder (all-MiniLM-L6-v2) |")
     print("|---|---|---|---|---|")
     text_params = sum(p.numel() for p in encoder.parameters())
+    sizes = []
     for h, ff, n in itertools.product((2, 4), (512, 1024), (2, 3)):
         net = TextToImage(ModelConfig(n_heads=h, ff_dim=ff, n_layers=n), encoder)
         gen = sum(p.numel() for p in net.generator.parameters())
+        sizes.append({"n_heads": h, "ff_dim": ff, "n_layers": n, "generator": gen, "with_encoder": gen + text_params})
         print(f"| {h} | {ff} | {n} | {gen:,} | {gen + text_params:,} |")
 
     data = tiny_data(n_train=args.samples, size=64)
-    print("\n| text encoder | samples/s (batch 10, 64x64) |")
+    print(f"\n| text encoder | samples/s (batch 10, 64x64, {args.samples} samples, fastest of {args.epochs} epochs) |")
     print("|---|---|")
     speeds = {}
     for frozen in (True, False):
@@ -55,6 +61,8 @@ def main():
         speeds[frozen] = max(best)
         print(f"| {'frozen (hidden states cached)' if frozen else 'fine-tuned (encoder in every step)'} | {speeds[frozen]:.1f} |")
     print(f"\nfrozen / fine-tuned speed ratio: {speeds[True] / speeds[False]:.2f}x")
+    return {"sizes": sizes, "frozen_samples_per_s": speeds[True], "fine_tuned_samples_per_s": speeds[False],
+            "ratio": speeds[True] / speeds[False]}
 
 
 if __name__ == "__main__":

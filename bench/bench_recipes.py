@@ -3,6 +3,7 @@
     python bench/bench_recipes.py --data ../shared/datasets/pokedex --image-size 32 --epochs 20
     python bench/bench_recipes.py --data ../shared/datasets/pokedex --recipes seed pooled --image-size 64
     python bench/bench_recipes.py --recipes seed laptop                 # the synthetic default set
+    python bench/bench_recipes.py --quick --out /tmp/recipes            # seconds: checks the script (tests/test_benches.py)
 
 One run per recipe, the same prepared data, split and epochs, through `model.train.train` (no Ray
 Tune). Each row: best validation L1 (and its epoch), test L1 beside the per-pixel median and mean
@@ -17,9 +18,7 @@ thesis's recommended trial (heads 4, ff 1024, 2 layers, lr 1e-4, wd 1e-5, dropou
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -27,13 +26,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import quick_data, save_results, train_logged  # noqa: E402
 from machine import machine  # noqa: E402
 
 from data_pipeline.config import DataConfig  # noqa: E402
-from model import checkpoint, clip, faithfulness  # noqa: E402
+from model import clip, faithfulness  # noqa: E402
 from model.config import (BEST_VAL_L1, TEST_L1, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, TRAIN_L1, VAL_L1,  # noqa: E402
                           ModelConfig, TrainConfig)
-from model.train import train  # noqa: E402
 from search.space import trial_configs  # noqa: E402
 
 SEED = {"n_heads": 4, "ff_dim": 1024, "n_layers": 2, "lr": 1e-4, "weight_decay": 1e-5}
@@ -71,57 +70,61 @@ RECIPES = {
                            {"lr": 2e-3, "pooled_text": True, "d_model": 64, "finetune_epochs": 4, "finetune_layers": 6,
                             "finetune_lr": 2e-4}),
 }
+QUICK = ["laptop", "laptop-staged"]  # --quick: the small model, also staged (its checkpoint has encoder layers)
 __doc__ += "\n".join(f"    {name:8s} {about}" for name, (about, _) in RECIPES.items()) + "\n"
 
 
-def run(name: str, data, data_arg: str | None, base_model: ModelConfig, base_train: TrainConfig, out: Path) -> dict:
+def recipe_configs(name: str, base_model: ModelConfig, base_train: TrainConfig) -> tuple[ModelConfig, TrainConfig, dict]:
+    """A recipe's configs on top of `seed`, and its DataConfig overrides. A staged recipe trains as many epochs in
+    all as the others: stage 1 is the base's epochs minus its finetune_epochs."""
     overrides = {**SEED, **RECIPES[name][1]}
     data_over = {k: overrides.pop(k) for k in [f.name for f in fields(DataConfig)] if k in overrides}
+    if overrides.get("finetune_epochs"):
+        overrides["epochs"] = base_train.epochs - overrides["finetune_epochs"]
+    return (*trial_configs(overrides, base_model, base_train), data_over)
+
+
+def run(name: str, data, data_arg: str | None, base_model: ModelConfig, base_train: TrainConfig, out: Path) -> dict:
+    model_cfg, train_cfg, data_over = recipe_configs(name, base_model, base_train)
     if data_over:  # a data recipe (paraphrases): the same records and split, other training rows
         from data_pipeline.prepare import prepare_dataset
 
         data = prepare_dataset(data_arg, replace(DataConfig(**data.info["settings"]), **data_over), progress=False)
-    if overrides.get("finetune_epochs"):  # a staged recipe trains as many epochs in all as the others
-        overrides["epochs"] = base_train.epochs - overrides["finetune_epochs"]
-    model_cfg, train_cfg = trial_configs(overrides, base_model, base_train)
-    last = {}
-
-    def report(metrics, state):
-        last["state"] = state
-        print(f"[{name}] epoch {metrics['epoch']}: train L1 {metrics[TRAIN_L1]:.4f}, val L1 {metrics[VAL_L1]:.4f}",
-              flush=True)
-
-    t0 = time.perf_counter()
-    final = train(model_cfg, train_cfg, data, report=report)
-    wall = time.perf_counter() - t0
-    ckpt = checkpoint.save(last["state"], out / f"checkpoint_{name}")
-    history = last["state"]["history"][0]  # every epoch's metrics, as the loop keeps them
-    best_epoch = min(history, key=lambda m: m[VAL_L1])["epoch"]
-    return {"recipe": name, "about": RECIPES[name][0], "wall_s": wall, "best_epoch": best_epoch,
-            BEST_VAL_L1: final[BEST_VAL_L1], TEST_L1: final[TEST_L1], TEST_TOP1: final[TEST_TOP1],
-            TEST_TOP5: final[TEST_TOP5], TEST_TYPE_ACC: final[TEST_TYPE_ACC], "checkpoint": str(ckpt),
-            "curve": {"epoch": [m["epoch"] for m in history], TRAIN_L1: [m[TRAIN_L1] for m in history],
-                      VAL_L1: [m[VAL_L1] for m in history]}, "config": {**asdict(model_cfg), **asdict(train_cfg)}}
+    r = train_logged(name, model_cfg, train_cfg, data, out,
+                     lambda m: f"train L1 {m[TRAIN_L1]:.4f}, val L1 {m[VAL_L1]:.4f}")
+    best_epoch = min(r.history, key=lambda m: m[VAL_L1])["epoch"]
+    return {"recipe": name, "about": RECIPES[name][0], "wall_s": r.wall_s, "best_epoch": best_epoch,
+            **{k: r.final[k] for k in (BEST_VAL_L1, TEST_L1, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC)},
+            "checkpoint": str(r.checkpoint),
+            "curve": {"epoch": [m["epoch"] for m in r.history], TRAIN_L1: [m[TRAIN_L1] for m in r.history],
+                      VAL_L1: [m[VAL_L1] for m in r.history]}, "config": {**asdict(model_cfg), **asdict(train_cfg)}}
 
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--data", default=None, help="dataset path (default: the embedded synthetic set)")
-    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--recipes", nargs="+", default=None, choices=list(RECIPES), help="default: all")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--augment-rotations", type=int, default=8)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--out", default="results/recipes", help="figures, checkpoints and recipes.json go here")
+    p.add_argument("--quick", action="store_true", help="checks the script in seconds, measures nothing: 40 synthetic "
+                   "creatures, 1 rotation, 3 epochs, recipes laptop and laptop-staged unless given")
     args = p.parse_args(argv)
+    if args.quick:
+        args.recipes, args.augment_rotations, args.epochs = args.recipes or QUICK, 1, 3
+        if any(recipe_configs(name, ModelConfig(), TrainConfig(epochs=3))[2] for name in args.recipes):
+            p.error("--quick trains on its own 40 records: a recipe that changes the data (para3) needs --data")
+    args.recipes = args.recipes or list(RECIPES)
 
     from data_pipeline.prepare import prepare_dataset
     from search.figures import learning_curves, samples
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = prepare_dataset(args.data, DataConfig(image_size=args.image_size, augment_rotations=args.augment_rotations),
-                           progress=False)
+    data_cfg = DataConfig(image_size=args.image_size, augment_rotations=args.augment_rotations)
+    data = quick_data(data_cfg) if args.quick else prepare_dataset(args.data, data_cfg, progress=False)
     base_model = ModelConfig(image_size=args.image_size)
     base_train = TrainConfig(epochs=args.epochs, clip_mode="off")
     base = clip.baselines(None, data, "off")
@@ -154,9 +157,7 @@ def main(argv=None) -> list[dict]:
         net, tokenizer = load_model(r["checkpoint"], device="cpu")
         samples(net, tokenizer, data.test, out / f"samples_{r['recipe']}.png",
                 title=f"{r['recipe']}: test, real (top) vs generated (bottom)")
-    (out / "recipes.json").write_text(json.dumps({"baselines": base, "rows": rows, "machine": machine(),
-                                                  "args": vars(args)}, indent=2, default=str))
-    print(f"\nfigures and recipes.json in {out}")
+    save_results(out / "recipes.json", base, rows, args)
     return rows
 
 

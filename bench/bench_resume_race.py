@@ -2,6 +2,7 @@
 the fix (search.trainable.RestoreFromSuccessor and its replay, search.snapshot's check and guard).
 
     python bench/bench_resume_race.py --runs 12        # about 30 s per run and variant on 2 cores
+    python bench/bench_resume_race.py --quick --variants mixin   # 1 run, 2 trials of 30 epochs: checks the script
 
 Each run starts a Tune search of fast toy trials (each epoch: a few ms of sleep, a report with a
 checkpoint, num_to_keep=2 as in search.grid), SIGKILLs the driver's process group at a random moment,
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import machine  # noqa: E402
 
-TRIALS, EPOCHS = 4, 300
+TRIALS, EPOCHS = 4, 300  # toy trials per search, epochs per trial (--quick: 2 and 30)
 REFUSED = 3  # the driver's exit status when search.snapshot refuses a damaged snapshot
 
 
@@ -75,7 +76,7 @@ def counting_trainable(epochs: int, mixin: bool, stop_after: int | None = None, 
     return count
 
 
-def driver(storage: str, mixin: bool, resume: bool) -> None:
+def driver(storage: str, mixin: bool, resume: bool, trials: int, epochs: int) -> None:
     import ray
     from ray import tune
 
@@ -84,15 +85,15 @@ def driver(storage: str, mixin: bool, resume: bool) -> None:
 
     init_ray(num_cpus=2)
     # with the mixin: the fix, as search.grid applies it
-    trainable = tune.with_resources(counting_trainable(EPOCHS, mixin, pause_s=0.005), {"cpu": 0.5})
+    trainable = tune.with_resources(counting_trainable(epochs, mixin, pause_s=0.005), {"cpu": 0.5})
     guard = refuse_empty_restart() if mixin else nullcontext()
     try:
         if resume:
             if mixin:
-                check_snapshot(f"{storage}/race", TRIALS)
+                check_snapshot(f"{storage}/race", trials)
             tuner = tune.Tuner.restore(f"{storage}/race", trainable, resume_errored=True)
         else:
-            tuner = tune.Tuner(trainable, param_space={"i": tune.grid_search(list(range(TRIALS)))},
+            tuner = tune.Tuner(trainable, param_space={"i": tune.grid_search(list(range(trials)))},
                                run_config=tune.RunConfig(name="race", storage_path=storage, verbose=0,
                                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
         with guard:
@@ -103,9 +104,10 @@ def driver(storage: str, mixin: bool, resume: bool) -> None:
     ray.shutdown()
 
 
-def one_run(mixin: bool, seed: int, keep: Path | None = None) -> dict:
+def one_run(mixin: bool, seed: int, keep: Path | None = None, trials: int = TRIALS, epochs: int = EPOCHS) -> dict:
     with tempfile.TemporaryDirectory() as storage:
-        cmd = [sys.executable, __file__, "--driver", storage] + (["--mixin"] if mixin else [])
+        cmd = [sys.executable, __file__, "--driver", storage, "--trials", str(trials), "--epochs", str(epochs)]
+        cmd += ["--mixin"] if mixin else []
         log = open(Path(storage) / "driver.log", "w")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 120
@@ -117,48 +119,55 @@ def one_run(mixin: bool, seed: int, keep: Path | None = None) -> dict:
         proc.wait()
         rc = subprocess.run(cmd + ["--resume"], stdout=log, stderr=subprocess.STDOUT, timeout=300).returncode
         if rc == REFUSED:  # a damaged snapshot the fix cannot repair: said, not resumed
-            return {"errored": 0, "gaps": 0, "trials": TRIALS, "refused": 1, "empty": 0}
+            return {"errored": 0, "gaps": 0, "trials": trials, "refused": 1, "empty": 0}
         assert rc == 0, (Path(storage) / "driver.log").read_text()[-3000:]
         from ray.tune import ExperimentAnalysis
 
-        trials = ExperimentAnalysis(f"{storage}/race").trials
-        errored = sum(t.status == "ERROR" for t in trials)
+        found = ExperimentAnalysis(f"{storage}/race").trials
+        errored = sum(t.status == "ERROR" for t in found)
         gaps = 0
-        for t in trials:
+        for t in found:
             if t.status != "ERROR":
-                epochs = [json.loads(line)["epoch"] for line in
-                          (Path(t.path) / "result.json").read_text().splitlines() if line.strip()]
-                gaps += sorted(set(epochs)) != list(range(1, EPOCHS + 1))
+                reported = [json.loads(line)["epoch"] for line in
+                            (Path(t.path) / "result.json").read_text().splitlines() if line.strip()]
+                gaps += sorted(set(reported)) != list(range(1, epochs + 1))
         # Tune restarting an empty experiment (its snapshot damaged) leaves one trial of config {}.
-        empty = any(not t.config for t in trials)
+        empty = any(not t.config for t in found)
         if keep is not None and (errored or gaps or empty):
             shutil.copytree(storage, keep / f"{'mixin' if mixin else 'tune'}-{seed}")
-        return {"errored": errored, "gaps": gaps, "trials": len(trials), "refused": 0, "empty": int(empty)}
+        return {"errored": errored, "gaps": gaps, "trials": len(found), "refused": 0, "empty": int(empty)}
 
 
-def main() -> None:
+def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--trials", type=int, default=TRIALS, help="toy trials per search")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per toy trial")
     p.add_argument("--keep", type=Path, help="copy the storage of runs with an errored trial or a gap here")
     p.add_argument("--variants", nargs="+", choices=["tune", "mixin"], default=["tune", "mixin"])
+    p.add_argument("--quick", action="store_true", help="1 run, 2 trials of 30 epochs: checks the script, measures nothing")
     p.add_argument("--driver", help=argparse.SUPPRESS)
     p.add_argument("--mixin", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.driver:
-        return driver(args.driver, args.mixin, args.resume)
+        return driver(args.driver, args.mixin, args.resume, args.trials, args.epochs)
+    if args.quick:
+        args.runs, args.trials, args.epochs = 1, 2, 30
     print(f"# bench_resume_race on {machine()}: {args.runs} killed-and-resumed searches per variant, "
-          f"{TRIALS} toy trials x {EPOCHS} epochs each")
+          f"{args.trials} toy trials x {args.epochs} epochs each")
     print("| variant | runs with an errored trial | errored trials | trials missing an epoch in result.json "
           "| resumes refused (damaged snapshot) | resumes restarted empty |")
     print("|---|---|---|---|---|---|")
+    out = []
     for mixin in [v == "mixin" for v in args.variants]:
-        runs = [one_run(mixin, seed, args.keep) for seed in range(args.runs)]
+        runs = [one_run(mixin, seed, args.keep, args.trials, args.epochs) for seed in range(args.runs)]
         name = "the fix (search.trainable + search.snapshot)" if mixin else "Tune alone"
-        print(f"| {name} | {sum(r['errored'] > 0 for r in runs)}/{len(runs)} | "
-              f"{sum(r['errored'] for r in runs)}/{sum(r['trials'] for r in runs)} | "
-              f"{sum(r['gaps'] for r in runs)} | {sum(r['refused'] for r in runs)} | "
-              f"{sum(r['empty'] for r in runs)} |", flush=True)
+        out.append({"variant": name, **{k: sum(r[k] for r in runs) for k in runs[0]},
+                    "runs": len(runs), "runs_errored": sum(r["errored"] > 0 for r in runs)})
+        print(f"| {name} | {out[-1]['runs_errored']}/{len(runs)} | {out[-1]['errored']}/{out[-1]['trials']} | "
+              f"{out[-1]['gaps']} | {out[-1]['refused']} | {out[-1]['empty']} |", flush=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python bench/bench_tune_overhead.py                  # the smoke grid, default resources
     python bench/bench_tune_overhead.py --preset laptop  # the default main job's trials instead
     python bench/bench_tune_overhead.py --fuse on        # only the fused grid (8 trials of 4 members)
+    python bench/bench_tune_overhead.py --quick          # 2 grid points: checks the script (tests/test_benches.py)
 
 overhead = 1 - (sum of trial times / concurrency) / Tune wall time, where a trial's time is
 Tune's `time_total_s` (its function running: training, reports, checkpoint saves) and the
@@ -29,7 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine  # noqa: E402
 
 
-def measure(fuse: str, preset: str, cpus_per_trial: float) -> dict:
+# --quick: the grid pinned to one architecture and one learning rate, its 2 weight decays (2 trials, or 1 fused
+# trial of 2 members); it checks the script in seconds and measures nothing.
+QUICK_GRID = ["--lr", "1e-4", "--n-heads", "2", "--ff-dim", "512", "--n-layers", "2"]
+
+
+def measure(fuse: str, preset: str, cpus_per_trial: float, grid_flags: list[str]) -> dict:
     """One search.grid run in this process (`--fuse fuse`), its Tune overhead."""
     from search.grid import main as grid
     from search.progress import Progress
@@ -48,7 +54,7 @@ def measure(fuse: str, preset: str, cpus_per_trial: float) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.time()
             rows = grid(["--preset", preset, "--results", tmp, "--experiment", "bench", "--fuse", fuse,
-                         "--cpus-per-trial", str(cpus_per_trial)])
+                         "--cpus-per-trial", str(cpus_per_trial), *grid_flags])
             total = time.time() - t0
             prov = json.loads((Path(tmp) / "bench" / "provenance.json").read_text())
             trials = load_trials(prov["ray_experiment"])  # Ray's files sit beside the results set
@@ -72,14 +78,19 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--fuse", nargs="+", default=["off", "on"], choices=("off", "on"),
                    help="run the grid unfused (32 trials), fused (8 trials of 4 members), or both (default)")
+    p.add_argument("--quick", action="store_true", help="the smoke preset on 2 grid points: checks the script")
     args = p.parse_args(argv)
+    if args.quick and args.preset != "smoke":
+        p.error("--quick runs the smoke preset")
+    grid_flags = QUICK_GRID if args.quick else []
 
     import ray
 
     where = machine()
-    results = [measure(fuse, args.preset, args.cpus_per_trial) for fuse in args.fuse]
+    results = [measure(fuse, args.preset, args.cpus_per_trial, grid_flags) for fuse in args.fuse]
     print(f"\nRay Tune overhead, {time.strftime('%Y-%m-%d')}, Ray {ray.__version__}, {where}")
-    print(f"preset {args.preset}, {args.cpus_per_trial:g} CPU per trial, reuse_actors, one checkpoint per epoch\n")
+    print(f"preset {args.preset}{', grid ' + ' '.join(grid_flags) if grid_flags else ''}, {args.cpus_per_trial:g} CPU "
+          "per trial, reuse_actors, one checkpoint per epoch\n")
     print("| --fuse | Tune trials (table rows) | concurrency | sum of trial times (s) "
           "| ideal wall = sum / concurrency (s) | Tune wall, fit() (s) | overhead | start-up (s) "
           "| overhead after start-up | whole command (s) |")

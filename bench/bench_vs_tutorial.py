@@ -2,7 +2,7 @@
 
     python bench/bench_vs_tutorial.py                   # smoke and laptop presets, both ways (~45 min, 2 cores)
     python bench/bench_vs_tutorial.py --presets smoke   # one preset
-    python bench/bench_vs_tutorial.py --quick           # smoke preset, 4 grid points: a couple of minutes
+    python bench/bench_vs_tutorial.py --quick           # smoke preset, 2 grid points: checks the script (a minute)
 
 Both ways run the same grid of the same preset on the same machine, in this one invocation, one after
 the other, each as its own subprocess timed from start to end:
@@ -86,11 +86,13 @@ from data_pipeline.preprocess import prepare_pixels, split_ids  # noqa: E402
 from data_pipeline.sources import read_source  # noqa: E402
 from model.config import TRAIN_L1, VAL_L1  # noqa: E402
 from model.network import TextToImage, load_text_encoder  # noqa: E402
+from search.analysis import family  # noqa: E402
 from search.settings import Settings, resolve  # noqa: E402
 from search.space import grid_size, trial_configs  # noqa: E402
 
-# --quick: the smoke preset cut to 4 points (two weight-decay pairs).
-QUICK_GRID = {"lr": (1e-4,), "weight_decay": (1e-5, 1e-6), "n_heads": (2,), "ff_dim": (512,), "n_layers": (2, 3)}
+# --quick: the smoke preset cut to 2 points, a weight-decay pair (one distinct run). It checks the script end to end
+# (tests/test_bench_vs_tutorial.py); its ratio measures start-up, not training.
+QUICK_GRID = {"lr": (1e-4,), "weight_decay": (1e-5, 1e-6), "n_heads": (2,), "ff_dim": (512,), "n_layers": (2,)}
 FIT_STARTS = "[tutorial] search starts"  # printed just before Tuner.fit(): the bench splits the wall time there
 TIMING = ("setup_s", "load_data_s", "data_wait_s", "train_step_s", "val_s", "save_s")
 
@@ -251,6 +253,14 @@ def heldout_l1(net, device, data_dir, settings: Settings) -> float:
     return total / count
 
 
+def regressor_only(settings: Settings) -> None:
+    """The tutorial way here is the thesis's regressor (an L1 loss on one forward): a grid that sweeps another
+    family has no tutorial counterpart in this file."""
+    if set(settings.grid.get("family", ("regressor",))) != {"regressor"}:
+        raise ValueError(f"bench_vs_tutorial compares the regressor family only; the grid's family axis is "
+                         f"{list(settings.grid['family'])}")
+
+
 def tutorial_search(settings: Settings, data_dir: str, storage_path: str, param_space: dict | None = None,
                     cpus_per_trial: float = 1, gpus_per_trial: float = 0) -> dict:
     """The tutorial's `main`: a Tuner over the grid, then the best trial's test L1. Returns what the bench
@@ -258,6 +268,7 @@ def tutorial_search(settings: Settings, data_dir: str, storage_path: str, param_
     `Tuner.fit()`'s wall time and the checkpoint bytes left on storage."""
     from data_pipeline.ray_env import init_ray
 
+    regressor_only(settings)
     init_ray()  # ray.init(include_dashboard=False) as the tutorial's, on loopback as ours
     trainset, valset, testset = load_data(data_dir, settings)  # the tutorial's "pre-download" step
     config = param_space or {k: tune.grid_search(list(v)) for k, v in settings.grid.items()}
@@ -289,7 +300,7 @@ def tutorial_search(settings: Settings, data_dir: str, storage_path: str, param_
     return {"trials": trials, "fit_s": fit_s, "best_config": best.config, "best_test_l1": best_test_l1,
             "split": {"train": sorted(set(trainset.ids)), "val": valset.ids, "test": testset.ids},
             "split_digest": split_digest(trainset, valset, testset), "train_rows": len(trainset),
-            "checkpoint_bytes": tree_bytes(Path(storage_path))}
+            "checkpoint_bytes": tree_bytes(Path(storage_path)), "checkpoints": checkpoints(Path(storage_path))}
 
 
 # ---------------------------------------------------------------------------- the bench
@@ -297,6 +308,11 @@ def tutorial_search(settings: Settings, data_dir: str, storage_path: str, param_
 
 def tree_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def checkpoints(folder: Path) -> int:
+    """Tune's checkpoint folders below an experiment's storage (one trial's: <trial>/checkpoint_NNNNNN)."""
+    return sum(d.is_dir() for d in folder.rglob("checkpoint_*"))
 
 
 def grid_flags(overrides: dict) -> list[str]:
@@ -333,7 +349,11 @@ def timed(cmd: list[str], work: Path, log_name: str, marks: dict[str, str]) -> t
 
 
 def point_key(point: dict, grid: dict) -> tuple:
-    return tuple(float(point[k]) for k in grid)
+    """A grid point as a dict key, the same whether read from ours' results table or a Tune config: numbers as
+    floats (1e-4 and 0.0001 alike), strings (the family) as they are. The table leaves its family column out
+    when every row is a regressor, so a row without one is a regressor (search.analysis.family)."""
+    values = ({**point, "family": family(point)}[k] for k in grid)
+    return tuple(v if isinstance(v, str) else float(v) for v in values)
 
 
 def run_ours(preset: str, overrides: dict, work: Path) -> dict:
@@ -354,7 +374,8 @@ def run_ours(preset: str, overrides: dict, work: Path) -> dict:
             "train_rows": prov["dataset"]["counts"]["train"],
             "trial_s": [h[-1]["time_total_s"] for h in reports if h],
             "step_samples_per_s": [e["samples_per_s"] for h in reports for e in h if "samples_per_s" in e],
-            "checkpoint_bytes": tree_bytes(Path(prov["ray_experiment"]))}
+            "checkpoint_bytes": tree_bytes(Path(prov["ray_experiment"])),
+            "checkpoints": checkpoints(Path(prov["ray_experiment"]))}
 
 
 def run_tutorial(preset: str, overrides: dict, data_dir: Path, work: Path, name: str,
@@ -493,6 +514,7 @@ def measure(preset: str, overrides: dict, work: Path) -> dict:
     from data_pipeline.synthetic import generate
 
     settings = resolve(preset, overrides)
+    regressor_only(settings)  # before the long runs
     points = grid_size(settings.grid)
     print(f"[bench] {preset}: {points} points, ours ...", flush=True)
     ours = run_ours(preset, overrides, work)
@@ -512,12 +534,17 @@ def measure(preset: str, overrides: dict, work: Path) -> dict:
     costs = step_costs(settings, tut["best_config"], data_dir)
     same_data = fingerprint(read_source(data_dir).content_hash, settings.data) == ours["prov"]["dataset"]["fingerprint"]
     samples = points * settings.train.epochs * ours["train_rows"]
-    keep = ("wall_s", "fit_s", "before_fit_s", "checkpoint_bytes")
+    keep = ("wall_s", "fit_s", "before_fit_s", "checkpoint_bytes", "checkpoints")
     return {"preset": preset, "points": points, "epochs": settings.train.epochs, "train_rows": ours["train_rows"],
             "samples": samples, "ours": {k: ours[k] for k in (*keep, "data_ready_s")},
-            "tutorial": {k: tut[k] for k in keep}, "same_data": same_data,
+            "tutorial": {**{k: tut[k] for k in keep}, "trials": tut["trials"]}, "same_data": same_data,
             "agreement": agreement(ours, tut, calib), "time": where_time_goes(ours, tut), "step_ms": costs,
             "batch_size": min(settings.train.batch_size, ours["train_rows"]), "code_version": ours["prov"]["code_version"]}
+
+
+def point_text(point: dict) -> str:
+    """`family regressor, lr 0.0001, ...`: a grid point in a table cell."""
+    return ", ".join(f"{k} {v}" if isinstance(v, str) else f"{k} {v:g}" for k, v in point.items())
 
 
 def report(results: list[dict], where: str) -> None:
@@ -529,7 +556,7 @@ def report(results: list[dict], where: str) -> None:
           "before / after = the wall time before Tuner.fit() (Python, Ray, data) and after it (ours: the results "
           "export; the tutorial: scoring the best checkpoint on test)\n")
     print("| preset | points x epochs x rows | way | wall (s) | before, fit(), after (s) | samples/s "
-          "| tutorial / ours, wall | tutorial / ours, fit() | checkpoints on disk at the end |")
+          "| tutorial / ours, wall | tutorial / ours, fit() | checkpoints on disk at the end (folders) |")
     print("|---|---|---|---:|---|---:|---:|---:|---:|")
     for r in results:
         o, t = r["ours"], r["tutorial"]
@@ -539,7 +566,7 @@ def report(results: list[dict], where: str) -> None:
                       else " | ")
             print(f"| {r['preset']} | {r['points']} x {r['epochs']} x {r['train_rows']} | {way} | {w['wall_s']:.1f} "
                   f"| {w['before_fit_s']:.1f}, {w['fit_s']:.1f}, {after:.1f} | {r['samples'] / w['wall_s']:.1f} "
-                  f"| {ratios} | {w['checkpoint_bytes'] / 1e9:.2f} GB |")
+                  f"| {ratios} | {w['checkpoint_bytes'] / 1e9:.2f} GB ({w['checkpoints']}) |")
 
     print("\nAgreement on best val L1. Per distinct point (a weight-decay pair counted once when its decay rounds away), "
           "the two ways' difference beside the difference between the tutorial way and itself rerun with another "
@@ -561,12 +588,11 @@ def report(results: list[dict], where: str) -> None:
               f"| {b['ours_test_l1']:.4f} / {b['tutorial_test_l1']:.4f} |")
     for r in results:
         b = r["agreement"]["best"]
-        short = lambda p: ", ".join(f"{k} {v:g}" for k, v in p.items())  # noqa: E731
-        print(f"\n{r['preset']}: best point, ours: {short(b['ours_point'])}; the tutorial's: {short(b['tutorial_point'])}\n")
+        print(f"\n{r['preset']}: best point, ours: {point_text(b['ours_point'])}; the tutorial's: {point_text(b['tutorial_point'])}\n")
         print("| point | ours | tutorial | tutorial, reshuffled |")
         print("|---|---:|---:|---:|")
         for pt in sorted(r["agreement"]["points"], key=lambda pt: pt["ours"]):
-            print(f"| {short(pt['point'])} | {pt['ours']:.4f} | {pt['tutorial']:.4f} | {pt['tutorial_reshuffled']:.4f} |")
+            print(f"| {point_text(pt['point'])} | {pt['ours']:.4f} | {pt['tutorial']:.4f} | {pt['tutorial_reshuffled']:.4f} |")
 
     print("\nWhere the trials' time goes (sums over trials, s; Tune overhead = 1 - (trial time / concurrency) / fit()):\n")
     print("| preset | way | trial time | Tune overhead | training-step samples/s (median epoch) | setup (encoder, net) "

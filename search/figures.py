@@ -38,7 +38,7 @@ def _save(fig, path: str | Path) -> None:
 
 def learning_curves(series: dict[str, dict], best: str | None, path: str | Path, title: str) -> None:
     """Each family's training and selection metric per epoch (one row of panels per family: train/l1 and val/l1
-    for the regressor, train/loss and val/denoise_mse for diffusion), one thin line per trial; the best bold.
+    for the regressor, train/loss and val/x0_mse for diffusion), one thin line per trial; the best bold.
     A series without "family" is of the default family."""
     families = sorted({s.get("family", DEFAULT_FAMILY) for s in series.values()}) or [DEFAULT_FAMILY]
     fig, axes = plt.subplots(len(families), 2, figsize=(11, 4 * len(families)), squeeze=False)

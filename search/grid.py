@@ -163,7 +163,7 @@ def resume_conflicts(args: argparse.Namespace, prov: dict, ray_experiment: str |
 
 def family_of(settings: Settings, what: str) -> str:
     """The one model family of a search whose `what` compares trials on one metric; ValueError for a mixed
-    search (each family has its own selection metric: val/l1 and val/denoise_mse cannot be compared)."""
+    search (each family has its own selection metric: val/l1 and val/x0_mse cannot be compared)."""
     families = settings.grid["family"]
     if len(families) > 1:
         raise ValueError(f"{what} compares trials on one selection metric, and the families {' and '.join(families)} "

@@ -1,5 +1,5 @@
 """One progress line while a search runs: done / running / pending, with each running trial's latest selection
-metric (its family's: val/l1 for the regressor, val/denoise_mse for the diffusion family).
+metric (its family's: val/l1 for the regressor, val/x0_mse for the diffusion family).
 
     tune.RunConfig(callbacks=[Progress(total=32)], verbose=0)
 

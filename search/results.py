@@ -511,7 +511,7 @@ def code_version() -> str:
 
 def curves(trials: list[TrialRecord], provenance: dict) -> dict[str, dict]:
     """Per table row (`row_key`): its family, epochs, and the family's training and selection metrics per epoch
-    (train/l1 and val/l1 for the regressor, train/loss and val/denoise_mse for the diffusion family)."""
+    (train/l1 and val/l1 for the regressor, train/loss and val/x0_mse for the diffusion family)."""
     out = {}
     for t in trials:
         for point, member, history in trial_runs(t, provenance):

@@ -21,3 +21,17 @@ def load_bench(name: str, pickle_by_value: bool = False):
 
         ray.cloudpickle.register_pickle_by_value(module)
     return module
+
+
+def table(text: str, header: str) -> list[list[str]]:
+    """The body of the first Markdown table in `text` whose header line starts with `header`: its rows' cells,
+    stripped (an error if there is no such table)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    assert set(lines[start + 1].replace("|", "").replace(":", "").strip()) == {"-"}, lines[start + 1]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows

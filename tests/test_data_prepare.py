@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 import re
 import subprocess
@@ -474,14 +475,18 @@ def test_real_pokedex(local_ray, shared_pokedex, tmp_path):
     assert (data.val.images[:, :, 0, 0] >= 249).mean() > 0.95
 
 
-def test_bench_smoke(local_ray, shared_pokedex, capsys):
-    """bench/bench_data_pipeline.py --smoke runs and finds the two paths' arrays equal."""
-    from benches import load_bench
+def test_bench_quick(local_ray, capsys):
+    """bench/bench_data_pipeline.py --quick (60 generated records) runs end to end: the two paths' arrays equal, its
+    table's two rows, a finite positive ratio, the machine named."""
+    from benches import load_bench, table
 
     bench = load_bench("bench_data_pipeline")
-    result = bench.main(["--smoke", "--data", str(shared_pokedex), "--image-size", "16"])
+    result = bench.main(["--quick", "--image-size", "16"])
     assert result["arrays_equal"] is True and result["images"] == 60
-    assert "images/s" in capsys.readouterr().out
+    assert 0 < result["ratio"] < math.inf and 0 < result["ratio_best"] < math.inf
+    out = capsys.readouterr().out
+    assert [r[0] for r in table(out, "| path")] == ["plain loop, 1 process", "Ray Data, 2 CPUs"]
+    assert "machine: " in out and "cores" in out and "arrays checked equal (train, val, test, every repeat): yes" in out
 
 
 def test_synthetic_selector_parsing(tmp_path):

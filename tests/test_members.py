@@ -15,6 +15,7 @@ import torch
 
 from model import checkpoint
 from model.config import TEST_L1, TEST_TOP1, TRAIN_L1, VAL_L1, ModelConfig, TrainConfig
+from benches import table
 from model.members import MemberAdamW
 from model.train import train, train_members
 from test_model import NO_DROPOUT, tiny_data
@@ -153,3 +154,8 @@ def test_gpu_grid_bench_runs_where_only_torch_and_transformers_exist(tmp_path):
     for c in result["check"]:  # fused members equal their single runs, dropout off
         assert c["fused_val"] == pytest.approx(c["single_val"], rel=1e-4)
         assert c["fused_test"] == pytest.approx(c["single_test"], rel=1e-4)
+    # what it prints: the machine, a row per trial, the measured whole grid, the check's verdict
+    assert " cores" in result["machine"] and f"machine: {result['machine'].split(',')[0]}" in run.stdout
+    assert len(table(run.stdout, "| trial | wall s |")) == 8 and len(table(run.stdout, "| lr | weight_decay |")) == 4
+    assert 0 < result["grid"]["samples_per_s"] < math.inf and "whole grid, measured: " in run.stdout
+    assert "max relative difference" in run.stdout and "(float rounding)" in run.stdout
