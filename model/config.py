@@ -29,9 +29,9 @@ class ModelConfig:
     n_heads: int = 2  # attention heads, in the text transformer and the text->image attention
     ff_dim: int = 512  # feed-forward width of the text transformer
     n_layers: int = 2  # text transformer layers
-    dropout_encoder: float = 0.3
-    dropout_attention: float = 0.3
-    dropout_decoder: float = 0.3
+    dropout_encoder: float = 0.3  # the text stack's (every family's)
+    dropout_attention: float = 0.3  # the regressor's text->image attention
+    dropout_decoder: float = 0.3  # the regressor's CNN decoder (a diffusion UNet has its own: unet_dropout)
     image_size: int = 64  # 32, 64 or 128 (each family says which sizes it takes)
     d_model: int = 256  # width the text encoder's hidden states are projected to
     max_tokens: int = 128  # longer texts are truncated by the tokenizer

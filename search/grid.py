@@ -358,7 +358,7 @@ def plan_search(args, argv, results_dir: Path, ray_experiment: str, settings: Se
     return Plan(
         experiment=results_dir.name, ray_experiment=ray_experiment,
         command=[sys.executable, "-m", "search.grid", *(sys.argv[1:] if argv is None else argv)],
-        settings=settings.to_dict(), preset_about=PRESETS[settings.preset].about, search=search,
+        settings=settings.to_dict(), preset_about=settings.about(), search=search,
         dataset={"data_arg": data_arg(args.data), **{k: v for k, v in data.info.items() if k != "splits"},
                  "counts": {s: len(data.split(s)) for s in ("train", "val", "test")},
                  "split_ids": data.info.get("splits")},
@@ -489,7 +489,7 @@ def main(argv=None) -> list[dict]:
         with user_errors():
             settings = resolve(preset, config_overrides(args), seeds=args.seeds)
     auto = "" if args.preset or args.resume else f" (auto: {'a' if has_gpu else 'no'} GPU visible to Ray/torch)"
-    print(f"[search] preset {settings.preset}{auto}: {PRESETS[settings.preset].about}", flush=True)
+    print(f"[search] preset {settings.preset}{auto}: {settings.about()}", flush=True)
     # Before the data: --clip-mode required without weights stops here, not after preprocessing. The driver's
     # loader keeps the weights for the baselines.
     from model.eval.clip import ClipLoader

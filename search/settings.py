@@ -43,6 +43,8 @@ class Preset:
     about: str
     overrides: dict = field(default_factory=dict)  # config field -> value, for every config that has the field
     max_records: int | None = None  # keep the first N records of each split (a train record keeps all its rotations)
+    recipes: dict = field(default_factory=dict)  # family -> its overrides at this preset's scale (over the above)
+    notes: dict = field(default_factory=dict)  # family -> what its recipe here is and why, for the printed line
 
 
 PRESETS = {
@@ -56,18 +58,19 @@ PRESETS = {
     # the decoder's GroupNorm; d_model 64 and no rotations (the synthetic creatures stand upright) buy the
     # epochs colour needs. Heads, ff_dim, layers and weight decay are the thesis's.
     "laptop": Preset(
-        "32 px, 7 epochs, no rotations, d_model 64, pooled text (FiLM); learning rates 2e-3 and 2e-4, twenty "
-        "times the thesis's (which learn nothing from the text in 7 epochs)",
-        {"image_size": 32, "epochs": 7, "augment_rotations": 1, "d_model": 64, "pooled_text": True,
-         "lr": (2e-3, 2e-4)},
+        "32 px, 7 epochs, no rotations, d_model 64",
+        {"image_size": 32, "epochs": 7, "augment_rotations": 1, "d_model": 64},
+        recipes={"regressor": {"pooled_text": True, "lr": (2e-3, 2e-4)}},
+        notes={"regressor": "pooled text (FiLM); learning rates 2e-3 and 2e-4, twenty times the thesis's (which learn "
+                            "nothing from the text in 7 epochs)"},
     ),
     # Tiny, for tests and CI: exercises every code path in seconds per trial.
     "smoke": Preset(
         "32 px, 2 epochs, no rotations, d_model 32, first 8 records per split, texts cut to 32 tokens, CLIP off; "
         "a diffusion trial: a 2-level UNet 16 channels wide, 4 sampler steps",
-        {"image_size": 32, "epochs": 2, "augment_rotations": 1, "d_model": 32, "max_tokens": 32, "clip_mode": "off",
-         "unet_width": 16, "unet_levels": 2, "sample_steps": 4},
+        {"image_size": 32, "epochs": 2, "augment_rotations": 1, "d_model": 32, "max_tokens": 32, "clip_mode": "off"},
         max_records=8,
+        recipes={"diffusion": {"unet_width": 16, "unet_levels": 2, "sample_steps": 4}},
     ),
 }
 
@@ -81,6 +84,7 @@ class Settings:
     grid: dict  # swept field -> tuple of values
     max_records: int | None = None
     sections: dict = field(default_factory=dict)  # family name -> its config section (every registered family)
+    recipe: str = ""  # the family whose measured recipe set the shared fields (the search's first family)
 
     @property
     def seeds(self) -> int:
@@ -90,13 +94,23 @@ class Settings:
     def to_dict(self) -> dict:
         return {"preset": self.preset, "model": asdict(self.model), "train": asdict(self.train),
                 "data": asdict(self.data), "grid": {k: list(v) for k, v in self.grid.items()},
-                "max_records": self.max_records, "sections": {k: asdict(v) for k, v in self.sections.items()}}
+                "max_records": self.max_records, "sections": {k: asdict(v) for k, v in self.sections.items()},
+                "recipe": self.recipe}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Settings":
         sections = {name: families.get(name).Config(**fields_) for name, fields_ in d.get("sections", {}).items()}
         return cls(d["preset"], ModelConfig(**d["model"]), TrainConfig(**d["train"]), DataConfig(**d["data"]),
-                   {k: tuple(v) for k, v in d["grid"].items()}, d.get("max_records"), sections)
+                   {k: tuple(v) for k, v in d["grid"].items()}, d.get("max_records"), sections, d.get("recipe", ""))
+
+    def about(self) -> str:
+        """What the preset and the family's recipe set, for the line printed at start and recorded."""
+        preset = PRESETS[self.preset]
+        parts = [preset.about, preset.notes.get(self.recipe, "")]
+        recipe = families.get(self.recipe).recipe if self.recipe else {}
+        if recipe:
+            parts.append(f"the {self.recipe} family's measured recipe: " + ", ".join(f"{k} {v}" for k, v in recipe.items()))
+        return "; ".join(p for p in parts if p)
 
     def trial(self, point: dict) -> tuple:
         """(model, train, family section) of one point of the grid."""
@@ -134,25 +148,35 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 
 def resolve(preset: str, overrides: dict, seeds: int = 1) -> Settings:
+    """The settings of a search. Precedence, lowest first: the dataclass defaults, the family's measured recipe
+    (`Family.recipe`: the shared fields it was measured best with), the preset's scale, the preset's overrides for
+    that family, the flags. Shared fields follow the search's first family (a mixed search trains both families
+    with them); each family's own section takes its own recipe's fields."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
     p = PRESETS[preset]
-    merged = {**p.overrides, **overrides}  # a preset may move a grid axis too (laptop's learning rates)
+    searched = tuple(overrides.get("family") or AXES["family"])
+    first = families.get(searched[0]).name  # an unknown family: refused here, by name
+
+    def merged_for(family: str) -> dict:  # a preset may move a grid axis too (laptop's learning rates)
+        return {**families.get(family).recipe, **p.overrides, **p.recipes.get(family, {}), **overrides}
+
+    merged = merged_for(first)
     fixed = {k: v for k, v in merged.items() if k not in AXES}
-    grid = {**AXES, **{k: tuple(v) for k, v in merged.items() if k in AXES}}
+    grid = {**AXES, **{k: tuple(v) if isinstance(v, (list, tuple)) else (v,) for k, v in merged.items() if k in AXES}}
     if seeds > 1:  # replicates of every point: seed, seed+1, ... (train.seed stays the first)
         base = fixed.get(SEED, TrainConfig().seed)
         grid[SEED] = tuple(range(base, base + seeds))
 
-    def build(cls):
+    def build(cls, values=fixed):
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in fixed.items() if k in names})
+        return cls(**{k: v for k, v in values.items() if k in names})
 
-    sections = {name: build(families.get(name).Config) for name in families.names()}
+    sections = {name: build(families.get(name).Config, merged_for(name)) for name in families.names()}
     settings = Settings(preset, build(ModelConfig), build(TrainConfig), build(DataConfig), grid, p.max_records,
-                        sections)
+                        sections, first)
     if settings.model.image_size != settings.data.image_size:
         raise ValueError("model and data image_size differ")  # unreachable through flags: one flag sets both
     # Build every trial's configs now, so a bad combination (d_model not divisible by a head count, a size the

@@ -55,7 +55,7 @@ class Flat:
     name = "flat"
     Config = FlatConfig
     train_metric, selection, best = "train/flat_l1", "val/flat_l1", "best/val_flat_l1"
-    draws, fuses, stages, extra_texts, ema_decay = 1, None, False, (), 0.0
+    draws, fuses, stages, extra_texts, ema_decay, recipe = 1, None, False, (), 0.0, {}
 
     @staticmethod
     def check(model_cfg, section):

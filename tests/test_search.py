@@ -79,8 +79,26 @@ def test_full_preset_is_the_thesis():
     assert grid_size(laptop.grid) == 32 and {k: v for k, v in laptop.grid.items() if k not in ("lr", "family")} == {
         k: v for k, v in GRID.items() if k != "lr"}
     assert laptop.grid["lr"] == pytest.approx(tuple(20 * lr for lr in GRID["lr"]))
-    assert "twenty times the thesis's" in PRESETS["laptop"].about
+    assert "twenty times the thesis's" in laptop.about()
     assert resolve("laptop", {"lr": [1e-4]}).grid["lr"] == (1e-4,)  # a flag still replaces the axis
+
+
+def test_a_family_alone_trains_its_measured_recipe():
+    """`--family diffusion` alone trains the shared fields the diffusion family was measured best with (not the
+    regressor's thesis recipe, nor the laptop preset's regressor learning rates), says so, and records it; a flag
+    still wins; a mixed search trains both families with its first family's shared fields."""
+    from model.families.diffusion import Diffusion
+
+    for preset in ("laptop", "full"):
+        s = resolve(preset, {"family": ["diffusion"]})
+        assert s.recipe == "diffusion" and s.grid["lr"] == Diffusion.recipe["lr"]
+        assert (s.train.batch_size, s.train.precision, s.model.pooled_text) == (64, "bf16", True)
+        assert "the diffusion family's measured recipe: batch_size 64" in s.about()
+        assert "twenty times" not in s.about() and Settings.from_dict(s.to_dict()).recipe == "diffusion"
+    assert resolve("laptop", {"family": ["diffusion"], "batch_size": 16}).train.batch_size == 16
+    mixed = resolve("laptop", {"family": ["regressor", "diffusion"]})
+    assert mixed.recipe == "regressor" and mixed.train.batch_size == 10
+    assert resolve("smoke", {"family": ["regressor", "diffusion"]}).sections["diffusion"].unet_width == 16
 
 
 def _parse(argv):

@@ -23,6 +23,8 @@ What a family supplies (class attributes and static methods, then per trial an i
 - `fuses`: None when members of one fused trial share kernels (fusing saves launches), else why not.
 - `stages`: whether staged training (the text encoder fine-tuned in a second stage) applies.
 - `extra_texts`: texts its text table must also hold (the empty text of classifier-free guidance).
+- `recipe`: the shared fields (ModelConfig, TrainConfig, DataConfig; grid axes too) it was measured best with,
+  where they differ from the dataclass defaults: `--family NAME` alone trains them (search/settings.py).
 - `check(model_cfg, section)`: refuse a combination it cannot build (image sizes), naming the fields.
 - `network(model_cfg, section, text_dim, seeds)`: its K-member trainable network (every weight with a leading
   member axis, `.members` = K), reading the text through `model.text.TextStack`.
@@ -70,6 +72,7 @@ class Family(Protocol):
     fuses: ClassVar[str | None]
     stages: ClassVar[bool]
     extra_texts: ClassVar[tuple]
+    recipe: ClassVar[dict]
     ema_decay: float
     train_size: int
 

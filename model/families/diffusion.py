@@ -79,6 +79,7 @@ class DiffusionConfig:
     unet_levels: int = 3
     unet_layers: int = 1
     unet_attention: int = 1
+    unet_dropout: float = 0.0  # in the UNet's ResNet blocks (the regressor's decoder has its own, dropout_decoder)
     latent_channels: int = 0
     autoencoder_steps: int = 1500
     prediction_type: str = "v_prediction"  # "epsilon", "v_prediction" or "sample"
@@ -123,7 +124,7 @@ def unet_config(cfg: ModelConfig, section: DiffusionConfig, channels: int, size:
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attend)),
         mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=section.unet_layers, norm_num_groups=NORM_GROUPS,
         cross_attention_dim=cfg.d_model, attention_head_dim=cfg.n_heads,  # diffusers' legacy name: the head count
-        dropout=cfg.dropout_decoder,
+        dropout=section.unet_dropout,
         # pooled_text: the text's mean token, projected, joins the timestep embedding, which every ResNet block
         # of the UNet reads (as the regressor's pooled text reaches every decoder block).
         **({"class_embed_type": "projection", "projection_class_embeddings_input_dim": cfg.d_model}
@@ -312,6 +313,11 @@ class Diffusion:
              "so fusing saves no kernel launches")
     stages = False
     extra_texts = ("",)  # the empty text: the unconditional model of classifier-free guidance
+    # The shared fields it was measured best with (bench/bench_diffusion.py "pixel-fast", results/BENCHMARKS.md),
+    # where the dataclass defaults are the regressor's thesis recipe: a larger batch at a higher learning rate
+    # with a warm-up, bf16, the pooled text, and no dropout (a UNet at this size does not overfit in these runs).
+    recipe = {"batch_size": 64, "lr": (1e-3, 3e-4), "warmup_steps": 100, "precision": "bf16", "pooled_text": True,
+              "dropout_encoder": 0.0}
 
     @staticmethod
     def check(model_cfg: ModelConfig, section: DiffusionConfig) -> None:

@@ -160,6 +160,7 @@ class Regressor:
     stages = True
     extra_texts = ()
     ema_decay = 0.0  # the thesis recipe's numbers: no EMA weights
+    recipe = {}  # the shared fields' defaults are the thesis's: its own model
 
     @staticmethod
     def check(model_cfg: ModelConfig, section: RegressorConfig) -> None:
