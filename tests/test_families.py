@@ -85,7 +85,7 @@ class Flat:
     def __init__(self, net, texts, cfg, section, targets=None):
         self.net, self.texts = net, texts
         self.targets = targets.images if targets is not None else None
-        self.train_size = len(texts.rows["train"])
+        self.train_size = len(self.targets["train"]) if targets is not None else 0
 
     def images(self, rows, seed=0, **sampling):
         self.net.eval()

@@ -191,7 +191,7 @@ class Regressor:
     def __init__(self, net, texts, cfg: TrainConfig, section: RegressorConfig, targets=None):
         self.net, self.texts, self.cfg, self.section = net, texts, cfg, section
         self.targets = targets.images if targets is not None else None
-        self.train_size = len(texts.rows["train"])  # every training row, rotated copies included
+        self.train_size = len(self.targets["train"]) if targets is not None else 0  # rotated copies included
         self.scorer = targets.scorer if targets is not None else None
         self.text_features = self.scorer.text_features(texts.texts) if section.loss != "l1" else None  # (U, E)
 
