@@ -57,11 +57,11 @@ FUSE_MODES = ("auto", "on", "off")
 # These flags default to None, so --resume can tell a flag given from a default; filled in after that check.
 DEFAULTS = {"search": "grid", "scheduler": "fifo", "fuse": "auto", "seeds": 1}
 TUNE_DIR = "tune"  # <results>/tune/<experiment>: Ray's files, beside (never inside) the results set
-# Exit statuses (README, "Exit statuses"): 0 every trial completed; TRIALS_ERRORED the search ran to its end but some
-# or all trials errored; USAGE a mistake in the command, nothing started; signals.FAULT (75) stopped by a fault (a
-# full disk, Ray dying, the driver killed): fix it, then --resume; 128 + the signal's number when stopped by one
-# (search/signals.py: SIGINT 130, SIGTERM 143, SIGHUP 129).
-TRIALS_ERRORED, USAGE = 1, 2
+# Exit statuses (README, "Faults and exit statuses"): 0 every trial completed; TRIALS_ERRORED the search ran to its
+# end but some or all trials errored; 2 a mistake in the command, nothing started (search.export.user_error);
+# signals.FAULT (75) stopped by a fault (a full disk, Ray dying, the driver killed): fix it, then --resume; 128 + the
+# signal's number when stopped by one (search/signals.py: SIGINT 130, SIGTERM 143, SIGHUP 129).
+TRIALS_ERRORED = 1
 # A row that counts as done: trained to the end, or stopped early by its scheduler (ASHA) as it was asked to.
 COMPLETED = ("ok", "stopped early")
 

@@ -7,8 +7,8 @@
     stop.reason                    # None, or Reason(status=143, what="SIGTERM", signal=True)
     stop.request(Reason(75, "no space left on device", False))   # a fault found while Tune runs
 
-A first signal while Tune runs goes to Tune's own Ctrl-C handling: Tune stops the trials, writes its snapshot and
-returns, and the search writes the partial table. Outside Tune's loop (data preparation, the export) it raises
+A first signal while Tune runs goes to Tune's own stop (the handler it keeps on SIGUSR1, which Ctrl-C reaches
+too): Tune stops the trials, writes its snapshot and returns, and the search writes the partial table. Outside Tune's loop (data preparation, the export) it raises
 `Stopped` at once: everything written there is atomic (search/store.py), so nothing is left half written.
 
 A second signal is honoured without damage: while Tune is still stopping, the stop is not cut short (Tune's snapshot
@@ -73,14 +73,15 @@ class Stop:
 
     @contextmanager
     def during_fit(self):
-        """While inside, a first stop is Tune's to carry out. Tune leaves its own SIGINT handler installed after a
-        fit that ended normally; ours is put back on the way out."""
+        """While inside, a first stop is Tune's to carry out, through the handler Tune keeps on SIGUSR1 (its own
+        way to be stopped). Tune would also put its handler on SIGINT, in place of ours, so that a Ctrl-C reached
+        Tune but not this class: TUNE_DISABLE_SIGINT_HANDLER keeps ours there."""
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         self.in_fit = True
         try:
             yield
         finally:
             self.in_fit = False
-            signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
         name = signal.Signals(signum).name
@@ -110,10 +111,10 @@ class Stop:
 
     def _first(self, reason: Reason, frame) -> None:
         self.reason = reason
-        tune = signal.getsignal(signal.SIGINT)
-        if self.in_fit and callable(tune) and tune != self._on_signal:
+        tune = signal.getsignal(signal.SIGUSR1)
+        if self.in_fit and callable(tune):  # Tune's loop runs (before it starts, the stop is ours, at once)
             say(f"[search] {reason.what}: stopping the trials and saving what they did"
                 + (" (a second signal skips the results table)" if reason.signal else ""))
-            tune(signal.SIGINT, frame)  # Tune's: its loop ends, it snapshots the experiment, fit() returns
+            tune(signal.SIGUSR1, frame)  # Tune's: its loop ends, it snapshots the experiment, fit() returns
             return
         raise Stopped(reason)
