@@ -575,14 +575,16 @@ def fit(prov: dict, settings: Settings, data, restore: bool, results_dir: Path, 
     write_provenance(results_dir, prov)
 
 
-def summary_line(rows: list[dict], wall_s: float | None = None) -> str:
-    """How many trials completed, errored (and why, for the first), or did not finish."""
+def summary_line(rows: list[dict], wall_s: float | None = None, planned: int = 0) -> str:
+    """How many trials completed, errored (and why, for the first), or did not finish, of the `planned` rows (grid
+    points or Optuna's samples: a stopped search's table lacks the trials Tune had not created yet)."""
     errored = [r for r in rows if r["status"].startswith("error")]
     ok = sum(r["status"] == "ok" for r in rows)
     early = sum(r["status"].startswith("stopped early") for r in rows)
-    unfinished = len(rows) - ok - early - len(errored)
+    total = max(len(rows), planned)
+    unfinished = total - ok - early - len(errored)
     first = min(errored, key=lambda r: (r["trial_id"], r["member"] or 0), default=None)
-    parts = [f"{len(rows)} trials", f"{ok} completed", *([f"{early} stopped early"] if early else []),
+    parts = [f"{total} trials", f"{ok} completed", *([f"{early} stopped early"] if early else []),
              f"{len(errored)} errored" + (f" (the first, {row_key(first['trial_id'], first['member'])}: "
                                           f"{first['status'].removeprefix('error: ')})" if first else ""),
              *([f"{unfinished} not finished"] if unfinished else [])]
@@ -599,12 +601,12 @@ def stopped_line(reason: Reason, results_dir: Path | None, table: str) -> str:
     return f"[search] {how} before every trial finished ({table}): {fix}rerun the same command with --resume"
 
 
-def outcome(rows: list[dict], reason: Reason | None, results_dir: Path) -> tuple[int, str | None]:
-    """The exit status of a search whose table is `rows`, stopped for `reason` (or not), and its closing line:
-    0 only when every trial completed; a stop before every trial finished gives its status; TRIALS_ERRORED when
+def outcome(rows: list[dict], reason: Reason | None, results_dir: Path, planned: int = 0) -> tuple[int, str | None]:
+    """The exit status of a search whose table is `rows` of `planned`, stopped for `reason` (or not), and its closing
+    line: 0 only when every trial completed; a stop before every trial finished gives its status; TRIALS_ERRORED when
     the search ran to its end but some trial errored (the summary line says how many and why)."""
     unfinished = [r for r in rows if not r["status"].startswith((*COMPLETED, "error"))]
-    if unfinished:
+    if unfinished or len(rows) < planned:
         reason = reason or Reason(FAULT, "Tune ended before every trial finished", False)
         return reason.status, stopped_line(reason, results_dir, "partial results saved")
     if any(r["status"].startswith("error") for r in rows):
@@ -723,12 +725,13 @@ def search(args, argv, stop: Stop, held: ExitStack, where: SimpleNamespace) -> l
               file=sys.stderr, flush=True)
         raise SystemExit(stop.reason.status)
     rows = export(results_dir, data=data)  # the layout was checked before training (stored_search)
-    print(summary_line(rows, time.time() - t_start))
+    planned = prov["search"]["points"]
+    print(summary_line(rows, time.time() - t_start, planned))
     for best in (r for r in rows if r["best"]):  # one per family: each is ranked by its own selection metric
         metric = BEST[best.get("family") or "regressor"]
         print(f"[search] best: {({k: best[k] for k in settings.grid})} {metric} {best[metric]:.4f}")
     print(f"[search] results: {results_dir}/best_config.md", flush=True)
-    status, line = outcome(rows, stop.reason, results_dir)
+    status, line = outcome(rows, stop.reason, results_dir, planned)
     if line:
         print(line, file=sys.stderr, flush=True)
     if status:
@@ -753,9 +756,10 @@ def post_mortem(messages: dict, what: str) -> int:
         table = (f"the results table could not be written ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
                  f"python -m search.export {results_dir} writes it")
     else:
-        print(summary_line(rows))
+        planned = read_provenance(results_dir)["search"]["points"]
+        print(summary_line(rows, planned=planned))
         print(f"[search] results: {results_dir}/best_config.md", flush=True)
-        status, line = outcome(rows, reason, results_dir)
+        status, line = outcome(rows, reason, results_dir, planned)
         if line is None:  # it ended after the last trial: nothing was lost
             print(f"[search] {what}, after every trial had finished: the table above is complete", file=sys.stderr,
                   flush=True)

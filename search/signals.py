@@ -53,7 +53,19 @@ class Stopped(BaseException):
 
 def say(line: str) -> None:
     """One line to stderr from a signal handler: os.write, not print, which may be in the middle of a line already."""
-    os.write(2, (line + "\n").encode())
+    try:
+        os.write(2, (line + "\n").encode())
+    except OSError:  # a terminal that hung up
+        pass
+
+
+def detach(ttys: list[int]) -> None:
+    """After SIGHUP the terminal is gone and a write to it fails (EIO), which would end the search mid-save: what
+    would have gone to it goes to /dev/null instead. Only the descriptors that were a terminal at the start."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in ttys:
+        os.dup2(null, fd)
+    os.close(null)
 
 
 class Stop:
@@ -63,6 +75,7 @@ class Stop:
         self.skip_table = False  # a second signal: stop without writing the results table
         self.in_fit = False
         self.ray_died = ray_died  # what died, asked when RAY_DIED arrives
+        self.ttys = [fd for fd in (1, 2) if os.isatty(fd)]  # stdout, stderr: a terminal that SIGHUP may take away
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -85,6 +98,8 @@ class Stop:
 
     def _on_signal(self, signum, frame) -> None:
         name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            detach(self.ttys)
         self.signals += 1
         if self.reason is None:
             self._first(Reason(STATUS[signum], name, True), frame)

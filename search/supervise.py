@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from search.signals import RAY_DIED
+from search.signals import RAY_DIED, detach
 from search.store import alive
 
 REPORT_FD = "SEARCH_GRID_REPORT_FD"  # set in the child's environment: the pipe it reports on
@@ -125,10 +125,21 @@ def supervise(argv: list[str], post_mortem) -> int:
         except ProcessLookupError:
             pass
 
+    def deliverable(signum) -> bool:
+        # Held until the child has its handlers in place ("ready"), and SIGTERM until Ray has started ("daemons"):
+        # ray.init puts Ray's own SIGTERM handler in place of the child's (a C++ stack dump) until the child puts
+        # its own back.
+        return bool(messages.get("ready")) and (signum != signal.SIGTERM or "daemons" in messages)
+
+    ttys = [fd for fd in (1, 2) if os.isatty(fd)]
+
     def forward(signum, frame):
-        # Held until the child has its handlers in place ("ready"): before that a signal would end it with a
-        # traceback (SIGINT) or no word at all (SIGTERM, SIGHUP).
-        queued.append(signum) if not messages.get("ready") else send(signum)
+        if signum == signal.SIGHUP:
+            detach(ttys)  # the terminal is gone: the child's output and ours go nowhere rather than fail
+        if deliverable(signum):
+            send(signum)
+        else:
+            queued.append(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, forward)
@@ -155,16 +166,17 @@ def supervise(argv: list[str], post_mortem) -> int:
         except subprocess.TimeoutExpired:
             pass
         read()
-        while queued and messages.get("ready"):
+        while queued and deliverable(queued[0]):
             send(queued.pop(0))
-        ending = ("exit", "failed")
-        if died is None and not any(k in messages for k in ending) and (died := dead_daemons(messages.get("daemons") or {})):
-            read()  # the child reports how it ends before Ray's own shutdown ends the daemons
-            if any(k in messages for k in ending):
+        ending = ("exit", "failed")  # the child reports how it ends before Ray's own shutdown ends the daemons
+        if died is None and not any(k in messages for k in ending):
+            died = dead_daemons(messages.get("daemons") or {})
+            read()
+            if died and any(k in messages for k in ending):
                 died = None
-                continue
-            child.send_signal(RAY_DIED)
-            deadline = time.monotonic() + GRACE_S
+            elif died:
+                child.send_signal(RAY_DIED)
+                deadline = time.monotonic() + GRACE_S
         elif deadline is not None and time.monotonic() > deadline:
             child.kill()
             deadline = None

@@ -125,6 +125,10 @@ def test_exit_status_is_zero_only_when_every_trial_completed(tmp_path):
                                                                                     False), tmp_path)[1]
     # A signal that came when every trial had finished changed nothing: the search's own status.
     assert grid_cli.outcome(ok, Reason(143, "SIGTERM", True), tmp_path) == (0, None)
+    # ... but a stopped grid's table lacks the trials Tune had not created yet: they count, unfinished.
+    assert grid_cli.outcome(ok, Reason(129, "SIGHUP", True), tmp_path, planned=8)[0] == 129
+    assert grid_cli.outcome(ok, None, tmp_path, planned=8)[0] == FAULT
+    assert grid_cli.summary_line(ok, planned=8) == "[search] 8 trials, 1 completed, 1 stopped early, 0 errored, 6 not finished"
 
 
 # ---------------------------------------------------------------------------- signals
@@ -390,6 +394,7 @@ def test_a_damaged_provenance_or_a_missing_experiment_is_a_one_line_error(damage
     assert (str(prov) in err) if damage != "missing experiment" else ("tune/gone, which is not there" in err)
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_a_real_tune_run_at_once(tmpfs, tmp_path, own_handlers, capfd):
     """A real Tune run on a 1 MB tmpfs, its toy trials writing a 300 KB checkpoint per report: the first trial
     error that says the disk is full stops the search (no retry after retry, no next trial), with one line and no

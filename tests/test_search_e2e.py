@@ -162,7 +162,7 @@ def test_a_driver_that_died_is_reported_with_the_partial_table(unfused, tmp_path
         "results saved): rerun the same command with --resume")
     rows = read_table(exp)
     assert len(rows) < POINTS and {r["trial_id"] for r in rows if r["status"] == "ok"} >= set(unfused.finished)
-    assert f"{len(rows)} trials, " in out and "not finished" in out
+    assert f"[search] {POINTS} trials, " in out and "not finished" in out
 
 
 def test_export_rebuilds_the_table_from_the_trial_folders_when_tunes_snapshot_is_damaged(unfused, tmp_path, capsys):
