@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sys
 import time
 import uuid
@@ -27,9 +28,13 @@ from typing import Any, Callable
 import torch
 
 
+HOST = socket.gethostname()
+
+
 def beside(path: Path, tag: str) -> Path:
-    """A hidden name next to `path`, unique to this process and call, for its temporary or previous version."""
-    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    """A hidden name next to `path`, unique to this host, process and call (`.<name>.<tag>-<host>-<pid>-<hex>`), for
+    its temporary or previous version: two writers never share one, and a leftover names the process that left it."""
+    return path.with_name(f".{path.name}.{tag}-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> None:

@@ -18,8 +18,10 @@ prompt in one forward, and says so when given those flags. As a library:
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -109,25 +111,72 @@ def save_grid(images: torch.Tensor, path, size: int | None = 256, ncol: int | No
     return grid
 
 
+MAX_STEPS = 1000  # a sampler takes at most as many steps as the noise schedule has training timesteps
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Everything in the command that can be wrong before the checkpoint is read: argparse's `error:` line and exit
+    status 2, before any model is loaded. Ranges: --samples, --size and --steps at least 1 (--steps at most the
+    noise schedule's 1000 training timesteps), --member and --seed at least 0, --guidance a finite number >= 0; --out
+    in an existing folder, named with an extension Pillow writes an RGB image as (.png, .jpg, .webp, .bmp, .tiff, ...);
+    --device one torch knows and this machine has."""
+    for flag, value, low, high in (("--samples", args.samples, 1, None), ("--size", args.size, 1, None),
+                                   ("--steps", args.steps, 1, MAX_STEPS), ("--member", args.member, 0, None),
+                                   ("--seed", args.seed, 0, 2**63 - 1)):
+        if value is not None and (value < low or (high is not None and value > high)):
+            parser.error(f"{flag} {value}: must be at least {low}" + (f" and at most {high}" if high else ""))
+    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
+        parser.error(f"--guidance {args.guidance}: must be a finite number >= 0 (1 = no guidance)")
+    if not all(p.strip() for p in args.prompts):
+        parser.error("a prompt is empty: each prompt is the description of one image")
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        parser.error(f"--out {out}: " + ("that is a folder; name the image file in it" if out.is_dir() else
+                                         f"the folder {out.parent} does not exist"))
+    fmt = Image.registered_extensions().get(out.suffix.lower())
+    try:
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), fmt)  # what it must write: an 8-bit RGB grid
+    except (KeyError, ValueError, OSError, TypeError):
+        parser.error(f"--out {out}: {'no extension' if not out.suffix else f'Pillow cannot write an RGB image as {out.suffix!r}'}"
+                     "; name it .png (or .jpg, .webp, .bmp, .tiff)")
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            parser.error(f"--device {args.device!r}: not a device torch knows (cpu, cuda, cuda:1, mps, ...)")
+        backend = getattr(torch, device.type, None) if device.type != "mps" else torch.backends.mps
+        if device.type != "cpu" and not (backend is not None and backend.is_available() and
+                                         (device.index is None or device.index < backend.device_count())):
+            parser.error(f"--device {args.device}: this machine has no such device"
+                         + (f" (torch sees {torch.cuda.device_count()} CUDA device(s))" if device.type == "cuda" else ""))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="checkpoint file, or the directory holding checkpoint.pt")
     parser.add_argument("prompts", nargs="+", help="one or more descriptions")
-    parser.add_argument("--out", default="generated.png", help="PNG to write (a grid for several prompts)")
-    parser.add_argument("--member", type=int, default=0, help="which member of a fused trial's checkpoint (default 0)")
+    parser.add_argument("--out", default="generated.png",
+                        help="image to write, in an existing folder: .png (default generated.png), or any format Pillow "
+                             "writes RGB as (.jpg, .webp, .bmp, .tiff); a grid for several prompts")
+    parser.add_argument("--member", type=int, default=0,
+                        help="which member of a fused trial's checkpoint, from 0 (default 0)")
     view = parser.add_mutually_exclusive_group()
     view.add_argument("--size", type=int, default=256,
-                      help="enlarge each image (nearest-neighbour) to at least this many px (default 256)")
+                      help="enlarge each image (nearest-neighbour) to at least this many px, >= 1 (default 256)")
     view.add_argument("--raw", action="store_true", help="write the model's own resolution (32 or 64 px)")
-    parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:N, mps: one this machine has (default: cuda when present, else cpu)")
     sampling = parser.add_argument_group("a sampling family's checkpoints (diffusion); a one-forward family (the "
                                          "regressor) makes one image per prompt")
-    sampling.add_argument("--seed", type=int, default=0, help="starting noise (default 0)")
-    sampling.add_argument("--steps", type=int, default=None, help="sampler steps (default: the trial's sample_steps)")
+    sampling.add_argument("--seed", type=int, default=0, help="starting noise, >= 0 (default 0)")
+    sampling.add_argument("--steps", type=int, default=None,
+                          help="sampler steps, 1 to 1000 (default: the trial's sample_steps)")
     sampling.add_argument("--guidance", type=float, default=None,
-                          help="classifier-free guidance scale (default: the trial's guidance_scale; 1 = none)")
-    sampling.add_argument("--samples", type=int, default=1, help="images per prompt, one grid row each (default 1)")
+                          help="classifier-free guidance scale, >= 0 (default: the trial's guidance_scale; 1 = none)")
+    sampling.add_argument("--samples", type=int, default=1,
+                          help="images per prompt, >= 1, one grid row each (default 1)")
     args = parser.parse_args(argv)
+    check_args(parser, args)
     try:
         state = read_checkpoint(args.checkpoint, args.member)  # a wrong --checkpoint is a user error: one line
     except ValueError as e:

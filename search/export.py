@@ -22,6 +22,11 @@ never files of two runs side by side. It holds:
 Ray's own files live elsewhere (<results>/tune/<experiment>, or --storage-path). The sample
 figures are drawn only from the data the search trained on (same fingerprint); otherwise
 they are skipped and the run says why.
+
+When Tune's experiment snapshot cannot be read (cut short by a full disk, or by a driver killed while Tune copied
+it), the table is rebuilt from the trial folders themselves (their params.json, result.json, error.txt and
+checkpoints), and the run names the trials it could not read. A provenance.json cut short, or one naming a Ray
+experiment that is not there, is a one-line error (exit status 2); a full disk while writing, one line too (75).
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ from collections import Counter
 from pathlib import Path
 
 from search.analysis import tie_sentence
-from search.results import (atomic_write, curves, load_trials, row_key, staged_dir, summarize, table_rows,
+from search.results import (curves, load_trials, row_key, summarize, table_rows, trials_from_folders,
                             write_tables)
 from search.settings import Settings, load_data
+from model.files import atomic_write
+from search.store import staged_dir, storage_full
 
 PROVENANCE = "provenance.json"
 
@@ -45,12 +52,22 @@ class SetLayoutError(ValueError):
     """The results folder also holds Ray's experiment, so it cannot be replaced as a whole."""
 
 
+class DamagedProvenance(ValueError):
+    """provenance.json cannot be read: cut short, or edited into something else."""
+
+
 def read_provenance(results_dir: str | Path) -> dict:
     path = Path(results_dir) / PROVENANCE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: pass the results directory of a search "
                                 "(results/<experiment>, written by python -m search.grid)")
-    return json.loads(path.read_text())
+    try:
+        prov = json.loads(path.read_text())
+        prov["ray_experiment"], prov["settings"], prov["search"]  # noqa: B018 — what every reader needs
+    except (ValueError, KeyError, TypeError) as e:  # written atomically by us: damaged by hand or by the disk
+        raise DamagedProvenance(f"{path} is damaged ({type(e).__name__}: {e}): it cannot say where the search's Ray "
+                         "experiment is or what it trained; restore it from a backup, or start a new search") from None
+    return prov
 
 
 def write_provenance(results_dir: str | Path, provenance: dict) -> None:
@@ -115,6 +132,33 @@ def not_started_line(trials) -> str | None:
     return f"[export] {len(trials)} trials, {', '.join(parts)}" if parts else None
 
 
+def experiment_exists(ray_experiment: str) -> bool:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(ray_experiment) if "://" in ray_experiment else (
+        pyarrow.fs.LocalFileSystem(), ray_experiment)
+    return fs.get_file_info(path).type == pyarrow.fs.FileType.Directory
+
+
+def read_trials(ray_experiment: str) -> list:
+    """The experiment's trials from Tune's snapshot, or rebuilt from their folders when the snapshot cannot be read."""
+    try:
+        return load_trials(ray_experiment)
+    except Exception as e:  # noqa: BLE001 — what a damaged snapshot raises varies: JSON, pickle, missing keys
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+    if not experiment_exists(ray_experiment):
+        raise FileNotFoundError(f"{PROVENANCE} names the Ray experiment {ray_experiment}, which is not there (moved, "
+                                f"deleted, or its storage is not mounted): put it back, or set ray_experiment in "
+                                f"{PROVENANCE} to where it is now")
+    trials, unreadable = trials_from_folders(ray_experiment)
+    print(f"[export] Tune's snapshot of {ray_experiment} cannot be read ({why}): the table is rebuilt from the "
+          f"{len(trials)} trial folders" + (f"; not read whole: {'; '.join(unreadable)}" if unreadable else ""),
+          flush=True)
+    if not trials:
+        raise FileNotFoundError(f"{ray_experiment} holds no trial folder to rebuild the table from")
+    return trials
+
+
 def export(results_dir: str | Path, data=None) -> list[dict]:
     """Write every results file; `data` (the search's PreparedData) saves re-reading the dataset cache."""
     # matplotlib: not for `--help` or a failing flag
@@ -124,7 +168,7 @@ def export(results_dir: str | Path, data=None) -> list[dict]:
     prov = read_provenance(results_dir)
     ray_experiment = prov["ray_experiment"]
     check_layout(results_dir, ray_experiment)
-    trials = load_trials(ray_experiment)
+    trials = read_trials(ray_experiment)
     if line := not_started_line(trials):
         print(line, flush=True)
     rows = table_rows(trials, prov)
@@ -186,8 +230,15 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
     try:
         rows = export(args.results_dir)
-    except (FileNotFoundError, SetLayoutError) as e:  # not a results folder, or one it must not replace
+    except (FileNotFoundError, DamagedProvenance, SetLayoutError) as e:  # not a results folder, a damaged one, or
+        # one it must not replace
         raise user_error(e) from None
+    except OSError as e:
+        if not (why := storage_full(e)):
+            raise
+        print(f"error: {why} while writing the results of {args.results_dir} ({e.filename or e}): the previous "
+              "results are untouched; free some space and run this again", file=sys.stderr, flush=True)
+        raise SystemExit(75) from None
     print(f"[export] {len(rows)} trials -> {Path(args.results_dir) / 'best_config.md'}")
     return rows
 

@@ -26,7 +26,7 @@ from data_pipeline.dataset import Split  # noqa: E402
 from model import families as registry  # noqa: E402
 from model.config import DEFAULT_FAMILY  # noqa: E402
 from search import analysis  # noqa: E402
-from search.results import atomic_write  # noqa: E402
+from model.files import atomic_write  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> None:

@@ -16,6 +16,12 @@ The preset (`full`: the thesis's settings when Ray or torch sees a GPU; `laptop`
 own flag (`--epochs 50`, `--image-size 32`); a swept field's flag replaces its grid axis
 (`--lr 1e-3 1e-4`). Results: results/<experiment>/ (see search/export.py).
 
+Stopping and faults (README, "Faults and exit statuses"): Ctrl-C, SIGTERM and SIGHUP save the partial table and
+name --resume; a full disk stops the search at its first failed write; a second search on the same experiment is
+refused; the command runs the search in a child process and reports it if Ray or the driver dies under it
+(search/supervise.py). Exit status: 0 every trial completed, 1 some or all errored, 2 a mistake in the command,
+75 stopped by a fault (fix it, then --resume), 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP.
+
 Fusing (`--fuse auto`, the default, turns it on when trials get GPUs): each Tune trial is one
 architecture, training the grid's learning-rate x weight-decay points as members of one batched
 model (model/train.py); the table still has one row per grid point. A GPU step of this small model
@@ -25,29 +31,65 @@ is bound by kernel launches, so 4 members cost about what 1 does; on CPUs it sav
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 from model import families
 from model.config import DEFAULT_FAMILY, VAL_CLIP, VAL_TOP1
-from search.export import (PROVENANCE, SetLayoutError, check_layout, data_changed, export, ray_files_inside,
-                           read_provenance, user_error, write_provenance)
-from search.results import code_version, quiet_unstarted_trials
+from search import supervise
+from search.export import (PROVENANCE, DamagedProvenance, SetLayoutError, check_layout, data_changed, export,
+                           ray_files_inside, read_provenance, user_error, write_provenance)
+from search.results import code_version, quiet_unstarted_trials, row_key
 from search.settings import SEED, PRESETS, Settings, add_config_flags, config_overrides, load_data, resolve
+from search.signals import FAULT, Reason, Stop, Stopped
 from search.snapshot import DamagedSnapshot, check_snapshot, refuse_empty_restart
 from search.space import SEARCHES, fused_space, grid_size, param_space
+from search.store import LockHeld, check_writable, experiment_lock, storage_full
 
 SCHEDULERS = ("fifo", "asha")
 FUSE_MODES = ("auto", "on", "off")
 # These flags default to None, so --resume can tell a flag given from a default; filled in after that check.
 DEFAULTS = {"search": "grid", "scheduler": "fifo", "fuse": "auto", "seeds": 1}
 TUNE_DIR = "tune"  # <results>/tune/<experiment>: Ray's files, beside (never inside) the results set
-INTERRUPTED = 130  # the shell's exit status for Ctrl-C: scripts and CI can tell a partial search
+# Exit statuses (README, "Faults and exit statuses"): 0 every trial completed; TRIALS_ERRORED the search ran to its
+# end but some or all trials errored; 2 a mistake in the command, nothing started (search.export.user_error);
+# signals.FAULT (75) stopped by a fault (a full disk, Ray dying, the driver killed): fix it, then --resume; 128 + the
+# signal's number when stopped by one (search/signals.py: SIGINT 130, SIGTERM 143, SIGHUP 129).
+TRIALS_ERRORED = 1
+# A row that counts as done: trained to the end, or stopped early by its scheduler (ASHA) as it was asked to.
+COMPLETED = ("ok", "stopped early")
+
+
+def number(kind: type, low: float, high: float | None = None, whole_above: float | None = None):
+    """An argparse type: `kind` in [low, high] (finite), and a whole number above `whole_above`, else argparse's
+    `error: argument --flag: ...` (exit status 2), before anything is loaded."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        bounds = f"at least {low}" + (f" and at most {high}" if high is not None else "")
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {bounds}")
+        if whole_above is not None and value > whole_above and value != int(value):
+            raise argparse.ArgumentTypeError(f"{text}: above {whole_above:g} it must be a whole number")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def experiment_name(text: str) -> str:
+    if not text or text in (".", "..") or "/" in text or os.sep in text or text.startswith("."):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder name: no '/', and not starting with '.' (the "
+                                         "hidden names beside the results are the search's own: locks, staging)")
+    return text
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,34 +97,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.grid", description=intro, epilog=usage,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="Pokédex folder or parquet file (default: the embedded synthetic set)")
-    p.add_argument("--results", default="results", help="results root; this search writes <results>/<experiment>/")
-    p.add_argument("--experiment", default=None, help="experiment name (default: <search>-<preset>)")
+    p.add_argument("--results", default="results", help="results root; this search writes <results>/<experiment>/ "
+                                                        "(checked writable before Ray starts)")
+    p.add_argument("--experiment", type=experiment_name, default=None,
+                   help="experiment name, a folder name (default: <search>-<preset>); one search at a time holds it")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="default: full when a GPU is visible to Ray or torch, else laptop")
     # search and scheduler default to None so that --resume can tell a given flag from a default.
     p.add_argument("--search", choices=SEARCHES, default=None, help="every grid point once (default), or Optuna's TPE")
-    p.add_argument("--num-samples", type=int, default=None, help="trials for --search optuna (default 16)")
+    p.add_argument("--num-samples", type=number(int, 1), default=None,
+                   help="trials for --search optuna, at least 1 (default 16)")
     p.add_argument("--scheduler", choices=SCHEDULERS, default=None,
                    help="fifo (default), or asha: stop poor trials early on val/l1")
     p.add_argument("--fuse", choices=FUSE_MODES, default=None,
                    help="train each architecture's learning-rate x weight-decay points as one fused trial "
                         "(default auto: on when trials get GPUs and the search is the FIFO grid)")
-    p.add_argument("--gpus-per-trial", type=float, default=None,
-                   help="fractions pack trials onto a GPU (0.25 = 4 per GPU); default 1 with GPUs, else 0")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--max-concurrent", type=int, default=None,
-                   help="cap on trials running at once (default: as many as the resources fit)")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial, from its last checkpoint")
+    p.add_argument("--gpus-per-trial", type=number(float, 0, whole_above=1), default=None,
+                   help="GPUs per trial, >= 0; fractions pack trials onto a GPU (0.25 = 4 per GPU), above 1 whole GPUs; "
+                        "default 1 with GPUs, else 0. A value no node can grant is refused before Tune starts")
+    p.add_argument("--cpus-per-trial", type=number(float, 0), default=1.0,
+                   help="CPUs per trial, >= 0 (default 1); a value no node can grant is refused before Tune starts")
+    p.add_argument("--max-concurrent", type=number(int, 1), default=None,
+                   help="cap on trials running at once, at least 1 (default: as many as the resources fit)")
+    p.add_argument("--max-failures", type=number(int, -1), default=2,
+                   help="retries of a failed trial, from its last checkpoint: 0 or more, or -1 to retry without limit "
+                        "(Ray Tune's convention) (default 2)")
     p.add_argument("--address", default=None, help="join a running Ray cluster ('auto' or host:port); default local")
     p.add_argument("--storage-path", default=None,
-                   help="where Ray stores the experiment: a local or NFS path, s3://..., gs://... "
-                        f"(default: <results>/{TUNE_DIR}); --resume reads it from provenance.json")
+                   help="where Ray stores the experiment: a local or NFS path (checked writable before Ray starts), "
+                        f"s3://..., gs://... (default: <results>/{TUNE_DIR}); --resume reads it from provenance.json")
     p.add_argument("--resume", action="store_true",
                    help="continue the stored experiment with its stored settings; finished trials are kept")
-    p.add_argument("--seeds", type=int, default=None, metavar="N",
-                   help="train every grid point with seeds SEED .. SEED+N-1 (a grid axis of the field seed; fused "
-                        "trials train them as members); the table then gives mean ± std per configuration and which "
-                        "configurations are tied with the best (default 1)")
+    p.add_argument("--seeds", type=number(int, 1), default=None, metavar="N",
+                   help="train every grid point with seeds SEED .. SEED+N-1, N at least 1 (a grid axis of the field "
+                        "seed; fused trials train them as members); the table then gives mean ± std per configuration "
+                        "and which configurations are tied with the best (default 1)")
     p.add_argument("--mlflow-tracking-uri", default=None, metavar="URI",
                    help="also log every trial to MLflow (e.g. sqlite:///mlflow.db): one run per trial, its config as "
                         "params, metrics per epoch, its checkpoint as an artifact; needs pip install -e '.[mlflow]'")
@@ -95,6 +144,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                 "stop single replicates early, so a configuration's seeds would not be alike")
     if args.experiment == TUNE_DIR:
         p.error(f"--experiment {TUNE_DIR}: that name is the folder of Ray's own files; pick another")
+    if args.cpus_per_trial == 0 and args.gpus_per_trial == 0:
+        p.error("--cpus-per-trial 0 with --gpus-per-trial 0: a trial that needs nothing has no limit, and Ray would "
+                "start every trial at once")
+    if not args.results.strip():
+        p.error("--results: an empty path")
     return args
 
 
@@ -210,7 +264,10 @@ def stored_search(args: argparse.Namespace, results_dir: Path) -> tuple[dict | N
     if ray_files_inside(results_dir, ray_experiment):
         raise user_error(f"--storage-path {args.storage_path} would put Ray's files in or above the results "
                          f"folder {results_dir}, which search.export replaces as a whole; pick another folder")
-    prov = read_provenance(results_dir) if (results_dir / PROVENANCE).is_file() else None
+    try:
+        prov = read_provenance(results_dir) if (results_dir / PROVENANCE).is_file() else None
+    except DamagedProvenance as e:
+        raise user_error(e) from None
     if not args.resume:
         if prov is not None or tune.Tuner.can_restore(ray_experiment):
             raise user_error(f"{results_dir} already holds a search: add --resume to continue it, "
@@ -419,11 +476,59 @@ def start_ray(args) -> dict:
     return {"CPU": resources.get("CPU", 0.0), "GPU": resources.get("GPU", 0.0), "nodes": len(ray.nodes())}
 
 
-def fit(prov: dict, settings: Settings, data, restore: bool, results_dir: Path, per_trial: dict) -> None:
+def cluster_shape() -> tuple[list[dict], list[dict]]:
+    """(each live node's resources, the node types the cluster's autoscaler may start: name, resources, max_count
+    (-1: no limit)). A local Ray, or a cluster started by hand (`ray start`), has no autoscaler: no node types."""
+    import ray
+    from ray._private.state import state  # the autoscaler's cluster config, as Ray Train reads it (Ray pinned to 2.60)
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    try:
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 — a cluster whose GCS has no autoscaler state: nothing can be added
+        config = None
+    groups = [{"name": g.name, "resources": dict(g.resources), "max_count": g.max_count}
+              for g in (config.node_group_configs if config is not None else [])]
+    return nodes, groups
+
+
+def check_resources(per_trial: dict, nodes: list[dict], node_types: list[dict]) -> str | None:
+    """None when some node can run a trial (`per_trial`: {"cpu", "gpu"}); a warning when none can now but the
+    autoscaler may start one that can; ValueError (a usage error) when no node ever could: Tune would wait forever.
+
+    A trial's resources must sit on one node (Tune's trial is one placement bundle). Whether such a node can appear is
+    decided by the autoscaler's node types (cluster.yaml's available_node_types, as the cluster reports them):
+    without an autoscaler (a local Ray, a cluster started by hand) the nodes there now are all there will be."""
+    need = {"CPU": per_trial["cpu"], "GPU": per_trial["gpu"]}
+
+    def fits(resources: dict) -> bool:
+        return all(resources.get(k, 0) >= v for k, v in need.items() if v)
+
+    if any(fits(n) for n in nodes):
+        return None
+    flags = " and ".join(f"--{k.lower()}s-per-trial {v:g}" for k, v in need.items()
+                         if v and not any(n.get(k, 0) >= v for n in nodes)) or "the per-trial resources"
+    largest = {k: max((n.get(k, 0) for n in nodes), default=0) for k in need}
+    have = f"its largest node has {largest['CPU']:g} CPU and {largest['GPU']:g} GPU"
+    growing = [g for g in node_types if g["max_count"] != 0 and fits(g["resources"])]
+    if growing:
+        names = ", ".join(f"{g['name']} (up to {'any number' if g['max_count'] < 0 else g['max_count']})"
+                          for g in growing)
+        return (f"[search] warning: no node of the cluster can run a trial with {flags} now ({have}); its autoscaler "
+                f"can start nodes that can: {names}. Trials wait for one with no time limit (Tune's, and ours): "
+                "minutes on a cloud; if none comes, stop with Ctrl-C and --resume later")
+    scaler = ("and its autoscaler's node types cannot add one" if node_types else
+              "and the cluster has no autoscaler to add one (a local Ray, or one started by hand)")
+    raise ValueError(f"{flags}: no node of this cluster can run such a trial ({have}) {scaler}: every trial would "
+                     "wait forever; ask for what a node has")
+
+
+def fit(prov: dict, settings: Settings, data, restore: bool, results_dir: Path, per_trial: dict, stop: Stop) -> None:
     """Run (or continue) the stored search on Ray Tune with `per_trial` resources (this command's: a resumed
-    search may run on other machines), until every trial ends or Ctrl-C."""
+    search may run on other machines), until every trial ends or `stop` (a signal, a full disk, Ray dying)."""
     from ray import tune
 
+    from search.progress import TuneLogs
     from search.trainable import train_trial
 
     search = prov["search"]
@@ -456,28 +561,133 @@ def fit(prov: dict, settings: Settings, data, restore: bool, results_dir: Path, 
     quiet_unstarted_trials()  # a Ctrl-C's closing analysis would log one error per trial not started
     t_fit = time.time()
     try:
-        with refuse_empty_restart():
-            tuner.fit()  # Ctrl-C: Tune stops the trials, snapshots the experiment and returns
+        # Tune's failed-trial tracebacks become one line each, and a full disk stops the search (search/progress.py).
+        with TuneLogs(stop, prov["ray_experiment"]).attached(), stop.during_fit(), refuse_empty_restart():
+            tuner.fit()  # a signal: Tune stops the trials, snapshots the experiment and returns
     except DamagedSnapshot as e:
         raise user_error(f"--resume: {e}") from None
+    except Exception as e:  # noqa: BLE001
+        if stop.reason is None:
+            raise
+        # Stopping for a fault, Tune's closing summary can fail on what the fault left (an error file a full disk
+        # left empty); the trials' results are on storage all the same, and the export reads them from there.
+        print(f"[search] Tune's closing summary failed ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
+              "the table is read from storage", flush=True)
     prov = read_provenance(results_dir)
     # Tune's own wall time per driver run (a resumed search has several): bench/bench_tune_overhead.py reads it.
     prov["fit_s"] = [*prov.get("fit_s", []), round(time.time() - t_fit, 2)]
     write_provenance(results_dir, prov)
 
 
+def summary_line(rows: list[dict], wall_s: float | None = None, planned: int = 0) -> str:
+    """How many trials completed, errored (and why, for the first), or did not finish, of the `planned` rows (grid
+    points or Optuna's samples: a stopped search's table lacks the trials Tune had not created yet)."""
+    errored = [r for r in rows if r["status"].startswith("error")]
+    ok = sum(r["status"] == "ok" for r in rows)
+    early = sum(r["status"].startswith("stopped early") for r in rows)
+    total = max(len(rows), planned)
+    unfinished = total - ok - early - len(errored)
+    first = min(errored, key=lambda r: (r["trial_id"], r["member"] or 0), default=None)
+    parts = [f"{total} trials", f"{ok} completed", *([f"{early} stopped early"] if early else []),
+             f"{len(errored)} errored" + (f" (the first, {row_key(first['trial_id'], first['member'])}: "
+                                          f"{first['status'].removeprefix('error: ')})" if first else ""),
+             *([f"{unfinished} not finished"] if unfinished else [])]
+    return "[search] " + ", ".join(parts) + (f"; wall time {wall_s:.0f} s" if wall_s is not None else "")
+
+
+def stopped_line(reason: Reason, results_dir: Path | None, table: str) -> str:
+    """The one line that says what stopped the search, what is kept and how to continue. `table`: what became of
+    the results table ("partial results saved", or why it was not written)."""
+    how = f"stopped by {reason.what}" if reason.signal else f"stopped: {reason.what}"
+    fix = "free some space there, then " if "space" in reason.what or "quota" in reason.what else ""
+    if results_dir is None or not (results_dir / PROVENANCE).is_file():
+        return f"[search] {how}, before the search was saved: {fix}rerun the same command"
+    return f"[search] {how} before every trial finished ({table}): {fix}rerun the same command with --resume"
+
+
+def outcome(rows: list[dict], reason: Reason | None, results_dir: Path, planned: int = 0) -> tuple[int, str | None]:
+    """The exit status of a search whose table is `rows` of `planned`, stopped for `reason` (or not), and its closing
+    line: 0 only when every trial completed; a stop before every trial finished gives its status; TRIALS_ERRORED when
+    the search ran to its end but some trial errored (the summary line says how many and why)."""
+    unfinished = [r for r in rows if not r["status"].startswith((*COMPLETED, "error"))]
+    if unfinished or len(rows) < planned:
+        reason = reason or Reason(FAULT, "Tune ended before every trial finished", False)
+        return reason.status, stopped_line(reason, results_dir, "partial results saved")
+    if any(r["status"].startswith("error") for r in rows):
+        return TRIALS_ERRORED, None
+    return 0, None
+
+
+def experiment_dir(args, preset: str | None) -> Path:
+    return Path(args.results).resolve() / (args.experiment or f"{args.search or DEFAULTS['search']}-{preset}")
+
+
+@contextmanager
+def locked(results_dir: Path):
+    """One search per experiment (search/store.py), taken before any work: a second one is a one-line error."""
+    try:
+        with experiment_lock(results_dir.parent, results_dir.name) as stale:
+            yield stale
+    except LockHeld as e:
+        raise user_error(e) from None
+
+
 def main(argv=None) -> list[dict]:
+    """The search, in this process (`python -m search.grid` runs it in a child process that another watches:
+    search/supervise.py). Returns the table's rows when every trial completed; otherwise raises SystemExit with the
+    exit status, after saying why."""
     args = parse_args(argv)
+    stop = Stop(ray_died=lambda: supervise.dead_daemons(supervise.ray_daemons()) or
+                "one of Ray's daemons died under the search")
+    stop.install()
+    supervise.report(ready=True)  # signals can be passed on now
+    where = SimpleNamespace(results_dir=None)  # filled in as soon as it is known: the lines below name it
+    try:
+        with ExitStack() as held:
+            with user_errors():  # before Ray starts: a folder that cannot be written fails now, not at the first save
+                check_writable(args.results, "--results")
+                if args.storage_path:
+                    check_writable(args.storage_path, "--storage-path")
+            if args.experiment or args.preset:  # the experiment is named without Ray: locked before it starts
+                where.results_dir = experiment_dir(args, args.preset)
+                held.enter_context(locked(where.results_dir))
+            return search(args, argv, stop, held, where)
+    except Stopped as e:  # outside Tune's loop (data preparation, the export): nothing half written
+        print(stopped_line(e.reason, where.results_dir, "the results table was not rewritten"), file=sys.stderr,
+              flush=True)
+        raise SystemExit(e.reason.status) from None
+    except OSError as e:  # our own writes (provenance, the table) on a full disk
+        if not (why := storage_full(e)):
+            raise
+        reason = Reason(FAULT, f"{why} ({e.filename or 'writing the results'})", False)
+        print(stopped_line(reason, where.results_dir, "the results table could not be written"), file=sys.stderr,
+              flush=True)
+        raise SystemExit(FAULT) from None
+
+
+def search(args, argv, stop: Stop, held: ExitStack, where: SimpleNamespace) -> list[dict]:
+    """main's search, from starting Ray to the table, holding the experiment's lock (`held`)."""
     t_start = time.time()
     cluster = start_ray(args)
+    stop.install()  # ray.init put Ray's own SIGTERM handler (a C++ stack dump, exit 134) in place of ours
+    supervise.report(daemons=supervise.ray_daemons(), address=args.address)
     import torch
 
     has_gpu = cluster["GPU"] > 0 or torch.cuda.is_available()
     preset = args.preset or ("full" if has_gpu else "laptop")
-    results_dir = Path(args.results).resolve() / (args.experiment or f"{args.search or DEFAULTS['search']}-{preset}")
+    if where.results_dir is None:
+        where.results_dir = experiment_dir(args, preset)
+        held.enter_context(locked(where.results_dir))
+    results_dir = where.results_dir
+    supervise.report(results_dir=str(results_dir))
     prov, ray_experiment, restore = stored_search(args, results_dir)  # compares only the flags given
     for name, value in DEFAULTS.items():
         setattr(args, name, getattr(args, name) or value)
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if cluster["GPU"] > 0 else 0.0)
+    per_trial = {"cpu": args.cpus_per_trial, "gpu": gpus}
+    with user_errors():  # before the data: a trial no node can run would wait forever
+        if warning := check_resources(per_trial, *cluster_shape()):
+            print(warning, flush=True)
     if args.resume:
         settings = Settings.from_dict(prov["settings"])
         # Without a Tune snapshot the driver stopped after writing provenance.json but before any trial ran:
@@ -504,8 +714,6 @@ def main(argv=None) -> list[dict]:
         raise user_error(f"--resume: {why}")
     print(f"[search] data: {'SYNTHETIC ' if data.info.get('synthetic') else ''}{data.info.get('source')}, "
           f"train/val/test rows {len(data.train)}/{len(data.val)}/{len(data.test)}", flush=True)
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if cluster["GPU"] > 0 else 0.0)
-    per_trial = {"cpu": args.cpus_per_trial, "gpu": gpus}
     if prov is None:
         with user_errors():
             plan = plan_search(args, argv, results_dir, ray_experiment, settings, data, cluster, clip, per_trial)
@@ -513,25 +721,59 @@ def main(argv=None) -> list[dict]:
         write_provenance(results_dir, prov)
     print(f"[search] fused: {prov['search']['fuse']['reason']}", flush=True)
 
-    fit(prov, settings, data, restore, results_dir, per_trial)
+    fit(prov, settings, data, restore, results_dir, per_trial, stop)
+    if stop.skip_table:
+        print(stopped_line(stop.reason, results_dir, f"the results table was skipped at the second signal; "
+                                                     f"python -m search.export {results_dir} writes it"),
+              file=sys.stderr, flush=True)
+        raise SystemExit(stop.reason.status)
     rows = export(results_dir, data=data)  # the layout was checked before training (stored_search)
-    print(f"[search] {len(rows)} trials, {sum(r['status'] == 'ok' for r in rows)} completed, "
-          f"{sum(r['status'].startswith('error') for r in rows)} errored; wall time {time.time() - t_start:.0f} s")
+    planned = prov["search"]["points"]
+    print(summary_line(rows, time.time() - t_start, planned))
     for best in (r for r in rows if r["best"]):  # one per family: each is ranked by its own selection metric
         metric = families.get(best.get("family") or DEFAULT_FAMILY).best
         print(f"[search] best: {({k: best[k] for k in settings.grid})} {metric} {best[metric]:.4f}")
     print(f"[search] results: {results_dir}/best_config.md", flush=True)
-    if any(r["status"] in ("pending", "running", "paused") for r in rows):
-        print("[search] interrupted before every trial finished (partial results saved): "
-              "rerun the same command with --resume", flush=True)
-        raise SystemExit(INTERRUPTED)
+    status, line = outcome(rows, stop.reason, results_dir, planned)
+    if line:
+        print(line, file=sys.stderr, flush=True)
+    if status:
+        raise SystemExit(status)
     return rows
 
 
-if __name__ == "__main__":
+def post_mortem(messages: dict, what: str) -> int:
+    """What the supervising process does when the search's driver ended without an exit status of its own
+    (search/supervise.py): the table of what the trials saved, and the line saying what happened."""
+    results_dir = Path(messages["results_dir"]) if messages.get("results_dir") else None
+    reason = Reason(FAULT, what, False)
+    if results_dir is None or not (results_dir / PROVENANCE).is_file():
+        print(stopped_line(reason, results_dir, ""), file=sys.stderr, flush=True)
+        return FAULT
     try:
-        main()
-    except KeyboardInterrupt:  # before or after Tune's own handler (data preparation, export)
-        print("[search] interrupted: rerun the same command (with --resume once it says the search exists)",
-              file=sys.stderr, flush=True)
-        sys.exit(INTERRUPTED)
+        with experiment_lock(results_dir.parent, results_dir.name, say=lambda line: None):
+            rows = export(results_dir)
+    except LockHeld:
+        table = f"another search holds the experiment now; python -m search.export {results_dir} writes the table"
+    except Exception as e:  # noqa: BLE001 — whatever stops the table, the line below must still be said
+        table = (f"the results table could not be written ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                 f"python -m search.export {results_dir} writes it")
+    else:
+        planned = read_provenance(results_dir)["search"]["points"]
+        print(summary_line(rows, planned=planned))
+        print(f"[search] results: {results_dir}/best_config.md", flush=True)
+        status, line = outcome(rows, reason, results_dir, planned)
+        if line is None:  # it ended after the last trial: nothing was lost
+            print(f"[search] {what}, after every trial had finished: the table above is complete", file=sys.stderr,
+                  flush=True)
+            return status
+        table = "partial results saved"
+    print(stopped_line(reason, results_dir, table), file=sys.stderr, flush=True)
+    return FAULT
+
+
+if __name__ == "__main__":
+    if supervise.is_driver():  # the child the command's own process runs and watches (search/supervise.py)
+        sys.exit(supervise.drive(main))
+    parse_args()  # --help and usage errors here, before a second process starts
+    sys.exit(supervise.supervise(sys.argv[1:], post_mortem))

@@ -6,20 +6,32 @@ metric (its family's: val/l1 for the regressor, val/x0_mse for the diffusion fam
     [search 01:12] 9/32 done (1 errored) · 2 running · 21 pending · best val/l1 0.2714 (4f1a2_00003)
         running: 4f1a2_00009 epoch 3 val/l1 0.3120 · 4f1a2_00010 epoch 1 val/l1 0.4471
 
-A line is printed when a trial finishes or fails, and at least every `every_s` seconds.
+A line is printed when a trial finishes, fails or is retried, and at least every `every_s` seconds.
+
+    with TuneLogs(stop).attached():   # Tune's own log lines, as a user should see them (below)
+        tuner.fit()
+
+Tune logs each failed trial with the whole Ray traceback, and its own advice on Ctrl-C ("Tuner.restore(...)"); the
+reason is printed here in one line (the traceback stays in the trial's error.txt) and the advice is the search's
+(`--resume`). A trial or a snapshot that cannot be written because the disk is full stops the search at once
+(search/signals.py) instead of failing every trial in turn, each retry with it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter
+from contextlib import contextmanager
 
 from ray.tune import Callback
 
 from model import families
 from model.config import DEFAULT_FAMILY
 from search.results import error_reason
+from search.signals import FAULT, Reason, Stop
+from search.store import storage_full
 
 
 class Progress(Callback):
@@ -45,15 +57,13 @@ class Progress(Callback):
         self.line(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        reason = None
-        if trial.error_file:
-            try:
-                with open(trial.error_file) as f:
-                    reason = error_reason(f.read())
-            except OSError:
-                pass
-        print(f"[search] trial {trial.trial_id} {trial.config} FAILED: {reason or 'see its error.txt'}")
+        print(f"[search] trial {trial.trial_id} {trial.config} FAILED: {failure(trial)}")
         self.line(trials)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        retries = "without limit" if trial.max_failures < 0 else f"up to {trial.max_failures}"
+        print(f"[search] trial {trial.trial_id} failed ({failure(trial)}); retrying it from its last checkpoint "
+              f"(failure {trial.run_metadata.num_failures}, retries {retries})", flush=True)
 
     def on_step_end(self, iteration, trials, **info):
         if time.monotonic() - self.last >= self.every_s:
@@ -78,3 +88,56 @@ class Progress(Callback):
         if running:
             msg += "\n    running: " + " · ".join(running)
         print(msg, flush=True)
+
+
+def failure(trial) -> str:
+    """Why a trial failed, in one line, and where its traceback is kept."""
+    reason = None
+    if trial.error_file:
+        try:
+            with open(trial.error_file) as f:
+                reason = error_reason(f.read())
+        except OSError:
+            pass
+    return f"{reason or 'see its error.txt'} (traceback: {trial.path}/error.txt)"
+
+
+class TuneLogs(logging.Filter):
+    """Tune's log lines as the search shows them: a failed trial's traceback dropped (Progress prints its reason), Tune's
+    own lines about Ctrl-C dropped (the search prints its own, naming --resume), and the first error that says the
+    disk is full turned into a stop of the whole search."""
+
+    LOGGERS = ("ray.tune.execution.tune_controller", "ray.tune.execution.experiment_state", "ray.tune.tune")
+    DROPPED = ("Trial task failed", "Stop signal received", "Experiment has been interrupted", "Trials did not complete")
+    WRITES = ("Trial task failed", "Saving experiment state to storage", "Experiment state snapshotting failed")
+
+    def __init__(self, stop: Stop, storage: str = ""):
+        super().__init__()
+        self.stop = stop
+        self.storage = storage  # where the search writes, for the stop's line
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self.WRITES):
+            error = record.exc_info[1] if record.exc_info else None
+            if why := storage_full(error or message):
+                trial = message.rsplit(" ", 1)[-1].removeprefix("train_trial_")  # "... for trial train_trial_<id>"
+                who = (f"trial {trial} could not save its results" if message.startswith("Trial task failed")
+                       else "Tune could not save its snapshot")
+                self.stop.request(Reason(FAULT, f"{why}: {who} to {self.storage or 'storage'}", False))
+                return False
+            if not message.startswith(self.DROPPED):  # another write failure: its one line, not Ray's traceback
+                record.msg, record.args = f"{message}: {error!r}" if error else message, None
+                record.exc_info = record.stack_info = None
+        return not message.startswith(self.DROPPED)
+
+    @contextmanager
+    def attached(self):
+        loggers = [logging.getLogger(name) for name in self.LOGGERS]
+        for logger in loggers:
+            logger.addFilter(self)
+        try:
+            yield self
+        finally:
+            for logger in loggers:
+                logger.removeFilter(self)

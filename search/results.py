@@ -17,16 +17,11 @@ keeps every seed's row besides.
 from __future__ import annotations
 
 import csv
-import ctypes
 import io
 import json
 import logging
 import math
-import os
-import shutil
 import subprocess
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +29,7 @@ from model import families as registry
 from model.config import (BEST_VAL_L1, DEFAULT_FAMILY, TEST_CLIP, TEST_DIVERSITY, TEST_L1, TEST_MEMORISATION,
                           TEST_NN_TRAIN, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, VAL_CLIP, VAL_TOP1, TrainConfig)
 from search import analysis
-from search.trainable import members_of
+from model.files import atomic_write
 
 TABLE = "best_config"
 # Every metric a row carries (None where its trial did not report it). The table shows each present family's
@@ -107,16 +102,77 @@ def load_trials(experiment_path: str) -> list[TrialRecord]:
     for trial in analysis.trials:
         df = analysis.trial_dataframes.get(trial.trial_id)
         records = [] if df is None or df.empty else df.to_dict("records")
-        reports = [{k: _clean(v) for k, v in r.items()} for r in records]
-        # A trial restored from an older checkpoint repeats epochs: keep each epoch's latest report.
-        by_epoch = {}
-        for r in reports:
-            by_epoch[int(r.get("epoch") or r.get("training_iteration") or 0)] = r
-        history = [by_epoch[e] for e in sorted(by_epoch)]
+        history = _epochs([{k: _clean(v) for k, v in r.items()} for r in records])
         error = error_reason(trial.get_error()) if trial.status == "ERROR" else None
         out.append(TrialRecord(trial.trial_id, dict(trial.config), trial.status, history, error,
                                analysis.get_last_checkpoint(trial) if history else None))
     return out
+
+
+def _epochs(reports: list[dict]) -> list[dict]:
+    """A trial restored from an older checkpoint repeats epochs: each epoch's latest report, in epoch order."""
+    by_epoch = {}
+    for r in reports:
+        by_epoch[int(r.get("epoch") or r.get("training_iteration") or 0)] = r
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def trials_from_folders(experiment_path: str) -> tuple[list[TrialRecord], list[str]]:
+    """The trials of a Ray experiment read from their own folders (params.json, result.json, error.txt, the newest
+    checkpoint_*), without Tune's experiment snapshot: what search.export falls back to when that snapshot is
+    damaged (a full disk, a driver killed while Tune copied it). Returns (trials, the folders it could not read).
+
+    Without the snapshot Tune's own status is unknown, so it is read from the files: a trial whose last report has
+    its final test metrics finished; one with an error.txt and no final report errored (its last failure is the
+    reason); any other did not finish (it was running or waiting, or a scheduler stopped it early)."""
+    import posixpath
+
+    import pyarrow.fs
+    from ray.tune import Checkpoint
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path else (
+        pyarrow.fs.LocalFileSystem(), experiment_path)
+
+    def read(path: str) -> str | None:
+        try:
+            with fs.open_input_stream(path) as f:
+                return f.read().decode()
+        except (FileNotFoundError, OSError):
+            return None
+
+    trials, unreadable = [], []
+    folders = sorted((f for f in fs.get_file_info(pyarrow.fs.FileSelector(root))
+                      if f.type == pyarrow.fs.FileType.Directory and f.base_name.startswith("trial_")),
+                     key=lambda f: f.base_name)
+    for folder in folders:
+        try:
+            config = json.loads(read(posixpath.join(folder.path, "params.json")) or "")
+        except ValueError:
+            unreadable.append(f"{folder.base_name} (params.json missing or cut short)")
+            continue
+        reports, cut = [], 0
+        for line in (read(posixpath.join(folder.path, "result.json")) or "").splitlines():
+            try:
+                reports.append({k: _clean(v) for k, v in json.loads(line).items()})
+            except ValueError:  # a line cut short by a full disk or a kill: the whole lines are kept
+                cut += 1
+        if cut:
+            unreadable.append(f"{folder.base_name} ({cut} line(s) of result.json cut short; the rest is read)")
+        history = _epochs(reports)
+        last = history[-1] if history else {}
+        finished = any(k == TEST_L1 or k.endswith("/" + TEST_L1) for k in last)
+        errors = read(posixpath.join(folder.path, "error.txt"))
+        status = "TERMINATED" if finished else "ERROR" if errors else "UNFINISHED"
+        # The checkpoint the last report names (what Tune would return), else the newest one there.
+        names = sorted(f.base_name for f in fs.get_file_info(pyarrow.fs.FileSelector(folder.path))
+                       if f.type == pyarrow.fs.FileType.Directory and f.base_name.startswith("checkpoint_"))
+        named = last.get("checkpoint_dir_name")
+        named = named if named in names else (names[-1] if names else None)
+        trial_id = last.get("trial_id") or folder.base_name.removeprefix("trial_")
+        trials.append(TrialRecord(trial_id, config, status, history, error_reason(errors) if status == "ERROR" else None,
+                                  Checkpoint(posixpath.join(folder.path, named), filesystem=fs)
+                                  if named and history else None))
+    return trials, unreadable
 
 
 # ---------------------------------------------------------------------------- rows
@@ -156,6 +212,28 @@ def pareto_front(rows: list[dict], objectives: list[tuple[str, str]]) -> list[di
         if not any(all(x <= y for x, y in zip(vec(o), a)) and vec(o) != a for o in pts):
             front.append(r)
     return front
+
+
+NODE_KEYS = ("time_total_s", "hostname", "node_id", "device")  # a fused trial's, shared by its members' rows
+
+
+def member_report(metrics: list[dict], family) -> dict:
+    """A fused trial's per-member metrics as one flat Tune result (`m<k>/<metric>`), with the best live member's
+    selection metric (the family's: val/l1 for the regressor) for the progress line and schedulers."""
+    out = {"epoch": max(m.get("epoch", 0) for m in metrics)}
+    for k, m in enumerate(metrics):
+        out.update({f"m{k}/{key}": value for key, value in m.items()})
+    live = [m for m in metrics if "error" not in m and family.selection in m]
+    out[family.selection] = min((m[family.selection] for m in live), default=math.nan)
+    out[family.best] = min((m[family.best] for m in live), default=math.nan)
+    return out
+
+
+def members_of(result: dict, member: int) -> dict:
+    """The inverse of `member_report` for member k: its own metrics, with the trial's node keys and epoch."""
+    prefix = f"m{member}/"
+    return {**{k: result.get(k) for k in NODE_KEYS}, "epoch": result.get("epoch"),
+            **{k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}}
 
 
 def row_key(trial_id: str, member: int | None) -> str:
@@ -241,78 +319,6 @@ def config_columns(rows: list[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- writing
-
-
-def _beside(path: Path, tag: str) -> Path:
-    """A hidden, unique name next to `path` for its temporary or previous version."""
-    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def atomic_write(path: str | Path, data: str | bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: a reader never sees half a table.
-
-    The file is created with open(), so it gets the usual mode (0644 under umask 022), not
-    mkstemp's 0600: others on shared storage can read the results.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _beside(path, "tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where that is unsupported."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def replace_dir(filled_tmp: str | Path, dst: str | Path) -> None:
-    """Swap a fully written directory into place: `dst` is always the old or the new one, never half.
-
-    On Linux the two trade places atomically; elsewhere (or on a filesystem without the call)
-    there is a moment between two renames when `dst` is absent.
-    """
-    filled_tmp, dst = Path(filled_tmp), Path(dst)
-    if dst.exists() and _exchange(filled_tmp, dst):
-        shutil.rmtree(filled_tmp)  # the old directory, now under the temporary name
-        return
-    old = _beside(dst, "old")
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(filled_tmp, dst)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-@contextmanager
-def staged_dir(dst: str | Path):
-    """An empty folder beside `dst` to build a new version in; when the block ends without an
-    error it replaces `dst` as a whole (replace_dir), otherwise it is removed and `dst` is untouched.
-
-        with staged_dir("results/grid") as tmp:
-            (tmp / "a.csv").write_text(...)       # readers still see the old results/grid
-    """
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    for stale in (*dst.parent.glob(f".{dst.name}.staged-*"), *dst.parent.glob(f".{dst.name}.old-*")):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a process killed mid-way
-    tmp = _beside(dst, "staged")
-    tmp.mkdir()  # os.mkdir: the usual mode, not mkdtemp's 0700
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, dst)
 
 
 def _fmt(value, col: str = "") -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import posixpath
 import socket
 import tempfile
@@ -34,6 +33,7 @@ from data_pipeline.dataset import PreparedData
 from model import checkpoint, families
 from model.checkpoint import TrainingState
 from model.train import Runtime, default_device, train_members
+from search.results import member_report
 from search.settings import Settings
 
 # Written in the trial's working directory when its loss diverges. Training resumes from the
@@ -55,26 +55,6 @@ def where() -> dict:
 # Where this worker process trains, and what it keeps for its next trial (a frozen encoder's states of the
 # search's texts, CLIP's weights): Tune reuses the process (reuse_actors), and every trial of a search needs the same.
 WORKER = Runtime(device=default_device())
-NODE_KEYS = ("time_total_s", "hostname", "node_id", "device")  # a fused trial's, shared by its members' rows
-
-
-def member_report(metrics: list[dict], family) -> dict:
-    """A fused trial's per-member metrics as one flat Tune result (`m<k>/<metric>`), with the best live member's
-    selection metric (the family's: val/l1 for the regressor) for the progress line and schedulers."""
-    out = {"epoch": max(m.get("epoch", 0) for m in metrics)}
-    for k, m in enumerate(metrics):
-        out.update({f"m{k}/{key}": value for key, value in m.items()})
-    live = [m for m in metrics if "error" not in m and family.selection in m]
-    out[family.selection] = min((m[family.selection] for m in live), default=math.nan)
-    out[family.best] = min((m[family.best] for m in live), default=math.nan)
-    return out
-
-
-def members_of(result: dict, member: int) -> dict:
-    """The inverse of `member_report` for member k: its own metrics, with the trial's node keys and epoch."""
-    prefix = f"m{member}/"
-    return {**{k: result.get(k) for k in NODE_KEYS}, "epoch": result.get("epoch"),
-            **{k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}}
 
 
 def last_reported_epoch() -> int:

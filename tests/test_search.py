@@ -23,8 +23,9 @@ from data_pipeline.dataset import PreparedData, Split
 from model.config import BEST_VAL_L1, TEST_CLIP, TEST_L1, TEST_TOP1, VAL_TOP1, ModelConfig, TrainConfig
 from search import export as export_mod
 from search import grid as grid_cli
-from search.results import (TrialRecord, atomic_write, error_reason, pareto_front, replace_dir, staged_dir,
-                            table_rows, write_tables)
+from search.results import TrialRecord, error_reason, pareto_front, table_rows, write_tables
+from model.files import atomic_write
+from search.store import replace_dir, staged_dir
 from search.settings import PRESETS, Settings, add_config_flags, config_overrides, limit_records, resolve
 from search.space import GRID, grid_size, param_space, trial_configs
 from model.families.diffusion import DiffusionConfig

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_both_families_in_one_search_interrupted_resumed_and_exported(tmp_path, capsys):
-    """`--family regressor diffusion`: the family is a grid axis. Ctrl-C after the first trial, then --resume; the
+    """`--family regressor diffusion`: the family is a grid axis. Ctrl-C after the first trial, and Ctrl-C again
+    while the search saves (it must not cut Tune's snapshot short: the table is skipped instead), then --resume; the
     table ranks each family by its own selection metric (a column says which), marks a best per family and
     compares the families only on the metrics both report; each family's best checkpoint and sample grids (two
     samples per text for the sampler), and model.generate on the diffusion one."""
@@ -25,9 +26,16 @@ def test_both_families_in_one_search_interrupted_resumed_and_exported(tmp_path, 
     flags = ["--preset", "smoke", "--epochs", "3", "--family", "regressor", "diffusion", "--n-heads", "2",
              "--ff-dim", "512", "--n-layers", "2", "--weight-decay", "1e-5", "--results", str(results),
              "--experiment", "families", *ONE_AT_A_TIME]
+    log = tmp_path / "interrupted.log"
     rc, finished = interrupt_after([sys.executable, "-m", "search.grid", *flags], results / "tune" / "families", 1,
-                                   signal.SIGINT, tmp_path / "interrupted.log")
-    assert rc == 130 and len(finished) < 4, (tmp_path / "interrupted.log").read_text()[-3000:]
+                                   signal.SIGINT, log, again_after="[search] SIGINT: stopping the trials")
+    text = log.read_text()
+    assert rc == 130 and len(finished) < 4, text[-3000:]
+    assert "Traceback" not in text and "rerun the same command with --resume" in text, text[-3000:]
+    # The second Ctrl-C came while Tune was stopping (the table skipped after its snapshot) or during the export
+    # (stopped there, nothing half written): either way no table of two runs, and the resume below finds it whole.
+    assert "SIGINT again: the results table will be skipped" in text or "the results table was not rewritten" in text
+    assert not (results / "families" / "best_config.csv").exists(), text[-3000:]
     run_cli("search.grid", *flags, "--resume")
     exp = results / "families"
     rows = read_table(exp)

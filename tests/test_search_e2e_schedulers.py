@@ -22,8 +22,8 @@ def test_nan_trial_errors_alone_and_is_not_retried(tmp_path):
     stop at once instead of re-running the diverging epoch.
     """
     results = tmp_path / "results"
-    run_cli("search.grid", "--preset", "smoke", "--results", str(results), "--experiment", "nan",
-            "--lr", "inf", "1e-4", "--weight-decay", "1e-5", "--n-heads", "2", "--ff-dim", "512", "--n-layers", "2")
+    r = run_cli("search.grid", "--preset", "smoke", "--results", str(results), "--experiment", "nan", "--lr", "inf",
+                "1e-4", "--weight-decay", "1e-5", "--n-heads", "2", "--ff-dim", "512", "--n-layers", "2", status=1)
     rows = read_table(results / "nan")
     assert len(rows) == 2
     ok, bad = rows
@@ -31,6 +31,9 @@ def test_nan_trial_errors_alone_and_is_not_retried(tmp_path):
     assert bad["lr"] == "inf" and bad[BEST_VAL_L1] == "" and bad["best"] == ""
     assert bad["status"].startswith("error: FloatingPointError: training loss became nan")
     assert "not retried" in bad["status"]
+    # Exit status 1, not 0: a search with an errored trial is not a success, and the summary says how many and why.
+    assert f"[search] 2 trials, 1 completed, 1 errored (the first, {bad['trial_id']}: {bad['status'][7:]})" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr  # the trial's traceback is in its error.txt, not on the console
 
 
 def test_asha_stops_staged_trials_early(tmp_path):
