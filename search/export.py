@@ -32,50 +32,24 @@ experiment that is not there, is a one-line error (exit status 2); a full disk w
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 from search.analysis import tie_sentence
-from search.results import (curves, load_trials, row_key, summarize, table_rows, trials_from_folders,
-                            write_tables)
-from search.settings import Settings, load_data
-from model.files import atomic_write
-from search.store import staged_dir, storage_full
-
-PROVENANCE = "provenance.json"
+from search.report import summarize, write_tables
+from search.results import curves, load_trials, row_key, table_rows, trials_from_folders
+from search.settings import load_data
+from search.store import PROVENANCE, DamagedProvenance, Plan, staged_dir, storage_full
 
 
 class SetLayoutError(ValueError):
     """The results folder also holds Ray's experiment, so it cannot be replaced as a whole."""
 
 
-class DamagedProvenance(ValueError):
-    """provenance.json cannot be read: cut short, or edited into something else."""
-
-
-def read_provenance(results_dir: str | Path) -> dict:
-    path = Path(results_dir) / PROVENANCE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: pass the results directory of a search "
-                                "(results/<experiment>, written by python -m search.grid)")
-    try:
-        prov = json.loads(path.read_text())
-        prov["ray_experiment"], prov["settings"], prov["search"]  # noqa: B018 — what every reader needs
-    except (ValueError, KeyError, TypeError) as e:  # written atomically by us: damaged by hand or by the disk
-        raise DamagedProvenance(f"{path} is damaged ({type(e).__name__}: {e}): it cannot say where the search's Ray "
-                         "experiment is or what it trained; restore it from a backup, or start a new search") from None
-    return prov
-
-
-def write_provenance(results_dir: str | Path, provenance: dict) -> None:
-    atomic_write(Path(results_dir) / PROVENANCE, json.dumps(provenance, indent=2, default=str) + "\n")
-
-
-def devices(provenance: dict, rows: list[dict]) -> str:
-    cluster = provenance["cluster"]
+def devices(plan: Plan, rows: list[dict]) -> str:
+    cluster = plan.cluster
     ran = Counter(r["device"] for r in rows if r.get("device"))
     nodes = {r["node_id"] for r in rows if r.get("node_id")}
     trials = ", ".join(f"{d} ×{n}" for d, n in ran.items()) or "no trial reported yet"
@@ -103,24 +77,23 @@ def check_layout(results_dir: Path, ray_experiment: str) -> None:
             f"ray_experiment in {results_dir / PROVENANCE} to it")
 
 
-def data_changed(prov: dict, data) -> str | None:
+def data_changed(plan: Plan, data) -> str | None:
     """Why `data` is not the data the search trained on (its fingerprint differs), or None."""
-    stored, now = prov["dataset"]["fingerprint"], data.info.get("fingerprint")
+    stored, now = plan.dataset.get("fingerprint"), data.info.get("fingerprint")
     if now == stored:
         return None
-    return f"the data at {prov['dataset']['data_arg']} changed since the search (fingerprint {now} != stored {stored})"
+    return f"the data at {plan.data_arg} changed since the search (fingerprint {now} != stored {stored})"
 
 
-def figure_data(prov: dict, data=None):
+def figure_data(plan: Plan, data=None):
     """(the search's dataset, None), or (None, why not) when it cannot be read or is not the data the
     search trained on (its fingerprint differs): sample figures from other data would mislead."""
-    arg = prov["dataset"]["data_arg"]
     if data is None:
         try:
-            data = load_data(arg, Settings.from_dict(prov["settings"]))
+            data = load_data(plan.data_arg, plan.settings)
         except (FileNotFoundError, ValueError) as e:
-            return None, f"the search's data {arg} cannot be read ({e})"
-    if why := data_changed(prov, data):
+            return None, f"the search's data {plan.data_arg} cannot be read ({e})"
+    if why := data_changed(plan, data):
         return None, f"{why}; restore that data to draw them"
     return data, None
 
@@ -162,29 +135,24 @@ def read_trials(ray_experiment: str) -> list:
 def export(results_dir: str | Path, data=None) -> list[dict]:
     """Write every results file; `data` (the search's PreparedData) saves re-reading the dataset cache."""
     # matplotlib: not for `--help` or a failing flag
-    from search.figures import importance, learning_curves, parallel_coordinates, samples
+    from search.figures import importance, learning_curves, parallel_coordinates
 
     results_dir = Path(results_dir).resolve()
-    prov = read_provenance(results_dir)
-    ray_experiment = prov["ray_experiment"]
-    check_layout(results_dir, ray_experiment)
-    trials = read_trials(ray_experiment)
+    plan = Plan.load(results_dir)
+    check_layout(results_dir, plan.ray_experiment)
+    trials = read_trials(plan.ray_experiment)
     if line := not_started_line(trials):
         print(line, flush=True)
-    rows = table_rows(trials, prov)
-    prov["devices"] = devices(prov, rows)
-    prov["exported"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    rows = table_rows(trials, plan)
     bests = [r for r in rows if r["best"]]  # one per family: each is ranked by its own selection metric
-    best = bests[0] if bests else None
-    prov["best_trial"] = best and {k: best[k] for k in (*prov["settings"]["grid"], "trial_id", "member")}
-    mixed = len(prov["settings"]["grid"].get("family", ())) > 1
-    if mixed:
-        prov["best_trials"] = {r.get("family"): {k: r[k] for k in (*prov["settings"]["grid"], "trial_id", "member")}
-                               for r in bests}
-    title = f"{prov['experiment']} (preset {prov['settings']['preset']})"
-    best_key = best and row_key(best["trial_id"], best["member"])
-
-    summary = summarize(rows, prov)
+    grid = plan.settings.grid
+    point = lambda r: {k: r[k] for k in (*grid, "trial_id", "member")}  # noqa: E731
+    mixed = len(grid.get("family", ())) > 1
+    plan = plan.measured(devices=devices(plan, rows), exported=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         best_trial=point(bests[0]) if bests else None,
+                         best_trials={r.get("family"): point(r) for r in bests} if mixed else None)
+    title = f"{plan.experiment} (preset {plan.settings.preset})"
+    summary = summarize(rows, plan)
     per_family = Counter(c["family"] for c in summary.configurations)
     for fam, ties in summary.ties.items():
         print(f"[export] {tie_sentence(ties, per_family[fam], summary.seeds, len(summary.ties) > 1)}", flush=True)
@@ -193,35 +161,41 @@ def export(results_dir: str | Path, data=None) -> list[dict]:
             print(f"[export] importance for {imp.metric} ({imp.family}) skipped: {imp.skipped}", flush=True)
 
     with staged_dir(results_dir) as out:
-        write_tables(rows, prov, out, summary)
-        learning_curves(curves(trials, prov), best_key, out / "learning_curves.png", title)
+        write_tables(rows, plan, out, summary)
+        best_key = bests and row_key(bests[0]["trial_id"], bests[0]["member"])
+        learning_curves(curves(trials, plan), best_key or None, out / "learning_curves.png", title)
         importance(summary, out / "importance.png", title)
-        parallel_coordinates(rows, list(prov["settings"]["grid"]), out / "parallel_coordinates.png", title)
-        if best is None:
-            print(f"[export] no trial completed in {ray_experiment}: no best checkpoint or sample figures")
+        parallel_coordinates(rows, list(grid), out / "parallel_coordinates.png", title)
+        if not bests:
+            print(f"[export] no trial completed in {plan.ray_experiment}: no best checkpoint or sample figures")
         for r in bests:
-            # A mixed search has a best per family: best_checkpoint_<family>/, samples_<family>_<split>.png.
-            tag = f"_{r['family']}" if mixed else ""
-            ckpt = out / f"best_checkpoint{tag}"
-            record = next(t for t in trials if t.trial_id == r["trial_id"])
-            record.checkpoint.to_directory(str(ckpt))
-            if r["member"] is not None:  # a fused trial's checkpoint holds every member: keep the best alone
-                from model import checkpoint
-
-                checkpoint.save(checkpoint.load(ckpt).member(r["member"]), ckpt)
-            data, why_not = figure_data(prov, data)
-            if data is None:
-                print(f"[export] sample figures skipped: {why_not}", flush=True)
-                continue
-            from model.generate import load_model
-
-            net, tokenizer = load_model(ckpt, device="cpu")
-            for split in ("train", "test"):
-                samples(net, tokenizer, data.split(split), out / f"samples{tag}_{split}.png",
-                        title=f"{split}: real (top row) vs generated (below), best {r.get('family', '')} trial "
-                              f"{row_key(r['trial_id'], r['member'])}")
-        write_provenance(out, prov)
+            data = best_files(r, trials, plan, out, data)
+        plan.save(out)
     return rows
+
+
+def best_files(r: dict, trials: list, plan: Plan, out: Path, data):
+    """A best row's checkpoint (best_checkpoint/, the member alone of a fused trial) and its sample figures; a mixed
+    search has a best per family: best_checkpoint_<family>/, samples_<family>_<split>.png. Returns the data read."""
+    from model import checkpoint
+    from model.generate import load_model
+    from search.figures import samples
+
+    tag = f"_{r['family']}" if len(plan.settings.grid.get("family", ())) > 1 else ""
+    ckpt = out / f"best_checkpoint{tag}"
+    next(t for t in trials if t.trial_id == r["trial_id"]).checkpoint.to_directory(str(ckpt))
+    if r["member"] is not None:  # a fused trial's checkpoint holds every member: keep the best alone
+        checkpoint.save(checkpoint.load(ckpt).member(r["member"]), ckpt)
+    data, why_not = figure_data(plan, data)
+    if data is None:
+        print(f"[export] sample figures skipped: {why_not}", flush=True)
+        return None
+    net, tokenizer = load_model(ckpt, device="cpu")
+    for split in ("train", "test"):
+        samples(net, tokenizer, data.split(split), out / f"samples{tag}_{split}.png",
+                title=f"{split}: real (top row) vs generated (below), best {r.get('family', '')} trial "
+                      f"{row_key(r['trial_id'], r['member'])}")
+    return data
 
 
 def main(argv=None) -> list[dict]:

@@ -37,21 +37,21 @@ import platform
 import sys
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 from model import families
 from model.config import DEFAULT_FAMILY, VAL_CLIP, VAL_TOP1
 from search import supervise
-from search.export import (PROVENANCE, DamagedProvenance, SetLayoutError, check_layout, data_changed, export,
-                           ray_files_inside, read_provenance, user_error, write_provenance)
-from search.results import code_version, quiet_unstarted_trials, row_key
+from search.export import SetLayoutError, check_layout, data_changed, export, ray_files_inside, user_error
+from search.results import quiet_unstarted_trials, row_key
 from search.settings import SEED, PRESETS, Settings, add_config_flags, config_overrides, load_data, resolve
 from search.signals import FAULT, Reason, Stop, Stopped
 from search.snapshot import DamagedSnapshot, check_snapshot, refuse_empty_restart
 from search.space import SEARCHES, fused_space, grid_size, param_space
-from search.store import LockHeld, check_writable, experiment_lock, storage_full
+from search.store import (PROVENANCE, DamagedProvenance, Fuse, LockHeld, Plan, SearchPlan, check_writable,
+                          experiment_lock, storage_full)
 
 SCHEDULERS = ("fifo", "asha")
 FUSE_MODES = ("auto", "on", "off")
@@ -189,28 +189,27 @@ def data_arg(data: str | None) -> str | None:
     return str(Path(data).resolve()) if data and Path(data).exists() else data
 
 
-def resume_conflicts(args: argparse.Namespace, prov: dict, ray_experiment: str | None) -> list[str]:
+def resume_conflicts(args: argparse.Namespace, plan: Plan, ray_experiment: str | None) -> list[str]:
     """Flags given with --resume whose value differs from the stored search. Equal values are fine:
     rerunning the same command with --resume is what the interrupted search tells the user to do."""
     from search.trackers import resolved_uri  # imports Ray: not before init_ray
 
-    stored = Settings.from_dict(prov["settings"])
+    stored = plan.settings
     # The seed axis (--seeds) is compared as --seeds; --seed is the first seed, train.seed.
     stored_values = {**vars(stored.train), **vars(stored.data), **vars(stored.model),
                      **{k: v for k, v in stored.grid.items() if k != SEED}}
     given = {name: (tuple(v) if isinstance(v, list) else v) for name, v in config_overrides(args).items()}
-    search = prov["search"]
+    search = plan.search
     mlflow_uri = args.mlflow_tracking_uri and resolved_uri(args.mlflow_tracking_uri)
     given.update({k: v for k, v in (("preset", args.preset), ("search", args.search),
                                     ("scheduler", args.scheduler), ("num_samples", args.num_samples),
                                     ("fuse", args.fuse), ("seeds", args.seeds), ("mlflow_tracking_uri", mlflow_uri),
                                     ("storage_path", ray_experiment), ("data", data_arg(args.data)))
                   if v is not None})
-    stored_values.update(preset=stored.preset, search=search["search"], scheduler=search["scheduler"],
-                         fuse=search["fuse"]["mode"], seeds=stored.seeds,
-                         mlflow_tracking_uri=search.get("mlflow_tracking_uri"),
-                         num_samples=search["trials"] if search["search"] == "optuna" else None,
-                         storage_path=prov["ray_experiment"], data=prov["dataset"]["data_arg"])
+    stored_values.update(preset=stored.preset, search=search.search, scheduler=search.scheduler,
+                         fuse=search.fuse.mode, seeds=stored.seeds, mlflow_tracking_uri=search.mlflow_tracking_uri,
+                         num_samples=search.trials if search.search == "optuna" else None,
+                         storage_path=plan.ray_experiment, data=plan.data_arg)
     return [f"--{name.replace('_', '-')} (stored {stored_values[name]!r}, given {value!r})"
             for name, value in given.items() if value != stored_values[name]]
 
@@ -247,8 +246,8 @@ def searcher(name: str, objectives: list[tuple[str, str]], seed: int):
                         sampler=TPESampler(seed=seed, multivariate=True))
 
 
-def stored_search(args: argparse.Namespace, results_dir: Path) -> tuple[dict | None, str, bool]:
-    """(provenance or None, the Ray experiment's path, whether Tune can restore it) for this command.
+def stored_search(args: argparse.Namespace, results_dir: Path) -> tuple[Plan | None, str, bool]:
+    """(the stored Plan or None, the Ray experiment's path, whether Tune can restore it) for this command.
 
     A new search refuses a folder that already holds one. --resume takes the experiment's path
     from provenance.json (an s3:// --storage-path need not be repeated) and refuses flags that
@@ -265,7 +264,7 @@ def stored_search(args: argparse.Namespace, results_dir: Path) -> tuple[dict | N
         raise user_error(f"--storage-path {args.storage_path} would put Ray's files in or above the results "
                          f"folder {results_dir}, which search.export replaces as a whole; pick another folder")
     try:
-        prov = read_provenance(results_dir) if (results_dir / PROVENANCE).is_file() else None
+        prov = Plan.load(results_dir) if (results_dir / PROVENANCE).is_file() else None
     except DamagedProvenance as e:
         raise user_error(e) from None
     if not args.resume:
@@ -281,10 +280,10 @@ def stored_search(args: argparse.Namespace, results_dir: Path) -> tuple[dict | N
         raise user_error(f"--resume continues {experiment} with its stored settings, but {', '.join(conflicts)}; "
                          "drop those flags, or start a new search with --experiment NAME")
     try:  # before training: the export at the end would refuse the folder
-        check_layout(results_dir, prov["ray_experiment"])
+        check_layout(results_dir, prov.ray_experiment)
     except SetLayoutError as e:
         raise user_error(e) from None
-    return prov, prov["ray_experiment"], restorable(prov["ray_experiment"])
+    return prov, prov.ray_experiment, restorable(prov.ray_experiment)
 
 
 def restorable(ray_experiment: str) -> bool:
@@ -335,25 +334,6 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-@dataclass(frozen=True)
-class SearchPlan:
-    """How the trials run (provenance.json's "search")."""
-    search: str  # "grid" or "optuna"
-    scheduler: str  # "fifo" or "asha"
-    trials: int  # Tune trials: grid points, or fused architectures, or --num-samples
-    points: int  # grid points (rows of the table)
-    fuse: dict  # mode, on, reason (printed and recorded), members (each fused trial's member points)
-    objectives: list  # (metric, "min"|"max") pairs a searcher optimizes and the Pareto front uses
-    resources_per_trial: dict
-    mlflow_tracking_uri: str | None
-    max_concurrent: int | None
-    max_failures: int
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
 def _versions() -> dict:
     import ray
     import torch
@@ -362,30 +342,15 @@ def _versions() -> dict:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """A new search as decided before its first trial. Frozen; `asdict(plan)` is what provenance.json holds when
-    the search starts, read back by --resume and search.export (a run adds what it measured beside it: fit_s,
-    devices, exported, best_trial)."""
-    experiment: str
+class Where:
+    """Where a new search runs: its results folder, its Ray experiment, the cluster, each trial's resources."""
+    results_dir: Path
     ray_experiment: str
-    command: list
-    settings: dict  # Settings.to_dict(): the preset, the three configs, the grid
-    preset_about: str
-    search: SearchPlan
-    dataset: dict  # the --data argument, the prepared data's info (source, fingerprint, ...), counts, split ids
-    clip: dict  # model, pretrained, mode, status
-    baselines: dict  # model.eval.evaluator.Evaluator.baselines(): the text-blind reference points beside the table
-    cluster: dict  # CPU, GPU, nodes
-    started: str = field(default_factory=_now)
-    code_version: str = field(default_factory=code_version)
-    ray_version: str = ""
-    torch_version: str = ""
-    python: str = ""
-    devices: str | None = None  # filled in by search.export from the trials' reports
+    cluster: dict
+    per_trial: dict
 
 
-def plan_search(args, argv, results_dir: Path, ray_experiment: str, settings: Settings, data, cluster: dict,
-                clip: tuple, per_trial: dict) -> Plan:
+def plan_search(args, argv, where: Where, settings: Settings, data, clip: tuple) -> Plan:
     """The Plan of a new search: the command's flags, resolved settings and data, the cluster, CLIP's scorer (the
     weights check_clip loaded, for the baselines) and status."""
     from model.eval.evaluator import Evaluator, split_images
@@ -397,7 +362,7 @@ def plan_search(args, argv, results_dir: Path, ray_experiment: str, settings: Se
         # cores (and cached beside the prepared data), so that no trial fits its own.
         model_cfg, _, section = settings.trial({"family": name})
         families.get(name).fit_once(data, model_cfg, section)
-    members, fuse_reason = fuse_decision(args.fuse, args.search, args.scheduler, per_trial["gpu"], settings)
+    members, fuse_reason = fuse_decision(args.fuse, args.search, args.scheduler, where.per_trial["gpu"], settings)
     for what, used in (("--scheduler asha", args.scheduler != "fifo"), ("--search optuna", args.search != "grid")):
         if used:
             family_of(settings, what)
@@ -408,49 +373,49 @@ def plan_search(args, argv, results_dir: Path, ray_experiment: str, settings: Se
                   (VAL_CLIP if scorer is not None else VAL_TOP1, "max")]
     search = SearchPlan(
         search=args.search, scheduler=args.scheduler, trials=points // len(members) if members else points,
-        points=points, fuse={"mode": args.fuse, "on": members is not None, "reason": fuse_reason, "members": members},
-        objectives=objectives, resources_per_trial=per_trial,
+        points=points, fuse=Fuse(args.fuse, members is not None, fuse_reason, members),
+        objectives=objectives, resources_per_trial=where.per_trial,
         mlflow_tracking_uri=args.mlflow_tracking_uri and resolved_uri(args.mlflow_tracking_uri),
         max_concurrent=args.max_concurrent, max_failures=args.max_failures)
     return Plan(
-        experiment=results_dir.name, ray_experiment=ray_experiment,
+        experiment=where.results_dir.name, ray_experiment=where.ray_experiment,
         command=[sys.executable, "-m", "search.grid", *(sys.argv[1:] if argv is None else argv)],
-        settings=settings.to_dict(), preset_about=settings.about(), search=search,
+        settings=settings, preset_about=settings.about(), search=search,
         dataset={"data_arg": data_arg(args.data), **{k: v for k, v in data.info.items() if k != "splits"},
                  "counts": {s: len(data.split(s)) for s in ("train", "val", "test")},
                  "split_ids": data.info.get("splits")},
         clip={"model": settings.train.clip_model, "pretrained": settings.train.clip_pretrained,
               "mode": settings.train.clip_mode, "status": clip_status},
-        baselines=Evaluator(data, split_images(data, "cpu"), scorer, clip_status).baselines(), cluster=cluster,
+        baselines=Evaluator(data, split_images(data, "cpu"), scorer, clip_status).baselines(), cluster=where.cluster,
         **_versions())
 
 
-def new_tuner(trainable, settings: Settings, prov: dict, storage: str):
+def new_tuner(trainable, settings: Settings, plan: Plan, storage: str):
     from ray import tune
 
     from search.progress import Progress
     from search.trackers import mlflow_logger
 
-    search = prov["search"]
-    space = fused_space(settings.grid)[0] if search["fuse"]["on"] else settings.grid
-    callbacks = [Progress(search["trials"], every_s=10.0 if settings.preset == "smoke" else 30.0)]
-    if search.get("mlflow_tracking_uri"):  # TensorBoard's event files are Tune's default (search/trackers.py)
-        callbacks.append(mlflow_logger(search["mlflow_tracking_uri"], prov))
+    search = plan.search
+    space = fused_space(settings.grid)[0] if search.fuse.on else settings.grid
+    callbacks = [Progress(search.trials, every_s=10.0 if settings.preset == "smoke" else 30.0)]
+    if search.mlflow_tracking_uri:  # TensorBoard's event files are Tune's default (search/trackers.py)
+        callbacks.append(mlflow_logger(search.mlflow_tracking_uri, plan))
     return tune.Tuner(
         trainable,
-        param_space=param_space(space, search["search"]),
+        param_space=param_space(space, search.search),
         tune_config=tune.TuneConfig(
-            scheduler=scheduler(search["scheduler"], settings.train.total_epochs, settings.grid["family"][0]),
-            search_alg=searcher(search["search"], [tuple(o) for o in search["objectives"]], settings.train.seed),
-            num_samples=1 if search["search"] == "grid" else search["trials"],
-            max_concurrent_trials=search["max_concurrent"], trial_dirname_creator=trial_dirname,
+            scheduler=scheduler(search.scheduler, settings.train.total_epochs, settings.grid["family"][0]),
+            search_alg=searcher(search.search, [tuple(o) for o in search.objectives], settings.train.seed),
+            num_samples=1 if search.search == "grid" else search.trials,
+            max_concurrent_trials=search.max_concurrent, trial_dirname_creator=trial_dirname,
             # A finished trial's process runs the next one: torch, transformers and the text
             # encoder are loaded once per worker, not once per trial (seconds each on a laptop).
             reuse_actors=True),
         run_config=tune.RunConfig(
-            name=prov["experiment"], storage_path=storage, verbose=0,
+            name=plan.experiment, storage_path=storage, verbose=0,
             callbacks=callbacks,
-            failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
             # The latest state per trial holds everything (the best-validation weights too). Tune snapshots
             # the experiment every num_to_keep checkpoints of a trial (and every 10 s): 2 halves those syncs
             # against 1. A snapshot that names a checkpoint deleted after it is handled when the trial is
@@ -523,7 +488,7 @@ def check_resources(per_trial: dict, nodes: list[dict], node_types: list[dict]) 
                      "wait forever; ask for what a node has")
 
 
-def fit(prov: dict, settings: Settings, data, restore: bool, results_dir: Path, per_trial: dict, stop: Stop) -> None:
+def fit(plan: Plan, settings: Settings, data, restore: bool, per_trial: dict, stop: Stop) -> float:
     """Run (or continue) the stored search on Ray Tune with `per_trial` resources (this command's: a resumed
     search may run on other machines), until every trial ends or `stop` (a signal, a full disk, Ray dying)."""
     from ray import tune
@@ -531,38 +496,38 @@ def fit(prov: dict, settings: Settings, data, restore: bool, results_dir: Path, 
     from search.progress import TuneLogs
     from search.trainable import train_trial
 
-    search = prov["search"]
+    search = plan.search
     # Every report carries a checkpoint and only the latest two are kept, so Tune snapshots the experiment
     # state after each report (that is what makes --resume exact); its warning about it is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if search["search"] == "optuna":
+    if search.search == "optuna":
         # The second objective (val/clip_score or val/retrieval_top1) comes only with a trial's last
         # report; Tune's strict check would reject every earlier report for lacking it.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    settings = trial_settings(settings, prov["clip"]["status"])
+    settings = trial_settings(settings, plan.clip_status)
     # The dataset enters the object store once; each trial gets a reference, not a copy of its own.
     # The families' classes travel with the trials: a family registered by the user's own script (a class of its
     # __main__, which Ray pickles by value) trains on workers that never imported that script.
     used = {name: families.get(name) for name in settings.grid["family"]}
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, settings=settings,
-                                                         members=search["fuse"]["members"], used=used), per_trial)
+                                                         members=search.fuse.members, used=used), per_trial)
     if restore:
         try:  # a snapshot file cut short by the crash: repaired where that is safe, else a clear error
-            check_snapshot(prov["ray_experiment"], search["trials"])
+            check_snapshot(plan.ray_experiment, search.trials)
         except DamagedSnapshot as e:
             raise user_error(f"--resume: {e}") from None
         # resume_errored: a trial that failed for a passing reason gets another go from its checkpoint.
         # The stored RunConfig comes back with it, including its Progress callback.
-        tuner = tune.Tuner.restore(prov["ray_experiment"], trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(plan.ray_experiment, trainable, resume_errored=True)
     else:
-        tuner = new_tuner(trainable, settings, prov, prov["ray_experiment"].rsplit("/", 1)[0])
-    print(f"[search] {search['trials']} trials for {search['points']} points ({search['search']}, "
-          f"{search['scheduler']}), per trial {per_trial}, cluster {prov['cluster']}", flush=True)
+        tuner = new_tuner(trainable, settings, plan, plan.ray_experiment.rsplit("/", 1)[0])
+    print(f"[search] {search.trials} trials for {search.points} points ({search.search}, {search.scheduler}), "
+          f"per trial {per_trial}, cluster {plan.cluster}", flush=True)
     quiet_unstarted_trials()  # a Ctrl-C's closing analysis would log one error per trial not started
     t_fit = time.time()
     try:
         # Tune's failed-trial tracebacks become one line each, and a full disk stops the search (search/progress.py).
-        with TuneLogs(stop, prov["ray_experiment"]).attached(), stop.during_fit(), refuse_empty_restart():
+        with TuneLogs(stop, plan.ray_experiment).attached(), stop.during_fit(), refuse_empty_restart():
             tuner.fit()  # a signal: Tune stops the trials, snapshots the experiment and returns
     except DamagedSnapshot as e:
         raise user_error(f"--resume: {e}") from None
@@ -573,10 +538,7 @@ def fit(prov: dict, settings: Settings, data, restore: bool, results_dir: Path, 
         # left empty); the trials' results are on storage all the same, and the export reads them from there.
         print(f"[search] Tune's closing summary failed ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
               "the table is read from storage", flush=True)
-    prov = read_provenance(results_dir)
-    # Tune's own wall time per driver run (a resumed search has several): bench/bench_tune_overhead.py reads it.
-    prov["fit_s"] = [*prov.get("fit_s", []), round(time.time() - t_fit, 2)]
-    write_provenance(results_dir, prov)
+    return time.time() - t_fit
 
 
 def summary_line(rows: list[dict], wall_s: float | None = None, planned: int = 0) -> str:
@@ -668,6 +630,35 @@ def main(argv=None) -> list[dict]:
 def search(args, argv, stop: Stop, held: ExitStack, where: SimpleNamespace) -> list[dict]:
     """main's search, from starting Ray to the table, holding the experiment's lock (`held`)."""
     t_start = time.time()
+    plan, settings, data, restore, per_trial = prepare(args, argv, stop, held, where)
+    results_dir = where.results_dir
+    fit_s = fit(plan, settings, data, restore, per_trial, stop)
+    # Tune's own wall time per driver run (a resumed search has several): bench/bench_tune_overhead.py reads it.
+    plan = Plan.load(results_dir)
+    plan.measured(fit_s=(*plan.fit_s, round(fit_s, 2))).save(results_dir)
+    if stop.skip_table:
+        print(stopped_line(stop.reason, results_dir, f"the results table was skipped at the second signal; "
+                                                     f"python -m search.export {results_dir} writes it"),
+              file=sys.stderr, flush=True)
+        raise SystemExit(stop.reason.status)
+    rows = export(results_dir, data=data)  # the layout was checked before training (stored_search)
+    planned = plan.search.points
+    print(summary_line(rows, time.time() - t_start, planned))
+    for best in (r for r in rows if r["best"]):  # one per family: each is ranked by its own selection metric
+        metric = families.get(best.get("family") or DEFAULT_FAMILY).best
+        print(f"[search] best: {({k: best[k] for k in settings.grid})} {metric} {best[metric]:.4f}")
+    print(f"[search] results: {results_dir}/best_config.md", flush=True)
+    status, line = outcome(rows, stop.reason, results_dir, planned)
+    if line:
+        print(line, file=sys.stderr, flush=True)
+    if status:
+        raise SystemExit(status)
+    return rows
+
+
+def prepare(args, argv, stop: Stop, held: ExitStack, where: SimpleNamespace) -> tuple:
+    """Everything before Tune: Ray started, the experiment locked, the stored or new settings, the resources
+    checked, CLIP decided, the data prepared, the plan saved. (plan, settings, data, restore, per-trial resources)"""
     cluster = start_ray(args)
     stop.install()  # ray.init put Ray's own SIGTERM handler (a C++ stack dump, exit 134) in place of ours
     supervise.report(daemons=supervise.ray_daemons(), address=args.address)
@@ -680,7 +671,7 @@ def search(args, argv, stop: Stop, held: ExitStack, where: SimpleNamespace) -> l
         held.enter_context(locked(where.results_dir))
     results_dir = where.results_dir
     supervise.report(results_dir=str(results_dir))
-    prov, ray_experiment, restore = stored_search(args, results_dir)  # compares only the flags given
+    plan, ray_experiment, restore = stored_search(args, results_dir)  # compares only the flags given
     for name, value in DEFAULTS.items():
         setattr(args, name, getattr(args, name) or value)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if cluster["GPU"] > 0 else 0.0)
@@ -688,8 +679,8 @@ def search(args, argv, stop: Stop, held: ExitStack, where: SimpleNamespace) -> l
     with user_errors():  # before the data: a trial no node can run would wait forever
         if warning := check_resources(per_trial, *cluster_shape()):
             print(warning, flush=True)
-    if args.resume:
-        settings = Settings.from_dict(prov["settings"])
+    if plan is not None:
+        settings = plan.settings
         # Without a Tune snapshot the driver stopped after writing provenance.json but before any trial ran:
         # the stored search starts from its beginning.
         print(f"[search] resuming {ray_experiment} with its stored settings" if restore else
@@ -704,42 +695,20 @@ def search(args, argv, stop: Stop, held: ExitStack, where: SimpleNamespace) -> l
     # loader keeps the weights for the baselines.
     from model.eval.clip import ClipLoader
 
-    clip_loader = ClipLoader()
-    clip = check_clip(settings, clip_loader) if prov is None else None
-
+    clip = check_clip(settings, ClipLoader()) if plan is None else None
     # Prepared once per search, before any trial: the data pipeline never competes with trials for CPUs.
     with user_errors("--data"):
-        data = load_data(prov["dataset"]["data_arg"] if args.resume else args.data, settings)
-    if args.resume and (why := data_changed(prov, data)):
+        data = load_data(plan.data_arg if plan is not None else args.data, settings)
+    if plan is not None and (why := data_changed(plan, data)):
         raise user_error(f"--resume: {why}")
     print(f"[search] data: {'SYNTHETIC ' if data.info.get('synthetic') else ''}{data.info.get('source')}, "
           f"train/val/test rows {len(data.train)}/{len(data.val)}/{len(data.test)}", flush=True)
-    if prov is None:
+    if plan is None:
         with user_errors():
-            plan = plan_search(args, argv, results_dir, ray_experiment, settings, data, cluster, clip, per_trial)
-        prov = asdict(plan)
-        write_provenance(results_dir, prov)
-    print(f"[search] fused: {prov['search']['fuse']['reason']}", flush=True)
-
-    fit(prov, settings, data, restore, results_dir, per_trial, stop)
-    if stop.skip_table:
-        print(stopped_line(stop.reason, results_dir, f"the results table was skipped at the second signal; "
-                                                     f"python -m search.export {results_dir} writes it"),
-              file=sys.stderr, flush=True)
-        raise SystemExit(stop.reason.status)
-    rows = export(results_dir, data=data)  # the layout was checked before training (stored_search)
-    planned = prov["search"]["points"]
-    print(summary_line(rows, time.time() - t_start, planned))
-    for best in (r for r in rows if r["best"]):  # one per family: each is ranked by its own selection metric
-        metric = families.get(best.get("family") or DEFAULT_FAMILY).best
-        print(f"[search] best: {({k: best[k] for k in settings.grid})} {metric} {best[metric]:.4f}")
-    print(f"[search] results: {results_dir}/best_config.md", flush=True)
-    status, line = outcome(rows, stop.reason, results_dir, planned)
-    if line:
-        print(line, file=sys.stderr, flush=True)
-    if status:
-        raise SystemExit(status)
-    return rows
+            plan = plan_search(args, argv, Where(results_dir, ray_experiment, cluster, per_trial), settings, data, clip)
+        plan.save(results_dir)
+    print(f"[search] fused: {plan.search.fuse.reason}", flush=True)
+    return plan, settings, data, restore, per_trial
 
 
 def post_mortem(messages: dict, what: str) -> int:
@@ -759,7 +728,7 @@ def post_mortem(messages: dict, what: str) -> int:
         table = (f"the results table could not be written ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
                  f"python -m search.export {results_dir} writes it")
     else:
-        planned = read_provenance(results_dir)["search"]["points"]
+        planned = Plan.load(results_dir).search.points
         print(summary_line(rows, planned=planned))
         print(f"[search] results: {results_dir}/best_config.md", flush=True)
         status, line = outcome(rows, reason, results_dir, planned)

@@ -1,6 +1,8 @@
-"""Files a search writes, written so that a crash, a second process or a full disk loses nothing.
+"""Files a search writes, written so that a crash, a second process or a full disk loses nothing, and its Plan.
 
-    from search.store import staged_dir, experiment_lock, check_writable, storage_full
+    from search.store import Plan, staged_dir, experiment_lock, check_writable, storage_full
+    plan.save("results/grid")                                  # provenance.json, atomically
+    plan = Plan.load("results/grid")                           # typed: plan.settings.train.epochs, plan.search.fuse.on
     with staged_dir("results/grid") as tmp:                    # a whole folder, swapped in at the end
         (tmp / "a.csv").write_text(...)
     check_writable("results", "--results")                     # before Ray starts: StoreError if not
@@ -11,6 +13,11 @@
 Temporary names carry the host, the process id and a random tag (`.<name>.staged-<host>-<pid>-<tag>`), so two
 processes never share one, and a leftover is removed only by a later process on the same host once its owner is
 gone (never the staging folder of an export still being filled).
+
+The Plan is a search as decided before its first trial (the command, the resolved Settings, how the trials run, the
+data, CLIP, the baselines, the cluster, the versions), plus what its runs measured beside it (fit_s, devices,
+exported, best_trial/best_trials). provenance.json holds it as JSON; `Plan.load` reads it back typed, so --resume,
+search.export and the table read attributes, never strings into a dict.
 
 The experiment lock is a file beside the results folder, `<results>/.<experiment>.lock`, held with flock(2) for
 the whole search: the kernel releases it when the process ends, however it ends, so a lock is never left held by
@@ -27,13 +34,17 @@ import fcntl
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from model.files import HOST, beside
+from model.files import HOST, atomic_write, beside
+from search.settings import Settings
+
+PROVENANCE = "provenance.json"
 
 # A full disk, or a full quota: nothing more can be written there until someone frees space.
 FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
@@ -259,3 +270,120 @@ def experiment_lock(results_root: str | Path, experiment: str, say=print):
         except FileNotFoundError:
             pass
         f.close()
+
+
+# ---------------------------------------------------------------------------- the plan
+
+
+class DamagedProvenance(ValueError):
+    """provenance.json cannot be read: cut short, or edited into something else."""
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+@dataclass(frozen=True)
+class Fuse:
+    """Whether the trials are fused: the mode asked for, the decision and its one-line reason, each fused trial's
+    member points (None: unfused)."""
+    mode: str = "auto"
+    on: bool = False
+    reason: str = ""
+    members: list | None = None
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """How the trials run (provenance.json's "search")."""
+    search: str = "grid"  # "grid" or "optuna"
+    scheduler: str = "fifo"  # "fifo" or "asha"
+    trials: int = 0  # Tune trials: grid points, or fused architectures, or --num-samples
+    points: int = 0  # grid points (rows of the table)
+    fuse: Fuse = field(default_factory=Fuse)
+    objectives: list = field(default_factory=list)  # (metric, "min"|"max") pairs a searcher optimizes; the Pareto front
+    resources_per_trial: dict = field(default_factory=dict)
+    mlflow_tracking_uri: str | None = None
+    max_concurrent: int | None = None
+    max_failures: int = 2
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchPlan":
+        return cls(**{**d, "fuse": Fuse(**d.get("fuse", {})), "objectives": [tuple(o) for o in d.get("objectives", [])]})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A search as decided before its first trial, then what its runs measured beside it. Frozen: a run records
+    what it measured with `dataclasses.replace` and `save`."""
+    experiment: str
+    ray_experiment: str
+    settings: Settings
+    search: SearchPlan
+    command: list = field(default_factory=list)
+    preset_about: str = ""
+    dataset: dict = field(default_factory=dict)  # the --data argument, the prepared data's info, counts, split ids
+    clip: dict = field(default_factory=dict)  # model, pretrained, mode, status
+    baselines: dict = field(default_factory=dict)  # the text-blind reference points beside the table
+    cluster: dict = field(default_factory=dict)  # CPU, GPU, nodes
+    started: str = field(default_factory=_now)
+    code_version: str = field(default_factory=code_version)
+    ray_version: str = ""
+    torch_version: str = ""
+    python: str = ""
+    # What runs measured: Tune's wall time per driver run, the devices the trials ran on, the last export's time,
+    # the best row's point (per family in a mixed search).
+    fit_s: tuple = ()
+    devices: str | None = None
+    exported: str | None = None
+    best_trial: dict | None = None
+    best_trials: dict | None = None
+
+    @property
+    def data_arg(self) -> str | None:
+        return self.dataset.get("data_arg")
+
+    @property
+    def clip_status(self) -> str:
+        return self.clip.get("status", "off")
+
+    def to_dict(self) -> dict:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "settings": self.settings.to_dict(),
+                "search": asdict(self.search), "fit_s": list(self.fit_s)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in d.items() if k in names}, "settings": Settings.from_dict(d["settings"]),
+                      "search": SearchPlan.from_dict(d["search"]), "fit_s": tuple(d.get("fit_s", ()))})
+
+    def save(self, results_dir: str | Path) -> None:
+        atomic_write(Path(results_dir) / PROVENANCE, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+
+    @classmethod
+    def load(cls, results_dir: str | Path) -> "Plan":
+        """The plan in <results_dir>/provenance.json: FileNotFoundError if there is none, DamagedProvenance if it
+        cannot be read as one."""
+        path = Path(results_dir) / PROVENANCE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: pass the results directory of a search "
+                                    "(results/<experiment>, written by python -m search.grid)")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError) as e:  # written atomically by us: damaged by hand or by the disk
+            raise DamagedProvenance(f"{path} is damaged ({type(e).__name__}: {e}): it cannot say where the search's Ray "
+                                    "experiment is or what it trained; restore it from a backup, or start a new "
+                                    "search") from None
+
+    def measured(self, **values) -> "Plan":
+        """The plan with what a run measured beside it (fit_s, devices, exported, best_trial, best_trials)."""
+        return replace(self, **values)

@@ -106,93 +106,107 @@ def _die_with(parent: int):
     return preexec
 
 
-def supervise(argv: list[str], post_mortem) -> int:
-    """Run `python -m search.grid argv` as the child, pass signals on, watch its Ray; its exit status, or, when it
-    ended without one, `post_mortem(messages, what ended it)`'s."""
-    read_end, write_end = os.pipe()
-    parent = os.getpid()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "search.grid", *argv], env={**os.environ, REPORT_FD: str(write_end)},
-        pass_fds=(write_end,), start_new_session=True, preexec_fn=_die_with(parent))
-    os.close(write_end)
+class Watch:
+    """The command's own process: the search runs in `child`; its reports arrive on a pipe (`messages`); signals
+    are held until the child can take them, then passed on; a dead Ray daemon stops it (RAY_DIED, then SIGKILL
+    after GRACE_S)."""
 
-    messages, pending, queued = {}, b"", []
-    died, deadline = None, None
+    def __init__(self, argv: list[str]):
+        self.read_end, write_end = os.pipe()
+        self.child = subprocess.Popen(
+            [sys.executable, "-m", "search.grid", *argv], env={**os.environ, REPORT_FD: str(write_end)},
+            pass_fds=(write_end,), start_new_session=True, preexec_fn=_die_with(os.getpid()))
+        os.close(write_end)
+        os.set_blocking(self.read_end, False)
+        self.messages, self.pending, self.queued = {}, b"", []
+        self.died, self.deadline = None, None
+        self.ttys = [fd for fd in (1, 2) if os.isatty(fd)]
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self.forward)
 
-    def send(signum):
+    def send(self, signum) -> None:
         try:
-            child.send_signal(signum)
+            self.child.send_signal(signum)
         except ProcessLookupError:
             pass
 
-    def deliverable(signum) -> bool:
+    def deliverable(self, signum) -> bool:
         # Held until the child has its handlers in place ("ready"), and SIGTERM until Ray has started ("daemons"):
         # ray.init puts Ray's own SIGTERM handler in place of the child's (a C++ stack dump) until the child puts
         # its own back.
-        return bool(messages.get("ready")) and (signum != signal.SIGTERM or "daemons" in messages)
+        return bool(self.messages.get("ready")) and (signum != signal.SIGTERM or "daemons" in self.messages)
 
-    ttys = [fd for fd in (1, 2) if os.isatty(fd)]
-
-    def forward(signum, frame):
+    def forward(self, signum, frame) -> None:
         if signum == signal.SIGHUP:
-            detach(ttys)  # the terminal is gone: the child's output and ours go nowhere rather than fail
-        if deliverable(signum):
-            send(signum)
+            detach(self.ttys)  # the terminal is gone: the child's output and ours go nowhere rather than fail
+        if self.deliverable(signum):
+            self.send(signum)
         else:
-            queued.append(signum)
+            self.queued.append(signum)
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, forward)
-    os.set_blocking(read_end, False)
-
-    def read():
-        nonlocal pending
+    def read(self) -> None:
         while True:
             try:
-                chunk = os.read(read_end, 65536)
+                chunk = os.read(self.read_end, 65536)
             except BlockingIOError:
                 return
             if not chunk:
                 return
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
+            self.pending += chunk
+            *lines, self.pending = self.pending.split(b"\n")
             for line in lines:
-                messages.update(json.loads(line))
+                self.messages.update(json.loads(line))
 
-    while True:
-        try:
-            rc = child.wait(timeout=POLL_S)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        read()
-        while queued and deliverable(queued[0]):
-            send(queued.pop(0))
-        ending = ("exit", "failed")  # the child reports how it ends before Ray's own shutdown ends the daemons
-        if died is None and not any(k in messages for k in ending):
-            died = dead_daemons(messages.get("daemons") or {})
-            read()
-            if died and any(k in messages for k in ending):
-                died = None
-            elif died:
-                child.send_signal(RAY_DIED)
-                deadline = time.monotonic() + GRACE_S
-        elif deadline is not None and time.monotonic() > deadline:
-            child.kill()
-            deadline = None
-    read()
-    os.close(read_end)
-    if "exit" in messages:
-        return messages["exit"]
-    if messages.get("failed"):
-        what = f"the search's driver failed ({messages['failed']}; its traceback is above)"
-    elif died:
-        what = died
-    elif rc < 0:
-        name = signal.Signals(-rc).name
-        what = f"the search's driver (pid {child.pid}) was killed by {name}" + (
-            " (sent by the kernel's out-of-memory killer, or by kill -9)" if -rc == signal.SIGKILL else "")
-    else:
+    def step(self) -> None:
+        """One poll: reports read, held signals passed on, the daemons checked (the child reports how it ends before
+        Ray's own shutdown ends them), a child that outlived its grace killed."""
+        self.read()
+        while self.queued and self.deliverable(self.queued[0]):
+            self.send(self.queued.pop(0))
+        ending = ("exit", "failed")
+        if self.died is None and not any(k in self.messages for k in ending):
+            self.died = dead_daemons(self.messages.get("daemons") or {})
+            self.read()
+            if self.died and any(k in self.messages for k in ending):
+                self.died = None
+            elif self.died:
+                self.child.send_signal(RAY_DIED)
+                self.deadline = time.monotonic() + GRACE_S
+        elif self.deadline is not None and time.monotonic() > self.deadline:
+            self.child.kill()
+            self.deadline = None
+
+    def wait(self) -> int:
+        while True:
+            try:
+                rc = self.child.wait(timeout=POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                self.step()
+        self.read()
+        os.close(self.read_end)
+        return rc
+
+    def what_ended(self, rc: int) -> str:
+        """Why the child ended without an exit status of its own."""
+        messages, pid = self.messages, self.child.pid
+        if messages.get("failed"):
+            return f"the search's driver failed ({messages['failed']}; its traceback is above)"
+        if self.died:
+            return self.died
+        if rc < 0:
+            name = signal.Signals(-rc).name
+            return f"the search's driver (pid {pid}) was killed by {name}" + (
+                " (sent by the kernel's out-of-memory killer, or by kill -9)" if -rc == signal.SIGKILL else "")
         lost = f" (it lost the Ray cluster at {messages['address']})" if messages.get("address") else ""
-        what = f"the search's driver (pid {child.pid}) ended unexpectedly with exit status {rc}{lost}"
-    return post_mortem(messages, what)
+        return f"the search's driver (pid {pid}) ended unexpectedly with exit status {rc}{lost}"
+
+
+def supervise(argv: list[str], post_mortem) -> int:
+    """Run `python -m search.grid argv` as the child, pass signals on, watch its Ray; its exit status, or, when it
+    ended without one, `post_mortem(messages, what ended it)`'s."""
+    watch = Watch(argv)
+    rc = watch.wait()
+    if "exit" in watch.messages:
+        return watch.messages["exit"]
+    return post_mortem(watch.messages, watch.what_ended(rc))

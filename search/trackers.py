@@ -131,6 +131,7 @@ class MLflowLogger(MLflowLoggerCallback):
         client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 
-def mlflow_logger(uri: str, prov: dict) -> MLflowLogger:
-    return MLflowLogger(uri, prov["experiment"], members=prov["search"]["fuse"]["members"],
-                        tags={"ray_experiment": prov["ray_experiment"], "code_version": prov["code_version"]})
+def mlflow_logger(uri: str, plan) -> MLflowLogger:
+    """Ray's MLflow callback for a search's Plan (search/store.py): one run per trial, tagged with the experiment."""
+    return MLflowLogger(uri, plan.experiment, members=plan.search.fuse.members,
+                        tags={"ray_experiment": plan.ray_experiment, "code_version": plan.code_version})

@@ -19,23 +19,25 @@ from search import analysis
 from search import grid as grid_cli
 from search.figures import importance as importance_figure
 from search.figures import learning_curves, parallel_coordinates
-from search.results import TrialRecord, summarize, table_rows, write_tables
+from search.report import summarize, write_tables
+from search.results import TrialRecord, table_rows
+from search.store import Plan
 from search.settings import resolve
 from search.space import fused_space, grid_size
 
 PINNED = {"weight_decay": [1e-5], "n_heads": [2], "ff_dim": [512], "n_layers": [2]}
 
 
-def _prov(seeds=1, **grid):
-    s = resolve("smoke", {**PINNED, **grid}, seeds=seeds)
-    return {"settings": s.to_dict(), "experiment": "t", "preset_about": "tiny", "ray_experiment": "/tmp/x",
+def _prov(seeds=1, families=None, **grid) -> Plan:
+    s = resolve("smoke", {**PINNED, **grid, **({"family": families} if families else {})}, seeds=seeds)
+    return Plan.from_dict({"settings": s.to_dict(), "experiment": "t", "preset_about": "tiny", "ray_experiment": "/tmp/x",
             "search": {"search": "grid", "scheduler": "fifo", "trials": 1, "points": grid_size(s.grid),
                        "fuse": {"mode": "auto", "on": False, "reason": "off", "members": None},
                        "objectives": [], "resources_per_trial": {"cpu": 1, "gpu": 0}, "max_failures": 2},
             "clip": {"model": "m", "pretrained": "p", "status": "off"},
             "dataset": {"source": "synthetic:0", "synthetic": True, "fingerprint": "abc", "counts": {}},
             "code_version": "unknown", "ray_version": "2.60.0", "torch_version": "x", "devices": "cpu",
-            "baselines": {}, "cluster": {"nodes": 1, "CPU": 2.0, "GPU": 0.0}}
+            "baselines": {}, "cluster": {"nodes": 1, "CPU": 2.0, "GPU": 0.0}})
 
 
 def _trial(tid, point, metrics, status="TERMINATED"):
@@ -152,8 +154,7 @@ def test_one_seed_makes_no_tie_claim(tmp_path):
 def test_families_rank_by_their_own_metric_and_are_compared_on_shared_test_metrics(tmp_path):
     """A mixed search (family a grid axis, the lead's --family): each family is ranked, tied and
     compared within itself; the families only on test metrics both report."""
-    prov = _prov(seeds=3, lr=[1e-4, 1e-5])
-    prov["settings"]["grid"] = {"family": ["regressor", "diffusion"], **prov["settings"]["grid"]}
+    prov = _prov(seeds=3, families=["regressor", "diffusion"], lr=[1e-4, 1e-5])
     point = {k: v[0] for k, v in PINNED.items()}
     reg = {1e-4: [0.30, 0.31, 0.29], 1e-5: [0.50, 0.52, 0.51]}
     dif = {1e-4: [0.09, 0.08, 0.10], 1e-5: [0.05, 0.06, 0.04]}  # diffusion's best is the other lr
@@ -299,7 +300,6 @@ def test_seeds_flag_refuses_searches_that_cannot_replicate_and_resume_compares_i
             grid_cli.parse_args(["--seeds", "3", *extra])
         assert "--seeds applies to the FIFO grid" in capsys.readouterr().err
     prov = _prov(seeds=3, lr=[1e-4, 1e-5])
-    prov["dataset"]["data_arg"] = None
     same = grid_cli.parse_args(["--preset", "smoke", "--seeds", "3", "--seed", "0", "--resume"])
     assert grid_cli.resume_conflicts(same, prov, None) == []
     assert grid_cli.resume_conflicts(grid_cli.parse_args(["--seeds", "2", "--resume"]), prov, None) == [

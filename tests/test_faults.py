@@ -372,9 +372,7 @@ def test_a_full_disk_is_named_in_any_form_a_trial_error_takes():
 def _provenance_file(results_dir: Path, ray_experiment: str) -> None:
     from test_search import _provenance
 
-    from search.export import write_provenance
-
-    write_provenance(results_dir, {**_provenance(), "experiment": results_dir.name, "ray_experiment": ray_experiment})
+    _provenance(experiment=results_dir.name, ray_experiment=ray_experiment).save(results_dir)
 
 
 @pytest.mark.parametrize("damage", ["cut short", "missing experiment", "not ours"])

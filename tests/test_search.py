@@ -23,9 +23,10 @@ from data_pipeline.dataset import PreparedData, Split
 from model.config import BEST_VAL_L1, TEST_CLIP, TEST_L1, TEST_TOP1, VAL_TOP1, ModelConfig, TrainConfig
 from search import export as export_mod
 from search import grid as grid_cli
-from search.results import TrialRecord, error_reason, pareto_front, table_rows, write_tables
+from search.report import write_tables
+from search.results import TrialRecord, error_reason, pareto_front, table_rows
 from model.files import atomic_write
-from search.store import replace_dir, staged_dir
+from search.store import Plan, replace_dir, staged_dir
 from search.settings import PRESETS, Settings, add_config_flags, config_overrides, limit_records, resolve
 from search.space import GRID, grid_size, param_space, trial_configs
 from model.families.diffusion import DiffusionConfig
@@ -146,9 +147,10 @@ def test_limit_records_keeps_every_rotation_of_a_kept_record():
     assert "first 2 records" in small.info["subset"] and limit_records(data, None) is data
 
 
-def _provenance(search="grid", epochs=2):
+def _provenance(search="grid", epochs=2, **fields) -> Plan:
+    """A search's Plan, as provenance.json holds it (`fields` replace top-level entries)."""
     s = resolve("smoke", {"epochs": epochs})
-    return {"settings": s.to_dict(), "search": {"search": search, "scheduler": "fifo", "trials": 3, "points": 3,
+    return Plan.from_dict({**{"settings": s.to_dict(), "search": {"search": search, "scheduler": "fifo", "trials": 3, "points": 3,
                                                 "fuse": {"mode": "auto", "on": False, "reason": "off", "members": None},
                                                 "objectives": [[BEST_VAL_L1, "min"], [VAL_TOP1, "max"]],
                                                 "resources_per_trial": {"cpu": 1, "gpu": 0}, "max_failures": 2},
@@ -156,7 +158,7 @@ def _provenance(search="grid", epochs=2):
             "dataset": {"source": "synthetic:0", "synthetic": True, "fingerprint": "abc", "counts": {"train": 8}},
             "code_version": "unknown", "ray_version": "2.60.0", "torch_version": "x", "devices": "cpu",
             "ray_experiment": "/tmp/x", "baselines": {"baseline/test_l1_mean_train_image": 0.41},
-            "cluster": {"nodes": 1, "CPU": 2.0, "GPU": 0.0}}
+            "cluster": {"nodes": 1, "CPU": 2.0, "GPU": 0.0}}, **fields})
 
 
 # ---------------------------------------------------------------------------- resume
@@ -164,8 +166,6 @@ def _provenance(search="grid", epochs=2):
 
 def test_resume_accepts_the_same_command_and_names_a_changed_flag():
     prov = _provenance(epochs=2)
-    prov["dataset"]["data_arg"] = None
-    prov["search"]["scheduler"] = "fifo"
     same = _parse(["--preset", "smoke", "--epochs", "2", "--lr", "1e-4", "1e-5", "--scheduler", "fifo", "--resume"])
     assert grid_cli.resume_conflicts(same, prov, None) == []  # what the interrupted search says to run
     changed = _parse(["--preset", "smoke", "--epochs", "3", "--lr", "1e-3", "--resume"])
@@ -179,9 +179,7 @@ def test_resume_accepts_the_same_command_and_names_a_changed_flag():
 
 def _stored(tmp_path, ray_experiment, snapshot):
     """A results folder holding provenance.json, its Ray experiment elsewhere, with or without Tune's snapshot."""
-    prov = {**_provenance(), "experiment": "exp", "ray_experiment": str(ray_experiment)}
-    prov["dataset"]["data_arg"] = None
-    export_mod.write_provenance(tmp_path / "results" / "exp", prov)
+    _provenance(experiment="exp", ray_experiment=str(ray_experiment)).save(tmp_path / "results" / "exp")
     ray_experiment.mkdir(parents=True)
     (ray_experiment / "tuner.pkl").write_bytes(b"")  # Tune writes it as fit() starts
     if snapshot:
@@ -193,7 +191,7 @@ def test_resume_finds_the_experiment_from_provenance(tmp_path):
     # Stored with --storage-path elsewhere; --resume without the flag still finds it.
     results_dir = _stored(tmp_path, tmp_path / "bucket" / "exp", snapshot=True)
     prov, ray_experiment, restore = grid_cli.stored_search(_parse(["--resume"]), results_dir)
-    assert ray_experiment == str(tmp_path / "bucket" / "exp") and restore and prov["experiment"] == "exp"
+    assert ray_experiment == str(tmp_path / "bucket" / "exp") and restore and prov.experiment == "exp"
     with pytest.raises(SystemExit) as e:  # a new search into the same folder is refused
         grid_cli.stored_search(_parse([]), results_dir)
     assert e.value.code == 2
@@ -203,7 +201,7 @@ def test_resume_before_the_first_snapshot_starts_the_stored_search(tmp_path):
     # Killed between writing provenance.json and Tune's first snapshot: not stuck.
     results_dir = _stored(tmp_path, tmp_path / "results" / "tune" / "exp", snapshot=False)
     prov, ray_experiment, restore = grid_cli.stored_search(_parse(["--resume"]), results_dir)
-    assert not restore and ray_experiment == prov["ray_experiment"]
+    assert not restore and ray_experiment == prov.ray_experiment
 
 
 def test_resume_without_a_stored_search_is_a_one_line_error(tmp_path, capsys):
@@ -353,9 +351,7 @@ class _Checkpoint:
 def _exported_search(tmp_path, monkeypatch, fingerprint):
     """search.export on a stored search of 3 trials (one pending), reading a dataset with `fingerprint`."""
     results_dir = tmp_path / "results" / "exp"
-    prov = {**_provenance(), "experiment": "exp", "ray_experiment": str(tmp_path / "results" / "tune" / "exp")}
-    prov["dataset"]["data_arg"] = None
-    export_mod.write_provenance(results_dir, prov)
+    _provenance(experiment="exp", ray_experiment=str(tmp_path / "results" / "tune" / "exp")).save(results_dir)
     (results_dir / "samples_test.png").write_text("from an earlier export")
     trials = [_trial("a", 1e-4, 0.5), _trial("b", 1e-5, 0.3), TrialRecord("c", {"lr": 1e-5}, "PENDING")]
     trials[1].checkpoint = _Checkpoint()
@@ -387,7 +383,7 @@ def test_export_skips_sample_figures_when_the_data_changed(tmp_path, monkeypatch
 
 def test_export_refuses_a_folder_that_also_holds_the_ray_experiment(tmp_path):
     results_dir = tmp_path / "exp"
-    export_mod.write_provenance(results_dir, {**_provenance(), "ray_experiment": str(results_dir)})
+    _provenance(ray_experiment=str(results_dir)).save(results_dir)
     (results_dir / "trial_x").mkdir()
     with pytest.raises(export_mod.SetLayoutError, match="replaces that folder as a whole"):
         export_mod.export(results_dir)
@@ -451,21 +447,21 @@ def test_a_bad_mlflow_tracking_uri_is_a_one_line_error(uri, capsys):
 @pytest.mark.parametrize("family,metric,per_epoch", [("regressor", "best/val_l1", "val/l1"),
                                                      ("diffusion", "best/val_x0_mse", "val/x0_mse")])
 def test_the_plan_selects_on_its_familys_metric_and_is_the_provenance(family, metric, per_epoch, tmp_path):
-    from dataclasses import asdict
-
     from test_model import tiny_data
 
     args = _parse(["--search", "optuna", "--family", family])
     for name, value in grid_cli.DEFAULTS.items():
         setattr(args, name, getattr(args, name) or value)
     settings = resolve("smoke", config_overrides(args))
-    plan = grid_cli.plan_search(args, [], tmp_path / "exp", "/tmp/tune/exp", settings, tiny_data(),
-                                {"CPU": 2.0, "GPU": 0.0, "nodes": 1}, (None, "off: CLIP scoring disabled"),
-                                {"cpu": 1.0, "gpu": 0.0})
-    prov = json.loads(json.dumps(asdict(plan), default=str))  # what write_provenance stores
+    where = grid_cli.Where(tmp_path / "exp", "/tmp/tune/exp", {"CPU": 2.0, "GPU": 0.0, "nodes": 1},
+                           {"cpu": 1.0, "gpu": 0.0})
+    plan = grid_cli.plan_search(args, [], where, settings, tiny_data(), (None, "off: CLIP scoring disabled"))
+    plan.save(tmp_path / "exp")
+    prov = json.loads((tmp_path / "exp" / "provenance.json").read_text())  # what --resume and export read
     assert prov["search"]["objectives"] == [[metric, "min"], ["val/retrieval_top1", "max"]]
     assert prov["experiment"] == "exp" and Settings.from_dict(prov["settings"]) == settings
     assert prov["baselines"]["baseline/retrieval_chance_top1"] == 1 / 4  # tiny_data: 4 test records
+    assert Plan.load(tmp_path / "exp") == plan  # typed on both sides
     assert grid_cli.scheduler("asha", 10, family).metric == per_epoch  # ASHA stops on the family's epoch metric
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.experiment = "other"
