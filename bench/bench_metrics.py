@@ -390,18 +390,19 @@ def run_panel(p: Panel, generators=GENERATORS, metrics=METRICS) -> list[Row]:
     real_cells = measured[0][2]
 
     def exposed_by(c: dict) -> tuple[str, ...]:
-        return tuple(m.name for m in metrics if m.name in c and exposes(m, c[m.name], real_cells[m.name]))
+        return tuple(m.name for m in metrics  # a metric the real row lacks (diversity of one image) exposes none
+                     if m.name in c and m.name in real_cells and exposes(m, c[m.name], real_cells[m.name]))
 
     return [Row(g.name, k, c, exposed_by(c), g.cheater) for g, k, c in measured]
 
 
 def table(rows: list[Row], p: Panel, metrics=METRICS) -> str:
     """A Markdown table: a row per generator, a column per metric, `mean [lo, hi]`, * where the row is exposed."""
-    names = [m.name for m in metrics if m.name in rows[0].cells]
+    names = [m.name for m in metrics if any(m.name in row.cells for row in rows)]
     lines = ["| generator | K | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for row in rows:
         cells = [f"{row.cells[n].mean:.2f} [{row.cells[n].lo:.2f}, {row.cells[n].hi:.2f}]"
-                 + ("*" if n in row.exposed else "") for n in names]
+                 + ("*" if n in row.exposed else "") if n in row.cells else "" for n in names]
         lines.append(f"| {row.name} | {row.samples} | " + " | ".join(cells) + " |")
     floors = {m.name: m.baseline(p) for m in metrics if m.name in names}
     lines.append("| baseline: text-blind floor / chance | | "
@@ -412,7 +413,7 @@ def table(rows: list[Row], p: Panel, metrics=METRICS) -> str:
 def thresholds(rows: list[Row], metrics=METRICS) -> str:
     """The thresholds of the metrics that `rows` were measured on, as a Markdown table."""
     lines = ["| metric | better | exposes a row at | catches |", "|---|---|---|---|"]
-    for m in (m for m in metrics if m.name in rows[0].cells):
+    for m in (m for m in metrics if any(m.name in row.cells for row in rows)):
         sign = "<= real - " if m.higher_is_better else ">= real + "
         better = "higher" if m.higher_is_better else "lower"
         lines.append(f"| {m.name} | {better} | {sign}{m.margin:.2f} | {m.catches} |")
