@@ -28,7 +28,8 @@ that it sees where things are: a horn sits on top, a belly below). It is trained
 the dataset: each step draws a batch of attribute sets the way the generator does (`sample_attributes`: types
 uniform, a third without a secondary type, the rest uniform) and renders them with the generator's own
 `draw_creature`, unrotated, through the data pipeline's own alpha-to-white and resize (`render`), at the
-dataset's image size. So the data is unlimited and a generated image is judged by a reader that has never
+dataset's image size, then softens them (`soften`: a random blur and pixel noise, since generated images are
+never as crisp as renders). So the data is unlimited and a generated image is judged by a reader that has never
 seen a test record.
 
 Disjoint from the dataset: a dataset's creatures are drawn from `random.Random(<int seed>)` (prepare's
@@ -112,7 +113,7 @@ EVAL_BATCH = 256
 
 @dataclass(frozen=True)
 class ReaderConfig:
-    resolution: int = 32  # larger images are area-downsampled to this (64 px costs what 32 px does)
+    resolution: int = 32  # larger images are area-downsampled to this (64 px costs about what 32 px does)
     width: int = 16  # channels of the first level; each of the two levels below doubles it
     hidden: int = 256  # the shared layer the heads read
     steps: int = 600  # each a batch of fresh renders
