@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from model.eval.alignment import unit_tensor
 from model.eval.intervals import Interval, bootstrap_interval
 
 TEST_COPY_RATE = "test/copy_rate"
@@ -40,7 +41,7 @@ COPY_RATIO = 0.5  # a sample nearer its nearest training record than half the di
 
 def _flat_features(feature, images) -> tuple[torch.Tensor, int, int]:
     """(R*S, d) features of (R, S, 3, H, W) or (R, 3, H, W) images, with R and S."""
-    x = torch.as_tensor(images) if torch.is_tensor(images) else torch.as_tensor(np.asarray(images))
+    x = unit_tensor(images)
     x = x[:, None] if x.ndim == 4 else x
     r, s = x.shape[:2]
     with torch.no_grad():

@@ -49,6 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.eval.alignment import unit_tensor
 from model.eval.intervals import LEVEL, Interval, bootstrap_interval
 
 K_NEIGHBOURS = 3  # Kynkaenniemi et al. 2019's k for precision and recall
@@ -64,12 +65,6 @@ def kid_name(features: str, split: str = "test") -> str:
 def pr_name(what: str, features: str, split: str = "test") -> str:
     """test/precision_random, test/coverage_indomain, ..."""
     return f"{split}/{what}_{features}"
-
-
-def _unit(images) -> torch.Tensor:
-    x = torch.as_tensor(images) if torch.is_tensor(images) else torch.as_tensor(np.asarray(images))
-    x = x.cpu()
-    return x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +94,7 @@ class RandomFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images) -> torch.Tensor:
-        x = _unit(images)
+        x = unit_tensor(images)
         return torch.cat([self._features(x[i:i + 256]) for i in range(0, len(x), 256)]) if len(x) else torch.zeros(0, 0)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +126,7 @@ class ClipFeatures(nn.Module):
 
 
 def _per_record(generated) -> torch.Tensor:
-    x = _unit(generated)
+    x = unit_tensor(generated)
     return x[:, None] if x.ndim == 4 else x  # (R, S, 3, H, W)
 
 
@@ -140,7 +135,7 @@ def kid(feature: nn.Module, real, generated, subsets: int = N_SUBSETS, seed: int
     mean over sample indices of torchmetrics' KID on all R rows, with a half-sampling interval (module docstring)."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    real, gen = _unit(real), _per_record(generated)
+    real, gen = unit_tensor(real), _per_record(generated)
     r, s = gen.shape[:2]
     if len(real) != r or r < 4:
         raise ValueError(f"KID compares R >= 4 real images with R records of samples: got {len(real)} and {r}")
@@ -197,7 +192,7 @@ def precision_recall(real_features, fake_features, k: int = K_NEIGHBOURS) -> dic
 def metrics(real, generated, features: dict[str, nn.Module], split: str = "test") -> dict[str, Interval]:
     """{<split>/kid_<name>, <split>/precision_<name>, .../recall_, .../density_, .../coverage_: (mean, lo, hi)} of
     generated (R, S, 3, H, W) against the R real images, for each named feature module."""
-    real, gen = _unit(real), _per_record(generated)
+    real, gen = unit_tensor(real), _per_record(generated)
     r, s = gen.shape[:2]
     out = {}
     for name, module in features.items():
