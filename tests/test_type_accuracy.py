@@ -13,7 +13,7 @@ import torch
 from eval_data import synthetic_data
 from model.eval import type_accuracy as ta
 
-TINY = dataclasses.replace(ta.TypeCNNConfig(), steps=150, batch_size=64, width=8)  # ~4 s CPU
+TINY = dataclasses.replace(ta.TypeCNNConfig(), epochs=40, batch_size=64, width=8)  # 150 steps, ~4 s CPU
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_cross_validation_holds_records_out(fitted, monkeypatch):
 
     def spy(images, y, classes, cfg, groups):
         seen.append(len(images))
-        return real_fit(images, y, classes, dataclasses.replace(cfg, steps=30), groups)
+        return real_fit(images, y, classes, dataclasses.replace(cfg, epochs=8), groups)
 
     monkeypatch.setattr(ta, "fit_cnn", spy)
     result = ta.cross_validate(data, 3, which=("cnn", "histogram"), cnn_cfg=TINY, log=None)

@@ -18,7 +18,8 @@ weights only). What it is:
 - trained with the symmetric InfoNCE loss (Radford et al. 2021) and a learned temperature, on batches of
   distinct training records (a batch never holds two copies of one record, which would be false negatives),
   each record drawn as one of its rotated copies (`rotations=True`) and randomly flipped and shifted.
-  A fixed number of AdamW steps from a fixed seed: the same weights for the same seed and thread count.
+  A fixed number of AdamW epochs (over records) from a fixed seed: the same weights for the same seed and thread
+  count.
 
 What it gives (R records, S samples each, every score an (R, S) array so that model/eval/intervals.py can put
 an interval on it over records and samples):
@@ -70,7 +71,7 @@ class AlignConfig:
     resolution: int = 32  # images are area-downsampled to this
     width: int = 16  # the image CNN's first level; each of the three levels below doubles it
     dim: int = 128  # the joint embedding
-    steps: int = 1500
+    epochs: float = 100  # passes over the training records (a record is one of its copies each time)
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -211,6 +212,23 @@ def augment(x: torch.Tensor, gen: torch.Generator, max_shift: int) -> torch.Tens
     return torch.stack([padded[i, :, dy[i]:dy[i] + s, dx[i]:dx[i] + s] for i in range(n)])
 
 
+def n_steps(epochs: float, n_records: int, batch: int) -> int:
+    """Optimizer steps for `epochs` passes over n_records in batches of `batch` distinct records."""
+    return max(1, round(epochs * n_records / batch))
+
+
+def cosine_lr(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 0."""
+    return lr * min(1.0, (step + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+def draw_rows(groups: list[np.ndarray], batch: int, gen: torch.Generator) -> list[int]:
+    """`batch` distinct records, one random row (rotated copy) of each."""
+    recs = torch.randperm(len(groups), generator=gen)[:batch].tolist()
+    picks = torch.randint(0, 1 << 30, (len(recs),), generator=gen).tolist()
+    return [int(groups[r][p % len(groups[r])]) for r, p in zip(recs, picks)]
+
+
 def fit(split, cfg: AlignConfig = AlignConfig(), rows_per_rotation: int = 1, pooler: TextPooler | None = None,
         log=None, callback=None, every: int = 100) -> InDomainClip:
     """Train on a training Split on the CPU: every row of each record (cfg.rotations), or its first
@@ -230,14 +248,12 @@ def fit(split, cfg: AlignConfig = AlignConfig(), rows_per_rotation: int = 1, poo
     opt = torch.optim.AdamW([p for p in model.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
     batch = min(cfg.batch_size, len(groups))
     max_shift = cfg.resolution // 8 if cfg.augment else 0
+    steps = n_steps(cfg.epochs, len(groups), batch)
     model.train()
-    for step in range(cfg.steps):
-        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+    for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr
-        recs = torch.randperm(len(groups), generator=gen)[:batch].tolist()
-        picks = torch.randint(0, 1 << 30, (batch,), generator=gen).tolist()
-        rows = [int(groups[r][p % len(groups[r])]) for r, p in zip(recs, picks)]
+            g["lr"] = cosine_lr(step, steps, cfg.lr, cfg.warmup_steps)
+        rows = draw_rows(groups, batch, gen)
         x = _at_resolution(images[rows], cfg.resolution)
         if cfg.augment:
             x = augment(x, gen, max_shift)
@@ -250,7 +266,7 @@ def fit(split, cfg: AlignConfig = AlignConfig(), rows_per_rotation: int = 1, poo
         loss.backward()
         opt.step()
         if log and (step + 1) % 250 == 0:
-            log(f"step {step + 1}/{cfg.steps}: InfoNCE {loss.item():.3f}, temperature {1 / model.logit_scale.exp().item():.3f}")
+            log(f"step {step + 1}/{steps}: InfoNCE {loss.item():.3f}, temperature {1 / model.logit_scale.exp().item():.3f}")
         if callback and (step + 1) % every == 0:
             callback(step + 1, model.eval())
             model.train()

@@ -11,7 +11,7 @@ classifier (model/faithfulness.py) reads a colour histogram, so a flat disc in t
 real images on the real Pokédex (0.389 vs 0.344, issue 24). Two classifiers that see the picture:
 - `cnn`: the in-domain model's image CNN (model/eval/alignment.py's ImageTower) with a linear head over the
   types, trained with cross-entropy on the training split's images (rotated copies, random flips and shifts),
-  a fixed number of AdamW steps from a fixed seed;
+  a fixed number of AdamW epochs (over records) from a fixed seed;
 - `zeroshot`: the in-domain text-image model (model/eval/alignment.py) asked which "It is of <type> type." its
   image embedding is nearest to, the sentence every enriched text ends with; nothing trained for it.
 `cross_validate` compares them with the histogram classifier on the training split's records, k-fold by record
@@ -22,7 +22,6 @@ images are), and KEPT names the one that cross-validated best (the numbers are i
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +44,7 @@ PROMPT = "It is of {} type."  # data_pipeline.preprocess.enriched_text's sentenc
 class TypeCNNConfig:
     resolution: int = 32
     width: int = 16
-    steps: int = 800
+    epochs: float = 100  # passes over the training records
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -135,14 +134,12 @@ def fit_cnn(images, y: np.ndarray, classes: list[str], cfg: TypeCNNConfig = Type
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     batch = min(cfg.batch_size, len(groups))
     max_shift = cfg.resolution // 8 if cfg.augment else 0
+    steps = alignment.n_steps(cfg.epochs, len(groups), batch)
     model.train()
-    for step in range(cfg.steps):
-        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+    for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr
-        recs = torch.randperm(len(groups), generator=gen)[:batch].tolist()
-        picks = torch.randint(0, 1 << 30, (batch,), generator=gen).tolist()
-        rows = [int(groups[r][p % len(groups[r])]) for r, p in zip(recs, picks)]
+            g["lr"] = alignment.cosine_lr(step, steps, cfg.lr, cfg.warmup_steps)
+        rows = alignment.draw_rows(groups, batch, gen)
         xb = alignment._at_resolution(x[rows], cfg.resolution)
         if cfg.augment:
             xb = alignment.augment(xb, gen, max_shift)
