@@ -15,7 +15,8 @@ rotate (`pipeline`; undecodable images rejected) → split the records that load
 PreparedData.save into the cache (uint8 images; `Split.unit_images()` scales them to [-1, 1]).
 
 The cache is <cache_root>/prepared/<layout>-<fingerprint[:16]>/ with train/val/test.parquet and
-info.json (what `PreparedData.load` reads: provenance, the split ids, `primary_types` = {"<id>": type}), plus summary.json
+info.json (what `PreparedData.load` reads: provenance, the split ids, `primary_types` = {"<id>": type}, and
+`attributes` = {"<id>": the synthetic creature's drawn attributes}, empty for real data), plus summary.json
 (counts, and `ambiguous_images`: each record with two image files, the one used and the ones ignored) and
 rejected.jsonl (one line per rejected record: id, file, field, reason). The fingerprint hashes every byte read from the source,
 the DataConfig and PIPELINE_VERSION: the same inputs and settings reuse the folder, anything else
@@ -47,7 +48,7 @@ from data_pipeline.dataset import SPLITS, CacheDamaged, PreparedData, Split, tra
 from data_pipeline.preprocess import enriched_text, paraphrases, rotation_angles, split_ids
 from data_pipeline.sources import Record, Rejection, detect_layout, keep_first_loaded, read_source
 
-PIPELINE_VERSION = 2  # bump whenever a change to the code changes what a prepared dataset holds
+PIPELINE_VERSION = 3  # bump whenever a change to the code changes what a prepared dataset holds
 SYNTHETIC_RECORDS = 300
 
 
@@ -236,6 +237,9 @@ def _build(records: list[Record], rejected: list[Rejection], cfg: DataConfig, in
     info["splits"] = split_ids(pixels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     # for per-type metrics (type accuracy): every loaded record's primary type, JSON keys being strings
     info["primary_types"] = {str(i): by_id[i].primary for name in SPLITS for i in info["splits"][name]}
+    # for attribute accuracy: what each synthetic creature was drawn from (its text states them); real data has none
+    info["attributes"] = {str(i): by_id[i].attributes for name in SPLITS for i in info["splits"][name]
+                          if by_id[i].attributes is not None}
     arrays = split_arrays(pixels, info["splits"])
     built = {}
     for name in SPLITS:

@@ -6,8 +6,9 @@
 
 Layouts (`detect_layout` picks one from the path):
 - "pokedex": `pokedex.json` (a list of records with `id`, `name.english`, `description`,
-  `type` = [primary] or [primary, secondary], `species` = the classification) and
-  `images/thumbnails/NNN.png` (zero-padded id) beside it. The path is the folder or the json file.
+  `type` = [primary] or [primary, secondary], `species` = the classification; the synthetic set's records
+  also carry `attributes`, what the creature was drawn from) and `images/thumbnails/NNN.png` (zero-padded id)
+  beside it. The path is the folder or the json file.
 - "parquet": one `.parquet` file or a folder of them, columns `id`, `name`, `description`,
   `primary_type`, `secondary_type` (may be null/empty), `classification`, `image` (encoded bytes,
   or a Hugging Face image struct {bytes, path}).
@@ -61,6 +62,9 @@ class Record:
     image: bytes  # the encoded image file, decoded later in the Ray tasks
     file: str  # where the image came from, for reports
     where: str = ""  # where the record sits in its source ("row 3 of x.parquet"), for reports
+    # what a synthetic creature was drawn from (pokedex.json's "attributes", data_pipeline/synthetic.py): the
+    # stated attributes that attribute accuracy checks; None for real data. Not hashed: a dict cannot be.
+    attributes: dict | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,7 @@ def _text(value, name: str, required: bool = True) -> str | None:
 
 
 def _record(raw_id, name, description, primary, secondary, classification, load_image, file: str,
-            where: str) -> Record:
+            where: str, attributes=None) -> Record:
     """Validate one record's fields in a fixed order; the first problem found is the one reported."""
     rid = _parse_id(raw_id)
     description = _text(description, "description")
@@ -162,7 +166,9 @@ def _record(raw_id, name, description, primary, secondary, classification, load_
     secondary = _text(secondary, "type", required=False)
     classification = _text(classification, "classification")
     name = _text(name, "name", required=False) or f"#{rid}"
-    return Record(rid, name, description, primary, secondary, classification, load_image(), file, where)
+    if attributes is not None and not isinstance(attributes, dict):
+        raise _Reject("attributes", f"attributes must be an object, got {type(attributes).__name__} {attributes!r:.40}")
+    return Record(rid, name, description, primary, secondary, classification, load_image(), file, where, attributes)
 
 
 def _build(raw_id, fields: dict, load_image, file: str, where: str, records: list, rejected: list) -> None:
@@ -272,7 +278,8 @@ def _read_pokedex(path: Path, hasher) -> tuple[list[Record], list[Rejection], li
         name = e.get("name")
         fields = {"name": name.get("english") if isinstance(name, dict) else name,
                   "description": e.get("description"), "primary": types[0],
-                  "secondary": types[1] if len(types) > 1 else None, "classification": e.get("species")}
+                  "secondary": types[1] if len(types) > 1 else None, "classification": e.get("species"),
+                  "attributes": e.get("attributes")}
         _build(raw_id, fields, _file_loader(image_path, hasher, missing), str(image_path), where, records, rejected)
     return records, rejected, images.ambiguous()
 

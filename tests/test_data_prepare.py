@@ -108,8 +108,9 @@ def test_in_memory_build_without_ray_equals_the_cached_one(local_ray, tmp_path, 
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_array_equal(a.images, b.images)
         assert a.texts == b.texts
-    for key in ("fingerprint", "splits", "primary_types", "counts"):
+    for key in ("fingerprint", "splits", "primary_types", "attributes", "counts"):
         assert local.info[key] == cached.info[key], key
+    assert cached.info["attributes"] == {}  # real data states no attributes
 
 
 def test_worker_crash_rejects_that_record_and_keeps_the_rest(local_ray, datafx, monkeypatch):
@@ -396,6 +397,11 @@ def test_synthetic_default_says_so(local_ray, tmp_path, capsys):
     assert "SYNTHETIC" in capsys.readouterr().err
     assert data.info["counts"]["loaded"] == 300 and data.info["counts"]["rejected"] == 0
     assert "It is of" in data.train.texts[0]
+    # every record carries the attributes it was drawn from, as the generator wrote them
+    entries = json.loads((tmp_path / "synthetic" / "seed0-n300" / "pokedex.json").read_text())
+    assert data.info["attributes"] == {str(e["id"]): e["attributes"] for e in entries}
+    again = PreparedData.load(data.info["cache_dir"])  # and the cache keeps them
+    assert again.info["attributes"] == data.info["attributes"]
 
 
 @pytest.mark.slow

@@ -65,6 +65,19 @@ def test_pokedex_reader_fields(make_pokedex):
     assert r.image[:4] == b"\x89PNG" and r.file.endswith("images/thumbnails/001.png")
 
 
+def test_pokedex_reader_carries_attributes_and_rejects_malformed_ones(tmp_path, datafx):
+    """A synthetic record's `attributes` reach its Record as written; a record without has None; one that is not
+    an object is rejected, naming the record and the field."""
+    attrs = {"primary": "Fire", "secondary": None, "pattern": "spots", "shape": "round", "size": "small",
+             "feature": "horn"}
+    records = [datafx.pokedex_record(1, attributes=attrs), datafx.pokedex_record(2),
+               datafx.pokedex_record(3, attributes=["Fire"])]
+    src = read_source(datafx.write_pokedex(tmp_path, records, {f"{i:03d}.png": datafx.png() for i in (1, 2, 3)}))
+    assert [(r.id, r.attributes) for r in src.records] == [(1, attrs), (2, None)]
+    (bad,) = src.rejected
+    assert (bad.id, bad.field) == (3, "attributes") and "record 2 of pokedex.json" in bad.reason
+
+
 @pytest.mark.parametrize("encoding,delimiter", [("utf-16", "\t"), ("utf-8", ","), ("utf-8-sig", ",")])
 def test_kaggle_csv_encodings_detected(tmp_path, datafx, encoding, delimiter):
     src = read_source(write_kaggle(tmp_path, datafx, encoding, delimiter))

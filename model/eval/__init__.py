@@ -1,0 +1,1 @@
+"""Evaluation of generated images: metrics that need no downloaded weights, with intervals."""

@@ -1,0 +1,92 @@
+"""Fit once per dataset, cache by key (model/eval/cache.py): a second call loads instead of fitting, another key
+or a damaged file refits (with a warning), a folder that cannot be written keeps the object in memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data_pipeline.dataset import PreparedData, Split
+from model.eval import cache
+
+
+def tiny_data(cache_dir, fingerprint="fp-1", ids=(1, 2, 3)) -> PreparedData:
+    split = Split(np.array(ids, np.int64), [f"t{i}" for i in ids], np.zeros((len(ids), 3, 2, 2), np.float32))
+    info = {"fingerprint": fingerprint, **({"cache_dir": str(cache_dir)} if cache_dir else {})}
+    return PreparedData(split, split, split, info=info)
+
+
+class Counter:
+    """A fit function that counts its calls and returns a fresh tensor each time."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        return torch.full((3,), float(self.calls))
+
+
+def run(data, fit, config=None):
+    key = cache.cache_key(data, "thing", 1, config)
+    return cache.load_or_fit(cache.cache_file(data, "thing", key), key, fit, save=lambda t: {"t": t},
+                             load=lambda s: s["t"], what="thing")
+
+
+def test_the_second_call_loads_what_the_first_fitted(tmp_path):
+    fit = Counter()
+    first = run(tiny_data(tmp_path), fit)
+    second = run(tiny_data(tmp_path), fit)
+    assert fit.calls == 1 and torch.equal(first, second)
+    assert [p.name for p in tmp_path.iterdir()] == [f"thing-{cache.cache_key(tiny_data(tmp_path), 'thing', 1)[:16]}.pt"]
+
+
+@pytest.mark.parametrize("change", [dict(fingerprint="fp-2"), dict(ids=(1, 2, 4))])
+def test_another_dataset_or_training_split_is_another_key(tmp_path, change):
+    fit = Counter()
+    run(tiny_data(tmp_path), fit)
+    run(tiny_data(tmp_path, **change), fit)
+    assert fit.calls == 2
+
+
+def test_key_covers_config_and_version(tmp_path):
+    data = tiny_data(tmp_path)
+    keys = {cache.cache_key(data, "thing", 1, {"a": 1}), cache.cache_key(data, "thing", 1, {"a": 2}),
+            cache.cache_key(data, "thing", 2, {"a": 1}), cache.cache_key(data, "other", 1, {"a": 1})}
+    assert len(keys) == 4
+
+
+def test_a_damaged_file_is_refitted_with_a_warning(tmp_path):
+    fit = Counter()
+    run(tiny_data(tmp_path), fit)
+    (path,) = tmp_path.iterdir()
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = run(tiny_data(tmp_path), fit)
+    assert fit.calls == 2 and torch.equal(again, torch.full((3,), 2.0))
+    assert torch.equal(run(tiny_data(tmp_path), fit), again) and fit.calls == 2  # the repaired file is used
+
+
+def test_a_file_under_another_key_is_not_used(tmp_path):
+    fit = Counter()
+    data = tiny_data(tmp_path)
+    key = cache.cache_key(data, "thing", 1)
+    torch.save({"key": "someone else's", "state": {"t": torch.zeros(3)}}, cache.cache_file(data, "thing", key))
+    with pytest.warns(UserWarning, match="does not match"):
+        assert torch.equal(run(data, fit), torch.ones(3))
+
+
+def test_without_a_cache_folder_it_fits_every_time(tmp_path):
+    fit = Counter()
+    run(tiny_data(None), fit)
+    run(tiny_data(None), fit)
+    assert fit.calls == 2
+
+
+def test_a_folder_that_cannot_be_written_keeps_it_in_memory(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")  # fails for root too, unlike a chmod
+    with pytest.warns(UserWarning, match="not cached"):
+        assert torch.equal(run(tiny_data(blocker), Counter()), torch.ones(3))
+    assert blocker.read_text().startswith("a file")
