@@ -84,7 +84,7 @@ from machine import machine  # noqa: E402
 from data_pipeline import synthetic  # noqa: E402
 from data_pipeline.config import DataConfig  # noqa: E402
 from data_pipeline.prepare import prepare_dataset  # noqa: E402
-from model import faithfulness as ff  # noqa: E402
+from model.eval import type_classifier as ff  # noqa: E402
 from model.eval import attributes as at  # noqa: E402
 from model.eval.intervals import Interval, bootstrap_interval  # noqa: E402
 
@@ -173,7 +173,7 @@ def copier(p: Panel) -> torch.Tensor:
 
 
 def type_colours(p: Panel) -> dict[str, torch.Tensor]:
-    """{type: (3,) mean colour of its training images' non-white pixels} (model/faithfulness.py's white margin)."""
+    """{type: (3,) mean colour of its training images' non-white pixels} (model/eval/type_classifier.py's white margin)."""
     fg = (1 - p.train.amin(1)) / 2 > ff.ClassifierConfig().white_margin  # (T, S, S)
     out = {}
     for t in sorted(set(p.train_types)):
@@ -324,7 +324,7 @@ def attribute_metric(a: str) -> Metric:
 
 
 def type_scores(p: Panel, images: torch.Tensor) -> np.ndarray:
-    """(R, K): is the sample classified as its record's primary type (model/faithfulness.py)?"""
+    """(R, K): is the sample classified as its record's primary type (model/eval/type_classifier.py)?"""
     clf = p.evaluator("type_classifier", lambda: ff.load_or_train(p.data))
     labels, _ = ff.type_labels(p.data.split(p.split), p.data.info["primary_types"], clf.classes)
     r, k = images.shape[:2]
@@ -339,7 +339,7 @@ def type_chance(p: Panel) -> float:
 
 def pixel_top1(p: Panel, images: torch.Tensor) -> np.ndarray:
     """(R, K): is the record's real image the pixel-L1 nearest of the split's real images to the sample?
-    model/clip.py's retrieval_accuracy per record (conservative ranks: a tie is a miss)."""
+    model/eval/clip.py's retrieval_accuracy per record (conservative ranks: a tie is a miss)."""
     real = p.real.flatten(1)
     hits = []
     for k in range(images.shape[1]):

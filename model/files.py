@@ -5,8 +5,8 @@
     save_torch(state, "run/checkpoint.pt")                  # the same, for torch.save
     clf = load_or_fit(data.info.get("cache_dir"), "type_classifier", key, fit, to_state, from_state)
 
-`load_or_fit` is the one way an evaluator or a family keeps what it fits on a prepared dataset (the type
-classifier, latent diffusion's autoencoder): `<cache_dir>/<name>-<sha256(key)[:16]>.pt` holds the key and
+`load_or_fit` is the one way an evaluator or a family keeps what it fits on a prepared dataset (the evaluator
+networks of model/eval/, latent diffusion's autoencoder): `<cache_dir>/<name>-<sha256(key)[:16]>.pt` holds the key and
 `to_state(fitted)`; a file whose key differs, or that cannot be read (cut short, another format), is refitted and
 replaced with a warning; a folder that cannot be written keeps the fit in memory, with a warning. Without a
 cache_dir (data built in memory) it fits every call. Concurrent writers each write a whole (identical) file.
@@ -14,6 +14,7 @@ cache_dir (data built in memory) it fits every call. Concurrent writers each wri
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -67,6 +68,14 @@ def save_torch(obj, path: str | Path) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def dataset_key(data, name: str, version: int, config=None, **extra) -> dict:
+    """What an object fitted on a prepared dataset depends on: its name and code version, its config (a dataclass
+    or dict), the dataset's fingerprint and its training record ids, and any JSON-able `extra` (training labels)."""
+    cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    return {"name": name, "version": version, "config": cfg, "fingerprint": data.info.get("fingerprint"),
+            "train_ids": sorted({int(i) for i in data.train.ids}), **extra}
 
 
 def key_hash(key: dict) -> str:

@@ -17,6 +17,7 @@ from data_pipeline.config import DataConfig
 from data_pipeline.dataset import PreparedData
 from data_pipeline.prepare import prepare_in_memory
 from model.eval import attributes as at
+from model.files import key_hash
 
 TINY = at.ReaderConfig(steps=3, batch_size=8, width=4, hidden=16)  # seconds: for what does not need accuracy
 
@@ -108,7 +109,7 @@ def test_fit_is_deterministic_and_leaves_the_caller_alone():
 def test_cache_is_reused_refitted_when_corrupt_and_keyed_by_size_and_config(tmp_path, monkeypatch):
     first = at.load_or_fit(image_size=16, cfg=TINY, cache_dir=tmp_path)
     (path,) = tmp_path.glob("attribute_reader-*.pt")
-    assert path.name == f"attribute_reader-{at.reader_key(16, TINY)[:16]}.pt"
+    assert path.name == f"attribute_reader-{key_hash(at.reader_key(16, TINY))[:16]}.pt"
 
     def no_fit(*args, **kwargs):
         raise AssertionError("refitted although cached")

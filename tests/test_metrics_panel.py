@@ -11,7 +11,7 @@ from benches import load_bench
 from data_pipeline import synthetic
 from data_pipeline.config import DataConfig
 from data_pipeline.prepare import SYNTHETIC_RECORDS, prepare_in_memory
-from model import clip
+from model.eval import clip
 from model.eval import attributes as at
 
 bench = load_bench("bench_metrics")

@@ -9,7 +9,7 @@
     feats = clip.embed_images(images)                            # (N, dim) unit vectors: KID, memorisation, diversity
 
 Not OpenAI's CLIP and no stand-in for it: nothing here was trained beyond this dataset's training split, and its
-numbers are named `indomain_align` so that nobody reads them as a CLIP score (model/clip.py keeps that, real
+numbers are named `indomain_align` so that nobody reads them as a CLIP score (model/eval/clip.py keeps that, real
 weights only). What it is:
 - an image tower, a small CNN (GroupNorm, so an image's embedding never depends on its batch-mates), pooled to a
   `dim`-vector; images are area-downsampled to `resolution` first, so 64 px data costs what 32 px does;
@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.eval import cache
+from model.files import dataset_key, load_or_fit as cached
 from model.eval.intervals import Interval, bootstrap_interval
 
 TEST_ALIGN = "test/indomain_align"
@@ -87,7 +87,7 @@ class AlignConfig:
 
 def _text_encoder(name: str):
     """(tokenizer, frozen encoder): the only place this module touches the generators' text stack."""
-    from model.network import load_text_encoder
+    from model.text import load_text_encoder
 
     tokenizer, encoder, _ = load_text_encoder(name)
     return tokenizer, encoder.eval().requires_grad_(False)
@@ -288,13 +288,11 @@ def load_or_fit(data, cfg: AlignConfig = AlignConfig()) -> InDomainClip:
     """The in-domain model of this prepared dataset: loaded from its cache, else fitted on the training split."""
     import sys
 
-    key = cache.cache_key(data, CACHE_NAME, VERSION, cfg)
     paraphrases = int(data.info.get("settings", {}).get("paraphrases", 1))
-    return cache.load_or_fit(
-        cache.cache_file(data, CACHE_NAME, key), key,
-        fit=lambda: fit(data.train, cfg, paraphrases,
-                        log=lambda line: print(f"model.eval.alignment: {line}", file=sys.stderr, flush=True)),
-        save=_state, load=_from_state, what="model.eval.alignment: in-domain CLIP")
+    return cached(data.info.get("cache_dir"), CACHE_NAME, dataset_key(data, CACHE_NAME, VERSION, cfg),
+                  lambda: fit(data.train, cfg, paraphrases,
+                              log=lambda line: print(f"model.eval.alignment: {line}", file=sys.stderr, flush=True)),
+                  _state, _from_state)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ belly, or dark on a dark body; at 16 px a pattern is a few pixels. A paler colou
 as another colour about half the time, rightly: blue mixed with white is light blue. Reading the 30 test images
 takes about 10 ms.
 
-Cached like every evaluator (model/eval/cache.py: atomic write, an unreadable file refitted with a warning) as
+Cached like every evaluator (model/files.py load_or_fit: atomic write, an unreadable file refitted with a warning) as
 `attribute_reader-<key[:16]>.pt` in the prepared dataset's `info["cache_dir"]` (or `cache_dir=`); the key
 hashes the generator's source (synthetic.py), the data pipeline's version, the image size, the ReaderConfig
 and READER_VERSION. Nothing in it depends on the dataset's records.
@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import random
 import sys
@@ -83,7 +82,7 @@ import torch.nn.functional as F
 from data_pipeline import synthetic
 from data_pipeline.prepare import PIPELINE_VERSION
 from data_pipeline.preprocess import alpha_to_white, resize, to_unit_range
-from model.eval import cache
+from model.files import load_or_fit as cached
 from model.eval.intervals import Interval, bootstrap_interval
 
 ATTRIBUTES = ("colour", "shape", "size", "pattern", "pattern_colour", "feature")
@@ -330,11 +329,10 @@ def generator_version() -> str:
     return hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()
 
 
-def reader_key(image_size: int, cfg: ReaderConfig = ReaderConfig()) -> str:
-    blob = json.dumps({"name": CACHE_NAME, "version": READER_VERSION, "generator": generator_version(),
-                       "pipeline": PIPELINE_VERSION, "image_size": image_size, "config": dataclasses.asdict(cfg)},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+def reader_key(image_size: int, cfg: ReaderConfig = ReaderConfig()) -> dict:
+    """What a fitted reader depends on: the generator's source, the pipeline, the image size, its config, the code."""
+    return {"name": CACHE_NAME, "version": READER_VERSION, "generator": generator_version(),
+            "pipeline": PIPELINE_VERSION, "image_size": image_size, "config": dataclasses.asdict(cfg)}
 
 
 def _state(reader: AttributeReader) -> dict:
@@ -358,11 +356,9 @@ def load_or_fit(data=None, cfg: ReaderConfig = ReaderConfig(), image_size: int |
         image_size = data.image_size
     if cache_dir is None and data is not None:
         cache_dir = data.info.get("cache_dir")
-    key = reader_key(image_size, cfg)
-    path = Path(cache_dir) / f"{CACHE_NAME}-{key[:16]}.pt" if cache_dir else None
     log = lambda line: print(f"model.eval.attributes: {line}", file=sys.stderr, flush=True)  # noqa: E731
-    return cache.load_or_fit(path, key, fit=lambda: fit(image_size, cfg, log), save=_state, load=_from_state,
-                             what=f"model.eval.attributes: attribute reader ({image_size} px)")
+    return cached(cache_dir, CACHE_NAME, reader_key(image_size, cfg), lambda: fit(image_size, cfg, log), _state,
+                  _from_state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +408,7 @@ def floor(attrs: list[dict]) -> dict[str, float]:
 
 
 def median_train_image(data) -> torch.Tensor:
-    """(3, S, S) the per-pixel median of the training split's images (every row, as model/clip.py's baseline;
+    """(3, S, S) the per-pixel median of the training split's images (every row, as model/eval/clip.py's baseline;
     torch's median: the lower of the two middle values)."""
     return _unit(data.train.unit_images()).median(0).values
 

@@ -7,7 +7,7 @@
     ta.cross_validate(data, folds=5)                      # {"histogram": ..., "cnn": ..., "zeroshot": ...}: the choice
 
 `test/type_acc` asks of each generated image: is it classified as the primary type its text names? Today's
-classifier (model/faithfulness.py) reads a colour histogram, so a flat disc in the type's mean colour beats the
+classifier (model/eval/type_classifier.py) reads a colour histogram, so a flat disc in the type's mean colour beats the
 real images on the real Pokédex (0.389 vs 0.344, issue 24). Two classifiers that see the picture:
 - `cnn`: the in-domain model's image CNN (model/eval/alignment.py's ImageTower) with a linear head over the
   types, trained with cross-entropy on the training split's images (rotated copies, random flips and shifts),
@@ -28,10 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.eval import alignment, cache
+from model.eval import alignment
+from model.files import dataset_key, load_or_fit as cached
 from model.eval.intervals import Interval, bootstrap_interval
 
-TEST_TYPE_ACC = "test/type_acc"  # the same name as model/faithfulness.py's: this classifier replaces that one
+TEST_TYPE_ACC = "test/type_acc"  # the same name as model/eval/type_classifier.py's: this classifier replaces that one
 VAL_TYPE_ACC = "val/type_acc"
 UNKNOWN = -1  # a record whose type the classifier never saw: always a miss
 KEPT = "cnn"  # set from cross_validate's numbers: see bench/bench_eval_models.py
@@ -111,7 +112,7 @@ class ZeroShotTypes:
 
 
 class HistogramTypes:
-    """Today's colour-histogram classifier (model/faithfulness.py), with the same interface, for comparison."""
+    """Today's colour-histogram classifier (model/eval/type_classifier.py), with the same interface, for comparison."""
 
     def __init__(self, clf):
         self.clf, self.classes = clf, clf.classes
@@ -172,11 +173,11 @@ def load_or_fit_cnn(data, primary_types: dict | None = None, cfg: TypeCNNConfig 
     """The CNN type classifier of this prepared dataset: cached, else fitted on the training split."""
     types = _primary_types(data, primary_types)
     y, classes = _train_labels(data.train, types)
-    key = cache.cache_key(data, CACHE_NAME, VERSION, cfg, train_types=[(int(i), types[str(int(i))])
-                                                                       for i in sorted(set(data.train.ids))])
-    return cache.load_or_fit(cache.cache_file(data, CACHE_NAME, key), key,
-                             fit=lambda: fit_cnn(data.train.images, y, classes, cfg, alignment.record_rows(data.train.ids)),
-                             save=_cnn_state, load=_cnn_from_state, what="model.eval.type_accuracy: type CNN")
+    key = dataset_key(data, CACHE_NAME, VERSION, cfg,
+                      train_types=[(int(i), types[str(int(i))]) for i in sorted(set(data.train.ids))])
+    return cached(data.info.get("cache_dir"), CACHE_NAME, key,
+                  lambda: fit_cnn(data.train.images, y, classes, cfg, alignment.record_rows(data.train.ids)),
+                  _cnn_state, _cnn_from_state)
 
 
 def load_or_fit(data, primary_types: dict | None = None, clip: alignment.InDomainClip | None = None):
@@ -235,7 +236,7 @@ def cross_validate(data, folds: int = 5, which=("histogram", "cnn", "zeroshot"),
                    seed: int = 0, log=print) -> dict[str, dict]:
     """{name: {"accuracy": mean over the held-out records of all folds, "per_fold": [...]}} for each classifier,
     each fold's classifier trained on the other folds' records only (every copy of them)."""
-    from model import faithfulness
+    from model.eval import type_classifier as faithfulness
 
     types = _primary_types(data, primary_types)
     _, classes = _train_labels(data.train, types)

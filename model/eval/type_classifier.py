@@ -65,7 +65,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import TEST_TYPE_ACC  # noqa: F401 (re-exported: the metric this module computes)
-from model.files import load_or_fit
+from model.files import dataset_key, load_or_fit
 
 BASELINE_CEILING = "baseline/type_acc_ceiling"
 BASELINE_CHANCE = "baseline/type_acc_chance"
@@ -234,8 +234,7 @@ def cache_key(data, primary_types: dict | None = None, cfg: ClassifierConfig = C
     """What the fitted classifier depends on: the dataset version, its training labels, the settings, the code."""
     types = _primary_types(data, primary_types)
     train_types = sorted({(int(i), types.get(str(int(i)))) for i in data.train.ids})
-    return {"what": "type_classifier", "version": CLASSIFIER_VERSION, "config": dataclasses.asdict(cfg),
-            "fingerprint": data.info.get("fingerprint"), "train_types": train_types}
+    return dataset_key(data, "type_classifier", CLASSIFIER_VERSION, cfg, train_types=train_types)
 
 
 def _state(clf: TypeClassifier) -> dict:

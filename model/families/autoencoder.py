@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from model.files import load_or_fit
+from model.files import dataset_key, load_or_fit
 
 VERSION = 1  # bump whenever a code change changes what a fitted autoencoder computes
 
@@ -133,8 +133,7 @@ def config(section) -> AutoencoderConfig:
 
 def load_or_train(data, cfg: AutoencoderConfig, device="cpu") -> Autoencoder:
     """The autoencoder for this prepared dataset on `device`: loaded from its cache, else fitted (and cached)."""
-    key = {"what": "autoencoder", "version": VERSION, "config": dataclasses.asdict(cfg),
-           "fingerprint": data.info.get("fingerprint"), "train_ids": sorted({int(i) for i in data.train.ids})}
+    key = dataset_key(data, "autoencoder", VERSION, cfg)
 
     def fit_on_data() -> Autoencoder:
         images = torch.as_tensor(data.train.unit_images())

@@ -1,5 +1,5 @@
-"""Fit once per dataset, cache by key (model/eval/cache.py): a second call loads instead of fitting, another key
-or a damaged file refits (with a warning), a folder that cannot be written keeps the object in memory."""
+"""Fit once per dataset, cache by key (model/files.py load_or_fit): a second call loads instead of fitting, another
+key or a damaged file refits (with a warning), a folder that cannot be written keeps the object in memory."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from data_pipeline.dataset import PreparedData, Split
-from model.eval import cache
+from model.files import dataset_key, key_hash, load_or_fit
 
 
 def tiny_data(cache_dir, fingerprint="fp-1", ids=(1, 2, 3)) -> PreparedData:
@@ -29,9 +29,8 @@ class Counter:
 
 
 def run(data, fit, config=None):
-    key = cache.cache_key(data, "thing", 1, config)
-    return cache.load_or_fit(cache.cache_file(data, "thing", key), key, fit, save=lambda t: {"t": t},
-                             load=lambda s: s["t"], what="thing")
+    return load_or_fit(data.info.get("cache_dir"), "thing", dataset_key(data, "thing", 1, config), fit,
+                       lambda t: {"t": t}, lambda s: s["t"])
 
 
 def test_the_second_call_loads_what_the_first_fitted(tmp_path):
@@ -39,7 +38,8 @@ def test_the_second_call_loads_what_the_first_fitted(tmp_path):
     first = run(tiny_data(tmp_path), fit)
     second = run(tiny_data(tmp_path), fit)
     assert fit.calls == 1 and torch.equal(first, second)
-    assert [p.name for p in tmp_path.iterdir()] == [f"thing-{cache.cache_key(tiny_data(tmp_path), 'thing', 1)[:16]}.pt"]
+    digest = key_hash(dataset_key(tiny_data(tmp_path), "thing", 1))
+    assert [p.name for p in tmp_path.iterdir()] == [f"thing-{digest[:16]}.pt"]
 
 
 @pytest.mark.parametrize("change", [dict(fingerprint="fp-2"), dict(ids=(1, 2, 4))])
@@ -52,8 +52,8 @@ def test_another_dataset_or_training_split_is_another_key(tmp_path, change):
 
 def test_key_covers_config_and_version(tmp_path):
     data = tiny_data(tmp_path)
-    keys = {cache.cache_key(data, "thing", 1, {"a": 1}), cache.cache_key(data, "thing", 1, {"a": 2}),
-            cache.cache_key(data, "thing", 2, {"a": 1}), cache.cache_key(data, "other", 1, {"a": 1})}
+    keys = {key_hash(dataset_key(data, "thing", 1, {"a": 1})), key_hash(dataset_key(data, "thing", 1, {"a": 2})),
+            key_hash(dataset_key(data, "thing", 2, {"a": 1})), key_hash(dataset_key(data, "other", 1, {"a": 1}))}
     assert len(keys) == 4
 
 
@@ -71,8 +71,8 @@ def test_a_damaged_file_is_refitted_with_a_warning(tmp_path):
 def test_a_file_under_another_key_is_not_used(tmp_path):
     fit = Counter()
     data = tiny_data(tmp_path)
-    key = cache.cache_key(data, "thing", 1)
-    torch.save({"key": "someone else's", "state": {"t": torch.zeros(3)}}, cache.cache_file(data, "thing", key))
+    digest = key_hash(dataset_key(data, "thing", 1))
+    torch.save({"key": "someone else's", "t": torch.zeros(3)}, tmp_path / f"thing-{digest[:16]}.pt")
     with pytest.warns(UserWarning, match="does not match"):
         assert torch.equal(run(data, fit), torch.ones(3))
 
