@@ -3,7 +3,7 @@
     from model.config import ModelConfig, TrainConfig
     from model.train import train, train_members
     metrics = train(ModelConfig(), TrainConfig(epochs=2), data)            # one trial; data: PreparedData
-    metrics["test/l1"], metrics["test/retrieval_top1"]
+    metrics["test/l1"], metrics["test/attr_all"], metrics["test/attr_all_lo"]   # with its 95% interval
     cfgs = [TrainConfig(lr=lr, weight_decay=wd) for lr in (1e-4, 1e-5) for wd in (1e-5, 1e-6)]
     results = train_members(ModelConfig(n_heads=4), cfgs, data)            # a fused trial: 4 members
     results[2]["test/l1"]                                                   # member 2's own metrics
@@ -54,7 +54,7 @@ from model import families
 from model.checkpoint import FORMAT, TrainingState
 from model.config import EMA_DECAY, SAMPLES_PER_S, ModelConfig, TrainConfig
 from model.eval.clip import ClipLoader, resolve_clip
-from model.eval.evaluator import Evaluator, split_images
+from model.eval.evaluator import EvalNets, Evaluator, split_images
 from model.families import Targets
 from model.members import FlatParams, MemberAdamW
 from model.network import TextToImage, encoder_weights, load_member, load_trainable, member_weights
@@ -304,8 +304,8 @@ class Run:
 
 def setup(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: PreparedData, resume: TrainingState | None,
           family_cfg, runtime: Runtime) -> Run:
-    """Everything before the first epoch, in the order the recipes' numbers were measured in: the global RNG
-    (which draws the dropout masks) is seeded after CLIP and the data, and read last by the type classifier."""
+    """Everything before the first epoch. The global RNG, which draws the dropout masks, is seeded after CLIP, the
+    data and the evaluator networks (which leave it as they found it)."""
     device = torch.device(runtime.device or default_device())
     check_data(model_cfg, data)
     family = families.get(model_cfg.family)
@@ -315,7 +315,7 @@ def setup(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: PreparedD
     # Decided before any training: a CLIP loss or clip_mode="required" without weights stops here.
     scorer, clip_status = resolve_clip(first, device, runtime.clip, family.clip_loss(section))
     images = split_images(data, device)  # the whole dataset on the device, once
-    evaluator = Evaluator(data, images, scorer, clip_status)
+    evaluator = Evaluator(data, images, scorer, clip_status, EvalNets.load_or_fit(data, first.eval_fit))
 
     torch.manual_seed(first.seed)  # the global stream draws the dropout masks; weights use the members' seeds
     tokenizer, encoder, encoder_source = load_text_encoder(model_cfg.text_encoder)
@@ -338,7 +338,6 @@ def setup(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: PreparedD
     if resume is not None:
         restore(run, resume)
     run.step = compiled_step(run) if runtime.compile else run.family.loss
-    evaluator.load_type_classifier()  # here, as it always was: see its docstring
     if run.dead is not None:
         run.opt.freeze(run.dead)
     return run
@@ -450,8 +449,8 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
             for m, best in enumerate(run.members.best_model):
                 if best is not None:
                     load_member(run.net, run.weights, m, best)
-            final = run.evaluator.final(run.family.generate, [a and b is not None for a, b in
-                                                              zip(run.members.alive, run.members.best_model)])
+            final = run.evaluator.final(run.family, [a and b is not None for a, b in
+                                                     zip(run.members.alive, run.members.best_model)], first.eval_samples)
             metrics = [{**mt, **f} for mt, f in zip(metrics, final)]
             state.final = [dict(mt) for mt in metrics]
         if report is not None:

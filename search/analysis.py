@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model import families as registry
-from model.config import DEFAULT_FAMILY, TEST_CLIP, TEST_L1, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC
+from model.config import (DEFAULT_FAMILY, TEST_ALIGN, TEST_ATTR_ALL, TEST_CLIP, TEST_KID_INDOMAIN, TEST_KID_RANDOM,
+                          TEST_L1, TEST_R1, TEST_RECALL, TEST_TYPE_ACC)
 
 SEED = "seed"  # the TrainConfig field whose grid axis holds the replicates
 ALPHA = 0.05
@@ -39,8 +40,9 @@ TEST = f"one-sided Welch t-test (H1: a configuration's mean is worse than the be
 TEST_SHORT = f"one-sided Welch t-test, α = {ALPHA}"
 EVALUATOR = "fANOVA (optuna.importance.FanovaImportanceEvaluator, seed 0)"
 # The test metrics a family comparison ranks by, and which way is better. The guards against wrong winners
-# (memorisation, diversity, nearest-training-image L1) are shown side by side but not ranked.
-DIRECTION = {TEST_L1: "min", TEST_CLIP: "max", TEST_TOP1: "max", TEST_TOP5: "max", TEST_TYPE_ACC: "max"}
+# (memorisation, diversity) are shown side by side but not ranked.
+DIRECTION = {TEST_L1: "min", TEST_CLIP: "max", TEST_ATTR_ALL: "max", TEST_ALIGN: "max", TEST_R1: "max",
+             TEST_TYPE_ACC: "max", TEST_KID_RANDOM: "min", TEST_KID_INDOMAIN: "min", TEST_RECALL: "max"}
 
 
 def family(row: dict) -> str:

@@ -28,10 +28,20 @@ from contextlib import contextmanager
 from ray.tune import Callback
 
 from model import families
-from model.config import DEFAULT_FAMILY
+from model.config import DEFAULT_FAMILY, TEST_ALIGN, TEST_ATTR_ALL, TEST_KID_RANDOM, TEST_TYPE_ACC
 from search.results import error_reason
 from search.signals import FAULT, Reason, Stop
 from search.store import storage_full
+
+
+# The final metrics a finished trial's line shows, with their 95% intervals, where it reports them.
+SHOWN = (TEST_ATTR_ALL, TEST_ALIGN, TEST_TYPE_ACC, TEST_KID_RANDOM)
+
+
+def final_line(result: dict) -> str:
+    """"test/attr_all 0.62 [0.55, 0.69] · ..." from a trial's last report ("" before its final metrics)."""
+    return " · ".join(f"{m} {result[m]:.3g} [{result[f'{m}_lo']:.3g}, {result[f'{m}_hi']:.3g}]" for m in SHOWN
+                      if isinstance(result.get(m), float) and result.get(f"{m}_lo") is not None)
 
 
 class Progress(Callback):
@@ -39,21 +49,26 @@ class Progress(Callback):
         self.total = total  # trials the search will run (the grid size or --num-samples)
         self.every_s = every_s
         self.latest: dict[str, tuple] = {}  # trial_id -> (epoch, its selection metric's name, value)
+        self.final: dict[str, str] = {}  # trial_id -> its final metrics with their intervals, once reported
         self.start = self.last = time.monotonic()
 
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
         # Called when fit() starts, also after Tuner.restore (which unpickles this object): restart the clock.
         self.latest.clear()
+        self.final.clear()
         self.start = self.last = time.monotonic()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metric = families.get(trial.config.get("family", DEFAULT_FAMILY)).selection
         self.latest[trial.trial_id] = (result.get("epoch"), metric, result.get(metric))
+        self.final[trial.trial_id] = final_line(result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epoch, metric, val = self.latest.get(trial.trial_id, (None, families.get(DEFAULT_FAMILY).selection, None))
         val = f"{val:.4f}" if isinstance(val, float) else val
-        print(f"[search] trial {trial.trial_id} {trial.config} finished after {epoch} epochs, {metric} {val}")
+        final = self.final.get(trial.trial_id)
+        print(f"[search] trial {trial.trial_id} {trial.config} finished after {epoch} epochs, {metric} {val}"
+              + (f"; {final}" if final else ""))
         self.line(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -19,33 +19,54 @@ import json
 from pathlib import Path
 
 from model import families as registry
-from model.config import BEST_VAL_L1, DEFAULT_FAMILY, TEST_CLIP, TEST_L1, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, VAL_CLIP, VAL_TOP1
+from model.config import BEST_VAL_L1, DEFAULT_FAMILY, TEST_CLIP, TEST_L1
 from model.files import atomic_write
 from search import analysis
-from search.results import GUARDS, RUN_COLUMNS, TABLE, metric_names
+from search.results import GUARDS, HEADLINE, INTERVAL_METRICS, RUN_COLUMNS, SHARED_METRICS, TABLE, metric_names
 from search.store import Plan
+
+PAIRED_NOTE = ("the row against its family's best on the same test texts and sample seeds (the headline metric's "
+               "per-record scores): row - best, its paired bootstrap 95% interval, better or worse where that excludes 0")
+INTERVALS = ("95% intervals [lo, hi]: bootstrap over the test (or validation) records and each record's sample seeds: "
+             "the evaluation's noise, not the training seed's (--seeds measures that)")
 
 
 def metric_columns(rows: list[dict]) -> list[str]:
-    """Each present family's ranking metric, the thesis's metrics, and the guards some row reports."""
+    """Each present family's ranking metric, then every shared metric some row reports (model/eval/evaluator.py)."""
     ranking = [registry.get(f).best for f in analysis.families(rows) if f in registry.names()] or [BEST_VAL_L1]
-    guards = [m for m in GUARDS if any(r.get(m) is not None for r in rows)]
-    return [*ranking, TEST_L1, TEST_CLIP, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, *guards, VAL_CLIP, VAL_TOP1]
+    return [*ranking, *(m for m in SHARED_METRICS if m in (TEST_L1, TEST_CLIP) or any(r.get(m) is not None
+                                                                                     for r in rows))]
+
+
+def markdown_metrics(rows: list[dict]) -> list[str]:
+    """The metrics best_config.md shows (with their intervals): ranking, L1, CLIP, the headline ones, the guards;
+    per-attribute and validation metrics are in the CSV and JSON."""
+    shown = {TEST_L1, TEST_CLIP, *HEADLINE, *GUARDS}
+    return [m for m in metric_columns(rows) if m in shown or m not in SHARED_METRICS]
+
+
+def with_intervals(metrics: list[str]) -> list[str]:
+    """Each metric followed by its interval's columns, where it has one."""
+    return [c for m in metrics for c in ((m, f"{m}_lo", f"{m}_hi") if m in INTERVAL_METRICS else (m,))]
 
 
 def field_columns(rows: list[dict]) -> list[str]:
     """The swept fields, as the rows carry them, and `family` where a row is not a regressor."""
-    fields = [c for c in rows[0] if c not in (*metric_names(), *RUN_COLUMNS, "best", "pareto", "family", "ranked_by")]
+    fields = [c for c in rows[0] if c not in (*metric_names(), *RUN_COLUMNS, "best", "pareto", "family", "ranked_by",
+                                              "scores", "paired_vs_best")]
     if any(analysis.family(r) != DEFAULT_FAMILY for r in rows):
         fields = ["family", *fields]
     return fields
 
 
-def columns(rows: list[dict]) -> list[str]:
+def columns(rows: list[dict], metrics: list[str] | None = None) -> list[str]:
+    """The table's columns: the swept fields, the metrics (default: every one, with its interval's columns), how
+    each row compares with its family's best on the same texts (`paired_vs_best`), and where it ran."""
+    metrics = with_intervals(metric_columns(rows)) if metrics is None else metrics
     if not rows:
-        return ["best", "ranked_by", *metric_columns(rows), *RUN_COLUMNS]
+        return ["best", "ranked_by", *metrics, *RUN_COLUMNS]
     extra = ["pareto"] if "pareto" in rows[0] else []
-    return ["best", *field_columns(rows), "ranked_by", *metric_columns(rows), *RUN_COLUMNS[:3], *extra,
+    return ["best", *field_columns(rows), "ranked_by", *metrics, "paired_vs_best", *RUN_COLUMNS[:3], *extra,
             *RUN_COLUMNS[3:]]
 
 
@@ -103,7 +124,11 @@ def summarize(rows: list[dict], plan: Plan) -> analysis.Summary:
     return analysis.summarize(rows, list(plan.settings.grid), metric_columns(rows))
 
 
-def _cell(value, col: str) -> str:
+def _cell(row: dict, col: str) -> str:
+    """A Markdown cell: an interval metric as "mean [lo, hi]"."""
+    value = row.get(col)
+    if col in INTERVAL_METRICS and isinstance(value, float) and row.get(f"{col}_lo") is not None:
+        return f"{value:.3g} [{row[f'{col}_lo']:.3g}, {row[f'{col}_hi']:.3g}]"
     return _fmt(value[:8] if col == "node_id" and value else value, col)
 
 
@@ -217,14 +242,15 @@ def write_tables(rows: list[dict], plan: Plan, out_dir: str | Path,
     ties = [f"**{analysis.tie_sentence(t, per_family[f], summary.seeds, len(summary.ties) > 1)}**"
             for f, t in summary.ties.items()]
     md = [f"# Search results: {plan.experiment}", "", intro, "", *(x for t in ties for x in (t, "")),
-          *provenance_lines(plan), ""]
+          *provenance_lines(plan), f"- {INTERVALS}; `paired_vs_best`: {PAIRED_NOTE}", ""]
+    shown = columns(rows, markdown_metrics(rows))
     if seeded:
         mcols = [c for c in ccols if c != "best" and not c.endswith(" std")]
         stats = set(metric_columns(rows))
         md += [_md_table(mcols, [[_mean_std(k, c) if c in stats else _fmt(k[c], c) for c in mcols] for k in configs]),
-               "", "## Every seed", "", _md_table(cols, [[_cell(r[c], c) for c in cols] for r in rows]), ""]
+               "", "## Every seed", "", _md_table(shown, [[_cell(r, c) for c in shown] for r in rows]), ""]
     else:
-        md += [_md_table(cols, [[_cell(r[c], c) for c in cols] for r in rows]), ""]
+        md += [_md_table(shown, [[_cell(r, c) for c in shown] for r in rows]), ""]
     md += importance_lines(summary) + families_lines(summary)
     if baselines:
         md += ["## Baselines (same test split, no training)", "",

@@ -66,9 +66,11 @@ PRESETS = {
     ),
     # Tiny, for tests and CI: exercises every code path in seconds per trial.
     "smoke": Preset(
-        "32 px, 2 epochs, no rotations, d_model 32, first 8 records per split, texts cut to 32 tokens, CLIP off; "
-        "a diffusion trial: a 2-level UNet 16 channels wide, 4 sampler steps",
-        {"image_size": 32, "epochs": 2, "augment_rotations": 1, "d_model": 32, "max_tokens": 32, "clip_mode": "off"},
+        "32 px, 2 epochs, no rotations, d_model 32, first 8 records per split, texts cut to 32 tokens, CLIP off, "
+        "2 samples per text and a tenth of each evaluator network's fit; a diffusion trial: a 2-level UNet 16 "
+        "channels wide, 4 sampler steps",
+        {"image_size": 32, "epochs": 2, "augment_rotations": 1, "d_model": 32, "max_tokens": 32, "clip_mode": "off",
+         "eval_samples": 2, "eval_fit": 0.1},
         max_records=8,
         recipes={"diffusion": {"unet_width": 16, "unet_levels": 2, "sample_steps": 4}},
     ),

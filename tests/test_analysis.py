@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from model.config import BEST_VAL_X0, BEST_VAL_L1, TEST_DIVERSITY, TEST_L1, TEST_TOP1
+from model.config import BEST_VAL_X0, BEST_VAL_L1, TEST_ALIGN, TEST_DIVERSITY, TEST_L1
 from search import analysis
 from search import grid as grid_cli
 from search.figures import importance as importance_figure
@@ -164,7 +164,7 @@ def test_families_rank_by_their_own_metric_and_are_compared_on_shared_test_metri
         for lr, vs in vals.items():
             for seed, v in enumerate(vs):
                 best_lr = 1e-4 if fam == "regressor" else 1e-5
-                m = {metric: v, TEST_L1: test_l1[fam][seed] if lr == best_lr else 0.9, TEST_TOP1: 0.1}
+                m = {metric: v, TEST_L1: test_l1[fam][seed] if lr == best_lr else 0.9, TEST_ALIGN: 0.1}
                 if fam == "diffusion":
                     m[TEST_DIVERSITY] = 0.2  # only diffusion reports it: not a shared metric
                 trials.append(_trial(f"{fam}-{lr}-{seed}", {**point, "family": fam, "lr": lr, "seed": seed}, m))
@@ -176,12 +176,12 @@ def test_families_rank_by_their_own_metric_and_are_compared_on_shared_test_metri
         ("diffusion", 1e-5, 2), ("regressor", 1e-4, 2)]  # each family's best configuration's best seed
 
     compared = {c["metric"]: c for c in summary.families_compared}
-    assert set(compared) == {TEST_L1, TEST_TOP1}  # test/diversity: diffusion only
+    assert set(compared) == {TEST_L1, TEST_ALIGN}  # test/diversity: diffusion only
     l1 = compared[TEST_L1]
     assert l1["better"] == "regressor" and l1["diffusion vs regressor"] == "worse"
     assert l1["diffusion p"] == pytest.approx(stats.ttest_ind(test_l1["diffusion"], test_l1["regressor"],
                                                               equal_var=False, alternative="greater").pvalue)
-    assert "better" not in compared[TEST_TOP1]  # identical values: neither family is better
+    assert "better" not in compared[TEST_ALIGN]  # identical values: neither family is better
     assert set(summary.importance) == {"regressor", "diffusion"}
     assert summary.importance["diffusion"].metric == BEST_VAL_X0
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from model import checkpoint
-from model.config import TEST_L1, TEST_TOP1, TRAIN_L1, VAL_L1, ModelConfig, TrainConfig
+from model.config import TEST_L1, TRAIN_L1, VAL_L1, ModelConfig, TrainConfig
 from benches import table
 from model.members import MemberAdamW
 from model.train import train, train_members
@@ -73,7 +73,6 @@ def test_members_end_with_their_single_runs_weights(model_cfg):
             assert mine[TRAIN_L1] == pytest.approx(theirs[TRAIN_L1], rel=1e-4)
             assert mine[VAL_L1] == pytest.approx(theirs[VAL_L1], rel=1e-4)
         assert results[k][TEST_L1] == pytest.approx(single[TEST_L1], rel=1e-4)
-        assert results[k][TEST_TOP1] == single[TEST_TOP1]
         # Same weights, to float rounding (batched vs single matmuls differ in the last bits, which
         # Adam's normalized steps can carry to ~1e-4): tiny against how far training moved them.
         for name, w in state.model.items():

@@ -20,7 +20,7 @@ import pytest
 
 from data_pipeline.config import DataConfig
 from data_pipeline.dataset import PreparedData, Split
-from model.config import BEST_VAL_L1, TEST_CLIP, TEST_L1, TEST_TOP1, VAL_TOP1, ModelConfig, TrainConfig
+from model.config import BEST_VAL_L1, TEST_ALIGN, TEST_CLIP, TEST_L1, VAL_ALIGN, ModelConfig, TrainConfig
 from search import export as export_mod
 from search import grid as grid_cli
 from search.report import write_tables
@@ -152,7 +152,7 @@ def _provenance(search="grid", epochs=2, **fields) -> Plan:
     s = resolve("smoke", {"epochs": epochs})
     return Plan.from_dict({**{"settings": s.to_dict(), "search": {"search": search, "scheduler": "fifo", "trials": 3, "points": 3,
                                                 "fuse": {"mode": "auto", "on": False, "reason": "off", "members": None},
-                                                "objectives": [[BEST_VAL_L1, "min"], [VAL_TOP1, "max"]],
+                                                "objectives": [[BEST_VAL_L1, "min"], [VAL_ALIGN, "max"]],
                                                 "resources_per_trial": {"cpu": 1, "gpu": 0}, "max_failures": 2},
             "experiment": "t", "preset_about": "tiny", "clip": {"model": "m", "pretrained": "p", "status": "off"},
             "dataset": {"source": "synthetic:0", "synthetic": True, "fingerprint": "abc", "counts": {"train": 8}},
@@ -250,7 +250,7 @@ def _trial(tid, lr, best, status="TERMINATED", epochs=2, error=None, top1=0.1):
     last = {"epoch": epochs, BEST_VAL_L1: best, "time_total_s": 1.0, "node_id": "n1", "device": "cpu"}
     if epochs == 2 and status == "TERMINATED":
         last.update({TEST_L1: best + 0.01, TEST_CLIP: None, "test/clip_status": "off: CLIP scoring disabled",
-                     TEST_TOP1: top1, VAL_TOP1: top1})
+                     TEST_ALIGN: top1, VAL_ALIGN: top1})
     point = {"lr": lr, "weight_decay": 1e-5, "n_heads": 2, "ff_dim": 512, "n_layers": 2}
     return TrialRecord(tid, point, status, [last], error)
 
@@ -458,9 +458,10 @@ def test_the_plan_selects_on_its_familys_metric_and_is_the_provenance(family, me
     plan = grid_cli.plan_search(args, [], where, settings, tiny_data(), (None, "off: CLIP scoring disabled"))
     plan.save(tmp_path / "exp")
     prov = json.loads((tmp_path / "exp" / "provenance.json").read_text())  # what --resume and export read
-    assert prov["search"]["objectives"] == [[metric, "min"], ["val/retrieval_top1", "max"]]
+    # tiny_data (8 training records): too few for the evaluator networks, so the selection metric alone
+    assert prov["search"]["objectives"] == [[metric, "min"]]
     assert prov["experiment"] == "exp" and Settings.from_dict(prov["settings"]) == settings
-    assert prov["baselines"]["baseline/retrieval_chance_top1"] == 1 / 4  # tiny_data: 4 test records
+    assert prov["baselines"]["baseline/test_l1_median_train_image"] > 0  # the text-blind references, once
     assert Plan.load(tmp_path / "exp") == plan  # typed on both sides
     assert grid_cli.scheduler("asha", 10, family).metric == per_epoch  # ASHA stops on the family's epoch metric
     with pytest.raises(dataclasses.FrozenInstanceError):

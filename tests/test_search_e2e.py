@@ -190,10 +190,10 @@ def test_export_rebuilds_the_table_from_the_trial_folders_when_tunes_snapshot_is
     rebuilt = read_table(exp)
     assert {r["trial_id"] for r in rebuilt} == set(table) - {trials[0].name.removeprefix("trial_")}
     for r in rebuilt:  # every readable trial, as Tune's snapshot had it
-        for column in ("status", "epochs", BEST_VAL_L1, "test/l1", "test/retrieval_top1", "lr", "n_heads"):
+        for column in ("status", "epochs", BEST_VAL_L1, "test/l1", "test/attr_all", "lr", "n_heads"):
             assert r[column] == table[r["trial_id"]][column], (r["trial_id"], column)
     best = next(r for r in rebuilt if r["best"] == "yes")
-    assert checkpoint.load(exp / "best_checkpoint")["train_configs"][0]["lr"] == float(best["lr"])
+    assert checkpoint.load(exp / "best_checkpoint").train_configs[0]["lr"] == float(best["lr"])
 
 
 def test_a_driver_killed_under_the_command_is_reported(tmp_path):
@@ -269,7 +269,7 @@ def test_tensorboard_event_files_hold_the_reported_metrics(unfused):
             for key in ("train/l1", "val/l1", BEST_VAL_L1, "samples_per_s"):
                 assert scalars[(f"ray/tune/{key}", r["training_iteration"])] == pytest.approx(r[key], rel=1e-6)
         last = reports[-1]
-        for key in ("test/l1", "test/retrieval_top1", "test/type_acc"):
+        for key in ("test/l1", "test/attr_all", "test/attr_all_lo"):
             assert scalars[(f"ray/tune/{key}", last["training_iteration"])] == pytest.approx(last[key], rel=1e-6)
 
 
@@ -327,7 +327,7 @@ def test_fused_grid_survives_a_killed_trial_and_sigterm_and_matches_unfused(tmp_
         theirs = plain[tuple(r[k] for k in GRID_KEYS)]
         for metric in (BEST_VAL_L1, "test/l1"):
             assert float(r[metric]) == pytest.approx(float(theirs[metric]), rel=2e-3), (r, metric)
-        assert r["test/retrieval_top1"] == theirs["test/retrieval_top1"]
+        assert r["test/attr_all"] == theirs["test/attr_all"]
     reports = [json.loads(line) for line in
                next(tune_exp.glob(f"trial_{killed[0][0]}/result.json")).read_text().splitlines()]
     after = [r for r in reports if r["pid"] != reports[0]["pid"]]  # the retry runs in a new process ...

@@ -46,12 +46,10 @@ import torch.nn.functional as F
 
 from model.files import dataset_key, load_or_fit as cached
 from model.eval.intervals import Interval, bootstrap_interval
+from model.config import TEST_ALIGN, TEST_R1, VAL_ALIGN, VAL_R1  # noqa: F401 (its metrics' names)
 
-TEST_ALIGN = "test/indomain_align"
-VAL_ALIGN = "val/indomain_align"
-TEST_R_TOP1 = "test/r_precision_top1"
+TEST_R_TOP1, VAL_R_TOP1 = TEST_R1, VAL_R1
 TEST_R_TOP5 = "test/r_precision_top5"
-VAL_R_TOP1 = "val/r_precision_top1"
 VAL_R_TOP5 = "val/r_precision_top5"
 BASELINE_ALIGN_REAL = "baseline/indomain_align_real"
 BASELINE_ALIGN_SHUFFLED = "baseline/indomain_align_shuffled"

@@ -384,15 +384,13 @@ def baselines(scorer: ClipScorer | None, data: PreparedData, clip_status: str, s
     training image (text-blind outputs). Beside test L1, two text-blind constant images: the
     mean training image, and the per-pixel median one, which is what an L1-trained model that
     ignores the text converges to (the median minimizes L1 on the training rows). A model near
-    them has learned nothing from the text. The retrieval metric's chance levels on the test
-    split complete the set.
+    them has learned nothing from the text.
     """
     test = data.test
     test_images = torch.as_tensor(test.unit_images())  # (N, 3, S, S) in [-1, 1]
     train_images = torch.as_tensor(data.train.unit_images())
     mean_image = train_images.mean(0, keepdim=True)  # (1, 3, S, S)
     median_image = train_images.median(0, keepdim=True).values  # (1, 3, S, S)
-    n_test = len(test)
     out = {
         "baseline/clip_status": clip_status,
         "baseline/clip_model": scorer.name if scorer is not None else None,
@@ -403,8 +401,6 @@ def baselines(scorer: ClipScorer | None, data: PreparedData, clip_status: str, s
         "baseline/clip_mean_train_image": None,
         "baseline/test_l1_mean_train_image": (test_images - mean_image).abs().mean().item(),
         "baseline/test_l1_median_train_image": (test_images - median_image).abs().mean().item(),
-        "baseline/retrieval_chance_top1": min(1, n_test) / n_test if n_test else None,
-        "baseline/retrieval_chance_top5": min(5, n_test) / n_test if n_test else None,
     }
     if scorer is None or len(test) == 0:
         return out

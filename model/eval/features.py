@@ -32,10 +32,9 @@ import torch
 
 from model.eval.alignment import unit_tensor
 from model.eval.intervals import Interval, bootstrap_interval
+from model.config import TEST_COPY_RATE, TEST_DIVERSITY  # noqa: F401 (its metrics' names)
 
-TEST_COPY_RATE = "test/copy_rate"
 TEST_NN_RATIO = "test/nn_ratio"
-TEST_DIVERSITY = "test/diversity"
 COPY_RATIO = 0.5  # a sample nearer its nearest training record than half the distance to the second is a copy
 
 

@@ -31,9 +31,8 @@ import torch.nn.functional as F
 from model.eval import alignment
 from model.files import dataset_key, load_or_fit as cached
 from model.eval.intervals import Interval, bootstrap_interval
+from model.config import TEST_TYPE_ACC, VAL_TYPE_ACC  # noqa: F401 (its metric's name)
 
-TEST_TYPE_ACC = "test/type_acc"  # the same name as model/eval/type_classifier.py's: this classifier replaces that one
-VAL_TYPE_ACC = "val/type_acc"
 UNKNOWN = -1  # a record whose type the classifier never saw: always a miss
 KEPT = "cnn"  # set from cross_validate's numbers: see bench/bench_eval_models.py
 VERSION = 1
@@ -180,10 +179,11 @@ def load_or_fit_cnn(data, primary_types: dict | None = None, cfg: TypeCNNConfig 
                   _cnn_state, _cnn_from_state)
 
 
-def load_or_fit(data, primary_types: dict | None = None, clip: alignment.InDomainClip | None = None):
+def load_or_fit(data, primary_types: dict | None = None, clip: alignment.InDomainClip | None = None,
+                cfg: TypeCNNConfig = TypeCNNConfig()):
     """The kept classifier (KEPT) of this prepared dataset; `clip` saves loading the in-domain model twice."""
     if KEPT == "cnn":
-        return load_or_fit_cnn(data, primary_types)
+        return load_or_fit_cnn(data, primary_types, cfg)
     _, classes = _train_labels(data.train, _primary_types(data, primary_types))
     return ZeroShotTypes(clip or alignment.load_or_fit(data), classes)
 
