@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from machine import machine  # noqa: E402
 
 from model.config import ModelConfig, TrainConfig  # noqa: E402
-from model.train import train_members  # noqa: E402
+from model.train import Runtime, train_members  # noqa: E402
 from search.settings import resolve  # noqa: E402
 from search.space import fused_space  # noqa: E402
 from test_model import tiny_data  # noqa: E402
@@ -61,7 +61,7 @@ def count(k: int, rows: int, size: int, compiled: bool) -> tuple[int, int]:
     cfgs = [TrainConfig(**m, epochs=1, batch_size=10, clip_mode="off") for m in members(k)]
     data = tiny_data(n_train=rows, size=size)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        train_members(ModelConfig(image_size=size), cfgs, data, device="cpu", compile=compiled)
+        train_members(ModelConfig(image_size=size), cfgs, data, runtime=Runtime(device="cpu", compile=compiled))
     aten = [e for e in prof.events() if e.name.startswith("aten::")]
     leaves = [e for e in aten if e.name not in METADATA and not any(c.name.startswith("aten::") for c in e.cpu_children)]
     return len(aten), len(leaves)

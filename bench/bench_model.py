@@ -23,9 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from machine import machine  # noqa: E402
 
+from model import families  # noqa: E402
 from model.config import SAMPLES_PER_S, ModelConfig, TrainConfig  # noqa: E402
-from model.network import TextToImage, load_text_encoder  # noqa: E402
-from model.train import train  # noqa: E402
+from model.network import TextToImage  # noqa: E402
+from model.text import load_text_encoder  # noqa: E402
+from model.train import Runtime, train  # noqa: E402
 from test_model import tiny_data  # noqa: E402
 
 
@@ -45,7 +47,8 @@ def main(argv=None) -> dict:
     text_params = sum(p.numel() for p in encoder.parameters())
     sizes = []
     for h, ff, n in itertools.product((2, 4), (512, 1024), (2, 3)):
-        net = TextToImage(ModelConfig(n_heads=h, ff_dim=ff, n_layers=n), encoder)
+        cfg = ModelConfig(n_heads=h, ff_dim=ff, n_layers=n)
+        net = TextToImage(cfg, families.section(cfg), encoder)
         gen = sum(p.numel() for p in net.generator.parameters())
         sizes.append({"n_heads": h, "ff_dim": ff, "n_layers": n, "generator": gen, "with_encoder": gen + text_params})
         print(f"| {h} | {ff} | {n} | {gen:,} | {gen + text_params:,} |")
@@ -57,7 +60,7 @@ def main(argv=None) -> dict:
     for frozen in (True, False):
         best = []
         train(ModelConfig(freeze_text_encoder=frozen), TrainConfig(epochs=args.epochs, clip_mode="off"), data,
-              report=lambda m, s: best.append(m[SAMPLES_PER_S]), device="cpu")
+              report=lambda m, s: best.append(m[SAMPLES_PER_S]), runtime=Runtime(device="cpu"))
         speeds[frozen] = max(best)
         print(f"| {'frozen (hidden states cached)' if frozen else 'fine-tuned (encoder in every step)'} | {speeds[frozen]:.1f} |")
     print(f"\nfrozen / fine-tuned speed ratio: {speeds[True] / speeds[False]:.2f}x")
