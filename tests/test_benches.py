@@ -38,7 +38,7 @@ def ray_down_after():
 
 
 def test_bench_model_quick(capsys):
-    from model.network import load_text_encoder
+    from model.text import load_text_encoder
 
     result = load_bench("bench_model").main(["--quick"])
     sizes = result["sizes"]
@@ -128,7 +128,7 @@ def test_bench_type_classifier_quick(tmp_path, capsys):
     assert len(acc) == 7 and all(0 <= a <= 1 for a in acc.values())
     assert result["cache"].startswith(str(tmp_path)) and (tmp_path / result["cache"].split("/")[-1]).exists()
     captured = capsys.readouterr()
-    assert captured.err.count("type classifier fitted") == 1  # the second call loaded it from the cache
+    assert captured.err.count("type_classifier fitted") == 1  # the second call loaded it from the cache
     assert machine_named(captured.out)
 
 
