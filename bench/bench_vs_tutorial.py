@@ -2,7 +2,7 @@
 
     python bench/bench_vs_tutorial.py                   # smoke and laptop presets, both ways (~45 min, 2 cores)
     python bench/bench_vs_tutorial.py --presets smoke   # one preset
-    python bench/bench_vs_tutorial.py --quick           # smoke preset, 2 grid points, no calibration: checks the script
+    python bench/bench_vs_tutorial.py --quick           # smoke, 2 grid points, in this process: checks the script
 
 Both ways run the same grid of the same preset on the same machine, in this one invocation, one after
 the other, each as its own subprocess timed from start to end:
@@ -47,6 +47,10 @@ standard error (a systematic gap would show there). The thesis's weight-decay ax
 each pair is counted and reshuffled once, and the pairs' being identical is checked in both ways. The best of
 the grid is compared too; a minimum over 32 noisy runs favours a lucky one, so it is the noisiest number here.
 
+`--quick` checks the script and measures nothing (tests/test_benches.py): the smoke grid cut to a weight-decay
+pair, both ways run one after the other in this process (one Python and one Ray; the caller's data cache, so a
+test that prepared the smoke data before skips its preparation), and no reshuffled run (so no tolerance).
+
 Measured (2-core AMD EPYC VM shared with other jobs, 2026-12-02, results/BENCHMARKS.md): laptop grid 333 s ours
 vs 1647 s the tutorial way (4.94x; 3.60x in an earlier run), smoke 37.9 s vs 217.2 s (5.73x; 6.09x earlier); the
 two ways' best val L1 per point differ as much as the tutorial way does from itself reshuffled (median 0.017 vs
@@ -56,6 +60,7 @@ two ways' best val L1 per point differ as much as the tutorial way does from its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import json
@@ -66,6 +71,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -92,7 +98,7 @@ from search.settings import Settings, resolve  # noqa: E402
 from search.space import grid_size  # noqa: E402
 
 # --quick: the smoke preset cut to 2 points, a weight-decay pair (one distinct run). It checks the script end to end
-# (tests/test_bench_vs_tutorial.py); its ratio measures start-up, not training.
+# (tests/test_benches.py); its ratio measures nothing.
 QUICK_GRID = {"lr": (1e-4,), "weight_decay": (1e-5, 1e-6), "n_heads": (2,), "ff_dim": (512,), "n_layers": (2,)}
 FIT_STARTS = "[tutorial] search starts"  # printed just before Tuner.fit(): the bench splits the wall time there
 TIMING = ("setup_s", "load_data_s", "data_wait_s", "train_step_s", "val_s", "save_s")
@@ -276,8 +282,12 @@ def tutorial_search(settings: Settings, data_dir: str, storage_path: str, param_
     `Tuner.fit()`'s wall time and the checkpoint bytes left on storage."""
     from data_pipeline.ray_env import init_ray
 
+    import ray
+
     regressor_only(settings)
     init_ray()  # ray.init(include_dashboard=False) as the tutorial's, on loopback as ours
+    if __name__ != "__main__":  # imported (--quick in a test): Tune's workers cannot import bench/, so this file's
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # functions travel by value
     trainset, valset, testset = load_data(data_dir, settings)  # the tutorial's "pre-download" step
     config = param_space or {k: tune.grid_search(list(v)) for k, v in settings.grid.items()}
     tuner = tune.Tuner(
@@ -333,26 +343,68 @@ def subprocess_env(work: Path) -> dict:
             "POKEMON_T2I_CACHE": str(work / "cache"), "PYTHONUNBUFFERED": "1"}
 
 
-def timed(cmd: list[str], work: Path, log_name: str, marks: dict[str, str]) -> tuple[float, dict]:
-    """Run cmd from the repo root, its output in work/log_name with each line's time; (wall time, the time
-    of the first line containing each of `marks`' strings), or an error with the log's tail."""
-    log, seen = work / log_name, {}
-    t0 = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(work), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            t = time.perf_counter() - t0
-            out.write(f"{t:8.1f}  {line}")
-            for name, text in marks.items():
-                if text in line:
-                    seen.setdefault(name, t)
-        rc = proc.wait()
-    wall = time.perf_counter() - t0
+class TimedLog:
+    """A command's output lines, each written to `path` with its time since the start, and the time of the first line
+    holding each of `marks`' strings (`seen`). A stream too: a command run in this process prints into it."""
+
+    def __init__(self, path: Path, marks: dict[str, str]):
+        self.file, self.marks, self.seen, self.rest = open(path, "w"), marks, {}, ""
+        self.lock, self.t0 = threading.Lock(), time.perf_counter()
+
+    def line(self, line: str) -> None:
+        t = time.perf_counter() - self.t0
+        self.file.write(f"{t:8.1f}  {line}")
+        for name, text in self.marks.items():
+            if text in line:
+                self.seen.setdefault(name, t)
+
+    def write(self, text: str) -> int:  # Ray's log thread prints worker lines beside the driver's own
+        with self.lock:
+            *lines, self.rest = (self.rest + text).split("\n")
+            for line in lines:
+                self.line(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def timed(entry: str, argv: list[str], work: Path, log_name: str, marks: dict[str, str],
+          here: bool = False) -> tuple[float, dict]:
+    """Run `entry` ("search.grid": `python -m search.grid`; "tutorial": this file) with argv from the repo root as
+    a process of its own, its output in work/log_name with each line's time; (wall time, the time of the first line
+    containing each of `marks`' strings), or an error with the log's tail. `here` (--quick): its main in this
+    process instead, its printed lines timed alike (one Python and one Ray for the bench, and the caller's data
+    cache: it measures nothing)."""
+    log = TimedLog(work / log_name, marks)
+    with log.file:
+        if here:
+            rc = run_here(entry, argv, log)
+        else:
+            cmd = [sys.executable, *(["-m", entry] if entry == "search.grid" else [str(Path(__file__).resolve())]),
+                   *argv]
+            proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(work), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+            for line in proc.stdout:
+                log.line(line)
+            rc = proc.wait()
+    wall = time.perf_counter() - log.t0
     if rc != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"{' '.join(cmd)} exited with {rc}; the end of {log}:\n{tail}")
-    return wall, seen
+        tail = "".join((work / log_name).read_text().splitlines(keepends=True)[-30:])
+        raise RuntimeError(f"{entry} {' '.join(argv)} exited with {rc}; the end of {work / log_name}:\n{tail}")
+    return wall, log.seen
+
+
+def run_here(entry: str, argv: list[str], out: TimedLog) -> int:
+    """A command's main in this process, what it prints into `out`; its exit status."""
+    from search.grid import main as grid
+
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            (grid if entry == "search.grid" else main)(argv)
+        return 0
+    except SystemExit as e:  # a user error: search.grid exits with a status and one line
+        return e.code if isinstance(e.code, int) else 1
 
 
 def point_key(point: dict, grid: dict) -> tuple:
@@ -363,11 +415,12 @@ def point_key(point: dict, grid: dict) -> tuple:
     return tuple(v if isinstance(v, str) else float(v) for v in values)
 
 
-def run_ours(preset: str, overrides: dict, work: Path) -> dict:
-    """`python -m search.grid` as a user runs it, timed; its results table, provenance and Tune reports."""
-    cmd = [sys.executable, "-m", "search.grid", "--preset", preset, "--results", str(work / "results"),
-           "--experiment", "ours", *grid_flags(overrides)]
-    wall, seen = timed(cmd, work, "ours.log", {"data_ready": "[search] data:", "fit_start": " trials for "})
+def run_ours(preset: str, overrides: dict, work: Path, here: bool = False) -> dict:
+    """`python -m search.grid` as a user runs it, timed (`here`: in this process); its results table, provenance
+    and Tune reports."""
+    argv = ["--preset", preset, "--results", str(work / "results"), "--experiment", "ours", *grid_flags(overrides)]
+    wall, seen = timed("search.grid", argv, work, "ours.log", {"data_ready": "[search] data:", "fit_start": " trials for "},
+                       here)
     table = json.loads((work / "results" / "ours" / "best_config.json").read_text())
     prov = table["provenance"]
     settings = Settings.from_dict(prov["settings"])
@@ -386,15 +439,14 @@ def run_ours(preset: str, overrides: dict, work: Path) -> dict:
 
 
 def run_tutorial(preset: str, overrides: dict, data_dir: Path, work: Path, name: str,
-                 reshuffle: dict | None = None) -> dict:
-    """This file's tutorial way in its own process (`--run-tutorial`), timed as ours is."""
+                 reshuffle: dict | None = None, here: bool = False) -> dict:
+    """This file's tutorial way in its own process (`--run-tutorial`; `here`: in this one), timed as ours is."""
     out = work / f"{name}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--run-tutorial", "--presets", preset,
-           "--overrides", json.dumps(overrides), "--data", str(data_dir), "--storage", str(work / name),
-           "--out", str(out)]
+    argv = ["--run-tutorial", "--presets", preset, "--overrides", json.dumps(overrides), "--data", str(data_dir),
+            "--storage", str(work / name), "--out", str(out)]
     if reshuffle is not None:
-        cmd += ["--reshuffle", json.dumps(reshuffle)]
-    wall, seen = timed(cmd, work, f"{name}.log", {"fit_start": FIT_STARTS})
+        argv += ["--reshuffle", json.dumps(reshuffle)]
+    wall, seen = timed("tutorial", argv, work, f"{name}.log", {"fit_start": FIT_STARTS}, here)
     return {**json.loads(out.read_text()), "wall_s": wall, "before_fit_s": seen["fit_start"]}
 
 
@@ -519,23 +571,23 @@ def where_time_goes(ours: dict, tut: dict) -> dict:
                      "torch_threads": [int(ours["prov"]["search"]["resources_per_trial"]["cpu"])]}}
 
 
-def measure(preset: str, overrides: dict, work: Path, calibrate: bool = True) -> dict:
-    """Both ways on one preset (and grid overrides), then the tutorial way's distinct points reshuffled (unless not
-    `calibrate`: --quick), the tutorial's step taken apart, and the comparison."""
+def measure(preset: str, overrides: dict, work: Path, quick: bool = False) -> dict:
+    """Both ways on one preset (and grid overrides), then the tutorial way's distinct points reshuffled, the
+    tutorial's step taken apart, and the comparison. `quick`: both ways in this process, no reshuffled run."""
     from data_pipeline.synthetic import generate
 
     settings = resolve(preset, overrides)
     regressor_only(settings)  # before the long runs
     points = grid_size(settings.grid)
     print(f"[bench] {preset}: {points} points, ours ...", flush=True)
-    ours = run_ours(preset, overrides, work)
+    ours = run_ours(preset, overrides, work, here=quick)
     print(f"[bench] {preset}: ours {ours['wall_s']:.0f} s; the tutorial way ...", flush=True)
     # The tutorial's "download": the same 300 synthetic creatures ours generates for itself (same function, seed).
     data_dir = generate(work / "synthetic", SYNTHETIC_RECORDS, 0)
-    tut = run_tutorial(preset, overrides, data_dir, work, "tutorial")
+    tut = run_tutorial(preset, overrides, data_dir, work, "tutorial", here=quick)
     print(f"[bench] {preset}: tutorial way {tut['wall_s']:.0f} s", flush=True)
     calib = None
-    if calibrate:  # every distinct point once more, the tutorial way with another shuffle seed: the noise the
+    if not quick:  # every distinct point once more, the tutorial way with another shuffle seed: the noise the
         # agreement is read against
         print(f"[bench] {preset}: its distinct points reshuffled ...", flush=True)
         calib = run_tutorial(preset, overrides, data_dir, work, "reshuffled",
@@ -651,16 +703,19 @@ def tutorial_process(args) -> None:
     space = None
     if args.reshuffle:
         space = {k: tune.grid_search(v) if isinstance(v, list) else v for k, v in json.loads(args.reshuffle).items()}
+    started = not ray.is_initialized()  # --quick runs this in the bench's process, on its Ray
     out = tutorial_search(settings, args.data, args.storage, param_space=space)
-    ray.shutdown()
+    if started:
+        ray.shutdown()
     Path(args.out).write_text(json.dumps(out, default=str))
 
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", nargs="+", default=["smoke", "laptop"], choices=("smoke", "laptop"))
-    p.add_argument("--quick", action="store_true", help="the smoke preset on 2 grid points, no reshuffled "
-                   "calibration run: checks the script, measures nothing")
+    p.add_argument("--quick", action="store_true", help="the smoke preset on 2 grid points, both ways in this "
+                   "process (one Ray, the caller's data cache), no reshuffled calibration run: checks the script, "
+                   "measures nothing")
     p.add_argument("--json", help="also write the measurements here")
     p.add_argument("--logs", help="keep each run's timestamped log in this folder (<preset>-<run>.log)")
     for hidden in ("--overrides", "--data", "--storage", "--out", "--reshuffle"):  # for --run-tutorial
@@ -679,7 +734,7 @@ def main(argv=None) -> list[dict]:
     for preset in presets:
         with tempfile.TemporaryDirectory(prefix=f"vs-tutorial-{preset}-") as work:
             try:
-                results.append(measure(preset, overrides, Path(work), calibrate=not args.quick))
+                results.append(measure(preset, overrides, Path(work), quick=args.quick))
             finally:
                 if args.logs:
                     Path(args.logs).mkdir(parents=True, exist_ok=True)
