@@ -360,6 +360,8 @@ class TimedLog:
 
     def write(self, text: str) -> int:  # Ray's log thread prints worker lines beside the driver's own
         with self.lock:
+            if self.file.closed:  # a worker's line that arrives after the command ended
+                return len(text)
             *lines, self.rest = (self.rest + text).split("\n")
             for line in lines:
                 self.line(line + "\n")
@@ -598,7 +600,8 @@ def measure(preset: str, overrides: dict, work: Path, quick: bool = False) -> di
     raw.write_text(json.dumps({"ours": {**{k: v for k, v in ours.items() if k != "settings"}, "rows": list(ours["rows"].values())},
                                "tutorial": tut,
                                "reshuffled": calib}, default=str))
-    costs = step_costs(settings, tut["best_config"], data_dir)
+    batches = 2 if quick else 10  # the tutorial's step taken apart: the median of this many
+    costs = step_costs(settings, tut["best_config"], data_dir, batches)
     same_data = fingerprint(read_source(data_dir).content_hash, settings.data) == ours["prov"]["dataset"]["fingerprint"]
     samples = points * settings.train.epochs * ours["train_rows"]
     keep = ("wall_s", "fit_s", "before_fit_s", "checkpoint_bytes", "checkpoints")
@@ -606,6 +609,7 @@ def measure(preset: str, overrides: dict, work: Path, quick: bool = False) -> di
             "samples": samples, "ours": {k: ours[k] for k in (*keep, "data_ready_s")},
             "tutorial": {**{k: tut[k] for k in keep}, "trials": tut["trials"]}, "same_data": same_data,
             "agreement": agreement(ours, tut, calib), "time": where_time_goes(ours, tut), "step_ms": costs,
+            "step_batches": batches,
             "batch_size": min(settings.train.batch_size, ours["train_rows"]), "code_version": ours["prov"]["code_version"]}
 
 
@@ -681,8 +685,8 @@ def report(results: list[dict], where: str) -> None:
 
     print("\nOne training step (a batch), ms: in the runs (the tutorial's: its train-step time over its steps, "
           "DataLoader wait excluded; ours': from its training-loop samples/s), and the tutorial's step taken apart "
-          "alone on one thread (median of 10, at its best point). Ours' step is the generator's alone, on the "
-          "encoder's states cached once per text:\n")
+          f"alone on one thread (median of {results[0]['step_batches']}, at its best point). Ours' step is the "
+          "generator's alone, on the encoder's states cached once per text:\n")
     print("| preset | batch | tutorial, in the run | ours, in the run | alone: tokenizer | alone: text encoder forward "
           "| alone: generator + backward + AdamW |")
     print("|---|---:|---:|---:|---:|---:|---:|")
