@@ -12,7 +12,7 @@ import pytest
 
 from data_pipeline.prepare import prepare_in_memory
 from data_pipeline.synthetic import generate
-from model.config import TRAIN_L1, VAL_L1
+from model.config import VAL_L1
 from benches import load_bench
 from search.settings import limit_records, resolve
 
@@ -50,3 +50,45 @@ def test_point_key_reads_a_table_row_and_a_tune_config_alike():
     assert bench.point_key(row, grid) == bench.point_key(config, grid) == ("regressor", 1e-4, 1e-5, 2.0, 512.0, 2.0)
     with pytest.raises(ValueError, match="regressor family only"):
         bench.regressor_only(resolve("smoke", {"family": ("regressor", "diffusion")}))
+
+
+def test_agreement_reads_pairs_reshuffles_and_the_best_by_hand():
+    """The comparison's arithmetic on made-up runs: a weight-decay pair whose decay rounds away is one distinct
+    point, the tolerance is the largest reshuffle difference, and without a reshuffled run (--quick) there is none."""
+    settings = resolve("smoke", {"lr": (1e-4,), "weight_decay": (1e-5, 1e-6), "n_heads": (2, 4), "ff_dim": (512,),
+                                 "n_layers": (2,)})
+    grid = settings.grid
+    assert bench.distinct_grid(grid)["weight_decay"] == (1e-5,)  # 1 - 1e-4 * 1e-5 is 1.0 in float32
+    split, digest = {"train": [1, 2], "val": [3], "test": [4]}, "d"
+
+    def point(heads, wd):
+        return {"family": "regressor", "lr": 1e-4, "weight_decay": wd, "n_heads": heads, "ff_dim": 512, "n_layers": 2}
+
+    def trials(vals, seed=None):  # one trial per (heads, wd) with its best val L1, every report on the split
+        return [{"config": {**point(h, wd), **({"shuffle_seed": seed} if seed else {})},
+                 "history": [{VAL_L1: 0.9, "split": digest}, {VAL_L1: v, "split": digest}]} for (h, wd), v in vals.items()]
+
+    ours = {"settings": settings, "split": split, "train_rows": 2,
+            "rows": {bench.point_key(point(h, wd), grid): {"best/val_l1": v, "test/l1": 0.6}
+                     for (h, wd), v in {(2, 1e-5): .50, (2, 1e-6): .50, (4, 1e-5): .40, (4, 1e-6): .40}.items()}}
+    tut = {"trials": trials({(2, 1e-5): .52, (2, 1e-6): .52, (4, 1e-5): .41, (4, 1e-6): .41}), "split": split,
+           "split_digest": digest, "train_rows": 2, "best_test_l1": 0.7}
+    again = {"trials": trials({(2, 1e-5): .49, (4, 1e-5): .44}, seed=1)}
+
+    a = bench.agreement(ours, tut, again)
+    assert a["same_split"] and a["distinct_points"] == 2 and a["pairs_identical"] == {"ours": True, "tutorial": True}
+    assert a["tolerance"] == pytest.approx(0.03) and a["shuffles"]["median_abs"] == pytest.approx(0.03)
+    assert a["ways"]["within"] == 2 and a["ways"]["mean"] == pytest.approx(0.015)  # deltas .02 (2 heads), .01 (4)
+    assert a["best"]["ours_point"]["n_heads"] == a["best"]["tutorial_point"]["n_heads"] == 4
+    assert a["best"]["delta"] == pytest.approx(0.01) and a["best"]["within"]
+    assert [p["tutorial_reshuffled"] for p in a["points"]] == [.49, .44]
+
+    quick = bench.agreement(ours, tut, None)
+    assert quick["tolerance"] is None and quick["shuffles"] is None and quick["ways"]["within"] is None
+    assert quick["best"]["within"] is None and [p["tutorial_reshuffled"] for p in quick["points"]] == [None, None]
+    assert quick["ways"] == {**a["ways"], "within": None}  # the two ways' deltas need no reshuffle
+
+    tut["trials"][1]["history"][1][VAL_L1] = .53  # the tutorial's pair no longer agrees; a report on another split
+    tut["trials"][0]["history"][0]["split"] = "other"
+    broken = bench.agreement(ours, tut, None)
+    assert broken["pairs_identical"] == {"ours": True, "tutorial": False} and not broken["same_split"]
