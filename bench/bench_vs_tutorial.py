@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -344,11 +345,12 @@ def subprocess_env(work: Path) -> dict:
             "POKEMON_T2I_CACHE": str(work / "cache"), "PYTHONUNBUFFERED": "1"}
 
 
-class TimedLog:
+class TimedLog(io.TextIOBase):
     """A command's output lines, each written to `path` with its time since the start, and the time of the first line
     holding each of `marks`' strings (`seen`). A stream too: a command run in this process prints into it."""
 
     def __init__(self, path: Path, marks: dict[str, str]):
+        super().__init__()
         self.file, self.marks, self.seen, self.rest = open(path, "w"), marks, {}, ""
         self.lock, self.t0 = threading.Lock(), time.perf_counter()
 
@@ -399,11 +401,12 @@ def timed(entry: str, argv: list[str], work: Path, log_name: str, marks: dict[st
 
 
 def run_here(entry: str, argv: list[str], out: TimedLog) -> int:
-    """A command's main in this process, what it prints into `out`; its exit status."""
+    """A command's main in this process, what it prints into `out` (its stderr stays this process's: Ray's fault
+    handler needs a real file there); its exit status."""
     from search.grid import main as grid
 
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        with contextlib.redirect_stdout(out):
             (grid if entry == "search.grid" else main)(argv)
         return 0
     except SystemExit as e:  # a user error: search.grid exits with a status and one line
