@@ -10,13 +10,14 @@ only, every member's samples) for the issue's first attempt and each speed varia
 
 Recipes: each trains through `model.train.train` (no Ray Tune) for as many epochs as fit in `--minutes` of
 training at its measured speed (a short timing run first), on the same prepared data and split; then its
-final metrics come from sampled test images with fixed seeds (model/evaluate.py): type accuracy against its
+final metrics come from sampled test images with fixed seeds (model/eval/evaluator.py): type accuracy against its
 ceiling (the real test images) and chance, retrieval top-1/top-5 against chance, memorisation (each generated
 test image's L1 to its nearest training image over the real test images' same figure: below 1 = closer to the
 training set than real unseen images are), diversity (L1 between two samples of one text, beside two real
 test images of different records), test L1. `--regressor NAME` adds a regressor recipe of bench/bench_recipes.py
 at its own epochs on the same split. Writes to --out: curves.png (the selection metric per epoch),
-samples_<recipe>.png (real test images, then two samples per text: the dataset's artwork, never commit it),
+samples_<recipe>.png (real test images, then two samples per text, or a regressor's one image: the dataset's
+artwork, never commit it),
 the checkpoints, and diffusion.json. Recipes (each on top of `first`, the issue's first attempt):
 """
 
@@ -24,23 +25,28 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_recipes  # noqa: E402
-from common import quick_data, save_results, train_logged  # noqa: E402
+from common import baselines, quick_data, save_results, train_logged  # noqa: E402
 from machine import machine  # noqa: E402
 
 from data_pipeline.config import DataConfig  # noqa: E402
 from data_pipeline.dataset import PreparedData  # noqa: E402
-from model.config import (BEST, SELECTION, TEST_DIVERSITY, TEST_L1, TEST_MEMORISATION, TEST_TOP1, TEST_TOP5,  # noqa: E402
-                          TEST_TYPE_ACC, VAL_TYPE_ACC, ModelConfig, TrainConfig)
-from model.evaluate import Evaluator  # noqa: E402
-from model.train import train  # noqa: E402
+from model import families  # noqa: E402
+from model.config import (SAMPLES_PER_S, TEST_DIVERSITY, TEST_L1, TEST_MEMORISATION, TEST_TOP1,  # noqa: E402
+                          TEST_TOP5, TEST_TYPE_ACC, VAL_TYPE_ACC, ModelConfig, TrainConfig)
+from model.eval.type_classifier import BASELINE_CEILING, BASELINE_CHANCE  # noqa: E402
+from model.train import Runtime, train  # noqa: E402
 from search.space import trial_configs  # noqa: E402
+
+# One Runtime for every run of this process (the default device: a GPU where there is one, as the timing run and the
+# recipe it plans for must share): the texts' encoder states are computed once for all recipes.
+RUNTIME = Runtime()
 
 # The issue's first attempt, as a new user would try it: 1.6 M parameters, widths 32/64/64, cross-attention at
 # the lowest level, 32 px, MiniLM states through the thesis's text stack, epsilon prediction, cosine schedule,
@@ -93,58 +99,69 @@ RECIPES["best"] = (RECIPES["best"][0], RECIPES["pixel-fast"][1])
 __doc__ += "\n".join(f"    {name:9s} {about}" for name, (about, _) in RECIPES.items()) + "\n"
 
 
-def configs(overrides: dict, image_size: int, epochs: int) -> tuple[ModelConfig, TrainConfig]:
+def configs(overrides: dict, image_size: int, epochs: int) -> tuple:
+    """(model, train, diffusion section) of a recipe on top of `first`."""
     return trial_configs({**FIRST, **overrides}, ModelConfig(image_size=image_size),
                          TrainConfig(epochs=epochs, clip_mode="off"))
 
 
-def timing(model_cfg: ModelConfig, train_cfg: TrainConfig, data: PreparedData, rows: int) -> float:
+def timing(configs: tuple, data: PreparedData, rows: int) -> float:
     """samples/s of the training step on the first `rows` training rows, one epoch (the loop's own figure)."""
+    model_cfg, train_cfg, section = configs
     small = PreparedData(data.train.take(rows), data.val.take(8), data.test.take(8), {"source": "timing"})
-    cfg = replace(train_cfg, epochs=1, sample_steps=1)
     # An autoencoder of a few steps: its quality does not change the denoiser's speed, and its fit is not a step.
-    return train(replace(model_cfg, autoencoder_steps=5), cfg, small, device="cpu")["samples_per_s"]
+    section = replace(section, sample_steps=1, autoencoder_steps=5)
+    return train(model_cfg, replace(train_cfg, epochs=1), small, family_cfg=section, runtime=RUNTIME)[SAMPLES_PER_S]
 
 
 def run(name: str, overrides: dict, data: PreparedData, image_size: int, minutes: float, out: Path) -> dict:
-    model_cfg, train_cfg = configs(overrides, image_size, 1)
-    speed = timing(model_cfg, train_cfg, data, rows=min(len(data.train), 4 * train_cfg.batch_size))
+    model_cfg, train_cfg, section = configs(overrides, image_size, 1)
+    speed = timing((model_cfg, train_cfg, section), data, rows=min(len(data.train), 4 * train_cfg.batch_size))
     epochs = max(1, round(minutes * 60 * speed / len(data.train)))
-    train_cfg = replace(train_cfg, epochs=epochs)
     print(f"[{name}] {speed:.0f} samples/s -> {epochs} epochs in {minutes:g} min", flush=True)
-    return fit(name, model_cfg, train_cfg, data, out)
+    return fit(name, (model_cfg, replace(train_cfg, epochs=epochs), section), data, out)
 
 
-def fit(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, data: PreparedData, out: Path) -> dict:
-    selection = SELECTION[model_cfg.family]
-    r = train_logged(name, model_cfg, train_cfg, data, out, lambda m: f"{selection} {m[selection]:.4f}")
-    train_s = sum(len(data.train) / m["samples_per_s"] for m in r.history)
+def fit(name: str, configs: tuple, data: PreparedData, out: Path) -> dict:
+    model_cfg, train_cfg, section = configs
+    family = families.get(model_cfg.family)
+    selection = family.selection
+    r = train_logged(name, configs, data, out, lambda m: f"{selection} {m[selection]:.4f}", RUNTIME)
+    train_s = sum(len(data.train) / m[SAMPLES_PER_S] for m in r.history)
     return {"recipe": name, "family": model_cfg.family, "wall_s": r.wall_s, "train_s": train_s,
-            "samples_per_s": r.history[-1]["samples_per_s"], "epochs": train_cfg.total_epochs,
+            "samples_per_s": r.history[-1][SAMPLES_PER_S], "epochs": train_cfg.total_epochs,
             "steps": train_cfg.total_epochs * -(-len(data.train) // train_cfg.batch_size),
-            "selection": selection, "best": r.final[BEST[model_cfg.family]],
+            "selection": selection, "best": r.final[family.best],
             "best_epoch": min(r.history, key=lambda m: m[selection])["epoch"],
             **{k: r.final.get(k) for k in (TEST_TYPE_ACC, TEST_TOP1, TEST_TOP5, TEST_MEMORISATION, TEST_DIVERSITY,
                                            TEST_L1)},
             "curve": {"epoch": [m["epoch"] for m in r.history], selection: [m[selection] for m in r.history]},
-            "checkpoint": str(r.checkpoint), "config": {**asdict(model_cfg), **asdict(train_cfg)}}
+            "checkpoint": str(r.checkpoint), "config": {**asdict(model_cfg), **asdict(train_cfg), **asdict(section)}}
+
+
+def guides(family_name: str) -> bool:
+    """Whether a family's images have a guidance scale to sweep (its section has `guidance_scale`)."""
+    return "guidance_scale" in {f.name for f in fields(families.get(family_name).Config)}
 
 
 def guidance_sweep(ckpt: str, data: PreparedData, scales: list[float]) -> list[dict]:
     """A trained checkpoint's final metrics at each guidance scale (the weights do not change): choose the scale
-    on validation type accuracy, read the test metrics at it."""
-    from model.families import make_family
+    on validation type accuracy, read the test metrics at it. Each scale is the family's own `generate` (every
+    row of a split, the fixed seeds of the loop's final evaluation) with that guidance_scale in its section, and
+    the Evaluator's `final`, as the training loop ends."""
+    from model.eval.evaluator import Evaluator, split_images
     from model.generate import load_model
-    from model.train import TextTable
+    from model.text import TextTable
 
     net, tokenizer = load_model(ckpt, device="cpu")
-    texts = TextTable.of(tokenizer, data, net.cfg, "cpu")
-    texts.cache_hidden(net)
-    evaluator = Evaluator(data, net.train_cfg, "cpu")
-    family = make_family(net, texts, net.train_cfg, evaluator)
+    family = families.get(net.cfg.family)
+    texts = TextTable.of(tokenizer, data, net.cfg, "cpu", extra=family.extra_texts)
+    texts.cache_hidden(net.text_encoder, net.cfg.text_encoder, RUNTIME.text_states)
+    evaluator = Evaluator(data, split_images(data, "cpu"))
     out = []
     for g in scales:
-        final = evaluator.final(lambda split, sample: family.generate(split, sample, guidance=g), [True])[0]
+        images = family(net, texts, net.train_cfg, replace(net.section, guidance_scale=g))  # generating only
+        final = evaluator.final(images.generate, [True])[0]
         out.append({"guidance": g, **{k: final[k] for k in (VAL_TYPE_ACC, TEST_TYPE_ACC, TEST_TOP5,
                                                              TEST_MEMORISATION, TEST_DIVERSITY)}})
         print(f"guidance {g:g}: val type acc {final[VAL_TYPE_ACC]:.3f}, test type acc {final[TEST_TYPE_ACC]:.3f}, "
@@ -170,48 +187,18 @@ VARIANTS = {
 }
 # --quick (checks the script in seconds, measures nothing): 40 synthetic creatures, one rotation, one epoch per
 # recipe, every UNet 16 channels wide at two levels and sampled in 2 steps; --throughput: 16 rows, the first
-# variant and a latent one.
+# variant and one more beside it (not a latent one: its autoencoder's fit would be most of the run).
 QUICK = {"unet_width": 16, "unet_levels": 2, "sample_steps": 2}
-QUICK_VARIANTS = ("first (batch 64)", "latent 8x8x4, two levels")
+QUICK_VARIANTS = ("first (batch 64)", "batch 32")
 
 
 def throughput(data: PreparedData, image_size: int, rows: int, variants: dict) -> list[dict]:
     out = []
     for name, over in variants.items():
-        model_cfg, train_cfg = configs(over, image_size, 1)
-        sps = timing(model_cfg, train_cfg, data, rows)
+        sps = timing(configs(over, image_size, 1), data, rows)
         out.append({"variant": name, "samples_per_s": sps})
         print(f"{name}: {sps:.1f} samples/s", flush=True)
     return out
-
-
-def samples_figure(ckpt: str, data: PreparedData, path: Path, title: str, k: int = 8) -> None:
-    """Real test images (top row), then two samples per text (seeds 0 and 1)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from model.generate import generate, load_model
-    from search.figures import first_records
-
-    net, tokenizer = load_model(ckpt, device="cpu")
-    rows = first_records(data.test, k)
-    texts = [data.test.texts[i] for i in rows]
-    real = data.test.unit_images()[rows]
-    fake = [generate(net, tokenizer, texts, seed=s).float().numpy() for s in (0, 1)]
-    fig, axes = plt.subplots(3, len(rows), figsize=(1.5 * len(rows), 5), squeeze=False)
-    for j in range(len(rows)):
-        for i, img in enumerate((real[j], fake[0][j], fake[1][j])):
-            axes[i][j].imshow(((np.clip(img, -1, 1) + 1) / 2).transpose(1, 2, 0))
-            axes[i][j].set_xticks([]), axes[i][j].set_yticks([])
-        axes[0][j].set_title(f"id {data.test.ids[rows[j]]}", fontsize=8)
-    for i, label in enumerate(("real", "sample 0", "sample 1")):
-        axes[i][0].set_ylabel(label)
-    fig.suptitle(title)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def families_figure(rows: list[dict], data: PreparedData, path: Path, k: int = 6) -> None:
@@ -232,7 +219,7 @@ def families_figure(rows: list[dict], data: PreparedData, path: Path, k: int = 6
     lines = [("real", data.test.unit_images()[idx])]
     for r in rows:
         net, tokenizer = load_model(r["checkpoint"], device="cpu")
-        draws = 2 if net.cfg.family == "diffusion" else 1
+        draws = 2 if families.get(net.cfg.family).draws != 1 else 1  # a sampler: two samples
         for seed in range(draws):
             label = r["family"] + (f", sample {seed}" if draws > 1 else "")
             lines.append((label, generate(net, tokenizer, texts, seed=seed).float().numpy()))
@@ -255,12 +242,12 @@ def curves_figure(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    families = sorted({r["family"] for r in rows})
-    fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4), squeeze=False)
-    for ax, family in zip(axes[0], families):
-        for r in (r for r in rows if r["family"] == family):
+    names = sorted({r["family"] for r in rows})
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for r in (r for r in rows if r["family"] == name):
             ax.plot(r["curve"]["epoch"], r["curve"][r["selection"]], marker="o", ms=2, label=r["recipe"])
-        ax.set_title(f"{family}: {SELECTION[family]} per epoch")
+        ax.set_title(f"{name}: {families.get(name).selection} per epoch")
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
@@ -289,7 +276,7 @@ def main(argv=None) -> list[dict]:
                    "creatures, 1 rotation, 1 epoch per recipe, a 16-channel two-level UNet, 2 sampler steps")
     args = p.parse_args(argv)
     for name in args.regressor:  # before the long runs
-        if bench_recipes.recipe_configs(name, ModelConfig(), TrainConfig(epochs=args.regressor_epochs))[2]:
+        if bench_recipes.recipe_configs(name, ModelConfig(), TrainConfig(epochs=args.regressor_epochs))[3]:
             p.error(f"--regressor {name} changes the data: run it with bench/bench_recipes.py")
     tiny = QUICK if args.quick else {}
     if args.quick:
@@ -317,12 +304,11 @@ def main(argv=None) -> list[dict]:
         print(f"[{name}] done: " + ", ".join(f"{k} {rows[-1][k]:.4f}" for k in (TEST_TYPE_ACC, TEST_TOP5, TEST_MEMORISATION,
                                                                                 TEST_DIVERSITY, TEST_L1)), flush=True)
     for name in args.regressor:
-        model_cfg, train_cfg, _ = bench_recipes.recipe_configs(
+        *configs_, _ = bench_recipes.recipe_configs(
             name, ModelConfig(image_size=args.image_size), TrainConfig(epochs=args.regressor_epochs, clip_mode="off"))
-        rows.append(fit(f"regressor {name}", model_cfg, train_cfg, data, out))
+        rows.append(fit(f"regressor {name}", tuple(configs_), data, out))
 
-    base = Evaluator(data, TrainConfig(clip_mode="off"), "cpu").baselines()
-    from model.faithfulness import BASELINE_CEILING, BASELINE_CHANCE
+    base = baselines(data)
 
     budget = "one epoch per recipe (--quick)" if args.quick else f"{args.minutes:g} min of training per diffusion recipe"
     print(f"\n{head}; {budget}\n"
@@ -341,13 +327,17 @@ def main(argv=None) -> list[dict]:
               f"| {r[TEST_TOP1]:.3f} ({r[TEST_TOP1] / c1:.1f}x) | {r[TEST_TOP5]:.3f} ({r[TEST_TOP5] / c5:.1f}x) "
               f"| {r[TEST_MEMORISATION]:.2f} | {r[TEST_DIVERSITY]:.4f} | {r[TEST_L1]:.4f} |")
     for r in rows:
-        if args.guidance and r["family"] == "diffusion":
+        if args.guidance and guides(r["family"]):
             print(f"\n[{r['recipe']}] guidance sweep (the scale is chosen on validation type accuracy):")
             r["guidance_sweep"] = guidance_sweep(r["checkpoint"], data, args.guidance)
+    from model.generate import load_model
+    from search.figures import samples
+
     curves_figure(rows, out / "curves.png")
     for r in rows:
-        samples_figure(r["checkpoint"], data, out / f"samples_{r['recipe'].replace(' ', '_')}.png",
-                       f"{r['recipe']}: real test images, then two samples per text")
+        net, tokenizer = load_model(r["checkpoint"], device="cpu")
+        samples(net, tokenizer, data.test, out / f"samples_{r['recipe'].replace(' ', '_')}.png",
+                f"{r['recipe']}: test, real (top) vs generated")
     if args.figure:
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         families_figure(rows, data, Path(args.figure))

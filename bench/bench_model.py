@@ -23,9 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from machine import machine  # noqa: E402
 
+from model import families  # noqa: E402
 from model.config import SAMPLES_PER_S, ModelConfig, TrainConfig  # noqa: E402
-from model.network import TextToImage, load_text_encoder  # noqa: E402
-from model.train import train  # noqa: E402
+from model.network import TextToImage  # noqa: E402
+from model.text import load_text_encoder  # noqa: E402
+from model.train import Runtime, train  # noqa: E402
 from test_model import tiny_data  # noqa: E402
 
 
@@ -33,10 +35,13 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=200, help="training samples per epoch")
     parser.add_argument("--epochs", type=int, default=2, help="the fastest epoch is reported (the first warms up)")
-    parser.add_argument("--quick", action="store_true", help="10 samples, 1 epoch: checks the script, measures nothing")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="10 samples, 1 epoch, 32 px: checks the script, "
+                        "measures nothing")
     args = parser.parse_args(argv)
     if args.quick:
-        args.samples, args.epochs = 10, 1
+        args.samples, args.epochs, args.image_size = 10, 1, 32
+    size = args.image_size
     print(f"machine: {machine()}\n")
 
     _, encoder, _ = load_text_encoder()
@@ -45,19 +50,22 @@ def main(argv=None) -> dict:
     text_params = sum(p.numel() for p in encoder.parameters())
     sizes = []
     for h, ff, n in itertools.product((2, 4), (512, 1024), (2, 3)):
-        net = TextToImage(ModelConfig(n_heads=h, ff_dim=ff, n_layers=n), encoder)
+        cfg = ModelConfig(n_heads=h, ff_dim=ff, n_layers=n)
+        net = TextToImage(cfg, families.section(cfg), encoder)
         gen = sum(p.numel() for p in net.generator.parameters())
         sizes.append({"n_heads": h, "ff_dim": ff, "n_layers": n, "generator": gen, "with_encoder": gen + text_params})
         print(f"| {h} | {ff} | {n} | {gen:,} | {gen + text_params:,} |")
 
-    data = tiny_data(n_train=args.samples, size=64)
-    print(f"\n| text encoder | samples/s (batch 10, 64x64, {args.samples} samples, fastest of {args.epochs} epochs) |")
+    data = tiny_data(n_train=args.samples, size=size)
+    print(f"\n| text encoder | samples/s (batch 10, {size}x{size}, {args.samples} samples, fastest of {args.epochs} "
+          "epochs) |")
     print("|---|---|")
     speeds = {}
     for frozen in (True, False):
         best = []
-        train(ModelConfig(freeze_text_encoder=frozen), TrainConfig(epochs=args.epochs, clip_mode="off"), data,
-              report=lambda m, s: best.append(m[SAMPLES_PER_S]), device="cpu")
+        train(ModelConfig(image_size=size, freeze_text_encoder=frozen), TrainConfig(epochs=args.epochs, clip_mode="off"),
+              data,
+              report=lambda m, s: best.append(m[SAMPLES_PER_S]), runtime=Runtime(device="cpu"))
         speeds[frozen] = max(best)
         print(f"| {'frozen (hidden states cached)' if frozen else 'fine-tuned (encoder in every step)'} | {speeds[frozen]:.1f} |")
     print(f"\nfrozen / fine-tuned speed ratio: {speeds[True] / speeds[False]:.2f}x")

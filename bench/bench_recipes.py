@@ -8,10 +8,11 @@
 One run per recipe, the same prepared data, split and epochs, through `model.train.train` (no Ray
 Tune). Each row: best validation L1 (and its epoch), test L1 beside the per-pixel median and mean
 training images (the text-blind L1 optimum and the average Pokémon), retrieval top-1/top-5 against
-chance, type accuracy (model/faithfulness.py) against its ceiling (real test images) and chance.
+chance, type accuracy (model/eval/type_classifier.py) against its ceiling (real test images) and chance.
 Writes learning_curves.png and samples_<recipe>.png (real top, generated bottom) to --out.
 
-Recipes are config overrides (flag = config field = table column), each on top of `seed`, the
+Recipes are config overrides (flag = config field = table column; a field of the regressor's own section, such
+as decoder_channels, alike), each on top of `seed`, the
 thesis's recommended trial (heads 4, ff 1024, 2 layers, lr 1e-4, wd 1e-5, dropout 0.3):
 """
 
@@ -26,11 +27,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import quick_data, save_results, train_logged  # noqa: E402
+from common import baselines, quick_data, save_results, train_logged  # noqa: E402
 from machine import machine  # noqa: E402
 
 from data_pipeline.config import DataConfig  # noqa: E402
-from model import clip, faithfulness  # noqa: E402
+from model.eval import type_classifier as tc  # noqa: E402
 from model.config import (BEST_VAL_L1, TEST_L1, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC, TRAIN_L1, VAL_L1,  # noqa: E402
                           ModelConfig, TrainConfig)
 from search.space import trial_configs  # noqa: E402
@@ -70,13 +71,15 @@ RECIPES = {
                            {"lr": 2e-3, "pooled_text": True, "d_model": 64, "finetune_epochs": 4, "finetune_layers": 6,
                             "finetune_lr": 2e-4}),
 }
-QUICK = ["laptop", "laptop-staged"]  # --quick: the small model, also staged (its checkpoint has encoder layers)
+# --quick: the small model staged (stage 1 is the plain recipe; its checkpoint has encoder layers). The plain laptop
+# recipe alone trains in bench_diffusion.py --quick --regressor laptop (tests/test_benches.py).
+QUICK = ["laptop-staged"]
 __doc__ += "\n".join(f"    {name:8s} {about}" for name, (about, _) in RECIPES.items()) + "\n"
 
 
-def recipe_configs(name: str, base_model: ModelConfig, base_train: TrainConfig) -> tuple[ModelConfig, TrainConfig, dict]:
-    """A recipe's configs on top of `seed`, and its DataConfig overrides. A staged recipe trains as many epochs in
-    all as the others: stage 1 is the base's epochs minus its finetune_epochs."""
+def recipe_configs(name: str, base_model: ModelConfig, base_train: TrainConfig) -> tuple:
+    """(model, train, family section, DataConfig overrides): a recipe's configs on top of `seed`. A staged recipe
+    trains as many epochs in all as the others: stage 1 is the base's epochs minus its finetune_epochs."""
     overrides = {**SEED, **RECIPES[name][1]}
     data_over = {k: overrides.pop(k) for k in [f.name for f in fields(DataConfig)] if k in overrides}
     if overrides.get("finetune_epochs"):
@@ -85,19 +88,20 @@ def recipe_configs(name: str, base_model: ModelConfig, base_train: TrainConfig) 
 
 
 def run(name: str, data, data_arg: str | None, base_model: ModelConfig, base_train: TrainConfig, out: Path) -> dict:
-    model_cfg, train_cfg, data_over = recipe_configs(name, base_model, base_train)
+    model_cfg, train_cfg, section, data_over = recipe_configs(name, base_model, base_train)
     if data_over:  # a data recipe (paraphrases): the same records and split, other training rows
         from data_pipeline.prepare import prepare_dataset
 
         data = prepare_dataset(data_arg, replace(DataConfig(**data.info["settings"]), **data_over), progress=False)
-    r = train_logged(name, model_cfg, train_cfg, data, out,
+    r = train_logged(name, (model_cfg, train_cfg, section), data, out,
                      lambda m: f"train L1 {m[TRAIN_L1]:.4f}, val L1 {m[VAL_L1]:.4f}")
     best_epoch = min(r.history, key=lambda m: m[VAL_L1])["epoch"]
     return {"recipe": name, "about": RECIPES[name][0], "wall_s": r.wall_s, "best_epoch": best_epoch,
             **{k: r.final[k] for k in (BEST_VAL_L1, TEST_L1, TEST_TOP1, TEST_TOP5, TEST_TYPE_ACC)},
             "checkpoint": str(r.checkpoint),
             "curve": {"epoch": [m["epoch"] for m in r.history], TRAIN_L1: [m[TRAIN_L1] for m in r.history],
-                      VAL_L1: [m[VAL_L1] for m in r.history]}, "config": {**asdict(model_cfg), **asdict(train_cfg)}}
+                      VAL_L1: [m[VAL_L1] for m in r.history]},
+            "config": {**asdict(model_cfg), **asdict(train_cfg), **asdict(section)}}
 
 
 def main(argv=None) -> list[dict]:
@@ -110,11 +114,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--out", default="results/recipes", help="figures, checkpoints and recipes.json go here")
     p.add_argument("--quick", action="store_true", help="checks the script in seconds, measures nothing: 40 synthetic "
-                   "creatures, 1 rotation, 3 epochs, recipes laptop and laptop-staged unless given")
+                   "creatures, 1 rotation, 3 epochs, recipe laptop-staged unless given")
     args = p.parse_args(argv)
     if args.quick:
         args.recipes, args.augment_rotations, args.epochs = args.recipes or QUICK, 1, 3
-        if any(recipe_configs(name, ModelConfig(), TrainConfig(epochs=3))[2] for name in args.recipes):
+        if any(recipe_configs(name, ModelConfig(), TrainConfig(epochs=3))[3] for name in args.recipes):
             p.error("--quick trains on its own 40 records: a recipe that changes the data (para3) needs --data")
     args.recipes = args.recipes or list(RECIPES)
 
@@ -127,15 +131,13 @@ def main(argv=None) -> list[dict]:
     data = quick_data(data_cfg) if args.quick else prepare_dataset(args.data, data_cfg, progress=False)
     base_model = ModelConfig(image_size=args.image_size)
     base_train = TrainConfig(epochs=args.epochs, clip_mode="off")
-    base = clip.baselines(None, data, "off")
-    clf = faithfulness.load_or_train(data)
-    base.update(faithfulness.type_baselines(clf, data))
+    base = baselines(data)
     rows = [run(name, data, args.data, base_model, base_train, out) for name in args.recipes]
 
     median, mean = base["baseline/test_l1_median_train_image"], base["baseline/test_l1_mean_train_image"]
     chance1, chance5 = base["baseline/retrieval_chance_top1"], base["baseline/retrieval_chance_top5"]
-    ceiling, chance_t = base[faithfulness.BASELINE_CEILING], base[faithfulness.BASELINE_CHANCE]
-    oracle_l1, oracle_t = base[faithfulness.BASELINE_ORACLE_L1], base[faithfulness.BASELINE_ORACLE]
+    ceiling, chance_t = base[tc.BASELINE_CEILING], base[tc.BASELINE_CHANCE]
+    oracle_l1, oracle_t = base[tc.BASELINE_ORACLE_L1], base[tc.BASELINE_ORACLE]
     print(f"\nmachine: {machine()}\ndata: {data.info['source']}, {args.image_size} px, {args.augment_rotations} "
           f"rotations, train/val/test rows {len(data.train)}/{len(data.val)}/{len(data.test)}; {args.epochs} epochs, "
           f"batch 10\ntext-blind test L1: median image {median:.4f}, mean image {mean:.4f}; retrieval chance top-1 "

@@ -2,7 +2,7 @@
 the fix (search.trainable.RestoreFromSuccessor and its replay, search.snapshot's check and guard).
 
     python bench/bench_resume_race.py --runs 12        # about 30 s per run and variant on 2 cores
-    python bench/bench_resume_race.py --quick --variants mixin   # 1 run, 2 trials of 30 epochs: checks the script
+    python bench/bench_resume_race.py --quick --variants mixin   # 1 run, 1 trial of 30 epochs: checks the script
 
 Each run starts a Tune search of fast toy trials (each epoch: a few ms of sleep, a report with a
 checkpoint, num_to_keep=2 as in search.grid), SIGKILLs the driver's process group at a random moment,
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import machine  # noqa: E402
 
-TRIALS, EPOCHS = 4, 300  # toy trials per search, epochs per trial (--quick: 2 and 30)
+TRIALS, EPOCHS = 4, 300  # toy trials per search, epochs per trial (--quick: 1 and 30)
 REFUSED = 3  # the driver's exit status when search.snapshot refuses a damaged snapshot
 
 
@@ -145,7 +145,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per toy trial")
     p.add_argument("--keep", type=Path, help="copy the storage of runs with an errored trial or a gap here")
     p.add_argument("--variants", nargs="+", choices=["tune", "mixin"], default=["tune", "mixin"])
-    p.add_argument("--quick", action="store_true", help="1 run, 2 trials of 30 epochs: checks the script, measures nothing")
+    p.add_argument("--quick", action="store_true", help="1 run, 1 trial of 30 epochs: checks the script, measures nothing")
     p.add_argument("--driver", help=argparse.SUPPRESS)
     p.add_argument("--mixin", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
@@ -153,7 +153,7 @@ def main(argv=None) -> list[dict]:
     if args.driver:
         return driver(args.driver, args.mixin, args.resume, args.trials, args.epochs)
     if args.quick:
-        args.runs, args.trials, args.epochs = 1, 2, 30
+        args.runs, args.trials, args.epochs = 1, 1, 30
     print(f"# bench_resume_race on {machine()}: {args.runs} killed-and-resumed searches per variant, "
           f"{args.trials} toy trials x {args.epochs} epochs each")
     print("| variant | runs with an errored trial | errored trials | trials missing an epoch in result.json "

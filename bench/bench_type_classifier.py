@@ -32,7 +32,8 @@ from machine import machine  # noqa: E402
 
 from data_pipeline.config import DataConfig  # noqa: E402
 from data_pipeline.prepare import prepare_dataset  # noqa: E402
-from model import faithfulness as ff  # noqa: E402
+from model.eval import type_classifier as ff  # noqa: E402
+from model.files import key_hash  # noqa: E402
 from search.figures import first_records  # noqa: E402
 
 
@@ -59,11 +60,9 @@ def main(argv=None) -> dict:
     else:
         data = prepare_dataset(args.data, cfg, cache_root=out, progress=False)
     types = data.info["primary_types"]
-    # the bench must time a fit: drop an earlier run's cached classifier
-    key = ff.cache_key(data, types)
-    path = ff.cache_path(data, key)
-    if path is not None:
-        path.unlink(missing_ok=True)
+    # the bench must time a fit: drop an earlier run's cached classifier (model/files.py load_or_fit's file)
+    path = Path(data.info["cache_dir"]) / f"type_classifier-{key_hash(ff.cache_key(data, types))[:16]}.pt"
+    path.unlink(missing_ok=True)
 
     start, cpu = time.perf_counter(), time.process_time()
     clf = ff.load_or_train(data, "cpu", types)

@@ -2,7 +2,7 @@
 
     python bench/bench_vs_tutorial.py                   # smoke and laptop presets, both ways (~45 min, 2 cores)
     python bench/bench_vs_tutorial.py --presets smoke   # one preset
-    python bench/bench_vs_tutorial.py --quick           # smoke preset, 2 grid points: checks the script (a minute)
+    python bench/bench_vs_tutorial.py --quick           # smoke, 1 grid point, in this process: checks the script
 
 Both ways run the same grid of the same preset on the same machine, in this one invocation, one after
 the other, each as its own subprocess timed from start to end:
@@ -47,6 +47,10 @@ standard error (a systematic gap would show there). The thesis's weight-decay ax
 each pair is counted and reshuffled once, and the pairs' being identical is checked in both ways. The best of
 the grid is compared too; a minimum over 32 noisy runs favours a lucky one, so it is the noisiest number here.
 
+`--quick` checks the script and measures nothing (tests/test_benches.py): the smoke grid cut to one point, both
+ways run one after the other in this process (one Python and one Ray; the caller's data cache, so a
+test that prepared the smoke data before skips its preparation), and no reshuffled run (so no tolerance).
+
 Measured (2-core AMD EPYC VM shared with other jobs, 2026-12-02, results/BENCHMARKS.md): laptop grid 333 s ours
 vs 1647 s the tutorial way (4.94x; 3.60x in an earlier run), smoke 37.9 s vs 217.2 s (5.73x; 6.09x earlier); the
 two ways' best val L1 per point differ as much as the tutorial way does from itself reshuffled (median 0.017 vs
@@ -56,7 +60,9 @@ two ways' best val L1 per point differ as much as the tutorial way does from its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -66,6 +72,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -85,14 +92,16 @@ from data_pipeline.prepare import SYNTHETIC_RECORDS, fingerprint, record_text  #
 from data_pipeline.preprocess import prepare_pixels, split_ids  # noqa: E402
 from data_pipeline.sources import read_source  # noqa: E402
 from model.config import TRAIN_L1, VAL_L1  # noqa: E402
-from model.network import TextToImage, load_text_encoder  # noqa: E402
+from model.network import TextToImage  # noqa: E402
+from model.text import encode_text, load_text_encoder  # noqa: E402
 from search.analysis import family  # noqa: E402
 from search.settings import Settings, resolve  # noqa: E402
-from search.space import grid_size, trial_configs  # noqa: E402
+from search.space import grid_size  # noqa: E402
 
-# --quick: the smoke preset cut to 2 points, a weight-decay pair (one distinct run). It checks the script end to end
-# (tests/test_bench_vs_tutorial.py); its ratio measures start-up, not training.
-QUICK_GRID = {"lr": (1e-4,), "weight_decay": (1e-5, 1e-6), "n_heads": (2,), "ff_dim": (512,), "n_layers": (2,)}
+# --quick: the smoke preset cut to one point (one trial each way). It checks the script end to end
+# (tests/test_benches.py); its ratio measures nothing, and the agreement's arithmetic over pairs and reshuffles is
+# tested on its own (tests/test_bench_vs_tutorial.py).
+QUICK_GRID = {"lr": (1e-4,), "weight_decay": (1e-5,), "n_heads": (2,), "ff_dim": (512,), "n_layers": (2,)}
 FIT_STARTS = "[tutorial] search starts"  # printed just before Tuner.fit(): the bench splits the wall time there
 TIMING = ("setup_s", "load_data_s", "data_wait_s", "train_step_s", "val_s", "save_s")
 
@@ -142,6 +151,13 @@ def load_data(data_dir, settings: Settings):
     return dataset("train"), dataset("val"), dataset("test")
 
 
+def forward(net: TextToImage, input_ids, attention_mask):
+    """The whole network on a batch of token ids, as the tutorial's `net(inputs)`: the text encoder runs on every
+    batch, then the generator (one member: the member axis put on and taken off again) -> (B, 3, S, S)."""
+    hidden = encode_text(net.text_encoder, input_ids, attention_mask)
+    return net.generator(hidden[None], attention_mask[None])[0]
+
+
 def split_digest(*datasets) -> str:
     """One string for the record ids of each split, in order: what the agreement check compares."""
     return " ".join(hashlib.sha256(json.dumps(sorted(set(d.ids))).encode()).hexdigest()[:12] for d in datasets)
@@ -152,10 +168,10 @@ def train_pokemon(config, data_dir=None, settings: Settings = None):
     timing = dict.fromkeys(TIMING, 0.0)
     t = time.perf_counter()
     point = {k: v for k, v in config.items() if k != "shuffle_seed"}
-    model_cfg, train_cfg = trial_configs(point, settings.model, settings.train)
+    model_cfg, train_cfg, section = settings.trial(point)
     torch.manual_seed(config.get("shuffle_seed", train_cfg.seed))  # dropout masks and the loaders' shuffles
     tokenizer, encoder, _ = load_text_encoder(model_cfg.text_encoder)
-    net = TextToImage(model_cfg, encoder, seeds=(train_cfg.seed,))  # one member: a plain single network
+    net = TextToImage(model_cfg, section, encoder, seeds=(train_cfg.seed,))  # one member: a plain single network
 
     device = "cpu"
     if torch.cuda.is_available():
@@ -197,7 +213,7 @@ def train_pokemon(config, data_dir=None, settings: Settings = None):
             t = time.perf_counter()
             images = images.to(device)
             optimizer.zero_grad()
-            outputs = net(*tokens(texts))[0]  # the text encoder runs on every batch
+            outputs = forward(net, *tokens(texts))  # the text encoder runs on every batch
             loss = criterion(outputs, images)
             loss.backward()
             optimizer.step()
@@ -214,7 +230,7 @@ def train_pokemon(config, data_dir=None, settings: Settings = None):
         val_loss, val_samples = 0.0, 0
         with torch.no_grad():
             for texts, images in valloader:
-                outputs = net(*tokens(texts))[0]
+                outputs = forward(net, *tokens(texts))
                 val_loss += criterion(outputs, images.to(device)).item() * len(images)
                 val_samples += len(images)
         timing["val_s"] += time.perf_counter() - t
@@ -247,7 +263,7 @@ def heldout_l1(net, device, data_dir, settings: Settings) -> float:
         for texts, images in testloader:
             tok = tokenizer(list(texts), padding=True, truncation=True, max_length=net.cfg.max_tokens,
                             return_tensors="pt")
-            outputs = net(tok["input_ids"].to(device), tok["attention_mask"].to(device))[0]
+            outputs = forward(net, tok["input_ids"].to(device), tok["attention_mask"].to(device))
             total += (outputs - images.to(device)).abs().mean(dim=(1, 2, 3)).sum().item()
             count += len(images)
     return total / count
@@ -268,8 +284,12 @@ def tutorial_search(settings: Settings, data_dir: str, storage_path: str, param_
     `Tuner.fit()`'s wall time and the checkpoint bytes left on storage."""
     from data_pipeline.ray_env import init_ray
 
+    import ray
+
     regressor_only(settings)
     init_ray()  # ray.init(include_dashboard=False) as the tutorial's, on loopback as ours
+    if __name__ != "__main__":  # imported (--quick in a test): Tune's workers cannot import bench/, so this file's
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # functions travel by value
     trainset, valset, testset = load_data(data_dir, settings)  # the tutorial's "pre-download" step
     config = param_space or {k: tune.grid_search(list(v)) for k, v in settings.grid.items()}
     tuner = tune.Tuner(
@@ -290,10 +310,9 @@ def tutorial_search(settings: Settings, data_dir: str, storage_path: str, param_
         trials.append({"config": {k: v for k, v in r.config.items()}, "error": str(r.error) if r.error else None,
                        "history": [{k: v for k, v in h.items() if not k.startswith("config/")} for h in history]})
     best = results.get_best_result(VAL_L1, "min", scope="all")
-    model_cfg, train_cfg = trial_configs({k: v for k, v in best.config.items() if k != "shuffle_seed"},
-                                         settings.model, settings.train)
+    model_cfg, train_cfg, section = settings.trial({k: v for k, v in best.config.items() if k != "shuffle_seed"})
     _, encoder, _ = load_text_encoder(model_cfg.text_encoder)
-    net = TextToImage(model_cfg, encoder, seeds=(train_cfg.seed,))
+    net = TextToImage(model_cfg, section, encoder, seeds=(train_cfg.seed,))
     with best.get_best_checkpoint(VAL_L1, "min").as_directory() as checkpoint_dir:
         net.load_state_dict(torch.load(Path(checkpoint_dir) / "checkpoint.pt")["net_state_dict"])
     best_test_l1 = heldout_l1(net, "cpu", data_dir, settings)
@@ -326,26 +345,72 @@ def subprocess_env(work: Path) -> dict:
             "POKEMON_T2I_CACHE": str(work / "cache"), "PYTHONUNBUFFERED": "1"}
 
 
-def timed(cmd: list[str], work: Path, log_name: str, marks: dict[str, str]) -> tuple[float, dict]:
-    """Run cmd from the repo root, its output in work/log_name with each line's time; (wall time, the time
-    of the first line containing each of `marks`' strings), or an error with the log's tail."""
-    log, seen = work / log_name, {}
-    t0 = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(work), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            t = time.perf_counter() - t0
-            out.write(f"{t:8.1f}  {line}")
-            for name, text in marks.items():
-                if text in line:
-                    seen.setdefault(name, t)
-        rc = proc.wait()
-    wall = time.perf_counter() - t0
+class TimedLog(io.TextIOBase):
+    """A command's output lines, each written to `path` with its time since the start, and the time of the first line
+    holding each of `marks`' strings (`seen`). A stream too: a command run in this process prints into it."""
+
+    def __init__(self, path: Path, marks: dict[str, str]):
+        super().__init__()
+        self.file, self.marks, self.seen, self.rest = open(path, "w"), marks, {}, ""
+        self.lock, self.t0 = threading.Lock(), time.perf_counter()
+
+    def line(self, line: str) -> None:
+        t = time.perf_counter() - self.t0
+        self.file.write(f"{t:8.1f}  {line}")
+        for name, text in self.marks.items():
+            if text in line:
+                self.seen.setdefault(name, t)
+
+    def write(self, text: str) -> int:  # Ray's log thread prints worker lines beside the driver's own
+        with self.lock:
+            if self.file.closed:  # a worker's line that arrives after the command ended
+                return len(text)
+            *lines, self.rest = (self.rest + text).split("\n")
+            for line in lines:
+                self.line(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def timed(entry: str, argv: list[str], work: Path, log_name: str, marks: dict[str, str],
+          here: bool = False) -> tuple[float, dict]:
+    """Run `entry` ("search.grid": `python -m search.grid`; "tutorial": this file) with argv from the repo root as
+    a process of its own, its output in work/log_name with each line's time; (wall time, the time of the first line
+    containing each of `marks`' strings), or an error with the log's tail. `here` (--quick): its main in this
+    process instead, its printed lines timed alike (one Python and one Ray for the bench, and the caller's data
+    cache: it measures nothing)."""
+    log = TimedLog(work / log_name, marks)
+    with log.file:
+        if here:
+            rc = run_here(entry, argv, log)
+        else:
+            cmd = [sys.executable, *(["-m", entry] if entry == "search.grid" else [str(Path(__file__).resolve())]),
+                   *argv]
+            proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(work), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+            for line in proc.stdout:
+                log.line(line)
+            rc = proc.wait()
+    wall = time.perf_counter() - log.t0
     if rc != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"{' '.join(cmd)} exited with {rc}; the end of {log}:\n{tail}")
-    return wall, seen
+        tail = "".join((work / log_name).read_text().splitlines(keepends=True)[-30:])
+        raise RuntimeError(f"{entry} {' '.join(argv)} exited with {rc}; the end of {work / log_name}:\n{tail}")
+    return wall, log.seen
+
+
+def run_here(entry: str, argv: list[str], out: TimedLog) -> int:
+    """A command's main in this process, what it prints into `out` (its stderr stays this process's: Ray's fault
+    handler needs a real file there); its exit status."""
+    from search.grid import main as grid
+
+    try:
+        with contextlib.redirect_stdout(out):
+            (grid if entry == "search.grid" else main)(argv)
+        return 0
+    except SystemExit as e:  # a user error: search.grid exits with a status and one line
+        return e.code if isinstance(e.code, int) else 1
 
 
 def point_key(point: dict, grid: dict) -> tuple:
@@ -356,11 +421,12 @@ def point_key(point: dict, grid: dict) -> tuple:
     return tuple(v if isinstance(v, str) else float(v) for v in values)
 
 
-def run_ours(preset: str, overrides: dict, work: Path) -> dict:
-    """`python -m search.grid` as a user runs it, timed; its results table, provenance and Tune reports."""
-    cmd = [sys.executable, "-m", "search.grid", "--preset", preset, "--results", str(work / "results"),
-           "--experiment", "ours", *grid_flags(overrides)]
-    wall, seen = timed(cmd, work, "ours.log", {"data_ready": "[search] data:", "fit_start": " trials for "})
+def run_ours(preset: str, overrides: dict, work: Path, here: bool = False) -> dict:
+    """`python -m search.grid` as a user runs it, timed (`here`: in this process); its results table, provenance
+    and Tune reports."""
+    argv = ["--preset", preset, "--results", str(work / "results"), "--experiment", "ours", *grid_flags(overrides)]
+    wall, seen = timed("search.grid", argv, work, "ours.log", {"data_ready": "[search] data:", "fit_start": " trials for "},
+                       here)
     table = json.loads((work / "results" / "ours" / "best_config.json").read_text())
     prov = table["provenance"]
     settings = Settings.from_dict(prov["settings"])
@@ -379,15 +445,14 @@ def run_ours(preset: str, overrides: dict, work: Path) -> dict:
 
 
 def run_tutorial(preset: str, overrides: dict, data_dir: Path, work: Path, name: str,
-                 reshuffle: dict | None = None) -> dict:
-    """This file's tutorial way in its own process (`--run-tutorial`), timed as ours is."""
+                 reshuffle: dict | None = None, here: bool = False) -> dict:
+    """This file's tutorial way in its own process (`--run-tutorial`; `here`: in this one), timed as ours is."""
     out = work / f"{name}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--run-tutorial", "--presets", preset,
-           "--overrides", json.dumps(overrides), "--data", str(data_dir), "--storage", str(work / name),
-           "--out", str(out)]
+    argv = ["--run-tutorial", "--presets", preset, "--overrides", json.dumps(overrides), "--data", str(data_dir),
+            "--storage", str(work / name), "--out", str(out)]
     if reshuffle is not None:
-        cmd += ["--reshuffle", json.dumps(reshuffle)]
-    wall, seen = timed(cmd, work, f"{name}.log", {"fit_start": FIT_STARTS})
+        argv += ["--reshuffle", json.dumps(reshuffle)]
+    wall, seen = timed("tutorial", argv, work, f"{name}.log", {"fit_start": FIT_STARTS}, here)
     return {**json.loads(out.read_text()), "wall_s": wall, "before_fit_s": seen["fit_start"]}
 
 
@@ -406,19 +471,22 @@ def distinct_grid(grid: dict) -> dict:
     return {**grid, "weight_decay": grid["weight_decay"][:1]}
 
 
-def agreement(ours: dict, tut: dict, reshuffled: dict) -> dict:
+def agreement(ours: dict, tut: dict, reshuffled: dict | None) -> dict:
     """Same data and split; per distinct point, how far the two ways land apart against how far two runs of the
-    tutorial way land apart when only their shuffles differ; the selected best on both sides."""
+    tutorial way land apart when only their shuffles differ; the selected best on both sides. `reshuffled` None
+    (--quick runs no calibration): no tolerance, and None wherever it would be read."""
     grid = ours["settings"].grid
+    distinct = distinct_grid(grid)
+    keys = sorted(point_key(dict(zip(distinct, v)), grid) for v in itertools.product(*distinct.values()))
     tut_best = {point_key(t["config"], grid): best_val(t) for t in tut["trials"]}
-    again = {point_key(t["config"], grid): best_val(t) for t in reshuffled["trials"]}
+    again = {point_key(t["config"], grid): best_val(t) for t in reshuffled["trials"]} if reshuffled else {}
     ours_best = {k: r["best/val_l1"] for k, r in ours["rows"].items()}
-    if set(tut_best) != set(ours_best) or not set(again) <= set(ours_best):
+    if set(tut_best) != set(ours_best) or (reshuffled and set(again) != set(keys)):
         raise RuntimeError(f"the two ways ran different grids: {sorted(set(tut_best) ^ set(ours_best))}")
     ours_split = {name: [int(i) for i in ids] for name, ids in ours["split"].items()}
     same_split = (ours_split == {name: [int(i) for i in ids] for name, ids in tut["split"].items()}
-                  and all(h.get("split") == tut["split_digest"] for t in (*tut["trials"], *reshuffled["trials"])
-                          for h in t["history"])
+                  and all(h.get("split") == tut["split_digest"]
+                          for t in (*tut["trials"], *(reshuffled["trials"] if reshuffled else ())) for h in t["history"])
                   and ours["train_rows"] == tut["train_rows"])
 
     wd = list(grid).index("weight_decay") if "weight_decay" in grid else None
@@ -432,26 +500,26 @@ def agreement(ours: dict, tut: dict, reshuffled: dict) -> dict:
             groups.setdefault(k[:wd] + k[wd + 1:], []).append(v)
         return all(len(set(vs)) == 1 for vs in groups.values())
 
-    keys = sorted(again)  # the distinct points
     ways = [tut_best[k] - ours_best[k] for k in keys]
-    shuffles = [again[k] - tut_best[k] for k in keys]
-    tolerance = max(abs(d) for d in shuffles)
+    shuffles = [again[k] - tut_best[k] for k in keys] if again else None
+    tolerance = max(abs(d) for d in shuffles) if shuffles else None
     ours_key, tut_key = min(ours_best, key=ours_best.get), min(tut_best, key=tut_best.get)
     best_delta = tut_best[tut_key] - ours_best[ours_key]
     return {
         "same_split": same_split, "split_sizes": {n: len(v) for n, v in ours_split.items()},
         "pairs_identical": {"ours": pairs_identical(ours_best), "tutorial": pairs_identical(tut_best)},
         "distinct_points": len(keys), "tolerance": tolerance,
-        "shuffles": {"median_abs": statistics.median(abs(d) for d in shuffles), "max_abs": tolerance},
+        "shuffles": {"median_abs": statistics.median(abs(d) for d in shuffles), "max_abs": tolerance}
+        if shuffles else None,
         "ways": {"median_abs": statistics.median(abs(d) for d in ways), "max_abs": max(abs(d) for d in ways),
                  "mean": statistics.fmean(ways),
                  "se": statistics.stdev(ways) / math.sqrt(len(ways)) if len(ways) > 1 else math.nan,
-                 "within": sum(abs(d) <= tolerance for d in ways)},
+                 "within": sum(abs(d) <= tolerance for d in ways) if shuffles else None},
         "points": [{"point": dict(zip(grid, k)), "ours": ours_best[k], "tutorial": tut_best[k],
-                    "tutorial_reshuffled": again[k]} for k in keys],
+                    "tutorial_reshuffled": again.get(k)} for k in keys],
         "best": {"ours_point": dict(zip(grid, ours_key)), "tutorial_point": dict(zip(grid, tut_key)),
                  "ours": ours_best[ours_key], "tutorial": tut_best[tut_key], "delta": best_delta,
-                 "within": abs(best_delta) <= tolerance,
+                 "within": abs(best_delta) <= tolerance if shuffles else None,
                  "ours_test_l1": ours["rows"][ours_key]["test/l1"], "tutorial_test_l1": tut["best_test_l1"]},
     }
 
@@ -462,10 +530,9 @@ def step_costs(settings: Settings, point: dict, data_dir: Path, batches: int = 1
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model_cfg, train_cfg = trial_configs({k: v for k, v in point.items() if k != "shuffle_seed"},
-                                             settings.model, settings.train)
+        model_cfg, train_cfg, section = settings.trial({k: v for k, v in point.items() if k != "shuffle_seed"})
         tokenizer, encoder, _ = load_text_encoder(model_cfg.text_encoder)
-        net = TextToImage(model_cfg, encoder, seeds=(train_cfg.seed,)).train()
+        net = TextToImage(model_cfg, section, encoder, seeds=(train_cfg.seed,)).train()
         optimizer = optim.AdamW(net.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         trainset, _, _ = load_data(data_dir, settings)
         loader = torch.utils.data.DataLoader(trainset, batch_size=train_cfg.batch_size, shuffle=True)
@@ -476,7 +543,7 @@ def step_costs(settings: Settings, point: dict, data_dir: Path, batches: int = 1
             tok = tokenizer(list(texts), padding=True, truncation=True, max_length=model_cfg.max_tokens,
                             return_tensors="pt")
             t1 = time.perf_counter()
-            hidden = net.encode_text(tok["input_ids"], tok["attention_mask"])
+            hidden = encode_text(net.text_encoder, tok["input_ids"], tok["attention_mask"])
             t2 = time.perf_counter()
             optimizer.zero_grad()
             loss = nn.functional.l1_loss(net.generator(hidden[None], tok["attention_mask"][None])[0], images)
@@ -510,28 +577,35 @@ def where_time_goes(ours: dict, tut: dict) -> dict:
                      "torch_threads": [int(ours["prov"]["search"]["resources_per_trial"]["cpu"])]}}
 
 
-def measure(preset: str, overrides: dict, work: Path) -> dict:
+def measure(preset: str, overrides: dict, work: Path, quick: bool = False) -> dict:
+    """Both ways on one preset (and grid overrides), then the tutorial way's distinct points reshuffled, the
+    tutorial's step taken apart, and the comparison. `quick`: both ways in this process, no reshuffled run."""
     from data_pipeline.synthetic import generate
 
     settings = resolve(preset, overrides)
     regressor_only(settings)  # before the long runs
     points = grid_size(settings.grid)
     print(f"[bench] {preset}: {points} points, ours ...", flush=True)
-    ours = run_ours(preset, overrides, work)
+    ours = run_ours(preset, overrides, work, here=quick)
     print(f"[bench] {preset}: ours {ours['wall_s']:.0f} s; the tutorial way ...", flush=True)
     # The tutorial's "download": the same 300 synthetic creatures ours generates for itself (same function, seed).
     data_dir = generate(work / "synthetic", SYNTHETIC_RECORDS, 0)
-    tut = run_tutorial(preset, overrides, data_dir, work, "tutorial")
-    print(f"[bench] {preset}: tutorial way {tut['wall_s']:.0f} s; its distinct points reshuffled ...", flush=True)
-    # Every distinct point once more, the tutorial way with another shuffle seed: the noise the agreement is read against.
-    calib = run_tutorial(preset, overrides, data_dir, work, "reshuffled",
-                         reshuffle={**{k: list(v) for k, v in distinct_grid(settings.grid).items()}, "shuffle_seed": 1})
+    tut = run_tutorial(preset, overrides, data_dir, work, "tutorial", here=quick)
+    print(f"[bench] {preset}: tutorial way {tut['wall_s']:.0f} s", flush=True)
+    calib = None
+    if not quick:  # every distinct point once more, the tutorial way with another shuffle seed: the noise the
+        # agreement is read against
+        print(f"[bench] {preset}: its distinct points reshuffled ...", flush=True)
+        calib = run_tutorial(preset, overrides, data_dir, work, "reshuffled",
+                             reshuffle={**{k: list(v) for k, v in distinct_grid(settings.grid).items()},
+                                        "shuffle_seed": 1})
     # The raw measurements, kept in case the analysis below fails after the long runs (small: reports only).
     raw = Path(tempfile.gettempdir()) / f"bench_vs_tutorial-{preset}-raw.json"
     raw.write_text(json.dumps({"ours": {**{k: v for k, v in ours.items() if k != "settings"}, "rows": list(ours["rows"].values())},
                                "tutorial": tut,
                                "reshuffled": calib}, default=str))
-    costs = step_costs(settings, tut["best_config"], data_dir)
+    batches = 2 if quick else 10  # the tutorial's step taken apart: the median of this many
+    costs = step_costs(settings, tut["best_config"], data_dir, batches)
     same_data = fingerprint(read_source(data_dir).content_hash, settings.data) == ours["prov"]["dataset"]["fingerprint"]
     samples = points * settings.train.epochs * ours["train_rows"]
     keep = ("wall_s", "fit_s", "before_fit_s", "checkpoint_bytes", "checkpoints")
@@ -539,6 +613,7 @@ def measure(preset: str, overrides: dict, work: Path) -> dict:
             "samples": samples, "ours": {k: ours[k] for k in (*keep, "data_ready_s")},
             "tutorial": {**{k: tut[k] for k in keep}, "trials": tut["trials"]}, "same_data": same_data,
             "agreement": agreement(ours, tut, calib), "time": where_time_goes(ours, tut), "step_ms": costs,
+            "step_batches": batches,
             "batch_size": min(settings.train.batch_size, ours["train_rows"]), "code_version": ours["prov"]["code_version"]}
 
 
@@ -579,12 +654,16 @@ def report(results: list[dict], where: str) -> None:
     for r in results:
         a, b = r["agreement"], r["agreement"]["best"]
         sizes = "/".join(str(v) for v in a["split_sizes"].values())
+        shuffles, within, best_within = "not run (--quick)", "—", ""  # no tolerance without the calibration run
+        if a["shuffles"] is not None:
+            shuffles = f"{a['shuffles']['median_abs']:.4f}, {a['shuffles']['max_abs']:.4f}"
+            within = f"{a['ways']['within']}/{a['distinct_points']}"
+            best_within = ", within" if b["within"] else ", OUTSIDE"
         print(f"| {r['preset']} | {'yes' if r['same_data'] and a['same_split'] else 'NO'} ({sizes}) "
               f"| {a['pairs_identical']['ours']}, {a['pairs_identical']['tutorial']} | {a['distinct_points']} "
-              f"| {a['shuffles']['median_abs']:.4f}, {a['shuffles']['max_abs']:.4f} "
-              f"| {a['ways']['median_abs']:.4f}, {a['ways']['max_abs']:.4f} | {a['ways']['within']}/{a['distinct_points']} "
+              f"| {shuffles} | {a['ways']['median_abs']:.4f}, {a['ways']['max_abs']:.4f} | {within} "
               f"| {a['ways']['mean']:+.4f} ({a['ways']['se']:.4f}) "
-              f"| {b['ours']:.4f} / {b['tutorial']:.4f} ({b['delta']:+.4f}, {'within' if b['within'] else 'OUTSIDE'}) "
+              f"| {b['ours']:.4f} / {b['tutorial']:.4f} ({b['delta']:+.4f}{best_within}) "
               f"| {b['ours_test_l1']:.4f} / {b['tutorial_test_l1']:.4f} |")
     for r in results:
         b = r["agreement"]["best"]
@@ -592,7 +671,9 @@ def report(results: list[dict], where: str) -> None:
         print("| point | ours | tutorial | tutorial, reshuffled |")
         print("|---|---:|---:|---:|")
         for pt in sorted(r["agreement"]["points"], key=lambda pt: pt["ours"]):
-            print(f"| {point_text(pt['point'])} | {pt['ours']:.4f} | {pt['tutorial']:.4f} | {pt['tutorial_reshuffled']:.4f} |")
+            again = pt["tutorial_reshuffled"]
+            print(f"| {point_text(pt['point'])} | {pt['ours']:.4f} | {pt['tutorial']:.4f} "
+                  f"| {'—' if again is None else f'{again:.4f}'} |")
 
     print("\nWhere the trials' time goes (sums over trials, s; Tune overhead = 1 - (trial time / concurrency) / fit()):\n")
     print("| preset | way | trial time | Tune overhead | training-step samples/s (median epoch) | setup (encoder, net) "
@@ -608,8 +689,8 @@ def report(results: list[dict], where: str) -> None:
 
     print("\nOne training step (a batch), ms: in the runs (the tutorial's: its train-step time over its steps, "
           "DataLoader wait excluded; ours': from its training-loop samples/s), and the tutorial's step taken apart "
-          "alone on one thread (median of 10, at its best point). Ours' step is the generator's alone, on the "
-          "encoder's states cached once per text:\n")
+          f"alone on one thread (median of {results[0]['step_batches']}, at its best point). Ours' step is the "
+          "generator's alone, on the encoder's states cached once per text:\n")
     print("| preset | batch | tutorial, in the run | ours, in the run | alone: tokenizer | alone: text encoder forward "
           "| alone: generator + backward + AdamW |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -630,15 +711,19 @@ def tutorial_process(args) -> None:
     space = None
     if args.reshuffle:
         space = {k: tune.grid_search(v) if isinstance(v, list) else v for k, v in json.loads(args.reshuffle).items()}
+    started = not ray.is_initialized()  # --quick runs this in the bench's process, on its Ray
     out = tutorial_search(settings, args.data, args.storage, param_space=space)
-    ray.shutdown()
+    if started:
+        ray.shutdown()
     Path(args.out).write_text(json.dumps(out, default=str))
 
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", nargs="+", default=["smoke", "laptop"], choices=("smoke", "laptop"))
-    p.add_argument("--quick", action="store_true", help="the smoke preset on 4 grid points")
+    p.add_argument("--quick", action="store_true", help="the smoke preset on 1 grid point, both ways in this "
+                   "process (one Ray, the caller's data cache), no reshuffled calibration run: checks the script, "
+                   "measures nothing")
     p.add_argument("--json", help="also write the measurements here")
     p.add_argument("--logs", help="keep each run's timestamped log in this folder (<preset>-<run>.log)")
     for hidden in ("--overrides", "--data", "--storage", "--out", "--reshuffle"):  # for --run-tutorial
@@ -657,7 +742,7 @@ def main(argv=None) -> list[dict]:
     for preset in presets:
         with tempfile.TemporaryDirectory(prefix=f"vs-tutorial-{preset}-") as work:
             try:
-                results.append(measure(preset, overrides, Path(work)))
+                results.append(measure(preset, overrides, Path(work), quick=args.quick))
             finally:
                 if args.logs:
                     Path(args.logs).mkdir(parents=True, exist_ok=True)

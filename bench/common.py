@@ -2,9 +2,10 @@
 
     from common import quick_data, train_logged     # bench scripts put bench/ on sys.path (they run as scripts)
     data = quick_data(DataConfig(image_size=32))     # 40 synthetic creatures, prepared in this process
-    run = train_logged("seed", model_cfg, train_cfg, data, out, lambda m: f"val/l1 {m['val/l1']:.4f}")
+    run = train_logged("seed", (model_cfg, train_cfg, section), data, out, lambda m: f"val/l1 {m['val/l1']:.4f}")
     run.final, run.history, run.wall_s, run.checkpoint
-    save_results(out / "recipes.json", baselines, rows, args)   # beside the machine and the command's arguments
+    base = baselines(data)                           # the text-blind reference points every table is read against
+    save_results(out / "recipes.json", base, rows, args)   # beside the machine and the command's arguments
 
 A bench's `--quick` form runs its whole script on tiny data in seconds, so that a test runs it end to end
 (tests/test_benches.py) and a refactor cannot break it unseen; its numbers measure nothing.
@@ -43,12 +44,14 @@ class Run:
     checkpoint: Path  # its one-member checkpoint (model.generate.load_model reads it)
 
 
-def train_logged(name: str, model_cfg, train_cfg, data, out: Path, line) -> Run:
-    """`model.train.train` with a progress line per epoch (`[name] epoch e/E: line(metrics)`), its checkpoint
-    saved to out/checkpoint_<name>."""
+def train_logged(name: str, configs: tuple, data, out: Path, line, runtime=None) -> Run:
+    """`model.train.train` of configs = (model_cfg, train_cfg, family section), as `search.space.trial_configs`
+    makes them, with a progress line per epoch (`[name] epoch e/E: line(metrics)`); its checkpoint saved to
+    out/checkpoint_<name>. `runtime`: a `model.train.Runtime` the caller keeps from one run to the next."""
     from model import checkpoint
     from model.train import train
 
+    model_cfg, train_cfg, section = configs
     last = {}
 
     def report(metrics, state):
@@ -56,10 +59,18 @@ def train_logged(name: str, model_cfg, train_cfg, data, out: Path, line) -> Run:
         print(f"[{name}] epoch {metrics['epoch']}/{train_cfg.total_epochs}: {line(metrics)}", flush=True)
 
     t0 = time.perf_counter()
-    final = train(model_cfg, train_cfg, data, report=report)
+    final = train(model_cfg, train_cfg, data, report=report, family_cfg=section, runtime=runtime)
     wall = time.perf_counter() - t0
-    ckpt = checkpoint.save(checkpoint.member(last["state"], 0), out / f"checkpoint_{name}")
-    return Run(final, last["state"]["history"][0], wall, ckpt)
+    ckpt = checkpoint.save(last["state"].member(0), out / f"checkpoint_{name}")
+    return Run(final, last["state"].history[0], wall, ckpt)
+
+
+def baselines(data) -> dict:
+    """The reference points of `model.eval.evaluator.Evaluator.baselines` (CLIP off): L1 and retrieval of
+    text-blind images, type accuracy's ceiling, chance and oracle, the real test images' memorisation and diversity."""
+    from model.eval.evaluator import Evaluator, split_images
+
+    return Evaluator(data, split_images(data, "cpu")).baselines()
 
 
 def save_results(path: Path, baselines: dict, rows: list[dict], args) -> None:

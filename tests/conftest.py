@@ -55,8 +55,7 @@ def write_pokedex(directory: Path, records: list[dict], images: dict) -> Path:
 # hands out whole files (--dist loadfile) in collection order (--no-loadscope-reorder; its default would start the
 # files with most tests first, which are the quick ones). The other files keep their order after these.
 LONGEST_FIRST = ("test_search_e2e.py", "test_diffusion.py", "test_search_e2e_families.py",
-                 "test_search_e2e_schedulers.py", "test_cluster.py", "test_tune_restore.py", "test_benches.py",
-                 "test_bench_vs_tutorial.py")
+                 "test_search_e2e_schedulers.py", "test_cluster.py", "test_tune_restore.py", "test_benches.py")
 
 
 def pytest_collection_modifyitems(items):

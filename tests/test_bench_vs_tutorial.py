@@ -1,10 +1,9 @@
-"""bench/bench_vs_tutorial.py: its tutorial-style load_data gives ours' records, and its `--quick` form runs the whole
-comparison end to end (ours and the tutorial way, each its own process, on 2 points of the smoke grid), so that
-README's headline ratio stays reproducible from the code that quotes it. The timed comparison is the bench (45 min)."""
+"""bench/bench_vs_tutorial.py: its tutorial-style load_data gives ours' records, and the pieces of its comparison.
+Its `--quick` form runs the whole comparison end to end in tests/test_benches.py (beside the other benches: one
+process, one Ray, one prepared smoke set). The timed comparison is the bench (45 min)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import pytest
 
 from data_pipeline.prepare import prepare_in_memory
 from data_pipeline.synthetic import generate
-from model.config import TRAIN_L1, VAL_L1
-from benches import load_bench, table
+from model.config import VAL_L1
+from benches import load_bench
 from search.settings import limit_records, resolve
 
 bench = load_bench("bench_vs_tutorial")
@@ -38,49 +37,6 @@ def test_tutorial_load_data_is_ours(synthetic, preset):
         np.testing.assert_allclose(images, split.unit_images(), atol=1e-6)
 
 
-def test_quick_comparison_runs_end_to_end(tmp_path, capsys):
-    """`--quick` for real: ours (`python -m search.grid`), the tutorial way and its reshuffled rerun, each its own
-    process, on a weight-decay pair of the smoke grid (the `family` axis included). What it reads back: one report
-    and one kept checkpoint per epoch of each tutorial trial, with the timing buckets the bench sums, on ours' data
-    and split; what it prints: both ways' rows with a finite positive ratio, every table, the machine."""
-    [r] = bench.main(["--quick", "--json", str(tmp_path / "vs.json")])
-    settings = resolve("smoke", bench.QUICK_GRID)
-    assert settings.grid["family"] == ("regressor",) and r["points"] == 2 and r["epochs"] == settings.train.epochs
-    assert r["same_data"] and r["agreement"]["same_split"]
-    assert r["agreement"]["split_sizes"] == {"train": 8, "val": 8, "test": 8}  # the smoke preset's 8 records
-    assert r["agreement"]["pairs_identical"] == {"ours": True, "tutorial": True}  # weight decay rounds away
-    [point] = r["agreement"]["points"]  # the pair is one distinct run
-    assert point["point"]["family"] == "regressor"
-    assert all(0 < point[way] < 2 for way in ("ours", "tutorial", "tutorial_reshuffled"))  # L1 of images in [-1, 1]
-    assert 0 < r["agreement"]["best"]["tutorial_test_l1"] < 2 and 0 < r["agreement"]["best"]["ours_test_l1"] < 2
-
-    trials = r["tutorial"]["trials"]
-    assert len(trials) == 2 and all(t["error"] is None for t in trials)
-    for t in trials:
-        assert [h["epoch"] for h in t["history"]] == list(range(1, r["epochs"] + 1))
-        assert all(math.isfinite(h[TRAIN_L1]) and math.isfinite(h[VAL_L1]) for h in t["history"])
-        assert all(f"time/{k}" in h for h in t["history"] for k in bench.TIMING)
-        assert t["history"][0]["time/setup_s"] > 0 and t["history"][-1]["time/train_step_s"] > 0
-    assert r["tutorial"]["checkpoints"] == 2 * r["epochs"]  # the tutorial's Tune keeps every checkpoint
-    assert 0 < r["ours"]["checkpoints"] <= r["tutorial"]["checkpoints"]
-    assert all(r[way]["before_fit_s"] < r[way]["wall_s"] for way in ("ours", "tutorial"))
-    steps = r["step_ms"]
-    assert set(steps) == {"tokenizer", "text encoder", "generator + backward + AdamW"} and min(steps.values()) > 0
-
-    out = capsys.readouterr().out
-    assert "This project vs the Ray Tune PyTorch tutorial pattern" in out and " cores" in out and "torch " in out
-    rows = table(out, "| preset | points x epochs x rows | way |")
-    assert [(row[0], row[1], row[2]) for row in rows] == [("smoke", "2 x 2 x 8", "ours"), ("smoke", "2 x 2 x 8", "tutorial")]
-    ratio = float(rows[1][6].strip("*x"))
-    assert 0 < ratio < math.inf and ratio == pytest.approx(r["tutorial"]["wall_s"] / r["ours"]["wall_s"], abs=0.01)
-    [agree] = table(out, "| preset | same data and split")
-    assert agree[1] == "yes (8/8/8)" and agree[2] == "True, True" and agree[3] == "1"
-    [timing] = [row for row in table(out, "| preset | way | trial time") if row[1] == "tutorial"]
-    assert len(timing) == 13 and all(float(c) >= 0 for c in timing[5:11])  # the measured buckets
-    assert len(table(out, "| preset | batch | tutorial, in the run")) == 1
-    assert json.loads((tmp_path / "vs.json").read_text())[0]["points"] == 2
-
-
 def test_best_val_skips_diverged_and_missing_epochs():
     assert bench.best_val({"history": [{VAL_L1: .5}, {VAL_L1: math.nan}, {VAL_L1: .3}, {VAL_L1: None}, {}]}) == .3
     assert math.isnan(bench.best_val({"history": [{VAL_L1: math.inf}]}))
@@ -94,3 +50,45 @@ def test_point_key_reads_a_table_row_and_a_tune_config_alike():
     assert bench.point_key(row, grid) == bench.point_key(config, grid) == ("regressor", 1e-4, 1e-5, 2.0, 512.0, 2.0)
     with pytest.raises(ValueError, match="regressor family only"):
         bench.regressor_only(resolve("smoke", {"family": ("regressor", "diffusion")}))
+
+
+def test_agreement_reads_pairs_reshuffles_and_the_best_by_hand():
+    """The comparison's arithmetic on made-up runs: a weight-decay pair whose decay rounds away is one distinct
+    point, the tolerance is the largest reshuffle difference, and without a reshuffled run (--quick) there is none."""
+    settings = resolve("smoke", {"lr": (1e-4,), "weight_decay": (1e-5, 1e-6), "n_heads": (2, 4), "ff_dim": (512,),
+                                 "n_layers": (2,)})
+    grid = settings.grid
+    assert bench.distinct_grid(grid)["weight_decay"] == (1e-5,)  # 1 - 1e-4 * 1e-5 is 1.0 in float32
+    split, digest = {"train": [1, 2], "val": [3], "test": [4]}, "d"
+
+    def point(heads, wd):
+        return {"family": "regressor", "lr": 1e-4, "weight_decay": wd, "n_heads": heads, "ff_dim": 512, "n_layers": 2}
+
+    def trials(vals, seed=None):  # one trial per (heads, wd) with its best val L1, every report on the split
+        return [{"config": {**point(h, wd), **({"shuffle_seed": seed} if seed else {})},
+                 "history": [{VAL_L1: 0.9, "split": digest}, {VAL_L1: v, "split": digest}]} for (h, wd), v in vals.items()]
+
+    ours = {"settings": settings, "split": split, "train_rows": 2,
+            "rows": {bench.point_key(point(h, wd), grid): {"best/val_l1": v, "test/l1": 0.6}
+                     for (h, wd), v in {(2, 1e-5): .50, (2, 1e-6): .50, (4, 1e-5): .40, (4, 1e-6): .40}.items()}}
+    tut = {"trials": trials({(2, 1e-5): .52, (2, 1e-6): .52, (4, 1e-5): .41, (4, 1e-6): .41}), "split": split,
+           "split_digest": digest, "train_rows": 2, "best_test_l1": 0.7}
+    again = {"trials": trials({(2, 1e-5): .49, (4, 1e-5): .44}, seed=1)}
+
+    a = bench.agreement(ours, tut, again)
+    assert a["same_split"] and a["distinct_points"] == 2 and a["pairs_identical"] == {"ours": True, "tutorial": True}
+    assert a["tolerance"] == pytest.approx(0.03) and a["shuffles"]["median_abs"] == pytest.approx(0.03)
+    assert a["ways"]["within"] == 2 and a["ways"]["mean"] == pytest.approx(0.015)  # deltas .02 (2 heads), .01 (4)
+    assert a["best"]["ours_point"]["n_heads"] == a["best"]["tutorial_point"]["n_heads"] == 4
+    assert a["best"]["delta"] == pytest.approx(0.01) and a["best"]["within"]
+    assert [p["tutorial_reshuffled"] for p in a["points"]] == [.49, .44]
+
+    quick = bench.agreement(ours, tut, None)
+    assert quick["tolerance"] is None and quick["shuffles"] is None and quick["ways"]["within"] is None
+    assert quick["best"]["within"] is None and [p["tutorial_reshuffled"] for p in quick["points"]] == [None, None]
+    assert quick["ways"] == {**a["ways"], "within": None}  # the two ways' deltas need no reshuffle
+
+    tut["trials"][1]["history"][1][VAL_L1] = .53  # the tutorial's pair no longer agrees; a report on another split
+    tut["trials"][0]["history"][0]["split"] = "other"
+    broken = bench.agreement(ours, tut, None)
+    assert broken["pairs_identical"] == {"ours": True, "tutorial": False} and not broken["same_split"]

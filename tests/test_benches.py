@@ -1,10 +1,12 @@
 """Every bench whose figures README.md or results/BENCHMARKS.md quote runs end to end in its `--quick` form, so a
 refactor cannot break one unseen. Each test reads what the bench prints or returns (its table's rows, the machine
 line, numbers that must be finite or obey an invariant); the quick forms measure nothing. In one file, so one
-process imports torch, the text encoder and Ray once for all of them.
+process imports torch, the text encoder and Ray once for all of them: bench_vs_tutorial runs both ways on the Ray
+that bench_tune_overhead started and the smoke set it prepared (their order here is what saves it).
 
-Elsewhere: bench_vs_tutorial (tests/test_bench_vs_tutorial.py), bench_data_pipeline (tests/test_data_prepare.py),
-bench_gpu_grid (tests/test_members.py), bench_resume_race's toy trial (tests/test_tune_restore.py).
+Elsewhere: bench_vs_tutorial's pieces (tests/test_bench_vs_tutorial.py), bench_data_pipeline beside the pipeline's
+tests and their Ray (tests/test_data_prepare.py), bench_gpu_grid in a process where only torch and transformers
+import (tests/test_members.py), bench_resume_race's toy trial (tests/test_tune_restore.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import pytest
 import ray
 
 from benches import load_bench, table
-from model.config import BEST_VAL_L1, TEST_L1, TEST_MEMORISATION, TEST_TYPE_ACC
+from model.config import BEST_VAL_L1, TEST_L1, TEST_MEMORISATION, TEST_TYPE_ACC, TRAIN_L1, VAL_L1
+from search.settings import resolve
 
 
 def finite_positive(x) -> bool:
@@ -38,7 +41,7 @@ def ray_down_after():
 
 
 def test_bench_model_quick(capsys):
-    from model.network import load_text_encoder
+    from model.text import load_text_encoder
 
     result = load_bench("bench_model").main(["--quick"])
     sizes = result["sizes"]
@@ -65,26 +68,27 @@ def test_bench_loop_speed_quick(capsys):
 
 def test_bench_launches_quick(capsys):
     rows = load_bench("bench_launches").main(["--quick"])
-    assert [(r["k"], r["compiled"]) for r in rows] == [(1, False), (4, False)]
-    one, four = rows
+    assert [(r["k"], r["compiled"]) for r in rows] == [(1, False), (2, False)]
+    one, two = rows
     assert all(finite_positive(r["ops"]) and 0 < r["leaf"] < r["ops"] for r in rows)
-    assert four["leaf"] < one["leaf"]  # a fused step dispatches fewer kernels per trained sample
+    assert two["leaf"] < one["leaf"]  # a fused step dispatches fewer kernels per trained sample
     out = capsys.readouterr().out
     assert machine_named(out)
     body = table(out, "| members K |")
-    assert [row[4] for row in body] == ["1.00x", f"{four['leaf'] / one['leaf']:.2f}x"]
+    assert [row[4] for row in body] == ["1.00x", f"{two['leaf'] / one['leaf']:.2f}x"]
 
 
 def test_bench_recipes_quick(tmp_path, capsys):
     rows = load_bench("bench_recipes").main(["--quick", "--out", str(tmp_path)])
-    assert [r["recipe"] for r in rows] == ["laptop", "laptop-staged"]
-    assert rows[1]["config"]["finetune_epochs"] == 2 and rows[1]["config"]["epochs"] == 1  # 3 epochs in all
+    assert [r["recipe"] for r in rows] == ["laptop-staged"]  # laptop alone: test_bench_diffusion_quick_recipes
+    assert rows[0]["config"]["finetune_epochs"] == 2 and rows[0]["config"]["epochs"] == 1  # 3 epochs in all
+    assert rows[0]["config"]["d_model"] == 64 and rows[0]["config"]["pooled_text"]  # the laptop recipe's own
     for r in rows:
         assert 0 < r[BEST_VAL_L1] < 2 and 0 < r[TEST_L1] < 2 and r["best_epoch"] in (1, 2, 3)
         assert (tmp_path / f"samples_{r['recipe']}.png").stat().st_size > 0
     assert (tmp_path / "learning_curves.png").stat().st_size > 0
     saved = json.loads((tmp_path / "recipes.json").read_text())
-    assert [r["recipe"] for r in saved["rows"]] == ["laptop", "laptop-staged"] and " cores" in saved["machine"]
+    assert [r["recipe"] for r in saved["rows"]] == ["laptop-staged"] and " cores" in saved["machine"]
     out = capsys.readouterr().out
     assert machine_named(out)
     body = table(out, "| recipe |")
@@ -94,7 +98,7 @@ def test_bench_recipes_quick(tmp_path, capsys):
 
 def test_bench_diffusion_quick_throughput(capsys):
     rows = load_bench("bench_diffusion").main(["--quick", "--throughput"])
-    assert [r["variant"] for r in rows] == ["first (batch 64)", "latent 8x8x4, two levels"]
+    assert [r["variant"] for r in rows] == ["first (batch 64)", "batch 32"]
     assert all(finite_positive(r["samples_per_s"]) for r in rows)
     out = capsys.readouterr().out
     assert machine_named(out) and table(out, "| variant |")[0] == ["first (batch 64)", f"{rows[0]['samples_per_s']:.1f}",
@@ -128,7 +132,7 @@ def test_bench_type_classifier_quick(tmp_path, capsys):
     assert len(acc) == 7 and all(0 <= a <= 1 for a in acc.values())
     assert result["cache"].startswith(str(tmp_path)) and (tmp_path / result["cache"].split("/")[-1]).exists()
     captured = capsys.readouterr()
-    assert captured.err.count("type classifier fitted") == 1  # the second call loaded it from the cache
+    assert captured.err.count("type_classifier fitted") == 1  # the second call loaded it from the cache
     assert machine_named(captured.out)
 
 
@@ -142,11 +146,58 @@ def test_bench_tune_overhead_quick(capsys):
     assert row[:3] == ["on", "1 (2 rows, 2 ok)", "1"] and row[6] == f"{r['overhead']:.1%}"
 
 
+def test_bench_vs_tutorial_quick(tmp_path, capsys):
+    """ours (search.grid's main) and the tutorial way (its Tuner over `train_pokemon`), on one point of the smoke
+    grid (the `family` axis included), in this process after bench_tune_overhead: its Ray and its prepared smoke set
+    (the agreement over pairs and reshuffles: tests/test_bench_vs_tutorial.py). What it reads back: one report and one kept checkpoint per epoch of each tutorial trial, with the
+    timing buckets the bench sums, on ours' data and split, each way's output lines timed; what it prints: both
+    ways' rows with a finite positive ratio, every table, the machine."""
+    bench = load_bench("bench_vs_tutorial")
+    [r] = bench.main(["--quick", "--json", str(tmp_path / "vs.json")])
+    settings = resolve("smoke", bench.QUICK_GRID)
+    assert settings.grid["family"] == ("regressor",) and r["points"] == 1 and r["epochs"] == settings.train.epochs
+    assert r["same_data"] and r["agreement"]["same_split"]
+    assert r["agreement"]["split_sizes"] == {"train": 8, "val": 8, "test": 8}  # the smoke preset's 8 records
+    assert r["agreement"]["pairs_identical"] == {"ours": None, "tutorial": None}  # no weight-decay pair
+    [point] = r["agreement"]["points"]
+    assert point["point"]["family"] == "regressor"
+    assert all(0 < point[way] < 2 for way in ("ours", "tutorial"))  # L1 of images in [-1, 1]
+    assert point["tutorial_reshuffled"] is None and r["agreement"]["tolerance"] is None  # no calibration in --quick
+    assert 0 < r["agreement"]["best"]["tutorial_test_l1"] < 2 and 0 < r["agreement"]["best"]["ours_test_l1"] < 2
+
+    trials = r["tutorial"]["trials"]
+    assert len(trials) == 1 and all(t["error"] is None for t in trials)
+    for t in trials:
+        assert [h["epoch"] for h in t["history"]] == list(range(1, r["epochs"] + 1))
+        assert all(math.isfinite(h[TRAIN_L1]) and math.isfinite(h[VAL_L1]) for h in t["history"])
+        assert all(f"time/{k}" in h for h in t["history"] for k in bench.TIMING)
+        assert t["history"][0]["time/setup_s"] > 0 and t["history"][-1]["time/train_step_s"] > 0
+    assert r["tutorial"]["checkpoints"] == r["epochs"]  # the tutorial's Tune keeps every checkpoint
+    assert 0 < r["ours"]["checkpoints"] <= r["tutorial"]["checkpoints"]
+    assert all(r[way]["before_fit_s"] < r[way]["wall_s"] for way in ("ours", "tutorial"))  # the lines' marks, timed
+    assert r["ours"]["data_ready_s"] < r["ours"]["before_fit_s"]
+    steps = r["step_ms"]
+    assert set(steps) == {"tokenizer", "text encoder", "generator + backward + AdamW"} and min(steps.values()) > 0
+
+    out = capsys.readouterr().out
+    assert "This project vs the Ray Tune PyTorch tutorial pattern" in out and " cores" in out and "torch " in out
+    rows = table(out, "| preset | points x epochs x rows | way |")
+    assert [(row[0], row[1], row[2]) for row in rows] == [("smoke", "1 x 2 x 8", "ours"), ("smoke", "1 x 2 x 8", "tutorial")]
+    ratio = float(rows[1][6].strip("*x"))
+    assert 0 < ratio < math.inf and ratio == pytest.approx(r["tutorial"]["wall_s"] / r["ours"]["wall_s"], abs=0.01)
+    [agree] = table(out, "| preset | same data and split")
+    assert agree[1:5] == ["yes (8/8/8)", "None, None", "1", "not run (--quick)"]
+    [timing] = [row for row in table(out, "| preset | way | trial time") if row[1] == "tutorial"]
+    assert len(timing) == 13 and all(float(c) >= 0 for c in timing[5:11])  # the measured buckets
+    assert len(table(out, "| preset | batch | tutorial, in the run")) == 1
+    assert json.loads((tmp_path / "vs.json").read_text())[0]["points"] == 1
+
+
 def test_bench_resume_race_quick(capsys):
     """One driver killed mid-search and resumed, with the fix: no errored trial, no epoch missing."""
     [r] = load_bench("bench_resume_race").main(["--quick", "--variants", "mixin"])
-    assert r["runs"] == 1 and r["trials"] == 2 and (r["errored"], r["gaps"], r["empty"]) == (0, 0, 0)
+    assert r["runs"] == 1 and r["trials"] == 1 and (r["errored"], r["gaps"], r["empty"]) == (0, 0, 0)
     out = capsys.readouterr().out
     assert " cores" in out
-    assert table(out, "| variant |") == [["the fix (search.trainable + search.snapshot)", "0/1", "0/2", "0",
+    assert table(out, "| variant |") == [["the fix (search.trainable + search.snapshot)", "0/1", "0/1", "0",
                                           str(r["refused"]), "0"]]

@@ -149,7 +149,7 @@ def test_gpu_grid_bench_runs_where_only_torch_and_transformers_exist(tmp_path):
     assert len(rows) == 8 and {r["rank"] for r in rows} == {0, 1}  # 8 fused trials over the 2 processes
     assert sorted(tuple(r["arch"].values()) for r in rows) == sorted(
         itertools.product((2, 4), (512, 1024), (2, 3)))
-    assert all(len(r["best_val_l1"]) == 4 and all(math.isfinite(v) for v in r["best_val_l1"]) for r in rows)
+    assert all(len(r["best"]) == 4 and all(math.isfinite(v) for v in r["best"]) for r in rows)
     for c in result["check"]:  # fused members equal their single runs, dropout off
         assert c["fused_val"] == pytest.approx(c["single_val"], rel=1e-4)
         assert c["fused_test"] == pytest.approx(c["single_test"], rel=1e-4)
