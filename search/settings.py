@@ -24,7 +24,7 @@ from typing import get_type_hints
 
 import numpy as np
 
-from data_pipeline.config import DataConfig
+from data_pipeline.config import DataConfig, field_range
 from data_pipeline.dataset import PreparedData, Split
 from model import families
 from model.config import ModelConfig, TrainConfig
@@ -131,10 +131,13 @@ def config_fields() -> dict[str, type]:
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("config fields (default: the preset's value; see model/config.py, "
-                                      "data_pipeline/config.py)")
+                                      "model/families/, data_pipeline/config.py; a value outside a field's "
+                                      "range is refused before Ray starts)")
     for name, typ in config_fields().items():
         flag = "--" + name.replace("_", "-")
         owners = "/".join(c.__name__ for c in config_classes() if name in {f.name for f in fields(c)})
+        ranges = {str(r) for c in config_classes() if (r := field_range(c, name)) is not None}
+        owners += f"; in {' / '.join(sorted(ranges))}" if ranges else ""
         if name in AXES:
             group.add_argument(flag, type=typ, nargs="+", default=None, metavar=name.upper(),
                                help=f"grid axis, default {' '.join(map(str, AXES[name]))} ({owners})")

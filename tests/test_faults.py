@@ -531,3 +531,42 @@ def test_checkpoint_temporary_names_are_per_process(tmp_path, monkeypatch):
     checkpoint.save(_state({"w": torch.ones(2)}), tmp_path / "c")
     assert len(set(names)) == 2 and all(f".checkpoint.pt.tmp-{store.HOST}-{os.getpid()}-" in n for n in names)
     assert [p.name for p in (tmp_path / "c").iterdir()] == ["checkpoint.pt"]
+
+
+# ---------------------------------------------------------------------------- config fields' ranges
+
+
+def test_every_numeric_config_field_states_its_range():
+    """Every numeric field of every config (the shared three and each family's section) says what values it takes."""
+    from dataclasses import fields as dataclass_fields
+
+    from search.settings import config_classes
+
+    numeric = [(cls, f) for cls in config_classes() for f in dataclass_fields(cls) if f.type in ("int", "float")]
+    assert len(numeric) > 30  # lr, epochs, dropouts, unet_width, ...: the check below is over real fields
+    assert [f"{cls.__name__}.{f.name}" for cls, f in numeric if "range" not in f.metadata] == []
+
+
+@pytest.mark.parametrize("argv, named", [(["--lr", "-1"], "TrainConfig.lr"), (["--weight-decay", "-1"], "weight_decay"),
+                                         (["--epochs", "0"], "epochs"), (["--max-tokens", "0"], "max_tokens"),
+                                         (["--batch-size", "0"], "batch_size"), (["--dropout-decoder", "1.5"],
+                                                                                 "dropout_decoder"),
+                                         (["--lr", "1e-3", "0"], "TrainConfig.lr"), (["--cond-dropout", "1"],
+                                                                                     "DiffusionConfig.cond_dropout")])
+def test_a_config_value_out_of_range_is_a_parser_error(argv, named, capsys):
+    with pytest.raises(SystemExit) as e:
+        grid_cli.parse_args(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "error: --" in err and named in err and "must be in" in err
+
+
+def test_the_python_api_and_a_searchers_point_pass_the_same_check():
+    from model.config import ModelConfig, TrainConfig
+    from search.space import trial_configs
+
+    with pytest.raises(ValueError, match=r"lr must be in \(0, inf\), got -1"):
+        TrainConfig(lr=-1)
+    # A point a searcher samples becomes the trial's configs through dataclasses.replace: checked again.
+    with pytest.raises(ValueError, match=r"dropout_encoder must be in \[0, 1\), got 1.0"):
+        trial_configs({"dropout_encoder": 1.0}, ModelConfig(image_size=32), TrainConfig())
+    assert trial_configs({"lr": 3e-4}, ModelConfig(image_size=32), TrainConfig())[1].lr == 3e-4

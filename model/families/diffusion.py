@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from data_pipeline.config import at_least, check_ranges, fraction, ranged
 from model.augment import augment
 from model.config import BEST_VAL_X0, EVAL_BATCH, TRAIN_LOSS, VAL_X0, ModelConfig, TrainConfig
 from model.families import autoencoder
@@ -75,38 +76,36 @@ class DiffusionConfig:
     sample_steps steps at guidance_scale (1: no guidance). The defaults are the best recipe measured on 2 CPU cores
     (bench/bench_diffusion.py "pixel-fast", results/BENCHMARKS.md): v-prediction, the cosine schedule, min-SNR-5.
     """
-    unet_width: int = 32
-    unet_levels: int = 3
-    unet_layers: int = 1
-    unet_attention: int = 1
-    unet_dropout: float = 0.0  # in the UNet's ResNet blocks (the regressor's decoder has its own, dropout_decoder)
-    latent_channels: int = 0
-    autoencoder_steps: int = 1500
+    unet_width: int = at_least(32, NORM_GROUPS)  # a multiple of NORM_GROUPS
+    unet_levels: int = ranged(3, 2, 6)
+    unet_layers: int = at_least(1, 1)
+    unet_attention: int = at_least(1, 0)  # at most unet_levels
+    unet_dropout: float = fraction(0.0)  # in the UNet's ResNet blocks (the regressor's decoder has its own, dropout_decoder)
+    latent_channels: int = at_least(0, 0)
+    autoencoder_steps: int = at_least(1500, 1)
     prediction_type: str = "v_prediction"  # "epsilon", "v_prediction" or "sample"
     noise_schedule: str = "squaredcos_cap_v2"  # "linear", "scaled_linear" or "squaredcos_cap_v2"
-    min_snr_gamma: float = 5.0
-    cond_dropout: float = 0.1
-    ema_decay: float = 0.999
+    min_snr_gamma: float = at_least(5.0, 0)  # 0: off
+    cond_dropout: float = fraction(0.1)
+    ema_decay: float = fraction(0.999)  # 0: off
     sampler: str = "ddim"
-    sample_steps: int = 25
-    guidance_scale: float = 3.0
+    sample_steps: int = ranged(25, 1, TIMESTEPS)
+    guidance_scale: float = at_least(3.0, 0)  # 1: none
     # The data pipeline's rotated copies of a training image carry the same text: a generative model would learn
     # creatures upside down that no text asks for. Off: each record's upright image only (rotations are not
     # augmentation for a model that draws what the text says); on: every copy, as the regressor trains.
     rotated_copies: bool = False
 
     def __post_init__(self):
+        check_ranges(self)
         choices = {"prediction_type": ("epsilon", "v_prediction", "sample"), "sampler": SAMPLERS,
                    "noise_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if not 0 <= self.cond_dropout < 1 or not 0 <= self.ema_decay < 1 or self.sample_steps < 1:
-            raise ValueError(f"cond_dropout and ema_decay must be in [0, 1) and sample_steps >= 1, got "
-                             f"{self.cond_dropout}, {self.ema_decay}, {self.sample_steps}")
-        if not 0 <= self.unet_attention <= self.unet_levels or self.unet_levels < 2:
-            raise ValueError(f"unet_levels must be >= 2 and unet_attention in 0..unet_levels, got {self.unet_levels} "
-                             f"and {self.unet_attention}")
+        if self.unet_attention > self.unet_levels or self.unet_width % NORM_GROUPS:
+            raise ValueError(f"unet_attention must be at most unet_levels and unet_width a multiple of {NORM_GROUPS}, "
+                             f"got {self.unet_attention}, {self.unet_levels} and {self.unet_width}")
 
 
 # ---------------------------------------------------------------------------- the network

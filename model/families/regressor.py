@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from model.config import EVAL_BATCH, TRAIN_L1, VAL_L1, BEST_VAL_L1, ModelConfig, TrainConfig
 from model.eval.clip import clip_cosines
 from model.eval.evaluator import member_l1
+from data_pipeline.config import at_least, check_ranges
 from model.augment import augment
 from model.members import Attention, Conv, GroupNorm, LayerNorm, Linear, init_members
 from model.text import TextStack
@@ -38,11 +39,12 @@ LOSSES = ("l1", "clip", "l1+clip")
 @dataclass(frozen=True)
 class RegressorConfig:
     """The regressor's own fields."""
-    decoder_channels: int = 256  # the decoder's widths halve from this at each upsampling: 128, 64, 32, ...
+    decoder_channels: int = at_least(256, 16)  # the decoder's widths halve from this at each upsampling: 128, 64, 32, ...
     loss: str = "l1"  # "l1", "clip" or "l1+clip" (model/eval/clip.py); the best weights are chosen by val L1 anyway
-    clip_weight: float = 0.1  # weight of the CLIP term in "l1+clip"
+    clip_weight: float = at_least(0.1, 0)  # weight of the CLIP term in "l1+clip"
 
     def __post_init__(self):
+        check_ranges(self)
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be 'l1', 'clip' or 'l1+clip', got {self.loss!r}")
 
