@@ -10,11 +10,12 @@ only, every member's samples) for the issue's first attempt and each speed varia
 
 Recipes: each trains through `model.train.train` (no Ray Tune) for as many epochs as fit in `--minutes` of
 training at its measured speed (a short timing run first), on the same prepared data and split; then its
-final metrics come from sampled test images with fixed seeds (model/eval/evaluator.py): type accuracy against its
-ceiling (the real test images) and chance, retrieval top-1/top-5 against chance, memorisation (each generated
-test image's L1 to its nearest training image over the real test images' same figure: below 1 = closer to the
-training set than real unseen images are), diversity (L1 between two samples of one text, beside two real
-test images of different records), test L1. `--regressor NAME` adds a regressor recipe of bench/bench_recipes.py
+final metrics come from 4 sampled test images per text with fixed seeds (model/eval/evaluator.py), each with its
+95% interval over records and samples: text faithfulness (attribute accuracy `attr_all` on the synthetic set,
+the in-domain model's alignment `indomain_align` on real data), R-precision top-1, type accuracy (a small CNN),
+KID on a random CNN's features, the copy rate (samples much nearer one training record than any other) and
+diversity (within-text over between-text feature distance), beside the baselines they are read against (the real
+test images' scores, chance), and test L1. `--regressor NAME` adds a regressor recipe of bench/bench_recipes.py
 at its own epochs on the same split. Writes to --out: curves.png (the selection metric per epoch),
 samples_<recipe>.png (real test images, then two samples per text, or a regressor's one image: the dataset's
 artwork, never commit it),
@@ -32,15 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_recipes  # noqa: E402
-from common import baselines, quick_data, save_results, train_logged  # noqa: E402
+from common import (baselines, cell, final_metrics, headline_columns, quick_data, quick_eval,  # noqa: E402
+                    reference_line, save_results, train_logged)
 from machine import machine  # noqa: E402
 
 from data_pipeline.config import DataConfig  # noqa: E402
 from data_pipeline.dataset import PreparedData  # noqa: E402
 from model import families  # noqa: E402
-from model.config import (SAMPLES_PER_S, TEST_DIVERSITY, TEST_L1, TEST_MEMORISATION, TEST_TOP1,  # noqa: E402
-                          TEST_TOP5, TEST_TYPE_ACC, VAL_TYPE_ACC, ModelConfig, TrainConfig)
-from model.eval.type_classifier import BASELINE_CEILING, BASELINE_CHANCE  # noqa: E402
+from model.config import SAMPLES_PER_S, TEST_L1, VAL_ALIGN, VAL_ATTR_ALL, ModelConfig, TrainConfig  # noqa: E402
 from model.train import Runtime, train  # noqa: E402
 from search.space import trial_configs  # noqa: E402
 
@@ -99,23 +99,27 @@ RECIPES["best"] = (RECIPES["best"][0], RECIPES["pixel-fast"][1])
 __doc__ += "\n".join(f"    {name:9s} {about}" for name, (about, _) in RECIPES.items()) + "\n"
 
 
-def configs(overrides: dict, image_size: int, epochs: int) -> tuple:
-    """(model, train, diffusion section) of a recipe on top of `first`."""
+def configs(overrides: dict, image_size: int, epochs: int, train: dict | None = None) -> tuple:
+    """(model, train, diffusion section) of a recipe on top of `first`; `train`: TrainConfig fields (--quick's
+    evaluation)."""
     return trial_configs({**FIRST, **overrides}, ModelConfig(image_size=image_size),
-                         TrainConfig(epochs=epochs, clip_mode="off"))
+                         TrainConfig(epochs=epochs, clip_mode="off", **(train or {})))
 
 
 def timing(configs: tuple, data: PreparedData, rows: int) -> float:
     """samples/s of the training step on the first `rows` training rows, one epoch (the loop's own figure)."""
     model_cfg, train_cfg, section = configs
     small = PreparedData(data.train.take(rows), data.val.take(8), data.test.take(8), {"source": "timing"})
-    # An autoencoder of a few steps: its quality does not change the denoiser's speed, and its fit is not a step.
+    # An autoencoder of a few steps: its quality does not change the denoiser's speed, and its fit is not a step;
+    # nor are the final evaluation's networks (the shortest fit of each) and samples (one per text).
     section = replace(section, sample_steps=1, autoencoder_steps=5)
-    return train(model_cfg, replace(train_cfg, epochs=1), small, family_cfg=section, runtime=RUNTIME)[SAMPLES_PER_S]
+    train_cfg = replace(train_cfg, epochs=1, eval_fit=0.01, eval_samples=1)
+    return train(model_cfg, train_cfg, small, family_cfg=section, runtime=RUNTIME)[SAMPLES_PER_S]
 
 
-def run(name: str, overrides: dict, data: PreparedData, image_size: int, minutes: float, out: Path) -> dict:
-    model_cfg, train_cfg, section = configs(overrides, image_size, 1)
+def run(name: str, overrides: dict, data: PreparedData, image_size: int, minutes: float, out: Path,
+        train: dict | None = None) -> dict:
+    model_cfg, train_cfg, section = configs(overrides, image_size, 1, train)
     speed = timing((model_cfg, train_cfg, section), data, rows=min(len(data.train), 4 * train_cfg.batch_size))
     epochs = max(1, round(minutes * 60 * speed / len(data.train)))
     print(f"[{name}] {speed:.0f} samples/s -> {epochs} epochs in {minutes:g} min", flush=True)
@@ -132,9 +136,7 @@ def fit(name: str, configs: tuple, data: PreparedData, out: Path) -> dict:
             "samples_per_s": r.history[-1][SAMPLES_PER_S], "epochs": train_cfg.total_epochs,
             "steps": train_cfg.total_epochs * -(-len(data.train) // train_cfg.batch_size),
             "selection": selection, "best": r.final[family.best],
-            "best_epoch": min(r.history, key=lambda m: m[selection])["epoch"],
-            **{k: r.final.get(k) for k in (TEST_TYPE_ACC, TEST_TOP1, TEST_TOP5, TEST_MEMORISATION, TEST_DIVERSITY,
-                                           TEST_L1)},
+            "best_epoch": min(r.history, key=lambda m: m[selection])["epoch"], **final_metrics(r.final),
             "curve": {"epoch": [m["epoch"] for m in r.history], selection: [m[selection] for m in r.history]},
             "checkpoint": str(r.checkpoint), "config": {**asdict(model_cfg), **asdict(train_cfg), **asdict(section)}}
 
@@ -144,29 +146,35 @@ def guides(family_name: str) -> bool:
     return "guidance_scale" in {f.name for f in fields(families.get(family_name).Config)}
 
 
-def guidance_sweep(ckpt: str, data: PreparedData, scales: list[float]) -> list[dict]:
+def selection_metric(data: PreparedData) -> str:
+    """What a guidance scale is chosen on: validation attribute accuracy on the synthetic set, else the in-domain
+    model's validation alignment (as the search's second objective; never a test metric)."""
+    return VAL_ATTR_ALL if data.info.get("attributes") else VAL_ALIGN
+
+
+def guidance_sweep(ckpt: str, data: PreparedData, scales: list[float], train: dict | None = None) -> list[dict]:
     """A trained checkpoint's final metrics at each guidance scale (the weights do not change): choose the scale
-    on validation type accuracy, read the test metrics at it. Each scale is the family's own `generate` (every
+    on validation (`selection_metric`), read the test metrics at it. Each scale is the family's own images (every
     row of a split, the fixed seeds of the loop's final evaluation) with that guidance_scale in its section, and
-    the Evaluator's `final`, as the training loop ends."""
-    from model.eval.evaluator import Evaluator, split_images
+    the Evaluator's `final`, as the training loop ends; `train`: TrainConfig fields of the evaluation (--quick's)."""
+    from model.eval.evaluator import EvalNets, Evaluator, split_images
     from model.generate import load_model
     from model.text import TextTable
 
     net, tokenizer = load_model(ckpt, device="cpu")
+    cfg = replace(net.train_cfg, **(train or {}))
     family = families.get(net.cfg.family)
     texts = TextTable.of(tokenizer, data, net.cfg, "cpu", extra=family.extra_texts)
     texts.cache_hidden(net.text_encoder, net.cfg.text_encoder, RUNTIME.text_states)
-    evaluator = Evaluator(data, split_images(data, "cpu"))
+    evaluator = Evaluator(data, split_images(data, "cpu"), nets=EvalNets.load_or_fit(data, cfg.eval_fit))
+    select, columns = selection_metric(data), headline_columns(data)
     out = []
     for g in scales:
-        images = family(net, texts, net.train_cfg, replace(net.section, guidance_scale=g))  # generating only
-        final = evaluator.final(images.generate, [True])[0]
-        out.append({"guidance": g, **{k: final[k] for k in (VAL_TYPE_ACC, TEST_TYPE_ACC, TEST_TOP5,
-                                                             TEST_MEMORISATION, TEST_DIVERSITY)}})
-        print(f"guidance {g:g}: val type acc {final[VAL_TYPE_ACC]:.3f}, test type acc {final[TEST_TYPE_ACC]:.3f}, "
-              f"top-5 {final[TEST_TOP5]:.3f}, memorisation {final[TEST_MEMORISATION]:.2f}, "
-              f"diversity {final[TEST_DIVERSITY]:.4f}", flush=True)
+        images = family(net, texts, cfg, replace(net.section, guidance_scale=g))  # generating only
+        final = evaluator.final(images, [True], cfg.eval_samples)[0]
+        out.append({"guidance": g, **final_metrics(final)})
+        print(f"guidance {g:g}: {select} {cell(final, select)}, "
+              + ", ".join(f"{col} {cell(final, name)}" for col, name in columns), flush=True)
     return out
 
 
@@ -298,38 +306,39 @@ def main(argv=None) -> list[dict]:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    evaluation = quick_eval() if args.quick else {}
+    columns = headline_columns(data)
     rows = []
     for name in args.recipes:
-        rows.append(run(name, {**RECIPES[name][1], **tiny}, data, args.image_size, args.minutes, out))
-        print(f"[{name}] done: " + ", ".join(f"{k} {rows[-1][k]:.4f}" for k in (TEST_TYPE_ACC, TEST_TOP5, TEST_MEMORISATION,
-                                                                                TEST_DIVERSITY, TEST_L1)), flush=True)
+        rows.append(run(name, {**RECIPES[name][1], **tiny}, data, args.image_size, args.minutes, out, evaluation))
+        print(f"[{name}] done: " + ", ".join(f"{col} {cell(rows[-1], m)}" for col, m in columns)
+              + f", test L1 {rows[-1][TEST_L1]:.4f}", flush=True)
     for name in args.regressor:
         *configs_, _ = bench_recipes.recipe_configs(
-            name, ModelConfig(image_size=args.image_size), TrainConfig(epochs=args.regressor_epochs, clip_mode="off"))
+            name, ModelConfig(image_size=args.image_size),
+            TrainConfig(epochs=args.regressor_epochs, clip_mode="off", **evaluation))
         rows.append(fit(f"regressor {name}", tuple(configs_), data, out))
 
-    base = baselines(data)
+    from model.eval.evaluator import EvalNets
 
+    nets = EvalNets.load_or_fit(data, TrainConfig(**evaluation).eval_fit)  # the trials' own: cached beside the data
+    base = baselines(data, nets)
     budget = "one epoch per recipe (--quick)" if args.quick else f"{args.minutes:g} min of training per diffusion recipe"
-    print(f"\n{head}; {budget}\n"
-          f"type accuracy ceiling {base[BASELINE_CEILING]:.3f}, chance {base[BASELINE_CHANCE]:.3f}; retrieval chance "
-          f"top-1 {base['baseline/retrieval_chance_top1']:.3f}, top-5 {base['baseline/retrieval_chance_top5']:.3f}; "
-          f"real test images' L1 to their nearest training image {base['baseline/nn_train_l1_real']:.4f}; "
-          f"two real test images differ by {base['baseline/diversity_real_pairs']:.4f}\n")
-    print("| recipe | samples/s | epochs (steps) | train min | best selection (epoch) | type acc | top-1 | top-5 "
-          "| memorisation | diversity | test L1 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    c1, c5 = base["baseline/retrieval_chance_top1"], base["baseline/retrieval_chance_top5"]
+    print(f"\n{head}; {budget}\n{reference_line(base)}\n")
+    print("| recipe | samples/s | epochs (steps) | train min | best selection (epoch) | "
+          + " | ".join(col for col, _ in columns) + " | test L1 |")
+    print("|---|---|---|---|---|" + "---|" * len(columns) + "---|")
     for r in rows:
         about = RECIPES[r["recipe"]][0] if r["recipe"] in RECIPES else r["recipe"]
         print(f"| {r['recipe']}: {about} | {r['samples_per_s']:.0f} | {r['epochs']} ({r['steps']}) | {r['train_s'] / 60:.1f} "
-              f"| {r['selection']} {r['best']:.4f} ({r['best_epoch']}) | {r[TEST_TYPE_ACC]:.3f} "
-              f"| {r[TEST_TOP1]:.3f} ({r[TEST_TOP1] / c1:.1f}x) | {r[TEST_TOP5]:.3f} ({r[TEST_TOP5] / c5:.1f}x) "
-              f"| {r[TEST_MEMORISATION]:.2f} | {r[TEST_DIVERSITY]:.4f} | {r[TEST_L1]:.4f} |")
+              f"| {r['selection']} {r['best']:.4f} ({r['best_epoch']}) | "
+              + " | ".join(cell(r, name) for _, name in columns) + f" | {r[TEST_L1]:.4f} |")
+    print("\nEach cell: mean [95% interval] over test records and samples (the evaluation's noise, not the training "
+          "seed's); '-': not measured (a regressor's diversity: one image per text).")
     for r in rows:
         if args.guidance and guides(r["family"]):
-            print(f"\n[{r['recipe']}] guidance sweep (the scale is chosen on validation type accuracy):")
-            r["guidance_sweep"] = guidance_sweep(r["checkpoint"], data, args.guidance)
+            print(f"\n[{r['recipe']}] guidance sweep (the scale is chosen on {selection_metric(data)}):")
+            r["guidance_sweep"] = guidance_sweep(r["checkpoint"], data, args.guidance, evaluation)
     from model.generate import load_model
     from search.figures import samples
 

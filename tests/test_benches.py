@@ -18,12 +18,18 @@ import pytest
 import ray
 
 from benches import load_bench, table
-from model.config import BEST_VAL_L1, TEST_L1, TEST_MEMORISATION, TEST_TYPE_ACC, TRAIN_L1, VAL_L1
+from model.config import (BEST_VAL_L1, TEST_ATTR_ALL, TEST_COPY_RATE, TEST_DIVERSITY, TEST_KID_RANDOM, TEST_L1,
+                          TEST_R1, TEST_TYPE_ACC, TRAIN_L1, VAL_ATTR_ALL, VAL_L1)
 from search.settings import resolve
 
 
 def finite_positive(x) -> bool:
     return isinstance(x, (int, float)) and 0 < x < math.inf
+
+
+def with_interval(row: dict, name: str, low: float = 0.0, high: float = 1.0) -> bool:
+    """A final metric with its 95% interval around it, all within [low, high]."""
+    return low <= row[f"{name}_lo"] <= row[name] <= row[f"{name}_hi"] <= high
 
 
 def machine_named(out: str) -> bool:
@@ -85,6 +91,8 @@ def test_bench_recipes_quick(tmp_path, capsys):
     assert rows[0]["config"]["d_model"] == 64 and rows[0]["config"]["pooled_text"]  # the laptop recipe's own
     for r in rows:
         assert 0 < r[BEST_VAL_L1] < 2 and 0 < r[TEST_L1] < 2 and r["best_epoch"] in (1, 2, 3)
+        assert all(with_interval(r, m) for m in (TEST_ATTR_ALL, TEST_R1, TEST_TYPE_ACC, TEST_COPY_RATE))
+        assert with_interval(r, TEST_KID_RANDOM, -1, 10) and TEST_DIVERSITY not in r  # a regressor: one image per text
         assert (tmp_path / f"samples_{r['recipe']}.png").stat().st_size > 0
     assert (tmp_path / "learning_curves.png").stat().st_size > 0
     saved = json.loads((tmp_path / "recipes.json").read_text())
@@ -94,6 +102,9 @@ def test_bench_recipes_quick(tmp_path, capsys):
     body = table(out, "| recipe |")
     median = saved["baselines"]["baseline/test_l1_median_train_image"]
     assert [row[3] for row in body] == [f"{r[TEST_L1] / median - 1:+.1%}" for r in rows]  # vs the median image
+    assert [row[4] for row in body] == [f"{r[TEST_ATTR_ALL]:.3f} [{r[TEST_ATTR_ALL + '_lo']:.3f}, "
+                                        f"{r[TEST_ATTR_ALL + '_hi']:.3f}]" for r in rows]  # with its interval
+    assert "attr_all real " in out and "type acc real " in out  # the baselines it is read against
 
 
 def test_bench_diffusion_quick_throughput(capsys):
@@ -113,8 +124,13 @@ def test_bench_diffusion_quick_recipes(tmp_path, capsys):
                                                str(figure), "--out", str(tmp_path)])
     assert [(r["recipe"], r["family"], r["epochs"]) for r in rows] == [("synthetic-small", "diffusion", 1),
                                                                       ("regressor laptop", "regressor", 1)]
-    assert all(0 <= r[TEST_TYPE_ACC] <= 1 and finite_positive(r[TEST_MEMORISATION]) for r in rows)
-    assert [g["guidance"] for g in rows[0]["guidance_sweep"]] == [1.0, 3.0] and "guidance_sweep" not in rows[1]
+    for r in rows:
+        assert all(with_interval(r, m) for m in (TEST_ATTR_ALL, TEST_R1, TEST_TYPE_ACC, TEST_COPY_RATE))
+        assert with_interval(r, TEST_KID_RANDOM, -1, 10)
+    assert with_interval(rows[0], TEST_DIVERSITY, 0, 10) and TEST_DIVERSITY not in rows[1]  # a sampler's only
+    sweep = rows[0]["guidance_sweep"]
+    assert [g["guidance"] for g in sweep] == [1.0, 3.0] and "guidance_sweep" not in rows[1]
+    assert all(with_interval(g, VAL_ATTR_ALL) and with_interval(g, TEST_ATTR_ALL) for g in sweep)
     for name in ("curves.png", "samples_synthetic-small.png", "samples_regressor_laptop.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert figure.stat().st_size > 0
@@ -122,7 +138,11 @@ def test_bench_diffusion_quick_recipes(tmp_path, capsys):
     assert len(saved["rows"]) == 2 and " cores" in saved["machine"]
     out = capsys.readouterr().out
     assert machine_named(out) and "one epoch per recipe (--quick)" in out
-    assert [row[2] for row in table(out, "| recipe | samples/s |")] == ["1 (1)", "1 (4)"]  # epochs (steps): 32 rows
+    body = table(out, "| recipe | samples/s |")
+    assert [row[2] for row in body] == ["1 (1)", "1 (4)"]  # epochs (steps): 32 rows
+    div = TEST_DIVERSITY
+    assert [row[-2] for row in body] == ["-" if div not in r else
+                                         f"{r[div]:.3f} [{r[div + '_lo']:.3f}, {r[div + '_hi']:.3f}]" for r in rows]
 
 
 def test_bench_type_classifier_quick(tmp_path, capsys):
