@@ -23,6 +23,8 @@ DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
 DEFAULT_FAMILY = "regressor"  # the thesis's model
 EVAL_BATCH = 64  # rows per forward when encoding texts and making evaluation images
 LR_SCHEDULES = ("constant", "cosine")
+# The fields members of one fused trial may differ in; every other field is shared (one loop runs them in lockstep).
+MEMBER_FIELDS = ("lr", "weight_decay", "seed")
 
 
 @dataclass(frozen=True)

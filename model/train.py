@@ -52,7 +52,7 @@ import torch
 from data_pipeline.dataset import PreparedData
 from model import families
 from model.checkpoint import FORMAT, TrainingState
-from model.config import EMA_DECAY, SAMPLES_PER_S, ModelConfig, TrainConfig
+from model.config import EMA_DECAY, MEMBER_FIELDS, SAMPLES_PER_S, ModelConfig, TrainConfig
 from model.eval.clip import ClipLoader, resolve_clip
 from model.eval.evaluator import EvalNets, Evaluator, split_images
 from model.families import Targets
@@ -60,8 +60,6 @@ from model.members import FlatParams, MemberAdamW
 from model.network import TextToImage, encoder_weights, load_member, load_trainable, member_weights
 from model.text import TextStates, TextTable, load_text_encoder
 
-# Members may differ in these; every other TrainConfig field is shared (one loop runs them in lockstep).
-MEMBER_FIELDS = ("lr", "weight_decay", "seed")
 
 
 def default_device() -> str:

@@ -7,7 +7,8 @@
     settings.train.epochs, settings.grid["lr"]           # 3, (0.001, 0.0001)
 
 Precedence: dataclass defaults < preset < flags. One flag per config field, named after it
-(`n_heads` <-> `--n-heads`); a field in two configs (`image_size`) sets both. The configs are ModelConfig,
+(`n_heads` <-> `--n-heads`); a field in two configs (`image_size`) sets both. A flag given several values makes its
+field a search axis (`--unet-width 32 64`: two grid points per point of the rest, or a searcher's choices). The configs are ModelConfig,
 TrainConfig, DataConfig and every registered model family's own section (`settings.sections["diffusion"]`: the
 diffusion family's DiffusionConfig), so `--unet-width 64` is a flag like `--epochs 3`. A swept field's
 flag takes one or more values and replaces that axis of the grid (`--lr 1e-3` pins it).
@@ -143,13 +144,22 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                help=f"grid axis, default {' '.join(map(str, AXES[name]))} ({owners})")
         elif typ is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=owners)
-        else:
-            group.add_argument(flag, type=typ, default=None, metavar=name.upper(), help=owners)
+        else:  # one value; several make the field a search axis (a grid's, or a searcher's choices)
+            group.add_argument(flag, type=typ, nargs="+", default=None, metavar=name.upper(), help=owners)
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
-    """The config flags the user actually gave."""
-    return {name: getattr(args, name) for name in config_fields() if getattr(args, name, None) is not None}
+    """The config flags the user actually gave: a grid axis's values as a list, another field's one value as it
+    is, and several values of another field as a tuple (it becomes a search axis)."""
+    out = {}
+    for name in config_fields():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name not in AXES and isinstance(value, list):
+            value = value[0] if len(value) == 1 else tuple(value)
+        out[name] = value
+    return out
 
 
 def resolve(preset: str, overrides: dict, seeds: int = 1) -> Settings:
@@ -169,8 +179,13 @@ def resolve(preset: str, overrides: dict, seeds: int = 1) -> Settings:
         return {**families.get(family).recipe, **p.overrides, **p.recipes.get(family, {}), **overrides}
 
     merged = merged_for(first)
-    fixed = {k: v for k, v in merged.items() if k not in AXES}
-    grid = {**AXES, **{k: tuple(v) if isinstance(v, (list, tuple)) else (v,) for k, v in merged.items() if k in AXES}}
+    # A field given several values is a search axis: the thesis grid's five are always axes; any other becomes
+    # one (a tuple of its values), except what the data are prepared with, once per search.
+    swept = {k for k, v in merged.items() if k in AXES or isinstance(v, tuple)}
+    if data_axes := sorted(swept & {f.name for f in fields(DataConfig)}):
+        raise ValueError(f"--{data_axes[0].replace('_', '-')} takes one value: the data are prepared once per search")
+    fixed = {k: v for k, v in merged.items() if k not in swept}
+    grid = {**AXES, **{k: tuple(v) if isinstance(v, (list, tuple)) else (v,) for k, v in merged.items() if k in swept}}
     if seeds > 1:  # replicates of every point: seed, seed+1, ... (train.seed stays the first)
         base = fixed.get(SEED, TrainConfig().seed)
         grid[SEED] = tuple(range(base, base + seeds))
@@ -179,7 +194,8 @@ def resolve(preset: str, overrides: dict, seeds: int = 1) -> Settings:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
-    sections = {name: build(families.get(name).Config, merged_for(name)) for name in families.names()}
+    sections = {name: build(families.get(name).Config, {k: v for k, v in merged_for(name).items() if k not in swept})
+                for name in families.names()}
     settings = Settings(preset, build(ModelConfig), build(TrainConfig), build(DataConfig), grid, p.max_records,
                         sections, first)
     if settings.model.image_size != settings.data.image_size:

@@ -18,7 +18,7 @@ import math
 from dataclasses import fields, replace
 
 from model import families
-from model.config import DEFAULT_FAMILY, ModelConfig, TrainConfig
+from model.config import DEFAULT_FAMILY, MEMBER_FIELDS, ModelConfig, TrainConfig
 
 # learning rate × weight decay × heads × feed-forward × layers = 2 × 2 × 2 × 2 × 2 = 32 trials.
 GRID: dict[str, tuple] = {
@@ -77,12 +77,11 @@ def trial_configs(point: dict, model: ModelConfig, train: TrainConfig, sections:
 def fused_space(grid: dict[str, tuple]) -> tuple[dict[str, tuple], list[dict]]:
     """The grid as fused trials: (the trial axes, the member points).
 
-    A fused trial is one point of the axes that shape the network (ModelConfig fields); its members are
-    every point of the axes a TrainConfig holds (learning rate, weight decay, ...), trained together by
+    A fused trial is one point of every axis but those members may differ in (learning rate, weight decay, seed:
+    model.train.MEMBER_FIELDS); its members are every point of those, trained together by
     `model.train.train_members`. The thesis grid: 8 architectures x 4 members = the same 32 points.
     """
-    train_keys = {f.name for f in fields(TrainConfig)}
-    member_keys = [k for k in grid if k in train_keys]
-    trial_grid = {k: v for k, v in grid.items() if k not in train_keys}
+    member_keys = [k for k in grid if k in MEMBER_FIELDS]
+    trial_grid = {k: v for k, v in grid.items() if k not in MEMBER_FIELDS}
     members = [dict(zip(member_keys, values)) for values in itertools.product(*(grid[k] for k in member_keys))]
     return trial_grid, members

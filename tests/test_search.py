@@ -28,7 +28,7 @@ from search.results import TrialRecord, error_reason, pareto_front, table_rows
 from model.files import atomic_write
 from search.store import Plan, replace_dir, staged_dir
 from search.settings import PRESETS, Settings, add_config_flags, config_overrides, limit_records, resolve
-from search.space import GRID, grid_size, param_space, trial_configs
+from search.space import GRID, fused_space, grid_size, param_space, trial_configs
 from model.families.diffusion import DiffusionConfig
 from model.families.regressor import RegressorConfig
 
@@ -476,3 +476,17 @@ def test_a_mixed_family_search_refuses_what_compares_trials_on_one_metric():
             grid_cli.family_of(mixed, what)
     members, reason = grid_cli.fuse_decision("auto", "grid", "fifo", 1.0, mixed)
     assert members is None and "diffusion family's members would run one after another" in reason
+
+
+def test_any_config_flag_given_several_values_is_a_search_axis():
+    """--unet-width 16 32 sweeps the diffusion section's width like the thesis's five axes; one value is a field's
+    value; what the data are prepared with takes one value only."""
+    s = resolve("smoke", config_overrides(_parse(["--family", "diffusion", "--unet-width", "16", "32", "--epochs", "3",
+                                                  "--lr", "1e-3"])))
+    assert s.grid["unet_width"] == (16, 32) and s.train.epochs == 3 and grid_size(s.grid) == 2 * 16
+    widths = {s.trial({**{k: v[0] for k, v in s.grid.items()}, "unet_width": w})[2].unet_width for w in (16, 32)}
+    assert widths == {16, 32}
+    with pytest.raises(ValueError, match="--image-size takes one value"):
+        resolve("smoke", config_overrides(_parse(["--image-size", "32", "64"])))
+    assert fused_space({"lr": (1e-3, 1e-4), "batch_size": (4, 8)}) == ({"batch_size": (4, 8)},
+                                                                       [{"lr": 1e-3}, {"lr": 1e-4}])
