@@ -71,7 +71,7 @@ class TrainConfig:
     # 0 layers: stage 2 only restarts from the best weights at the lower learning rate (a control).
     finetune_epochs: int = at_least(0, 0)
     finetune_layers: int = at_least(2, 0)
-    finetune_lr: float = positive(1e-5)
+    finetune_lr: float = at_least(1e-5, 0)  # 0: stage 2 moves nothing (a control)
     # Learning-rate warm-up: linear from 0 over the first warmup_steps optimizer steps (0: none).
     warmup_steps: int = at_least(0, 0)
     # Learning-rate decay over the run's budget (every epoch's steps, both stages): "constant" (none), or "cosine":

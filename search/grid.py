@@ -106,7 +106,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="default: full when a GPU is visible to Ray or torch, else laptop")
     # search and scheduler default to None so that --resume can tell a given flag from a default.
-    p.add_argument("--search", choices=SEARCHES, default=None, help="every grid point once (default), or Optuna's TPE")
+    p.add_argument("--search", choices=SEARCHES, default=None,
+                   help="every grid point once (default), points drawn at random, or Optuna's TPE")
+    p.add_argument("--search-seed", type=number(int, 0), default=None,
+                   help="seed of --search random or optuna's draws (default: --seed); the trials train as --seed says")
     p.add_argument("--num-samples", type=number(int, 1), default=None,
                    help="trials for --search optuna, at least 1 (default 16)")
     p.add_argument("--scheduler", choices=SCHEDULERS, default=None,
@@ -141,9 +144,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if out_of_range := config_range_error(config_overrides(args)):
         p.error(out_of_range)
-    if args.num_samples is not None and args.search != "optuna" and not args.resume:
-        p.error("--num-samples applies to --search optuna only (the grid runs every point once)")
-    if (args.seeds or 1) > 1 and (args.search == "optuna" or args.scheduler == "asha"):
+    if args.num_samples is not None and args.search in (None, "grid") and not args.resume:
+        p.error("--num-samples applies to --search random and optuna only (the grid runs every point once)")
+    if args.search_seed is not None and args.search in (None, "grid") and not args.resume:
+        p.error("--search-seed applies to --search random and optuna only (the grid's order is fixed)")
+    if (args.seeds or 1) > 1 and (args.search in ("random", "optuna") or args.scheduler == "asha"):
         p.error("--seeds applies to the FIFO grid: Optuna would sample the seed as a hyperparameter, and ASHA would "
                 "stop single replicates early, so a configuration's seeds would not be alike")
     if args.experiment == TUNE_DIR:
@@ -225,7 +230,7 @@ def resume_conflicts(args: argparse.Namespace, plan: Plan, ray_experiment: str |
                   if v is not None})
     stored_values.update(preset=stored.preset, search=search.search, scheduler=search.scheduler,
                          fuse=search.fuse.mode, seeds=stored.seeds, mlflow_tracking_uri=search.mlflow_tracking_uri,
-                         num_samples=search.trials if search.search == "optuna" else None,
+                         num_samples=search.trials if search.search != "grid" else None,
                          storage_path=plan.ray_experiment, data=plan.data_arg)
     return [f"--{name.replace('_', '-')} (stored {stored_values[name]!r}, given {value!r})"
             for name, value in given.items() if value != stored_values[name]]
@@ -256,6 +261,10 @@ def scheduler(name: str, epochs: int, family: str = DEFAULT_FAMILY):
 def searcher(name: str, objectives: list[tuple[str, str]], seed: int):
     if name == "grid":
         return None
+    if name == "random":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=seed)
     from optuna.samplers import TPESampler
     from ray.tune.search.optuna import OptunaSearch
 
@@ -382,7 +391,7 @@ def plan_search(args, argv, where: Where, settings: Settings, data, clip: tuple)
         model_cfg, _, section = settings.trial({"family": name})
         families.get(name).fit_once(data, model_cfg, section)
     members, fuse_reason = fuse_decision(args.fuse, args.search, args.scheduler, where.per_trial["gpu"], settings)
-    for what, used in (("--scheduler asha", args.scheduler != "fifo"), ("--search optuna", args.search != "grid")):
+    for what, used in (("--scheduler asha", args.scheduler != "fifo"), (f"--search {args.search}", args.search != "grid")):
         if used:
             family_of(settings, what)
     points = grid_size(settings.grid) if args.search == "grid" else (args.num_samples or 16)
@@ -392,7 +401,8 @@ def plan_search(args, argv, where: Where, settings: Settings, data, clip: tuple)
         points=points, fuse=Fuse(args.fuse, members is not None, fuse_reason, members),
         objectives=objectives, resources_per_trial=where.per_trial,
         mlflow_tracking_uri=args.mlflow_tracking_uri and resolved_uri(args.mlflow_tracking_uri),
-        max_concurrent=args.max_concurrent, max_failures=args.max_failures)
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        search_seed=settings.train.seed if args.search_seed is None else args.search_seed)
     return Plan(
         experiment=where.results_dir.name, ray_experiment=where.ray_experiment,
         command=[sys.executable, "-m", "search.grid", *(sys.argv[1:] if argv is None else argv)],
@@ -438,7 +448,7 @@ def new_tuner(trainable, settings: Settings, plan: Plan, storage: str):
         param_space=param_space(space, search.search),
         tune_config=tune.TuneConfig(
             scheduler=scheduler(search.scheduler, settings.train.total_epochs, settings.grid["family"][0]),
-            search_alg=searcher(search.search, [tuple(o) for o in search.objectives], settings.train.seed),
+            search_alg=searcher(search.search, [tuple(o) for o in search.objectives], search.search_seed),
             num_samples=1 if search.search == "grid" else search.trials,
             max_concurrent_trials=search.max_concurrent, trial_dirname_creator=trial_dirname,
             # A finished trial's process runs the next one: torch, transformers and the text

@@ -34,7 +34,7 @@ GRID: dict[str, tuple] = {
 # optimizer's learning rate and weight decay.
 AXES: dict[str, tuple] = {"family": (DEFAULT_FAMILY,), **GRID}
 
-SEARCHES = ("grid", "optuna")
+SEARCHES = ("grid", "random", "optuna")
 
 
 def grid_size(grid: dict[str, tuple]) -> int:
@@ -42,12 +42,13 @@ def grid_size(grid: dict[str, tuple]) -> int:
 
 
 def param_space(grid: dict[str, tuple], search: str) -> dict:
-    """Ray Tune's view of the grid: every point once ("grid"), or categorical choices for a searcher ("optuna")."""
+    """Ray Tune's view of the grid: every point once ("grid"), or categorical choices for a searcher ("random":
+    uniform draws, "optuna": TPE)."""
     from ray import tune
 
     if search == "grid":
         return {k: tune.grid_search(list(v)) for k, v in grid.items()}
-    if search == "optuna":
+    if search in ("random", "optuna"):
         return {k: tune.choice(list(v)) for k, v in grid.items()}
     raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
 

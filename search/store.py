@@ -305,7 +305,7 @@ class Fuse:
 @dataclass(frozen=True)
 class SearchPlan:
     """How the trials run (provenance.json's "search")."""
-    search: str = "grid"  # "grid" or "optuna"
+    search: str = "grid"  # "grid", "random" or "optuna"
     scheduler: str = "fifo"  # "fifo" or "asha"
     trials: int = 0  # Tune trials: grid points, or fused architectures, or --num-samples
     points: int = 0  # grid points (rows of the table)
@@ -315,6 +315,7 @@ class SearchPlan:
     mlflow_tracking_uri: str | None = None
     max_concurrent: int | None = None
     max_failures: int = 2
+    search_seed: int = 0  # the seed of a searcher's draws (random, optuna)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SearchPlan":

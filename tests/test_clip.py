@@ -313,7 +313,6 @@ def test_baselines_are_computed_and_serializable(scorer):
     # image (the per-pixel median minimises L1).
     on_train = clip.baselines(None, PreparedData(data.train, data.val, data.train, data.info), "none")
     assert on_train["baseline/test_l1_median_train_image"] <= on_train["baseline/test_l1_mean_train_image"]
-    assert (b["baseline/retrieval_chance_top1"], b["baseline/retrieval_chance_top5"]) == (0.25, 1.0)  # 4 test texts
 
 
 def test_baselines_without_clip_say_why_and_keep_the_l1():

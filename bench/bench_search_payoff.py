@@ -1,0 +1,139 @@
+"""Does the search earn its keep? The compute a search needs to find a diffusion recipe tied with the full grid's best.
+
+    python bench/bench_search_payoff.py --out /tmp/payoff                 # grid, then ASHA and Optuna x 3 repetitions
+    python bench/bench_search_payoff.py --out /tmp/payoff --reps 1 --epochs 8 --image-size 16   # smaller
+    python bench/bench_search_payoff.py --quick --out /tmp/payoff-quick   # 4 points, 2 epochs: checks the script
+
+On the embedded synthetic set, where a grid is affordable: a small space of the diffusion family's own fields
+(learning rate x UNet width x conditioning dropout x batch size: 16 points by default) is run
+1. as the full grid (`python -m search.grid`, FIFO: every point to its last epoch), which names the grid's best
+   configuration by validation attribute accuracy (`val/attr_all`: the metric the search's final choice uses) and
+   every configuration tied with it (the paired test of model/eval/intervals.py on the same validation texts and
+   sample seeds: not shown worse at alpha 0.05);
+2. with ASHA (random search over the same points, `--search random --scheduler asha`, repetition r samples with
+   seed r) and with Optuna's TPE stopped early by ASHA (`--search optuna --scheduler asha`), each repeated.
+For each run: the compute, in trial-epochs (every epoch any trial trained) and wall time, until it first completes a
+configuration tied with the grid's best. A point's training is deterministic (its seed, its data), so a
+configuration's validation scores are the same in every run: whether a run found a tied one is read off the grid's.
+
+Prints a table naming the machine; --json keeps every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from model.config import VAL_ATTR_ALL  # noqa: E402
+from model.eval.intervals import paired_comparison  # noqa: E402
+
+SPACE = {"lr": ["1e-3", "3e-3"], "unet-width": ["32", "64"], "cond-dropout": ["0.1", "0.2"], "batch-size": ["16", "32"]}
+QUICK_SPACE = {"lr": ["1e-3", "3e-3"], "unet-width": ["16", "32"]}
+SCORES = f"scores/{VAL_ATTR_ALL}"
+KEYS = ("lr", "unet_width", "cond_dropout", "batch_size")
+
+
+def machine() -> str:
+    import torch
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+               platform.processor())
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+
+
+def run_search(name: str, args, space: dict, *extra) -> float:
+    """One `python -m search.grid` on the synthetic set into <out>/<name>; its wall time."""
+    flags = [f for k, vs in space.items() for f in (f"--{k}", *vs)]
+    cmd = [sys.executable, "-m", "search.grid", "--family", "diffusion", "--preset", "laptop", "--results",
+           str(args.out), "--experiment", name, "--image-size", str(args.image_size), "--epochs", str(args.epochs),
+           "--weight-decay", "0", "--n-heads", "2", "--ff-dim", "512", "--n-layers", "2", "--eval-samples", "2",
+           "--sample-steps", str(args.sample_steps), *flags, *extra]
+    t0 = time.time()
+    with open(Path(args.out) / f"{name}.log", "w") as log:
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise SystemExit(f"{name} failed ({rc}): see {Path(args.out) / f'{name}.log'}")
+    return time.time() - t0
+
+
+def trials(out: Path, name: str) -> list[dict]:
+    """Each trial of a search: its point, its epochs' timestamps, and (completed) its validation scores."""
+    from search.results import load_trials
+
+    found = []
+    for t in load_trials(str(out / "tune" / name)):
+        last = t.history[-1] if t.history else {}
+        found.append({"point": tuple(t.config.get(k) for k in KEYS), "stamps": [h["timestamp"] for h in t.history],
+                      "scores": json.loads(last[SCORES]) if last.get(SCORES) else None})
+    return found
+
+
+def tied_set(grid: list[dict]) -> tuple[tuple, set]:
+    """(the grid's best point by val/attr_all, every point not shown worse than it: paired, alpha 0.05)."""
+    done = [t for t in grid if t["scores"] is not None]
+    best = max(done, key=lambda t: sum(map(sum, t["scores"])))
+    tied = {t["point"] for t in done if t is best or paired_comparison(best["scores"], t["scores"]).tied}
+    return best["point"], tied
+
+
+def cost_to_find(run: list[dict], tied: set, epochs: int) -> dict:
+    """Trial-epochs and seconds from the run's first epoch until it first completes a tied point (None: never)."""
+    start = min(s for t in run for s in t["stamps"])
+    ends = sorted((t["stamps"][-1], t) for t in run if t["point"] in tied and len(t["stamps"]) >= epochs)
+    if not ends:
+        return {"trial_epochs": None, "seconds": None, "trials_started": len(run)}
+    found_at = ends[0][0]
+    return {"trial_epochs": sum(sum(s <= found_at for s in t["stamps"]) for t in run),
+            "seconds": round(found_at - start, 1), "trials_started": len(run)}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="results root for the searches (and their logs)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions of each early-stopping search (default 3)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--sample-steps", type=int, default=10)
+    p.add_argument("--quick", action="store_true", help="4 points, 2 epochs, 1 repetition: checks the script")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.reps, args.epochs, args.image_size = 1, 2, 16
+    space = QUICK_SPACE if args.quick else SPACE
+    points = 1
+    for vs in space.values():
+        points *= len(vs)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    wall = {"grid": run_search("grid", args, space)}
+    grid = trials(Path(args.out), "grid")
+    best, tied = tied_set(grid)
+    runs = {"grid": cost_to_find(grid, tied, args.epochs)}
+    for r in range(args.reps):
+        for name, extra in ((f"asha-{r}", ("--search", "random", "--scheduler", "asha", "--num-samples", str(points),
+                                           "--seed", str(r))),
+                            (f"optuna-{r}", ("--search", "optuna", "--scheduler", "asha", "--num-samples", str(points),
+                                             "--seed", str(r)))):
+            wall[name] = run_search(name, args, space, *extra)
+            runs[name] = cost_to_find(trials(Path(args.out), name), tied, args.epochs)
+    result = {"machine": machine(), "points": points, "epochs": args.epochs, "image_size": args.image_size,
+              "best": dict(zip(KEYS, best)), "tied": len(tied), "runs": runs, "wall_s": wall}
+    print(f"# Search payoff on {machine()}\n\n{points} points x {args.epochs} epochs at {args.image_size} px; the "
+          f"grid's best by {VAL_ATTR_ALL}: {result['best']}; {len(tied)} point(s) tied with it (paired, alpha 0.05)\n")
+    print("| run | trial-epochs to a tied point | seconds to it | trials started | wall s |\n|---|---|---|---|---|")
+    for name, c in runs.items():
+        print(f"| {name} | {c['trial_epochs']} | {c['seconds']} | {c['trials_started']} | {wall[name]:.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
