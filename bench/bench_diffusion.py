@@ -113,7 +113,7 @@ def timing(configs: tuple, data: PreparedData, rows: int) -> float:
     # An autoencoder of a few steps: its quality does not change the denoiser's speed, and its fit is not a step;
     # nor are the final evaluation's networks (the shortest fit of each) and samples (one per text).
     section = replace(section, sample_steps=1, autoencoder_steps=5)
-    train_cfg = replace(train_cfg, epochs=1, eval_fit=0.01, eval_samples=1)
+    train_cfg = replace(train_cfg, epochs=1, **{**quick_eval(), "eval_samples": 1})
     return train(model_cfg, train_cfg, small, family_cfg=section, runtime=RUNTIME)[SAMPLES_PER_S]
 
 
