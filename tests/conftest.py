@@ -63,6 +63,32 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For a module whose fits take a fraction of a second on one core (two threads on a busy 2-core machine only
+    spin): torch on one thread while it runs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def modules_after(code: str, modules: tuple[str, ...]) -> tuple[list[str], str]:
+    """(which of `modules` a fresh interpreter has imported after running `code` in the repository, sorted; what it
+    printed before that)."""
+    import subprocess
+    import sys
+
+    probe = code + f"\nimport sys\nprint(sorted(m for m in {modules!r} if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    *printed, last = r.stdout.strip().splitlines()
+    return eval(last), "\n".join(printed)  # noqa: S307 — the list printed above
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread_per_worker():
     """Two pytest-xdist workers share two cores: each worker's torch (and the CLIs it starts) computes on one

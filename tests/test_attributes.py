@@ -22,12 +22,7 @@ from model.files import key_hash
 TINY = at.ReaderConfig(steps=3, batch_size=8, width=4, hidden=16)  # seconds: for what does not need accuracy
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("size", [16, 32])

@@ -16,7 +16,8 @@ from model.eval import attributes
 from model.eval.evaluator import Evaluator, split_images
 from model.families.diffusion import Denoiser, DiffusionConfig, Process
 from model.families.regressor import RegressorConfig
-from model.train import train, train_members
+from model.train import train
+from test_members import fused_run
 from test_model import NO_DROPOUT, tiny_data
 
 TINY = ModelConfig(family="diffusion", image_size=32, d_model=32, ff_dim=64, n_layers=1, n_heads=2, max_tokens=32)
@@ -49,14 +50,7 @@ def test_a_diffusion_member_equals_its_single_run():
     data = tiny_data(n_train=8)
     model_cfg = ModelConfig(**{**TINY.__dict__, **NO_DROPOUT})
     cfgs = [QUICK, TrainConfig(**{**QUICK.__dict__, "lr": 3e-4, "seed": 3})]
-    fused_history, fused_states = [[], []], []
-
-    def report(metrics, state):
-        for k, m in enumerate(metrics):
-            fused_history[k].append(m)
-        fused_states.append(state)
-
-    results = train_members(model_cfg, cfgs, data, report=report, family_cfg=SECTION)
+    results, fused_history, fused_states = fused_run(model_cfg, cfgs, data, family_cfg=SECTION)
     for k, cfg in enumerate(cfgs):
         history, states, single = _run(model_cfg, cfg, data)
         for mine, theirs in zip(fused_history[k], history, strict=True):

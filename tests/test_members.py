@@ -52,6 +52,18 @@ def _run(model_cfg, cfg, data):
     return history, states[-1], metrics
 
 
+def fused_run(model_cfg, cfgs, data, **kw):
+    """train_members over cfgs: (each member's final metrics, each member's per-epoch reports, every state)."""
+    histories, states = [[] for _ in cfgs], []
+
+    def report(metrics, state):
+        for k, m in enumerate(metrics):
+            histories[k].append(m)
+        states.append(state)
+
+    return train_members(model_cfg, cfgs, data, report=report, **kw), histories, states
+
+
 @pytest.mark.parametrize("model_cfg", [SMALL, ModelConfig(image_size=32, d_model=32, ff_dim=48, n_layers=3, n_heads=4,
                                                           max_tokens=32, **NO_DROPOUT)], ids=["2x2", "3x4"])
 def test_members_end_with_their_single_runs_weights(model_cfg):
@@ -59,14 +71,7 @@ def test_members_end_with_their_single_runs_weights(model_cfg):
     cfgs = [TrainConfig(lr=3e-3, weight_decay=1e-2, epochs=3, batch_size=4, clip_mode="off"),
             TrainConfig(lr=1e-3, weight_decay=0.0, epochs=3, batch_size=4, clip_mode="off"),
             TrainConfig(lr=3e-3, weight_decay=1e-2, epochs=3, batch_size=4, seed=7, clip_mode="off")]
-    fused_history, fused_states = [[] for _ in cfgs], []
-
-    def report(metrics, state):
-        for k, m in enumerate(metrics):
-            fused_history[k].append(m)
-        fused_states.append(state)
-
-    results = train_members(model_cfg, cfgs, data, report=report)
+    results, fused_history, fused_states = fused_run(model_cfg, cfgs, data)
     for k, cfg in enumerate(cfgs):
         history, state, single = _run(model_cfg, cfg, data)
         for mine, theirs in zip(fused_history[k], history, strict=True):

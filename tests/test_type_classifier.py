@@ -55,13 +55,7 @@ def colour_set(seed: int = 0, unit: bool = True) -> tuple[PreparedData, dict]:
     return PreparedData(info={"fingerprint": f"colour-set-{seed}"}, **splits), types
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The fits take a fraction of a second on one core; two threads on a busy 2-core machine only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

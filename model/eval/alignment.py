@@ -303,26 +303,27 @@ def _per_record(images) -> torch.Tensor:
     return x[:, None] if x.ndim == 4 else x
 
 
-def alignment_scores(model: InDomainClip, images, texts: list[str]) -> np.ndarray:
-    """(R, S) cosine of each image's embedding and its own record's text's (texts: R, one per record)."""
+def embeddings(model: InDomainClip, images, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images' embeddings (R, S, dim), texts' (R, dim)) of images (R, S, 3, H, W) or (R, 3, H, W), one text per
+    record."""
     x = _per_record(images)
     r, s = x.shape[:2]
     if len(texts) != r:
         raise ValueError(f"{r} records of images but {len(texts)} texts")
-    img = model.embed_images(x.flatten(0, 1)).view(r, s, -1)
-    txt = model.embed_texts(list(texts))  # (R, dim)
+    return model.embed_images(x.flatten(0, 1)).view(r, s, -1), model.embed_texts(list(texts))
+
+
+def alignment_scores(model: InDomainClip, images, texts: list[str]) -> np.ndarray:
+    """(R, S) cosine of each image's embedding and its own record's text's (texts: R, one per record)."""
+    img, txt = embeddings(model, images, texts)
     return (img * txt[:, None]).sum(-1).numpy().astype(np.float64)
 
 
 def r_precision_hits(model: InDomainClip, images, texts: list[str], ks=(1, 5)) -> dict[int, np.ndarray]:
     """{k: (R, S) bool}: is the record's own text among the k of `texts` most similar to its image? A text
     ranks above the own one only when strictly more similar (a duplicate text ties, it does not win)."""
-    x = _per_record(images)
-    r, s = x.shape[:2]
-    if len(texts) != r:
-        raise ValueError(f"{r} records of images but {len(texts)} texts")
-    img = model.embed_images(x.flatten(0, 1)).view(r, s, -1)
-    txt = model.embed_texts(list(texts))  # (R, dim)
+    img, txt = embeddings(model, images, texts)
+    r = len(txt)
     sims = img @ txt.T  # (R, S, R)
     own = sims[torch.arange(r), :, torch.arange(r)]  # (R, S)
     rank = (sims > own[..., None]).sum(-1)  # (R, S): texts strictly more similar than the own one

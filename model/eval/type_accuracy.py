@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from model.eval import alignment
+from model.eval.type_classifier import primary_types_of
 from model.files import dataset_key, load_or_fit as cached
 from model.eval.intervals import Interval, bootstrap_interval
 from model.config import TEST_TYPE_ACC, VAL_TYPE_ACC  # noqa: F401 (its metric's name)
@@ -52,15 +53,6 @@ class TypeCNNConfig:
     warmup_steps: int = 50
     augment: bool = True
     seed: int = 0
-
-
-def _primary_types(data, primary_types):
-    if primary_types is not None:
-        return primary_types
-    if "primary_types" not in data.info:
-        raise KeyError("data.info has no 'primary_types' ({record id: primary type}): re-prepare the dataset, or pass "
-                       "primary_types= explicitly")
-    return data.info["primary_types"]
 
 
 def type_names(split, primary_types: dict) -> list[str]:
@@ -170,7 +162,7 @@ def _cnn_from_state(state: dict) -> TypeCNN:
 
 def load_or_fit_cnn(data, primary_types: dict | None = None, cfg: TypeCNNConfig = TypeCNNConfig()) -> TypeCNN:
     """The CNN type classifier of this prepared dataset: cached, else fitted on the training split."""
-    types = _primary_types(data, primary_types)
+    types = primary_types_of(data, primary_types)
     y, classes = _train_labels(data.train, types)
     key = dataset_key(data, CACHE_NAME, VERSION, cfg,
                       train_types=[(int(i), types[str(int(i))]) for i in sorted(set(data.train.ids))])
@@ -184,7 +176,7 @@ def load_or_fit(data, primary_types: dict | None = None, clip: alignment.InDomai
     """The kept classifier (KEPT) of this prepared dataset; `clip` saves loading the in-domain model twice."""
     if KEPT == "cnn":
         return load_or_fit_cnn(data, primary_types, cfg)
-    _, classes = _train_labels(data.train, _primary_types(data, primary_types))
+    _, classes = _train_labels(data.train, primary_types_of(data, primary_types))
     return ZeroShotTypes(clip or alignment.load_or_fit(data), classes)
 
 
@@ -238,7 +230,7 @@ def cross_validate(data, folds: int = 5, which=("histogram", "cnn", "zeroshot"),
     each fold's classifier trained on the other folds' records only (every copy of them)."""
     from model.eval import type_classifier as faithfulness
 
-    types = _primary_types(data, primary_types)
+    types = primary_types_of(data, primary_types)
     _, classes = _train_labels(data.train, types)
     index = {c: k for k, c in enumerate(classes)}
     pooler = alignment.TextPooler(clip_cfg.text_encoder, clip_cfg.max_tokens)

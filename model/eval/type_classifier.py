@@ -103,7 +103,9 @@ def _split_images(split) -> torch.Tensor:
     return _unit(split.unit_images())  # every Split scales its own images (uint8 or float)
 
 
-def _primary_types(data, primary_types: dict | None) -> dict:
+def primary_types_of(data, primary_types: dict | None = None) -> dict:
+    """`primary_types` when given, else the prepared data's own ({str(record id): primary type}); KeyError naming
+    the fix when it has none."""
     if primary_types is not None:
         return primary_types
     if "primary_types" not in data.info:
@@ -222,7 +224,7 @@ def _fit(images: torch.Tensor, labels: torch.Tensor, classes: list[str], cfg: Cl
 def train_classifier(data, primary_types: dict | None = None,
                      cfg: ClassifierConfig = ClassifierConfig()) -> TypeClassifier:
     """Fit on the training split's real images (its rotated copies included); no cache."""
-    labels, classes = type_labels(data.train, _primary_types(data, primary_types))
+    labels, classes = type_labels(data.train, primary_types_of(data, primary_types))
     return fit(_split_images(data.train), labels, classes, cfg)
 
 
@@ -232,7 +234,7 @@ def train_classifier(data, primary_types: dict | None = None,
 
 def cache_key(data, primary_types: dict | None = None, cfg: ClassifierConfig = ClassifierConfig()) -> dict:
     """What the fitted classifier depends on: the dataset version, its training labels, the settings, the code."""
-    types = _primary_types(data, primary_types)
+    types = primary_types_of(data, primary_types)
     train_types = sorted({(int(i), types.get(str(int(i)))) for i in data.train.ids})
     return dataset_key(data, "type_classifier", CLASSIFIER_VERSION, cfg, train_types=train_types)
 
@@ -282,7 +284,7 @@ def type_baselines(clf: TypeClassifier, data, primary_types: dict | None = None)
     """On the test split's records (JSON-ready): the ceiling (the classifier on the real test images), chance,
     and the type oracle's L1 and type accuracy (per-type median training images; the global median for a
     type training never saw)."""
-    types = _primary_types(data, primary_types)
+    types = primary_types_of(data, primary_types)
     labels, _ = type_labels(data.test, types, clf.classes)
     test, train = _split_images(data.test), _split_images(data.train)
     train_labels, _ = type_labels(data.train, types, clf.classes)
