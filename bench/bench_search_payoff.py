@@ -87,10 +87,10 @@ def tied_set(grid: list[dict]) -> tuple[tuple, set]:
 def cost_to_find(run: list[dict], tied: set, epochs: int) -> dict:
     """Trial-epochs and seconds from the run's first epoch until it first completes a tied point (None: never)."""
     start = min(s for t in run for s in t["stamps"])
-    ends = sorted((t["stamps"][-1], t) for t in run if t["point"] in tied and len(t["stamps"]) >= epochs)
+    ends = [t["stamps"][-1] for t in run if t["point"] in tied and len(t["stamps"]) >= epochs]
     if not ends:
         return {"trial_epochs": None, "seconds": None, "trials_started": len(run)}
-    found_at = ends[0][0]
+    found_at = min(ends)
     return {"trial_epochs": sum(sum(s <= found_at for s in t["stamps"]) for t in run),
             "seconds": round(found_at - start, 1), "trials_started": len(run)}
 
