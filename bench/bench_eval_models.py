@@ -24,6 +24,15 @@ Prints the machine, then:
 - with --cv-rotations K: K-fold cross-validation by record of the in-domain model trained with and without the
   rotated copies (held-out records' unrotated images against their own texts: R-precision among the fold's
   texts, and the alignment gap to a derangement of them).
+
+Measured (AMD EPYC, 2 cores shared with other jobs at load average 5-12, one torch thread; CPU seconds are the
+budget's measure, wall seconds the contention's): the in-domain model fits in 29 s CPU on the synthetic set and
+80-85 s CPU on the real Pokédex (257-335 s wall), the CNN type classifier in 22-30 s and 82 s CPU. On the real
+test split (90 records): in-domain alignment 0.113 [0.078, 0.145] vs shuffled texts 0.005 [-0.035, 0.043];
+R-precision top-1 0.044, top-5 0.167 (chance 0.011, 0.056); type accuracy of the real images / of a flat disc in
+the type's mean colour: CNN 0.311 / 0.000, zero-shot 0.200 / 0.189, histogram 0.344 / 0.267 (chance 0.167);
+minimum detectable difference at 90 records: alignment 0.068, top-1 0.087, top-5 0.157, type accuracy 0.19-0.20,
+KID 0.134 (in-domain) and 0.0079 (random features). The module docstrings of model/eval/ hold the rest.
 """
 
 from __future__ import annotations
