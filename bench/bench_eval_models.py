@@ -137,8 +137,11 @@ def main(argv=None) -> int:
 
     data = prepare_dataset(args.data, DataConfig(image_size=args.image_size, augment_rotations=args.augment_rotations),
                            progress=False)
-    fresh = tempfile.mkdtemp(prefix="eval-models-")  # an empty cache folder: the first calls fit, the second load
-    data = dataclasses.replace(data, info={**data.info, "cache_dir": fresh})
+    with tempfile.TemporaryDirectory(prefix="eval-models-") as fresh:  # an empty cache: the first calls fit
+        return run(args, dataclasses.replace(data, info={**data.info, "cache_dir": fresh}))
+
+
+def run(args, data) -> int:
     types = data.info["primary_types"]
     print(f"{data.info['source']}: {len(set(data.train.ids))} training records ({len(data.train)} images), "
           f"{len(data.test)} test records, {data.image_size} px; {args.threads} torch thread(s)")
