@@ -102,12 +102,3 @@ def test_mdd_of_scores_paired_is_smaller_on_correlated_rows():
     unpaired, paired = iv.mdd_of_scores(a), iv.mdd_of_scores(a, paired_with=b)
     assert unpaired == pytest.approx(2.80 * np.sqrt(2) * a.mean(1).std(ddof=1) / np.sqrt(90), rel=1e-3)
     assert paired < unpaired / 3
-
-
-def test_jackknife_interval_of_a_mean_is_the_t_like_interval():
-    """For the mean the delete-one jackknife SE is exactly the sample SD / sqrt(n)."""
-    x = np.random.default_rng(4).normal(2, 3, 40)
-    est, lo, hi = iv.jackknife_interval(lambda keep: x[keep].mean(), len(x))
-    se = x.std(ddof=1) / np.sqrt(len(x))
-    assert est == pytest.approx(x.mean())
-    assert (hi - lo) / 2 == pytest.approx(NormalDist().inv_cdf(0.975) * se, rel=1e-9)

@@ -34,7 +34,7 @@ def test_the_cnn_recognises_real_test_images_and_not_a_text_blind_one(fitted):
     real = ta.type_accuracy(clf, data.test.images, y)
     chance = max(np.mean(y == c) for c in set(y.tolist()))
     blind = np.broadcast_to(np.median(data.train.unit_images(), 0), (len(y), 3, 32, 32))
-    assert real.lo > 0.7
+    assert real.mean > 0.7 and real.lo > 3 * chance
     assert ta.type_accuracy(clf, blind, y).mean <= chance + 1e-9  # one picture is one prediction for every record
 
 
@@ -92,3 +92,21 @@ def test_the_cnn_is_cached(fitted, tmp_path, monkeypatch):
     loaded = ta.load_or_fit_cnn(cached, cfg=TINY)
     assert loaded.classes == clf.classes
     assert np.array_equal(loaded.predict(data.test.images), clf.predict(data.test.images))
+
+
+def test_real_creatures_are_rarely_taken_for_shapeless_images(fitted):
+    """The "no creature" class must not swallow real images. (Whether it rejects a flat disc in a type's colour is
+    measured on the real Pokédex, bench/bench_eval_models.py: on the synthetic set a round creature is such a disc
+    with an outline, and its type is its colour.)"""
+    data, _, clf = fitted
+    assert clf.cfg.reject > 0
+    assert np.mean(clf.predict(data.test.images) == len(clf.classes)) < 0.1
+
+
+def test_shapeless_images_are_seeded_and_in_range():
+    palette = torch.tensor([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0]])
+    a = ta.shapeless(16, 32, palette, torch.Generator().manual_seed(3))
+    b = ta.shapeless(16, 32, palette, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == (16, 3, 32, 32)
+    assert a.min() >= -1 and a.max() <= 1
+    assert (a == 1).all(1).float().mean() > 0.3  # mostly white background, as the data's images

@@ -21,6 +21,14 @@ image near the image, so these read the content.
   distance between samples of different texts. Near 1: the text does not matter (the starting noise decides
   the picture); near 0: one picture per text (a regressor, or a collapsed sampler); the real data's own level
   is unknown (one image per record), so read it against other rows and the cheaters.
+
+Measured on the real Pokédex's test split (90 records, 32 px; bench/bench_eval_models.py), in-domain / random
+features: the real test images' copy rate 0 / 0 (nearest/second-nearest ratio 0.90 / 0.96, the lowest of them
+0.82 with random features), training images returned as samples (a copier) 1 / 1 (ratio 0); diversity of one
+real image per text plus pixel noise of sigma 0.2 (a collapsed sampler that looks busy) 0.20 / 0.29, of random
+training images whatever the text (a text-blind sampler) 1.00 / 1.01. In pixel L1 the same noisy collapsed
+sampler's within-text distance is 0.38 of its between-text one. A training image with pixel noise of sigma 0.1
+keeps a copy rate of 0.89 (random features).
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@
     c = iv.paired_comparison(best, other)                   # two rows scored on the same texts and sample seeds
     c.diff, c.lo, c.hi, c.p_value, c.tied                   # is `best` above `other`? one-sided, tied at alpha 0.05
     iv.minimum_detectable_difference(sd, n_records=90)      # 2.80 * sd / sqrt(90): 80% power, alpha 0.05 two-sided
-    iv.jackknife_interval(lambda keep: statistic(keep), n)  # a statistic that is no mean of per-record scores (KID)
 
 Which noise an interval covers: the evaluation's, i.e. which test records happened to be drawn (the records
 are a sample of the Pokémon that could have been) and which starting noise each sample got. It does not cover
@@ -27,16 +26,15 @@ Everything here is a pure function of numpy arrays, seeded, with no torch: the s
   formula for a two-sided test of a mean difference (1.960 + 0.842 = 2.80 at alpha 0.05, power 0.8). For two
   rows on the same texts, sd is the SD of their per-record differences; for two independent rows of one
   metric, sqrt(2) times the SD of its per-record scores (`mdd_of_scores`).
-- `jackknife_interval`: delete-one-record jackknife, normal interval: for a U-statistic such as KID, where a
-  bootstrap's duplicated records would add k(x, x) terms and bias it upward. The jackknife variance errs
-  large (the Efron-Stein inequality), so this interval too errs wide.
+- KID, a U-statistic and no mean of per-record scores, gets its interval in model/eval/fidelity.py (half-samples:
+  a delete-one jackknife's error swung 10x between splits near KID = 0, too narrow on some).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -153,15 +151,3 @@ def mdd_of_scores(scores, n_records: int | None = None, paired_with=None, alpha:
     else:
         sd = np.sqrt(2) * x.mean(1).std(ddof=1)
     return float(minimum_detectable_difference(sd, n, alpha, power))
-
-
-def jackknife_interval(statistic: Callable[[np.ndarray], float], n_records: int, level: float = LEVEL) -> Interval:
-    """(estimate, lo, hi) for statistic(keep), keep an index array of the records to use: the estimate on all
-    records, and a normal interval with the delete-one jackknife's standard error."""
-    if n_records < 3:
-        raise ValueError(f"a jackknife interval needs at least 3 records, got {n_records}")
-    full = float(statistic(np.arange(n_records)))
-    loo = np.array([statistic(np.delete(np.arange(n_records), i)) for i in range(n_records)], dtype=np.float64)
-    se = np.sqrt((n_records - 1) / n_records * ((loo - loo.mean()) ** 2).sum())
-    z = NormalDist().inv_cdf((1 + level) / 2)
-    return Interval(full, full - z * se, full + z * se)
