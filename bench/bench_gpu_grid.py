@@ -13,11 +13,12 @@ start-up included) and samples/s (every member's trained samples / wall), one ro
 
 Then the metric check: the first architecture's 4 points, dropout off, `--check-epochs` epochs, once
 as 4 single trials (K = 1, the unfused path) and once fused (K = 4): per point, best val L1 and test
-L1 side by side. Same seeds and data, so they must agree to float rounding.
+L1 side by side. Same seeds and data, so they must agree to float rounding. The final evaluation's networks are
+fitted once before the grid (not timed) and read by every trial, as the search's driver does.
 
 `--family diffusion`: the same 32 points as 32 single trials of the diffusion family (the search trains them
-unfused: their members would run one after another), with bench/bench_diffusion.py's best CPU recipe at the
-grid's learning rates and weight decays; no metric check (a member equals its single run: tests/test_diffusion.py).
+unfused: their members would run one after another), with the family's own recipe (what `--family diffusion`
+trains: `Diffusion.recipe` and its section's defaults) at the grid's learning rates and weight decays; no metric check (a member equals its single run: tests/test_diffusion.py).
 It also needs diffusers (pure Python): on a box without it and without internet, carry its wheel
 (`pip download diffusers==0.42.1 --no-deps -d wheels/` here) and `pip install --no-deps wheels/diffusers-*.whl` there.
 
@@ -53,7 +54,9 @@ from data_pipeline.config import DataConfig  # noqa: E402
 from data_pipeline.prepare import prepare_in_memory  # noqa: E402
 from model import families  # noqa: E402
 from model.config import BEST_VAL_L1, DEFAULT_FAMILY, DEFAULT_TEXT_ENCODER, TEST_L1, ModelConfig, TrainConfig  # noqa: E402
+from model.eval.evaluator import EvalNets  # noqa: E402
 from model.train import Runtime, default_device, train, train_members  # noqa: E402
+from common import quick_eval  # noqa: E402
 from search.space import GRID, fused_space, trial_configs  # noqa: E402
 
 
@@ -107,6 +110,15 @@ def train_architectures(rank: int, jobs: list[dict], members: list[dict], data, 
         out.put({"rank": rank, "arch": arch, "wall_s": time.perf_counter() - t0,
                  "best": [r.get(families.get(model_cfg.family).best) for r in results],
                  "test_l1": [r.get(TEST_L1) for r in results]})
+
+
+def fit_evaluators(data, workdir: Path, train_base: dict) -> float:
+    """Fits the final evaluation's networks once, here, into a cache folder that every grid process reads (as the
+    search's driver does before any trial): data prepared in memory has no cache of its own. Returns seconds."""
+    t0 = time.perf_counter()
+    data.info["cache_dir"] = str(workdir / "evaluators")
+    EvalNets.load_or_fit(data, train_base.get("eval_fit", TrainConfig.eval_fit))
+    return time.perf_counter() - t0
 
 
 def run_grid(data, spec: dict) -> dict:
@@ -183,21 +195,20 @@ def main(argv=None) -> dict:
         prep_s = time.perf_counter() - t0
         model_base = {"image_size": data_cfg.image_size, "text_encoder": encoder,
                       **({"d_model": 32, "max_tokens": 32} if args.quick else {})}
-        train_base = {"epochs": 1 if args.quick else args.epochs, "batch_size": 10, "clip_mode": "off"}
+        train_base = {"epochs": 1 if args.quick else args.epochs, "batch_size": 10, "clip_mode": "off",
+                      **(quick_eval() if args.quick else {})}
+        # The family's recipe (its shared fields, e.g. the diffusion family's batch and precision) beside the grid's
+        # five knobs, as `--family diffusion` trains; the family's own section keeps its defaults.
+        for base, cls in ((model_base, ModelConfig), (train_base, TrainConfig)):
+            base.update({k: v for k, v in families.get(args.family).recipe.items()
+                         if k in cls.__dataclass_fields__ and k not in GRID and k not in ("epochs", "eval_fit")})
         section_base = {}  # the family's own fields (its config section)
-        if args.family == "diffusion":  # the best CPU recipe's fixed settings; the grid sets the five knobs
-            import bench_diffusion
-
-            recipe = {k: v for k, v in {**bench_diffusion.FIRST, **bench_diffusion.RECIPES["best"][1]}.items()
-                      if k not in GRID}
-            for base, cls in ((model_base, ModelConfig), (train_base, TrainConfig),
-                              (section_base, families.get("diffusion").Config)):
-                base.update({k: v for k, v in recipe.items() if k in cls.__dataclass_fields__ and k != "epochs"})
-            if args.quick:
-                section_base.update(unet_width=16, unet_levels=2, autoencoder_steps=5, sample_steps=2)
+        if args.quick and args.family == "diffusion":  # the family's own recipe (what --family diffusion trains), smaller
+            section_base.update(unet_width=16, unet_levels=2, autoencoder_steps=5, sample_steps=2)
+        eval_s = fit_evaluators(data, workdir, train_base)
         print(f"machine: {machine()}\ntext encoder: {about}\ndata: {data.info['source']}, {data_cfg.image_size} px, "
               f"{data_cfg.augment_rotations} rotations: train/val/test rows {len(data.train)}/{len(data.val)}/"
-              f"{len(data.test)} (prepared in {prep_s:.1f} s, not counted)\n"
+              f"{len(data.test)} (prepared in {prep_s:.1f} s, evaluator networks fitted in {eval_s:.1f} s: neither counted)\n"
               f"grid: {'32 single trials' if fused is None else '8 fused trials x 4 members'} of the {args.family} family, "
               f"{train_base['epochs']} epochs, batch {train_base['batch_size']}, {args.procs} processes "
               f"on {device}{', compiled' if args.compile else ''}", flush=True)
