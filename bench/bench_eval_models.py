@@ -4,6 +4,7 @@ cross-validated choice of type classifier, and the minimum detectable difference
     python bench/bench_eval_models.py --data ../shared/datasets/pokedex --image-size 32 --augment-rotations 2
     python bench/bench_eval_models.py                      # the embedded synthetic set
     python bench/bench_eval_models.py --folds 5            # also: 5-fold CV of the type classifiers (slow)
+    python bench/bench_eval_models.py --quick              # seconds: checks the script (tests/test_benches.py)
 
 Prints the machine, then:
 - fits, each timed in wall and CPU seconds with the load average beside them (a fresh cache folder, so they fit;
@@ -24,6 +25,10 @@ Prints the machine, then:
 - with --cv-rotations K: K-fold cross-validation by record of the in-domain model trained with and without the
   rotated copies (held-out records' unrotated images against their own texts: R-precision among the fold's
   texts, and the alignment gap to a derangement of them).
+
+--quick: 40 synthetic creatures prepared in this process (bench/common.py's quick_data, no Ray) and every
+evaluator network fitted for a moment (model.eval.evaluator.scaled(cfg, 0.01)); its numbers measure nothing.
+`main` returns {"rows": {name: Interval or number}, "test_records": n}: the rows it printed.
 
 Measured (AMD EPYC, 2 cores shared with other jobs at load average 5-12, one torch thread; CPU seconds are the
 budget's measure, wall seconds the contention's): the in-domain model fits in 29 s CPU on the synthetic set and
@@ -51,6 +56,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import quick_data  # noqa: E402
 from machine import machine  # noqa: E402
 
 from data_pipeline.config import DataConfig  # noqa: E402
@@ -61,6 +67,7 @@ from model.eval import features as fe  # noqa: E402
 from model.eval import fidelity as fd  # noqa: E402
 from model.eval import intervals as iv  # noqa: E402
 from model.eval import type_accuracy as ta  # noqa: E402
+from model.eval.evaluator import scaled  # noqa: E402
 
 Z = 1.959964  # the normal quantile of a 95% interval
 
@@ -115,14 +122,17 @@ def cross_validate_rotations(data, folds: int) -> dict:
     return out
 
 
-def row(name: str, value) -> None:
+def row(name: str, value, rows: dict | None = None) -> None:
+    """One line of the table, kept in `rows` (what `main` returns) when given."""
+    if rows is not None:
+        rows[name] = value
     if isinstance(value, iv.Interval):
         print(f"  {name:<52} {value.mean:8.4f}  [{value.lo:8.4f}, {value.hi:8.4f}]")
     else:
         print(f"  {name:<52} {value:8.4f}")
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=None, help="a dataset path; omit for the embedded synthetic set")
     p.add_argument("--image-size", type=int, default=32)
@@ -131,32 +141,43 @@ def main(argv=None) -> int:
     p.add_argument("--cv-rotations", type=int, default=0,
                    help="K-fold CV of the in-domain model with vs without the rotated copies")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared 2-core machine)")
+    p.add_argument("--quick", action="store_true", help="40 synthetic creatures prepared in this process, every "
+                   "evaluator network fitted for a moment: checks the script in seconds, measures nothing")
     args = p.parse_args(argv)
+    if args.quick and (args.data or args.folds or args.cv_rotations):
+        p.error("--quick runs the main form on its own synthetic creatures: no --data, --folds or --cv-rotations")
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
 
-    data = prepare_dataset(args.data, DataConfig(image_size=args.image_size, augment_rotations=args.augment_rotations),
-                           progress=False)
+    if args.quick:
+        data = quick_data(DataConfig(image_size=32, augment_rotations=2))
+        fits = (scaled(al.AlignConfig(), 0.01), scaled(ta.TypeCNNConfig(), 0.01))
+    else:
+        data = prepare_dataset(args.data, DataConfig(image_size=args.image_size,
+                                                     augment_rotations=args.augment_rotations), progress=False)
+        fits = (al.AlignConfig(), ta.TypeCNNConfig())
     with tempfile.TemporaryDirectory(prefix="eval-models-") as fresh:  # an empty cache: the first calls fit
-        return run(args, dataclasses.replace(data, info={**data.info, "cache_dir": fresh}))
+        return run(args, dataclasses.replace(data, info={**data.info, "cache_dir": fresh}), *fits)
 
 
-def run(args, data) -> int:
+def run(args, data, align_cfg: al.AlignConfig, cnn_cfg: ta.TypeCNNConfig) -> dict:
+    """Everything after the data, with the configs of the in-domain model and of the CNN type classifier."""
     types = data.info["primary_types"]
     print(f"{data.info['source']}: {len(set(data.train.ids))} training records ({len(data.train)} images), "
           f"{len(data.test)} test records, {data.image_size} px; {args.threads} torch thread(s)")
 
+    rows = {}
     if args.cv_rotations:
         print(f"{args.cv_rotations}-fold cross-validation of the in-domain model's rotated copies:")
         for rotations, result in cross_validate_rotations(data, args.cv_rotations).items():
             for name, value in result.items():
-                row(f"rotations={rotations}: held-out {name}", value)
-        return 0
+                row(f"rotations={rotations}: held-out {name}", value, rows)
+        return {"rows": rows, "test_records": len(data.test)}
 
     print("fits (a fresh cache, then a cached load):")
-    clip = timed("in-domain text-image model: fit", lambda: al.load_or_fit(data))
-    timed("in-domain text-image model: cached load", lambda: al.load_or_fit(data))
-    cnn = timed("CNN type classifier: fit", lambda: ta.load_or_fit_cnn(data))
+    clip = timed("in-domain text-image model: fit", lambda: al.load_or_fit(data, align_cfg))
+    timed("in-domain text-image model: cached load", lambda: al.load_or_fit(data, align_cfg))
+    cnn = timed("CNN type classifier: fit", lambda: ta.load_or_fit_cnn(data, cfg=cnn_cfg))
     hist = ta.HistogramTypes(timed("histogram type classifier: fit", lambda: ff.train_classifier(data, types)))
     zero = ta.ZeroShotTypes(clip, cnn.classes)
 
@@ -165,13 +186,13 @@ def run(args, data) -> int:
     disc = discs(data, types)
     print(f"test records ({n}), mean [95% interval]:")
     for name, value in refs.items():
-        row(name, value)
+        row(name, value, rows)
     for name, clf in (("cnn", cnn), ("zeroshot", zero), ("histogram", hist)):
         y = ta.labels(clf, test, types)
-        row(f"type accuracy, {name}: real test images", ta.type_accuracy(clf, test.images, y))
-        row(f"type accuracy, {name}: flat disc in the type's mean colour", ta.type_accuracy(clf, disc, y))
+        row(f"type accuracy, {name}: real test images", ta.type_accuracy(clf, test.images, y), rows)
+        row(f"type accuracy, {name}: flat disc in the type's mean colour", ta.type_accuracy(clf, disc, y), rows)
     row("type accuracy: chance (majority type's share)",
-        max(np.mean(np.array(ta.type_names(test, types)) == t) for t in set(ta.type_names(test, types))))
+        max(np.mean(np.array(ta.type_names(test, types)) == t) for t in set(ta.type_names(test, types))), rows)
     features = {"indomain": fd.ClipFeatures(clip), "random": fd.RandomFeatures()}
     fidelity = {}
     if len(data.val) == n:
@@ -179,7 +200,7 @@ def run(args, data) -> int:
             fidelity[who] = fd.metrics(test.images, images, features)
             for name, value in fidelity[who].items():
                 if "recall" not in name and "density" not in name:
-                    row(f"{name}: {who}", value)
+                    row(f"{name}: {who}", value, rows)
 
     print("memorisation and diversity in feature space (model/eval/features.py):")
     gen = torch.Generator().manual_seed(0)
@@ -193,9 +214,9 @@ def run(args, data) -> int:
         ref = fe.TrainingReference.of(feature, data.train)
         for who, images in (("real test images", real), ("training images (a copier)", copies)):
             for name, value in fe.memorisation(feature, images, ref).items():
-                row(f"{name} ({fname}): {who}", value)
+                row(f"{name} ({fname}): {who}", value, rows)
         for who, images in (("one real image per text + noise 0.2", noisy), ("random training images", blind)):
-            row(f"diversity ({fname}): {who}", fe.diversity(feature, images))
+            row(f"diversity ({fname}): {who}", fe.diversity(feature, images), rows)
 
     print(f"minimum detectable difference between two independent rows at {n} records "
           "(80% power, alpha 0.05 two-sided):")
@@ -208,19 +229,19 @@ def run(args, data) -> int:
     for name, clf in (("cnn", cnn), ("zeroshot", zero), ("histogram", hist)):
         per_record[f"{ta.TEST_TYPE_ACC} ({name})"] = ta.hits(clf, test.images, ta.labels(clf, test, types))
     for name, scores in per_record.items():
-        row(name, iv.mdd_of_scores(scores.astype(np.float64)))
+        row(name, iv.mdd_of_scores(scores.astype(np.float64)), rows)
     for name, value in fidelity.get("real val images", {}).items():
         if name.startswith("test/kid"):  # the half-sample spread is the KID's standard error
-            row(f"{name} (from its interval)", 2.80 * np.sqrt(2) * (value.hi - value.lo) / (2 * Z))
+            row(f"{name} (from its interval)", 2.80 * np.sqrt(2) * (value.hi - value.lo) / (2 * Z), rows)
 
     if args.folds:
         print(f"{args.folds}-fold cross-validation by record on the training split (held-out records' unrotated "
               "images; each fold fits its own classifiers):")
         for name, result in ta.cross_validate(data, args.folds, log=lambda line: print(f"    {line}", flush=True)).items():
             row(f"CV type accuracy, {name} (per fold {', '.join(f'{a:.2f}' for a in result['per_fold'])})",
-                result["interval"])
-    return 0
+                result["interval"], rows)
+    return {"rows": rows, "test_records": n}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -156,6 +156,43 @@ def test_bench_type_classifier_quick(tmp_path, capsys):
     assert machine_named(captured.out)
 
 
+def test_bench_eval_models_quick(capsys):
+    """The evaluator networks fitted for a moment on 40 synthetic creatures: every printed interval holds its mean,
+    R-precision's chance is 1/(test records), each classifier has its disc row, and a minimum detectable difference
+    is finite, and zero exactly where the matching row's per-record scores are all equal (a zero-width interval)."""
+    import re
+
+    result = load_bench("bench_eval_models").main(["--quick"])
+    rows, n = result["rows"], result["test_records"]
+    out = capsys.readouterr().out
+    assert machine_named(out) and f", {n} test records, 32 px" in out and n == 4  # 40 creatures: 32 / 4 / 4
+    for fit in ("in-domain text-image model: fit", "in-domain text-image model: cached load",
+                "CNN type classifier: fit", "histogram type classifier: fit"):
+        assert re.search(rf"^  {fit}\s+\d+\.\d s wall\s+\d+\.\d s CPU   load ", out, re.M), fit
+
+    printed = re.findall(r"^  (.+?)\s+(-?\d+\.\d{4})  \[\s*(-?\d+\.\d{4}),\s+(-?\d+\.\d{4})\]$", out, re.M)
+    intervals = {name: value for name, value in rows.items() if isinstance(value, tuple)}
+    assert len(printed) == len(intervals) > 30 and {name for name, *_ in printed} == set(intervals)
+    assert all(float(lo) <= float(mean) <= float(hi) for _, mean, lo, hi in printed)
+    assert all(i.lo <= i.mean <= i.hi for i in intervals.values())
+    assert rows["baseline/r_precision_top1_chance"] == 1 / n and rows["baseline/r_precision_top5_chance"] == 1.0
+    for clf in ("cnn", "zeroshot", "histogram"):
+        for images in ("real test images", "flat disc in the type's mean colour"):
+            assert 0 <= rows[f"type accuracy, {clf}: {images}"].mean <= 1
+
+    mdd = out.split("minimum detectable difference between two independent rows at 4 records")[1]
+    mdd = dict(re.findall(r"^  (.+?)\s+(-?\d+\.\d{4})$", mdd, re.M))
+    scored_by = {"test/indomain_align": "baseline/indomain_align_real",  # the row whose per-record scores it uses
+                 "test/r_precision_top1": "baseline/r_precision_top1_real",
+                 "test/r_precision_top5": "baseline/r_precision_top5_real",
+                 **{f"test/type_acc ({c})": f"type accuracy, {c}: real test images"
+                    for c in ("cnn", "zeroshot", "histogram")},
+                 **{f"test/kid_{f} (from its interval)": f"test/kid_{f}: real val images" for f in ("indomain", "random")}}
+    assert set(mdd) == {*scored_by, "indomain_align gap to shuffled texts"}
+    assert all(math.isfinite(rows[name]) and rows[name] >= 0 for name in mdd)
+    assert all((rows[name] > 0) == (rows[row].lo < rows[row].hi) for name, row in scored_by.items())
+    assert finite_positive(rows["indomain_align gap to shuffled texts"])  # cosines of real vs shuffled texts differ
+
 def test_bench_tune_overhead_quick(capsys):
     [r] = load_bench("bench_tune_overhead").main(["--quick", "--fuse", "on"])
     assert (r["fuse"], r["trials"], r["rows"], r["ok"], r["concurrency"]) == ("on", 1, 2, 2, 1)  # 2 members, 1 trial
