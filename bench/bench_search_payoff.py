@@ -17,20 +17,26 @@ configuration tied with the grid's best. A point's training is deterministic (it
 configuration's validation scores are the same in every run: whether a run found a tied one is read off the grid's.
 
 Prints a table naming the machine; --json keeps every number.
+
+The --quick form is run by hand (`python bench/bench_search_payoff.py --quick --out /tmp/x`: a few minutes, five
+searches); the suite has no room for it. tests/test_bench_search_payoff.py tests the arithmetic (`trial_row`,
+`tied_set`, `cost_to_find`) on made-up runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
+
+from machine import machine  # noqa: E402
 
 from model.config import VAL_ATTR_ALL  # noqa: E402
 from model.eval.intervals import paired_comparison  # noqa: E402
@@ -39,14 +45,6 @@ SPACE = {"lr": ["1e-3", "3e-3"], "unet-width": ["32", "64"], "cond-dropout": ["0
 QUICK_SPACE = {"lr": ["1e-3", "3e-3"], "unet-width": ["16", "32"]}
 SCORES = f"scores/{VAL_ATTR_ALL}"
 KEYS = ("lr", "unet_width", "cond_dropout", "batch_size")
-
-
-def machine() -> str:
-    import torch
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor())
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
 
 
 def run_search(name: str, args, space: dict, *extra) -> float:
@@ -65,15 +63,18 @@ def run_search(name: str, args, space: dict, *extra) -> float:
 
 
 def trials(out: Path, name: str) -> list[dict]:
-    """Each trial of a search: its point, its epochs' timestamps, and (completed) its validation scores."""
+    """Each trial of a search (`trial_row`), read from its Tune results."""
     from search.results import load_trials
 
-    found = []
-    for t in load_trials(str(out / "tune" / name)):
-        last = t.history[-1] if t.history else {}
-        found.append({"point": tuple(t.config.get(k) for k in KEYS), "stamps": [h["timestamp"] for h in t.history],
-                      "scores": json.loads(last[SCORES]) if last.get(SCORES) else None})
-    return found
+    return [trial_row(t) for t in load_trials(str(out / "tune" / name))]
+
+
+def trial_row(t) -> dict:
+    """A `search.results.TrialRecord`'s point (KEYS' values: None for an axis the space lacks), its epochs'
+    timestamps (Tune's, whole seconds) and its last epoch's per-record validation scores (None without)."""
+    last = t.history[-1] if t.history else {}
+    return {"point": tuple(t.config.get(k) for k in KEYS), "stamps": [h["timestamp"] for h in t.history],
+            "scores": json.loads(last[SCORES]) if last.get(SCORES) else None}
 
 
 def tied_set(grid: list[dict]) -> tuple[tuple, set]:
@@ -85,11 +86,13 @@ def tied_set(grid: list[dict]) -> tuple[tuple, set]:
 
 
 def cost_to_find(run: list[dict], tied: set, epochs: int) -> dict:
-    """Trial-epochs and seconds from the run's first epoch until it first completes a tied point (None: never)."""
-    start = min(s for t in run for s in t["stamps"])
+    """Trial-epochs and seconds from the run's first epoch until it first completes a tied point (None: never; a
+    tied point ASHA stopped early was not found). Tune's timestamps are whole seconds: an epoch that ends in the
+    second the tied point completed counts as before it."""
     ends = [t["stamps"][-1] for t in run if t["point"] in tied and len(t["stamps"]) >= epochs]
     if not ends:
         return {"trial_epochs": None, "seconds": None, "trials_started": len(run)}
+    start = min(s for t in run for s in t["stamps"])
     found_at = min(ends)
     return {"trial_epochs": sum(sum(s <= found_at for s in t["stamps"]) for t in run),
             "seconds": round(found_at - start, 1), "trials_started": len(run)}
@@ -123,10 +126,12 @@ def main(argv=None) -> dict:
                                              "--seed", str(r)))):
             wall[name] = run_search(name, args, space, *extra)
             runs[name] = cost_to_find(trials(Path(args.out), name), tied, args.epochs)
-    result = {"machine": machine(), "points": points, "epochs": args.epochs, "image_size": args.image_size,
-              "best": dict(zip(KEYS, best)), "tied": len(tied), "runs": runs, "wall_s": wall}
-    print(f"# Search payoff on {machine()}\n\n{points} points x {args.epochs} epochs at {args.image_size} px; the "
-          f"grid's best by {VAL_ATTR_ALL}: {result['best']}; {len(tied)} point(s) tied with it (paired, alpha 0.05)\n")
+    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "points": points, "epochs": args.epochs,
+              "image_size": args.image_size, "best": dict(zip(KEYS, best)), "tied": len(tied), "runs": runs,
+              "wall_s": wall}
+    print(f"# Search payoff, {result['date']}\n\nmachine: {result['machine']}\n\n{points} points x {args.epochs} "
+          f"epochs at {args.image_size} px; the grid's best by {VAL_ATTR_ALL}: {result['best']}; {len(tied)} "
+          "point(s) tied with it (paired, alpha 0.05)\n")
     print("| run | trial-epochs to a tied point | seconds to it | trials started | wall s |\n|---|---|---|---|---|")
     for name, c in runs.items():
         print(f"| {name} | {c['trial_epochs']} | {c['seconds']} | {c['trials_started']} | {wall[name]:.0f} |")

@@ -1,0 +1,83 @@
+"""bench/bench_search_payoff.py's arithmetic on made-up runs, against values worked out by hand: which grid points
+are tied with the grid's best (`tied_set`), the compute until a run first completes one (`cost_to_find`), and what
+it reads of a Tune trial (`trial_row`). No Ray, no training: a second.
+
+Its `--quick` form (five `python -m search.grid` searches, a few minutes) is run by hand, not here (the suite has no
+room for it): `python bench/bench_search_payoff.py --quick --out /tmp/x`.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from benches import load_bench
+
+bench = load_bench("bench_search_payoff")
+
+RECORDS, SAMPLES = 12, 2
+
+
+def scores(*, zeros: int = 0, value: float = 1.0) -> list[list[float]]:
+    """(RECORDS, SAMPLES) per-record scores, all `value` but the first `zeros` cells (row-major) 0."""
+    flat = [0.0 if i < zeros else value for i in range(RECORDS * SAMPLES)]
+    return [flat[r * SAMPLES:(r + 1) * SAMPLES] for r in range(RECORDS)]
+
+
+def trial(point, stamps, cells=None) -> dict:
+    return {"point": point, "stamps": stamps, "scores": cells}
+
+
+def test_tied_set_keeps_the_identical_and_the_insignificantly_worse_points():
+    """Best: every cell 1. Its copy differs nowhere (p = 1). One cell lower: one record's difference is +0.5 and
+    a sign flip of that record alone decides the null, so p is about 1/2: tied. Every cell 0: all 12 records
+    differ by +1, and only the all-plus flip (1 in 2^12) reaches it, p about 2/4001: not tied. A trial without
+    scores (it never finished) is no candidate."""
+    best, copy, one_less, zeros, unfinished = (("1e-3", w) for w in (16, 32, 64, 128, 256))
+    grid = [trial(one_less, [1, 2], scores(zeros=1)), trial(best, [1, 2], scores()),
+            trial(zeros, [1, 2], scores(value=0.0)), trial(copy, [1, 2], scores()), trial(unfinished, [1])]
+    found, tied = bench.tied_set(grid)
+    assert found in (best, copy)  # the two share the highest sum; either is the grid's best
+    assert tied == {best, copy, one_less}
+    assert bench.paired_comparison(scores(), scores(value=0.0)).p_value < 0.01  # the hand-worked p, checked
+
+
+def test_cost_to_find_counts_trial_epochs_until_a_tied_point_completes():
+    """3 epochs. The tied point `early` was stopped by ASHA after 2 epochs: not found. `slow` completes at 140,
+    `fast` at 135: found at 135, 35 s after the run's first epoch (100). Trial-epochs by then: other 3 (100, 110,
+    120), early 2, slow 2 (112, 125), late 1 (130: 150 is after), fast 3; 11 in all."""
+    tied = {"early", "slow", "fast"}
+    run = [trial("other", [100, 110, 120]), trial("early", [105, 115]), trial("slow", [112, 125, 140]),
+           trial("late", [130, 150]), trial("fast", [118, 127, 135])]
+    assert bench.cost_to_find(run, tied, 3) == {"trial_epochs": 11, "seconds": 35, "trials_started": 5}
+    without_fast = run[:4]  # then found when `slow` completes at 140: other 3, early 2, slow 3, late 1
+    assert bench.cost_to_find(without_fast, tied, 3) == {"trial_epochs": 9, "seconds": 40, "trials_started": 4}
+
+
+def test_cost_to_find_counts_an_epoch_in_the_same_second_as_before_it():
+    """Tune's timestamps are whole seconds: `other`'s epoch stamped 135 counts, its 136 does not."""
+    run = [trial("tied", [101, 120, 135]), trial("other", [100, 135, 136])]
+    assert bench.cost_to_find(run, {"tied"}, 3) == {"trial_epochs": 5, "seconds": 35, "trials_started": 2}
+
+
+def test_cost_to_find_is_none_when_no_tied_point_completes():
+    """A tied point stopped early does not count; nor does a run whose trials never reported (no stamps)."""
+    run = [trial("tied", [100, 110]), trial("other", [101, 111, 121]), trial("tied", [])]
+    assert bench.cost_to_find(run, {"tied"}, 3) == {"trial_epochs": None, "seconds": None, "trials_started": 3}
+    assert bench.cost_to_find([trial("tied", []), trial("other", [])], {"tied"}, 3)["trial_epochs"] is None
+    assert bench.cost_to_find(run, {"nowhere"}, 2)["trial_epochs"] is None  # an untied point completing is no find
+
+
+def test_trial_row_reads_the_point_the_stamps_and_the_last_epochs_scores():
+    """The point in KEYS' order (None for an axis the quick space lacks), every epoch's stamp, the last epoch's
+    per-record scores (JSON text in Tune's results), or None when the last epoch has none."""
+    cells = [[1.0, 0.0], [0.0, 1.0]]
+    config = {"family": "diffusion", "batch_size": 16, "lr": 3e-3, "unet_width": 32}  # no cond_dropout axis
+    done = SimpleNamespace(config=config, history=[{"timestamp": 100, bench.SCORES: "[[0,0],[0,0]]"},
+                                                   {"timestamp": 110, bench.SCORES: json.dumps(cells)}])
+    assert bench.trial_row(done) == {"point": (3e-3, 32, None, 16), "stamps": [100, 110], "scores": cells}
+    stopped = SimpleNamespace(config=config, history=[{"timestamp": 100, bench.SCORES: json.dumps(cells)},
+                                                      {"timestamp": 104}])
+    assert bench.trial_row(stopped)["scores"] is None
+    assert bench.trial_row(SimpleNamespace(config=config, history=[])) == {"point": (3e-3, 32, None, 16),
+                                                                           "stamps": [], "scores": None}
