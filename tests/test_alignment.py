@@ -90,6 +90,22 @@ def test_load_or_fit_caches_the_model(fitted, tmp_path, monkeypatch):
     assert torch.allclose(loaded.embed_texts(data.test.texts), model.embed_texts(data.test.texts), atol=1e-6)
 
 
+def test_a_cached_model_scores_every_split_without_the_text_encoder(fitted, tmp_path, monkeypatch):
+    """The cache holds the pooled states of the val and test texts beside the weights: a loaded model embeds them
+    exactly as the fitted one does without loading the encoder, and still loads it for a text it has not seen."""
+    data, model, _ = fitted
+    cached = dataclasses.replace(data, info={**data.info, "cache_dir": str(tmp_path)})
+    monkeypatch.setattr(al, "fit", lambda *a, **k: model)
+    al.load_or_fit(cached, TINY)  # fitted (the fixture's model) and cached
+    monkeypatch.setattr(al, "_text_encoder", lambda name: pytest.fail("a cached model loaded the text encoder"))
+    loaded = al.load_or_fit(cached, TINY)
+    assert loaded is not model and loaded.pooler.encoder is None
+    for split in (data.val, data.test):
+        assert torch.equal(loaded.embed_texts(split.texts), model.embed_texts(split.texts))
+    with pytest.raises(pytest.fail.Exception, match="loaded the text encoder"):
+        loaded.embed_texts(["A text no split holds."])
+
+
 def test_metrics_name_each_score_with_an_interval(fitted):
     data, model, _ = fitted
     generated = np.stack([data.test.unit_images(), data.test.unit_images()[:, :, :, ::-1]], 1)  # (R, 2, ...)
