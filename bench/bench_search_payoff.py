@@ -18,9 +18,9 @@ configuration's validation scores are the same in every run: whether a run found
 
 Prints a table naming the machine; --json keeps every number.
 
-The --quick form is run by hand (`python bench/bench_search_payoff.py --quick --out /tmp/x`: a few minutes, five
-searches); the suite has no room for it. tests/test_bench_search_payoff.py tests the arithmetic (`trial_row`,
-`tied_set`, `cost_to_find`) on made-up runs.
+The --quick form is run by hand (`python bench/bench_search_payoff.py --quick --out /tmp/x`: three searches, 14
+minutes at load average 10 on 2 shared cores); the suite has no room for it. tests/test_bench_search_payoff.py
+tests the arithmetic (`trial_row`, `tied_set`, `cost_to_find`) on made-up runs.
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ def main(argv=None) -> dict:
     for vs in space.values():
         points *= len(vs)
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    where = machine()  # its load average is the one the searches started under
     wall = {"grid": run_search("grid", args, space)}
     grid = trials(Path(args.out), "grid")
     best, tied = tied_set(grid)
@@ -126,7 +127,7 @@ def main(argv=None) -> dict:
                                              "--seed", str(r)))):
             wall[name] = run_search(name, args, space, *extra)
             runs[name] = cost_to_find(trials(Path(args.out), name), tied, args.epochs)
-    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "points": points, "epochs": args.epochs,
+    result = {"machine": where, "date": time.strftime("%Y-%m-%d"), "points": points, "epochs": args.epochs,
               "image_size": args.image_size, "best": dict(zip(KEYS, best)), "tied": len(tied), "runs": runs,
               "wall_s": wall}
     print(f"# Search payoff, {result['date']}\n\nmachine: {result['machine']}\n\n{points} points x {args.epochs} "
