@@ -6,10 +6,13 @@
     python bench/bench_launches.py --quick            # seconds: checks the script (tests/test_benches.py)
 
 A GPU step of this model is bound by kernel launches, which a CPU cannot show; what it can count is
-the operators dispatched. Method: `model.train.train_members` runs twice under torch.profiler, with
-`rows` and 2 x `rows` training rows (1 epoch, batch 10, the grid's first architecture, dropout 0.3):
-the difference in ops divided by the difference in trained samples (K x rows) is the training step's
-cost per sample alone, setup and validation cancelling out. "ops" counts every aten op the profiler
+the operators dispatched. Method: one epoch of `model.train.train_epoch` (after `model.train.setup`, outside
+the profiler) runs twice under torch.profiler, with `rows` and 2 x `rows` training rows (batch 10, the grid's
+first architecture, dropout 0.3): the difference in ops divided by the difference in trained samples
+(K x rows) is the training step's cost per sample alone, the epoch's fixed work cancelling out. (Until
+2026-12-06 the whole `train_members` ran under the profiler; since the final evaluation fits its networks on
+the training rows, its ops no longer cancelled: the quick form's 10 and 20 rows straddled the 16 records
+below which no network is fitted.) "ops" counts every aten op the profiler
 records; "kernel ops" those that call no other aten op and do not merely re-view memory (on a GPU, roughly one
 kernel launch each). A compiled
 step runs Inductor's generated kernels, which are no aten ops: its row counts what is still
@@ -32,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from machine import machine  # noqa: E402
 
 from model.config import ModelConfig, TrainConfig  # noqa: E402
-from model.train import Runtime, train_members  # noqa: E402
+from model.train import Runtime, setup, train_epoch  # noqa: E402
 from search.settings import resolve  # noqa: E402
 from search.space import fused_space  # noqa: E402
 from test_model import tiny_data  # noqa: E402
@@ -57,11 +60,16 @@ def members(k: int) -> list[dict]:
 
 
 def count(k: int, rows: int, size: int, compiled: bool) -> tuple[int, int]:
-    """(aten ops, kernel ops) of one 1-epoch run of K members on `rows` training rows."""
-    cfgs = [TrainConfig(**m, epochs=1, batch_size=10, clip_mode="off") for m in members(k)]
-    data = tiny_data(n_train=rows, size=size)
+    """(aten ops, kernel ops) of one epoch's training steps of K members on `rows` training rows: model.train's
+    setup outside the profiler, its train_epoch inside (the final evaluation, whose evaluator networks fit on the
+    training rows, would not cancel between the two row counts)."""
+    cfgs = [TrainConfig(**m, epochs=1, batch_size=10, clip_mode="off", eval_fit=0.01) for m in members(k)]
+    run = setup(ModelConfig(image_size=size), cfgs, tiny_data(n_train=rows, size=size), None, None,
+                Runtime(device="cpu", compile=compiled))
+    if compiled:  # setup resets torch.compile's caches: a first epoch compiles, the profiled one runs the kernels
+        train_epoch(run, 0)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        train_members(ModelConfig(image_size=size), cfgs, data, runtime=Runtime(device="cpu", compile=compiled))
+        train_epoch(run, int(compiled))
     aten = [e for e in prof.events() if e.name.startswith("aten::")]
     leaves = [e for e in aten if e.name not in METADATA and not any(c.name.startswith("aten::") for c in e.cpu_children)]
     return len(aten), len(leaves)
@@ -86,8 +94,6 @@ def main(argv=None) -> list[dict]:
     modes = (False,) if args.no_compile else (False, True)
     for k, compiled in ((k, c) for c in modes for k in args.members):
         try:
-            if compiled:  # compile once first: the measured runs then both hit the compilation caches
-                count(k, args.rows, args.image_size, compiled)
             short, long = count(k, args.rows, args.image_size, compiled), count(k, 2 * args.rows, args.image_size,
                                                                                 compiled)
             samples = k * args.rows
