@@ -31,11 +31,12 @@ pytestmark = pytest.mark.slow
 
 
 # Dropout off and 12 epochs: the unfused and the fused grid then train identically (a fused member equals
-# its single run to float rounding), and a fused trial lasts long enough to be killed mid-training. Half the
-# thesis grid (2 encoder layers: 16 points, 4 architectures) is enough for every state these tests reach.
-SMOKE = ["--preset", "smoke", "--epochs", "12", "--n-layers", "2", "--dropout-encoder", "0", "--dropout-attention",
-         "0", "--dropout-decoder", "0"]
-POINTS, ARCHITECTURES = 16, 4
+# its single run to float rounding), and a fused trial lasts long enough to be killed mid-training. A quarter of
+# the thesis grid (2 heads, 2 encoder layers: 8 points, 2 architectures) is enough for every state these tests
+# reach: trials finished before a crash and after it, a fused trial killed and retried while the other finishes.
+SMOKE = ["--preset", "smoke", "--epochs", "12", "--n-heads", "2", "--n-layers", "2", "--dropout-encoder", "0",
+         "--dropout-attention", "0", "--dropout-decoder", "0"]
+POINTS, ARCHITECTURES = 8, 2
 
 
 def kill_raylet(proc, killed: list) -> None:
@@ -48,7 +49,7 @@ def kill_raylet(proc, killed: list) -> None:
 
 @pytest.fixture(scope="module")
 def unfused(tmp_path_factory):
-    """The 16-trial grid, unfused: Ray's raylet killed under it (SIGKILL) after 4 trials, then `--resume` to the
+    """The 8-trial grid, unfused: Ray's raylet killed under it (SIGKILL) after 4 trials, then `--resume` to the
     end. The command carries config flags (their stored values) because "rerun the same command with --resume"
     is what the search tells the user. Shared by the tests below (the fused grid is compared with it); `partial` is
     a copy of the results as the stopped search left them."""
@@ -274,11 +275,11 @@ def test_tensorboard_event_files_hold_the_reported_metrics(unfused):
 
 
 def test_fused_grid_survives_a_killed_trial_and_sigterm_and_matches_unfused(tmp_path, unfused):
-    """`--fuse on`: 4 Tune trials, one per architecture, each training its 4 (lr, weight_decay) points.
+    """`--fuse on`: 2 Tune trials, one per architecture, each training its 4 (lr, weight_decay) points.
     One trial's process is SIGKILLed mid-training (FailureConfig retries it from its last epoch
     checkpoint), then the command gets SIGTERM, as `docker stop` or a scheduler's preemption sends it (exit 143,
     partial results saved, no Ray stack dump), and the search is resumed. Meanwhile a second search on the same
-    experiment is refused in one line naming the first. With dropout off the 16 rows must equal the unfused
+    experiment is refused in one line naming the first. With dropout off the 8 rows must equal the unfused
     search's, point by point: nothing was lost or trained twice. The search also logs to a real local MLflow store
     (`--mlflow-tracking-uri`), which the retry and the resume must keep writing to the same runs
     (assert_mlflow_runs)."""
@@ -301,7 +302,7 @@ def test_fused_grid_survives_a_killed_trial_and_sigterm_and_matches_unfused(tmp_
                 os.kill(reports[-1]["pid"], signal.SIGKILL)
                 killed.append((reports[-1]["trial_id"], reports[-1]["epoch"]))
 
-    rc, finished = interrupt_after(cmd, tune_exp, 2, signal.SIGTERM, tmp_path / "fused.log",
+    rc, finished = interrupt_after(cmd, tune_exp, 1, signal.SIGTERM, tmp_path / "fused.log",
                                    while_waiting=kill_one_trial_mid_training_and_start_a_second_search)
     log = (tmp_path / "fused.log").read_text()
     assert rc == 143 and killed, log[-3000:]  # a partial search is not a success
