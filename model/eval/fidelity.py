@@ -12,15 +12,17 @@ sharpness, shape and colour statistics, which on the real Pokédex at 32 px show
 
 - KID (Binkowski et al. 2018): the unbiased estimate of the squared MMD between the two sets' features under
   the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3; 0 for the same distribution, and unbiased, so two
-  samples of one distribution give 0 on average (it may come out slightly negative). It is computed by
-  torchmetrics' `KernelInceptionDistance` with our feature module in place of Inception (torchmetrics hands a
-  custom module the images untouched: its `normalize` flag only serves its own Inception, so our modules take
-  our [-1, 1] floats, or uint8, as they are). For each sample index s the s-th samples of the R records are
+  samples of one distribution give 0 on average (it may come out slightly negative). It is torchmetrics'
+  `KernelInceptionDistance` with our feature module in place of Inception, written out here (`poly_mmd`,
+  `subset_kid`: its estimator and its subset draws, operation for operation) and checked against it in
+  tests/test_fidelity.py: importing torchmetrics costs 3 to 4.5 s of CPU per process on 2 cores (it imports every
+  domain's metrics), paid by every search driver and trial worker for one ten-line estimator. Our modules take
+  our [-1, 1] floats, or uint8, as they are. For each sample index s the s-th samples of the R records are
   compared with the R real images in one subset of all R rows (`subsets=1, subset_size=R`: no subsampling
   noise), and KID is the mean over s. The cross term counts each record's own (real, generated) pair among
   its R^2 pairs, as KID on a caption set's real images always does: a generator that redraws its record's own
   image gains up to 1/R of the kernel's gap (the real images themselves score slightly below 0).
-  Its interval is KID +- 1.96 x the spread of torchmetrics' own subsets of half the rows (`subset_size=R//2`,
+  Its interval is KID +- 1.96 x the spread of KID over subsets of half the rows (`subset_size=R//2`,
   drawn without replacement: for a smooth statistic a half-sample varies about the full estimate as much as
   the full estimate varies, Efron's half-sampling). A jackknife or a bootstrap over records fails here: near
   KID = 0 the estimate is a degenerate U-statistic, whose jackknife error swung 10x between splits of the real
@@ -51,7 +53,6 @@ halves of the real images give KID ~0 within its interval; a 5x5 Gaussian blur (
 
 from __future__ import annotations
 
-import warnings
 from statistics import NormalDist
 
 import numpy as np
@@ -140,31 +141,46 @@ def _per_record(generated) -> torch.Tensor:
     return x[:, None] if x.ndim == 4 else x  # (R, S, 3, H, W)
 
 
+def poly_mmd(f_real: torch.Tensor, f_fake: torch.Tensor) -> torch.Tensor:
+    """The unbiased MMD^2 of two equal-sized feature sets under KID's kernel (x.y / d + 1)^3: torchmetrics'
+    `poly_mmd` with its defaults, operation for operation (tests/test_fidelity.py checks the two agree)."""
+    def kernel(a, b):
+        return (a @ b.T * (1.0 / a.shape[1]) + 1.0) ** 3
+
+    k_xx, k_xy, k_yy = kernel(f_real, f_real), kernel(f_real, f_fake), kernel(f_fake, f_fake)
+    m = k_xx.shape[0]
+    value = ((k_xx.sum(dim=-1) - torch.diag(k_xx)).sum() + (k_yy.sum(dim=-1) - torch.diag(k_yy)).sum()) / (m * (m - 1))
+    return value - 2 * k_xy.sum(dim=0).sum() / (m ** 2)
+
+
+def subset_kid(f_real: torch.Tensor, f_fake: torch.Tensor, subsets: int, size: int) -> tuple[float, float]:
+    """KID over `subsets` random subsets of `size` rows of each set (mean, population std), drawn from the global
+    random stream as torchmetrics' `KernelInceptionDistance.compute` draws them."""
+    scores = []
+    for _ in range(subsets):
+        real = f_real[torch.randperm(len(f_real))[:size]]
+        fake = f_fake[torch.randperm(len(f_fake))[:size]]
+        scores.append(poly_mmd(real, fake))
+    scores = torch.stack(scores)
+    return scores.mean().item(), scores.std(unbiased=False).item()
+
+
+@torch.no_grad()
 def kid(feature: nn.Module, real, generated, subsets: int = N_SUBSETS, seed: int = 0) -> Interval:
     """Unbiased KID of generated (R, S, 3, H, W) (or (R, 3, H, W)) against R real images: (mean, lo, hi), the
-    mean over sample indices of torchmetrics' KID on all R rows, with a half-sampling interval (module docstring)."""
-    from torchmetrics.image.kid import KernelInceptionDistance
-
+    mean over sample indices of KID on all R rows, with a half-sampling interval (module docstring)."""
     real, gen = unit_tensor(real), _per_record(generated)
     r, s = gen.shape[:2]
     if len(real) != r or r < 4:
         raise ValueError(f"KID compares R >= 4 real images with R records of samples: got {len(real)} and {r}")
     estimates, spreads = [], []
-    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):  # compute() draws subsets from the global
-        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")  # RNG: seeded, then
-        torch.manual_seed(seed)  # the caller's generator is put back as it was
-        full = KernelInceptionDistance(feature=feature, subsets=1, subset_size=r, reset_real_features=False)
-        half = KernelInceptionDistance(feature=nn.Identity(), subsets=subsets, subset_size=r // 2,
-                                       reset_real_features=False)
-        full.update(real, real=True)
-        half.update(torch.cat(full.real_features), real=True)  # the features `feature` gave, not recomputed
+    with torch.random.fork_rng(devices=[]):  # the subsets are drawn from the global RNG: seeded, then the
+        torch.manual_seed(seed)  # caller's generator is put back as it was
+        real_features = feature(real)
         for i in range(s):
-            full.update(gen[:, i], real=False)
-            estimates.append(full.compute()[0].item())
-            half.update(torch.cat(full.fake_features), real=False)
-            spreads.append(half.compute()[1].item())
-            full.reset()
-            half.reset()
+            fake_features = feature(gen[:, i])
+            estimates.append(subset_kid(real_features, fake_features, 1, r)[0])  # all R rows: no subsampling
+            spreads.append(subset_kid(real_features, fake_features, subsets, r // 2)[1])
     z = NormalDist().inv_cdf((1 + LEVEL) / 2)
     mean, spread = float(np.mean(estimates)), float(np.mean(spreads))
     return Interval(mean, mean - z * spread, mean + z * spread)
