@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
+import signal
 import socket
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pyarrow.fs
@@ -74,8 +78,21 @@ def last_reported_epoch() -> int:
     return last
 
 
+def exit_request_kept(unraisable) -> None:
+    """sys.unraisablehook of a trial's process. Ray's SIGTERM handler raises SystemExit wherever the process is;
+    inside a weakref or __del__ callback Python cannot raise it, so it printed "Exception ignored in ..." with a
+    traceback on the search's console and the exit request was lost. The request is made again instead, from
+    another thread a moment later (raised here, the handler would run inside this hook, itself a callback);
+    anything else is reported as before."""
+    if issubclass(unraisable.exc_type, SystemExit):
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def train_trial(config: dict, data: PreparedData, settings: Settings, members: list[dict] | None = None,
                 used: dict | None = None) -> None:
+    sys.unraisablehook = exit_request_kept
     for family_class in (used or {}).values():  # the search's families, as its driver registered them
         families.register(family_class)
     fused = members is not None
