@@ -381,7 +381,7 @@ class Where:
 def plan_search(args, argv, where: Where, settings: Settings, data, clip: tuple) -> Plan:
     """The Plan of a new search: the command's flags, resolved settings and data, the cluster, CLIP's scorer (the
     weights check_clip loaded, for the baselines) and status."""
-    from model.eval.evaluator import Evaluator, split_images
+    from model.eval.evaluator import EvalNets, Evaluator, split_images
     from search.trackers import resolved_uri
 
     scorer, clip_status = clip
@@ -390,6 +390,9 @@ def plan_search(args, argv, where: Where, settings: Settings, data, clip: tuple)
         # cores (and cached beside the prepared data), so that no trial fits its own.
         model_cfg, _, section = settings.trial({"family": name})
         families.get(name).fit_once(data, model_cfg, section)
+    # The evaluator networks likewise: fitted here once (every trial then loads them; two trials starting together
+    # on a fresh cache would each fit them), and the baselines beside the table need them (ceilings, floors, chance).
+    nets = EvalNets.load_or_fit(data, settings.train.eval_fit)
     members, fuse_reason = fuse_decision(args.fuse, args.search, args.scheduler, where.per_trial["gpu"], settings)
     for what, used in (("--scheduler asha", args.scheduler != "fifo"), (f"--search {args.search}", args.search != "grid")):
         if used:
@@ -412,7 +415,8 @@ def plan_search(args, argv, where: Where, settings: Settings, data, clip: tuple)
                  "split_ids": data.info.get("splits")},
         clip={"model": settings.train.clip_model, "pretrained": settings.train.clip_pretrained,
               "mode": settings.train.clip_mode, "status": clip_status},
-        baselines=Evaluator(data, split_images(data, "cpu"), scorer, clip_status).baselines(), cluster=where.cluster,
+        baselines=Evaluator(data, split_images(data, "cpu"), scorer, clip_status, nets).baselines(),
+        cluster=where.cluster,
         **_versions())
 
 

@@ -109,6 +109,9 @@ def test_smoke_grid_crashed_resumed_and_exported(unfused):
     assert prov["best_trial"]["trial_id"] == rows[0]["trial_id"] and "cpu" in prov["devices"]
     md = (exp / "best_config.md").read_text()
     assert "preset: **smoke**" in md and "SYNTHETIC" in md and prov["dataset"]["fingerprint"] in md
+    # The driver fitted the evaluator networks before any trial: the attribute reader's ceiling (its reading of the
+    # real test images) and the text-blind floor sit beside the table.
+    assert 0.5 < prov["baselines"]["baseline/attr_colour_ceiling"] <= 1 and "| baseline/attr_all_floor |" in md
     payload = json.loads((exp / "best_config.json").read_text())
     assert len(payload["rows"]) == POINTS and payload["provenance"]["experiment"] == "grid-smoke"
     for name in ("learning_curves.png", "samples_train.png", "samples_test.png"):
