@@ -11,8 +11,8 @@ rotation), at the preset grid's first point (lr 2e-3, 7 epochs); `Evaluator.fina
 CPU), beside the load average, since the machine may be shared. Its evaluator networks are loaded from the
 dataset's cache, as in every trial of a search but its first: a child process fits any the cache lacks before
 the first trial, so that this process's first trial is a fresh process's first trial. That one pays the final
-evaluation's one-time costs (the imports and loads a first evaluation makes); the later ones are what a Ray Tune worker, which
-runs trial after trial (`reuse_actors`), pays per trial. One torch thread.
+evaluation's one-time costs (the imports and loads a first evaluation makes); the later ones are what a Ray Tune
+worker, which runs trial after trial (`reuse_actors`), pays per trial. One torch thread.
 
 Measured (results/BENCHMARKS.md, "Metrics that a cheater cannot pass", its cost table; 2-core AMD EPYC shared
 with other agents' jobs): see there, before and after the in-domain model's cache kept its texts' states.

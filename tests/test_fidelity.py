@@ -1,6 +1,6 @@
 """Distribution fidelity (model/eval/fidelity.py): KID equals torchmetrics' KernelInceptionDistance (mean and
-interval) and the unbiased MMD^2 computed by hand, is ~0 for two halves of the real images and clearly positive for a blurred or darkened copy; precision and
-recall match a brute-force count, and tell real images from noise."""
+interval) and the unbiased MMD^2 computed by hand, is ~0 for two halves of the real images and clearly positive
+for a blurred or darkened copy; precision and recall match a brute-force count, and tell real images from noise."""
 
 from __future__ import annotations
 
