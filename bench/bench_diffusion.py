@@ -164,8 +164,7 @@ def guidance_sweep(ckpt: str, data: PreparedData, scales: list[float], train: di
     net, tokenizer = load_model(ckpt, device="cpu")
     cfg = replace(net.train_cfg, **(train or {}))
     family = families.get(net.cfg.family)
-    texts = TextTable.of(tokenizer, data, net.cfg, "cpu", extra=family.extra_texts)
-    texts.cache_hidden(net.text_encoder, net.cfg.text_encoder, RUNTIME.text_states)
+    texts = TextTable.of(tokenizer, data, net.cfg, "cpu", family.extra_texts).encode(net.text_encoder)
     evaluator = Evaluator(data, split_images(data, "cpu"), nets=EvalNets.load_or_fit(data, cfg.eval_fit))
     select, columns = selection_metric(data), headline_columns(data)
     out = []

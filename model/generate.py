@@ -81,7 +81,7 @@ def generate(net: TextToImage, tokenizer, prompts: list[str], seed: int = 0, **s
     a one-forward family ignores it); `sampling` (steps, guidance) overrides a sampler's settings."""
     device = next(net.parameters()).device
     family = families.get(net.cfg.family)
-    texts = TextTable(tokenizer, {"prompts": list(prompts)}, net.cfg.max_tokens, device, extra=family.extra_texts)
+    texts = TextTable.tokenized(tokenizer, {"prompts": list(prompts)}, net.cfg.max_tokens, device, family.extra_texts)
     process = family(net.eval(), texts, getattr(net, "train_cfg", None) or TrainConfig(), net.section)
     return process.images(texts.rows["prompts"], seed, **sampling)[0]  # a one-member network
 

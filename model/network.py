@@ -8,7 +8,8 @@
     net.trainable_state()                                          # what a checkpoint must hold
 
 The text encoder is kept apart from the trainable `generator`, so a frozen encoder's hidden states can be
-computed once per text (model/text.py TextTable) and the generator trained on them directly. A frozen encoder is
+computed once per text (model/text.py TextTable) and the generator trained on them directly: a frozen encoder
+that no stage trains is not even loaded (`text_encoder` None, `text_dim` its hidden size). A frozen encoder is
 shared by every member; a fine-tuned one belongs to a single trial (K = 1). `frozen` is the family's shared frozen
 part that no source can give back (latent diffusion's autoencoder), or None.
 
@@ -26,7 +27,8 @@ from model.members import FlatParams
 
 
 class TextToImage(nn.Module):
-    def __init__(self, cfg: ModelConfig, section, text_encoder: nn.Module, seeds=(0,)):
+    def __init__(self, cfg: ModelConfig, section, text_encoder: nn.Module | None, seeds=(0,),
+                 text_dim: int | None = None):
         super().__init__()
         if not cfg.freeze_text_encoder and len(seeds) != 1:
             raise ValueError("members share one text encoder, so it must be frozen (freeze_text_encoder=True) "
@@ -35,13 +37,13 @@ class TextToImage(nn.Module):
         self.cfg, self.section = cfg, section
         self.text_encoder = text_encoder
         self.frozen = family.frozen(cfg, section)
-        self.generator = family.network(cfg, section, text_encoder.config.hidden_size, seeds)
-        if cfg.freeze_text_encoder:
+        self.generator = family.network(cfg, section, text_dim or text_encoder.config.hidden_size, seeds)
+        if cfg.freeze_text_encoder and text_encoder is not None:
             self.text_encoder.requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.cfg.freeze_text_encoder:
+        if self.cfg.freeze_text_encoder and self.text_encoder is not None:
             self.text_encoder.eval()  # a frozen encoder never uses dropout: its features are cached
         return self
 
@@ -50,9 +52,12 @@ class TextToImage(nn.Module):
         frozen part has no source: its weights are held too)."""
         if self.cfg.freeze_text_encoder:  # and the top layers staged training unfroze, if it did
             return {**{f"generator.{k}": v for k, v in self.generator.state_dict().items()},
-                    **{f"text_encoder.{k}": p for k, p in self.text_encoder.named_parameters() if p.requires_grad},
+                    **{f"text_encoder.{k}": p for k, p in self.encoder_parameters() if p.requires_grad},
                     **self.shared_state()}
         return self.state_dict()
+
+    def encoder_parameters(self):
+        return [] if self.text_encoder is None else self.text_encoder.named_parameters()
 
     def shared_state(self) -> dict:
         """Frozen weights every member uses that no source can give back."""

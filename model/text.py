@@ -1,15 +1,16 @@
 """The text side every family shares: the pretrained encoder, the texts of a dataset, and the trainable text stack.
 
-    from model.text import TextStack, TextTable, load_text_encoder
+    from model.text import TextStack, TextTable, frozen_texts, load_text_encoder
     tokenizer, encoder, source = load_text_encoder("all-MiniLM-L6-v2")       # frozen BERT-family model
-    texts = TextTable.of(tokenizer, data, model_cfg, device)                 # every distinct text tokenized once
-    texts.cache_hidden(encoder)                                              # a frozen encoder's states, once
+    texts = TextTable.of(tokenizer, data, model_cfg, device).encode(encoder) # every distinct text, its states once
+    texts = frozen_texts(data, model_cfg)                                    # the same, cached: no encoder loaded
     hidden, mask = texts.hidden_states(encoder, rows)                        # rows (K, B) -> (K, B, T, H), (K, B, T)
     stack = TextStack(k=4, cfg=model_cfg, text_dim=384)                      # K members' trainable stacks
     x, key_bias, pooled = stack(hidden, mask)                                # (K, B, T, D), ..., (K, B, D) or None
 
 The pretrained encoder (its last hidden state) is kept apart from the trainable networks, so a frozen encoder's
-hidden states are computed once per text and every training step reads them. `TextStack` is the thesis's
+hidden states are computed once per text and every training step reads them; `frozen_texts` caches them beside
+the prepared data, so a trial with a frozen encoder never loads it. `TextStack` is the thesis's
 transformer on top of it (a projection to d_model and the grid's n_heads/ff_dim/n_layers): every family reads
 the text through it, so the grid means the same for all of them.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 from pathlib import Path
 
@@ -93,55 +95,93 @@ def encode_text(encoder: nn.Module, input_ids, attention_mask):
 # ---------------------------------------------------------------------------- a dataset's texts
 
 
-class TextStates:
-    """A frozen encoder's hidden states of one text set, kept for the next trial on the same texts."""
-
-    def __init__(self):
-        self.key, self.hidden = None, None
-
-    def get(self, key, encode):
-        if self.key != key:
-            self.key, self.hidden = key, encode()
-        return self.hidden
-
-
-
 class TextTable:
-    """Every distinct text tokenized once; each split row points at its text by index (`rows`, `index`)."""
+    """Every distinct text tokenized once; each split row points at its text by index (`rows`, `index`). `hidden`:
+    a frozen encoder's last hidden state of every text (U, T, H), or None where the encoder trains; `source`: the
+    folder or hub name of the encoder that tokenized them."""
 
-    def __init__(self, tokenizer, splits: dict[str, list[str]], max_tokens: int, device, extra=()):
-        self.texts = sorted({*extra, *(t for texts in splits.values() for t in texts)})
-        self.index = {t: i for i, t in enumerate(self.texts)}
-        tok = tokenizer(self.texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
-        self.input_ids = tok["input_ids"].to(device)  # (U, T)
-        self.mask = tok["attention_mask"].to(device)  # (U, T)
-        self.rows = {name: torch.tensor([self.index[t] for t in texts], device=device, dtype=torch.long)
-                     for name, texts in splits.items()}
-        self.hidden = None  # (U, T, H) once cached
+    def __init__(self, texts: list[str], input_ids, mask, rows: dict, hidden=None, source: str = ""):
+        self.texts, self.input_ids, self.mask, self.rows = texts, input_ids, mask, rows  # (U, T), (U, T)
+        self.index = {t: i for i, t in enumerate(texts)}
+        self.hidden, self.source = hidden, source
 
     @classmethod
-    def of(cls, tokenizer, data: PreparedData, cfg: ModelConfig, device, extra=()) -> "TextTable":
+    def tokenized(cls, tokenizer, splits: dict[str, list[str]], max_tokens: int, device, extra=(), source=""):
+        texts = sorted({*extra, *(t for texts in splits.values() for t in texts)})
+        index = {t: i for i, t in enumerate(texts)}
+        tok = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+        rows = {name: torch.tensor([index[t] for t in split], device=device, dtype=torch.long)
+                for name, split in splits.items()}
+        return cls(texts, tok["input_ids"].to(device), tok["attention_mask"].to(device), rows, source=source)
+
+    @classmethod
+    def of(cls, tokenizer, data: PreparedData, cfg: ModelConfig, device, extra=(), source="") -> "TextTable":
         """A dataset's texts, and the `extra` texts a family asks for (the empty text of classifier-free guidance)."""
-        return cls(tokenizer, {name: data.split(name).texts for name in ("train", "val", "test")}, cfg.max_tokens,
-                   device, extra)
+        return cls.tokenized(tokenizer, _splits(data), cfg.max_tokens, device, extra, source)
 
-    def cache_hidden(self, encoder: nn.Module, name: str, states: TextStates | None = None) -> None:
-        """A frozen encoder's hidden states of every text, computed once (or taken from `states`); `name` is the
-        encoder's, part of what `states` is keyed by."""
-        key = (name, tuple(self.texts), tuple(self.input_ids.shape), str(self.input_ids.device))
+    @torch.no_grad()
+    def encode(self, encoder: nn.Module) -> "TextTable":
+        """Compute a frozen encoder's hidden states of every text, once."""
+        self.hidden = torch.cat([encode_text(encoder, self.input_ids[i:i + EVAL_BATCH], self.mask[i:i + EVAL_BATCH])
+                                 for i in range(0, len(self.texts), EVAL_BATCH)])  # (U, T, H), never written to
+        return self
 
-        @torch.no_grad()
-        def encode():
-            return torch.cat([encode_text(encoder, self.input_ids[i:i + EVAL_BATCH], self.mask[i:i + EVAL_BATCH])
-                              for i in range(0, len(self.texts), EVAL_BATCH)])
+    @property
+    def dim(self) -> int | None:
+        """The encoder's hidden size, where its states are held."""
+        return None if self.hidden is None else self.hidden.shape[-1]
 
-        self.hidden = (states or TextStates()).get(key, encode)  # (U, T, H), never written to
+    def to(self, device) -> "TextTable":
+        """A copy on `device` (a new table: setting its `hidden` to None leaves this one as it is)."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return TextTable(self.texts, move(self.input_ids), move(self.mask),
+                         {name: move(r) for name, r in self.rows.items()}, move(self.hidden), self.source)
 
-    def hidden_states(self, encoder: nn.Module, text_idx):
+    def hidden_states(self, encoder: nn.Module | None, text_idx):
         """text_idx (K, B) -> (hidden (K, B, T, H), mask (K, B, T)): cached, or from an encoder that trains."""
         if self.hidden is not None:
             return self.hidden[text_idx], self.mask[text_idx]
         return encode_text(encoder, self.input_ids[text_idx], self.mask[text_idx]), self.mask[text_idx]
+
+
+def _splits(data: PreparedData) -> dict[str, list[str]]:
+    return {name: list(data.split(name).texts) for name in ("train", "val", "test")}
+
+
+STATES_VERSION = 1  # bump whenever a code change changes what frozen_texts computes or its cache holds
+
+
+def frozen_texts(data: PreparedData, cfg: ModelConfig, extra=(), held: dict | None = None) -> TextTable:
+    """The dataset's TextTable with the frozen encoder's hidden states, on the CPU: all that training reads of a
+    frozen encoder, so a trial given these never loads the encoder (importing transformers and loading the weights
+    take seconds of a new process's start). Computed once: kept in `held` for this process's next trial, and
+    cached beside the prepared data (model/files.py `load_or_fit`; a search's driver computes them before any
+    trial starts). Keyed by the encoder, max_tokens and every text, so a change to any of them recomputes."""
+    from model.files import load_or_fit
+
+    splits = _splits(data)
+    texts_hash = hashlib.sha256(json.dumps([sorted(extra), splits]).encode()).hexdigest()
+    key = {"name": "text_states", "version": STATES_VERSION, "encoder": cfg.text_encoder,
+           "max_tokens": cfg.max_tokens, "texts": texts_hash}
+    held = {} if held is None else held
+    digest = json.dumps(key, sort_keys=True)
+    if digest not in held:
+        def fit():
+            tokenizer, encoder, source = load_text_encoder(cfg.text_encoder)
+            return TextTable.tokenized(tokenizer, splits, cfg.max_tokens, "cpu", extra, source).encode(encoder)
+
+        def to_state(t: TextTable) -> dict:
+            return {"texts": t.texts, "input_ids": t.input_ids, "mask": t.mask, "rows": t.rows, "hidden": t.hidden,
+                    "source": t.source}
+
+        def from_state(s: dict) -> TextTable:
+            return TextTable(list(s["texts"]), s["input_ids"], s["mask"], dict(s["rows"]), s["hidden"], s["source"])
+
+        table = load_or_fit(data.info.get("cache_dir"), "text_states", key, fit, to_state, from_state)
+        if len(held) >= 2:  # a process keeps the last two (the two families of one search)
+            held.pop(next(iter(held)))
+        held[digest] = table
+    return held[digest]
 
 
 # ---------------------------------------------------------------------------- the trainable text stack

@@ -58,7 +58,7 @@ from model.eval.evaluator import EvalNets, Evaluator, split_images
 from model.families import Targets
 from model.members import FlatParams, MemberAdamW
 from model.network import TextToImage, encoder_weights, load_member, load_trainable, member_weights
-from model.text import TextStates, TextTable, load_text_encoder
+from model.text import TextTable, frozen_texts, load_text_encoder
 
 
 
@@ -69,13 +69,13 @@ def default_device() -> str:
 @dataclass
 class Runtime:
     """Where and how a trial runs, and what its process keeps from one trial for the next: a search's worker runs
-    trial after trial on the same texts (their encoder states take seconds on a CPU) and with the same CLIP weights
-    (seconds to load). Its holder decides its lifetime: search/trainable.py keeps one per Ray worker; without one
+    trial after trial on the same texts (a frozen encoder's states: `model.text.frozen_texts`) and with the same
+    CLIP weights (seconds to load). Its holder decides its lifetime: search/trainable.py keeps one per Ray worker; without one
     a trial starts afresh. `compile=True` runs the members' training step through torch.compile (CUDA graphs on a
     GPU; the regressor)."""
     device: str | None = None
     compile: bool = False
-    text_states: TextStates = field(default_factory=TextStates)
+    texts: dict = field(default_factory=dict)
     clip: ClipLoader = field(default_factory=ClipLoader)
 
 
@@ -316,14 +316,12 @@ def setup(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: PreparedD
     evaluator = Evaluator(data, images, scorer, clip_status, EvalNets.load_or_fit(data, first.eval_fit))
 
     torch.manual_seed(first.seed)  # the global stream draws the dropout masks; weights use the members' seeds
-    tokenizer, encoder, encoder_source = load_text_encoder(model_cfg.text_encoder)
-    net = TextToImage(model_cfg, section, encoder, seeds=[c.seed for c in train_cfgs]).to(device)
-    texts = TextTable.of(tokenizer, data, model_cfg, device, family.extra_texts)
-    if model_cfg.freeze_text_encoder:
-        texts.cache_hidden(encoder, model_cfg.text_encoder, runtime.text_states)
+    encoder, texts = text_side(model_cfg, first, data, family, runtime)
+    net = TextToImage(model_cfg, section, encoder, [c.seed for c in train_cfgs], texts.dim).to(device)
+    texts = texts.to(device)
     run = Run(model_cfg, section, train_cfgs, device, net, texts,
               family(net, texts, first, section, Targets(data, images, scorer, device)), evaluator,
-              FlatParams(net.generator), encoder_source, Members.start(len(train_cfgs)))
+              FlatParams(net.generator), texts.source, Members.start(len(train_cfgs)))
     if run.family.ema_decay:
         from diffusers.training_utils import EMAModel
 
@@ -339,6 +337,17 @@ def setup(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: PreparedD
     if run.dead is not None:
         run.opt.freeze(run.dead)
     return run
+
+
+def text_side(model_cfg: ModelConfig, first: TrainConfig, data: PreparedData, family, runtime: Runtime):
+    """(the text encoder, or None where no stage trains it; the dataset's TextTable on the CPU). A frozen encoder's
+    hidden states are all that training reads of it, and they are cached (`frozen_texts`), so it is not even loaded
+    unless staged training unfreezes its top layers later."""
+    if not model_cfg.freeze_text_encoder:
+        tokenizer, encoder, source = load_text_encoder(model_cfg.text_encoder)
+        return encoder, TextTable.of(tokenizer, data, model_cfg, "cpu", family.extra_texts, source)
+    texts = frozen_texts(data, model_cfg, family.extra_texts, runtime.texts)
+    return (load_text_encoder(model_cfg.text_encoder)[1] if first.finetune_epochs > 0 else None), texts
 
 
 def restore(run: Run, resume: TrainingState) -> None:

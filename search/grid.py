@@ -382,14 +382,18 @@ def plan_search(args, argv, where: Where, settings: Settings, data, clip: tuple)
     """The Plan of a new search: the command's flags, resolved settings and data, the cluster, CLIP's scorer (the
     weights check_clip loaded, for the baselines) and status."""
     from model.eval.evaluator import EvalNets, Evaluator, split_images
+    from model.text import frozen_texts
     from search.trackers import resolved_uri
 
     scorer, clip_status = clip
     for name in settings.grid["family"]:
-        # What a family fits once per dataset (latent diffusion's first stage), fitted here with all of the driver's
-        # cores (and cached beside the prepared data), so that no trial fits its own.
+        # What a family fits once per dataset (latent diffusion's first stage), and the frozen text encoder's states
+        # of its texts, made here with all of the driver's cores (and cached beside the prepared data), so that no
+        # trial fits its own or even loads the encoder.
         model_cfg, _, section = settings.trial({"family": name})
         families.get(name).fit_once(data, model_cfg, section)
+        if model_cfg.freeze_text_encoder:
+            frozen_texts(data, model_cfg, families.get(name).extra_texts)
     # The evaluator networks likewise: fitted here once (every trial then loads them; two trials starting together
     # on a fresh cache would each fit them), and the baselines beside the table need them (ceilings, floors, chance).
     nets = EvalNets.load_or_fit(data, settings.train.eval_fit)

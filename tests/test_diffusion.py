@@ -92,8 +92,7 @@ def test_the_selection_metric_is_deterministic_and_moves_with_the_weights():
     data = tiny_data()
     tokenizer, encoder, _ = load_text_encoder(TINY.text_encoder)
     net = TextToImage(TINY, SECTION, encoder, seeds=[0])
-    texts = TextTable.of(tokenizer, data, TINY, "cpu", Diffusion.extra_texts)
-    texts.cache_hidden(encoder, TINY.text_encoder)
+    texts = TextTable.of(tokenizer, data, TINY, "cpu", Diffusion.extra_texts).encode(encoder)
     targets = Targets(data, split_images(data, "cpu"))
     family = Diffusion(net, texts, QUICK, SECTION, targets)
     first = family.select()
@@ -260,8 +259,7 @@ def _family(data, section=SECTION, cfg=QUICK, model_cfg=TINY):
 
     tokenizer, encoder, _ = load_text_encoder(model_cfg.text_encoder)
     net = TextToImage(model_cfg, section, encoder, seeds=[0, 1])
-    texts = TextTable.of(tokenizer, data, model_cfg, "cpu", Diffusion.extra_texts)
-    texts.cache_hidden(encoder, model_cfg.text_encoder)
+    texts = TextTable.of(tokenizer, data, model_cfg, "cpu", Diffusion.extra_texts).encode(encoder)
     return Diffusion(net, texts, cfg, section, Targets(data, split_images(data, "cpu")))
 
 

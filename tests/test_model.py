@@ -219,6 +219,38 @@ def test_frozen_encoder_is_not_trained_and_unfrozen_is(encoder):
     assert all(torch.equal(v, encoder[1].state_dict()[k]) for k, v in before.items()), "the cached copy was changed"
 
 
+def test_a_frozen_encoder_is_not_loaded_once_its_states_are_cached(encoder, tmp_path):
+    """`frozen_texts` holds the encoder's own states (bit for bit), cached beside the prepared data; a new process
+    then trains a trial on them without importing transformers (seconds of every trial process's start); another
+    max_tokens is another key."""
+    import pickle
+    from dataclasses import replace
+
+    from conftest import modules_after
+    from model.text import TextTable, frozen_texts
+
+    small = tiny_data()
+    data = PreparedData(small.train, small.val, small.test, info={"source": "tests", "cache_dir": str(tmp_path)})
+    cfg = ModelConfig(image_size=32)
+    table = frozen_texts(data, cfg)
+    tokenizer, enc, source = encoder
+    direct = TextTable.of(tokenizer, data, cfg, "cpu").encode(enc)
+    assert table.texts == direct.texts and table.source == source
+    assert torch.equal(table.hidden, direct.hidden) and torch.equal(table.mask, direct.mask)
+    assert all(torch.equal(table.rows[s], direct.rows[s]) for s in ("train", "val", "test"))
+    assert len(list(tmp_path.glob("text_states-*.pt"))) == 1
+
+    (tmp_path / "data.pkl").write_bytes(pickle.dumps(data))
+    code = ("import pickle\nfrom model.config import ModelConfig, TrainConfig\nfrom model.train import train\n"
+            f"data = pickle.loads(open({str(tmp_path / 'data.pkl')!r}, 'rb').read())\n"
+            "print(train(ModelConfig(image_size=32), TrainConfig(epochs=1, clip_mode='off'), data)['val/l1'])")
+    loaded, printed = modules_after(code, ("transformers",))
+    assert loaded == [] and float(printed.splitlines()[-1]) > 0
+
+    frozen_texts(data, replace(cfg, max_tokens=16))
+    assert len(list(tmp_path.glob("text_states-*.pt"))) == 2
+
+
 def test_nan_loss_stops_with_a_clear_reason():
     with pytest.raises(FloatingPointError, match="diverged"):
         train(ModelConfig(image_size=32), TrainConfig(epochs=1, batch_size=2, lr=float("inf"), clip_mode="off"),
