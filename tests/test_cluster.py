@@ -128,7 +128,8 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
         r = subprocess.run(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "search.grid", "--preset", "smoke",
              "--address", "127.0.0.1:6379", "--results", str(results), "--experiment", "two-node",
-             "--lr", "1e-4", "1e-5", "--weight-decay", "1e-5", "--n-heads", "2", "--ff-dim", "512", "--n-layers", "2"],
+             "--lr", "1e-4", "1e-5", "--weight-decay", "1e-5", "--n-heads", "2", "--ff-dim", "512", "--n-layers", "2",
+             "--epochs", "24"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
         assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     finally:
@@ -143,7 +144,9 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     with open(exp / "best_config.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(row["status"] == "ok" for row in rows)
-    # One CPU per node and both trials pending from the start: Tune can only place them side by side.
+    # One CPU per node and both trials pending from the start: Tune places them side by side. Each trial lasts 24
+    # epochs, twice what the second node's new worker process takes to start here (about 12 smoke epochs): a trial
+    # that ended first would hand its process on to the other trial (Tune's reuse_actors), all on one node.
     assert len({row["node_id"] for row in rows}) == 2, "all trials ran on one node"
     prov = json.loads((exp / "provenance.json").read_text())
     assert prov["cluster"]["nodes"] == 2 and "across 2 node(s)" in prov["devices"]
