@@ -26,8 +26,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 
 HOST = socket.gethostname()
 
@@ -58,6 +56,8 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
 
 def save_torch(obj, path: str | Path) -> Path:
     """torch.save, atomically (a crash never leaves half a file)."""
+    import torch  # here, not above: a search's supervising process uses this module and never imports torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = beside(path, "tmp")
@@ -87,6 +87,8 @@ def load_or_fit(cache_dir: str | Path | None, name: str, key: dict, fit: Callabl
                 to_state: Callable[[Any], dict], from_state: Callable[[dict], Any]) -> Any:
     """The object `fit()` makes for this key: loaded from `<cache_dir>/<name>-<hash[:16]>.pt`, else fitted and cached
     (see the module docstring). `key` must hold everything the fit depends on, a code version included."""
+    import torch
+
     digest = key_hash(key)
     path = Path(cache_dir) / f"{name}-{digest[:16]}.pt" if cache_dir else None
     if path is not None and path.exists():

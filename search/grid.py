@@ -30,11 +30,26 @@ is bound by kernel launches, so 4 members cost about what 1 does; on CPUs it sav
 
 from __future__ import annotations
 
-import argparse
+import sys
+
+from search import supervise
+
+
+def _post_mortem(messages: dict, what: str) -> int:
+    from search.grid import post_mortem  # the table's code, imported only when the driver died without writing it
+
+    return post_mortem(messages, what)
+
+
+if __name__ == "__main__" and not supervise.is_driver():
+    # The command's own process only watches the search (search/supervise.py), so it stops here, before the imports
+    # below (torch, the families): it stays small. Its child parses the flags (--help; a usage error exits 2 there).
+    sys.exit(supervise.supervise(sys.argv[1:], _post_mortem))
+
+import argparse  # noqa: E402 — everything below runs in the search's driver (the child)
 import math
 import os
 import platform
-import sys
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -43,7 +58,6 @@ from types import SimpleNamespace
 
 from model import families
 from model.config import DEFAULT_FAMILY, VAL_ALIGN, VAL_ATTR_ALL, VAL_CLIP
-from search import supervise
 from search.export import SetLayoutError, check_layout, data_changed, export, ray_files_inside, user_error
 from search.results import quiet_unstarted_trials, row_key
 from data_pipeline.config import field_range
@@ -791,8 +805,5 @@ def post_mortem(messages: dict, what: str) -> int:
     return FAULT
 
 
-if __name__ == "__main__":
-    if supervise.is_driver():  # the child the command's own process runs and watches (search/supervise.py)
-        sys.exit(supervise.drive(main))
-    parse_args()  # --help and usage errors here, before a second process starts
-    sys.exit(supervise.supervise(sys.argv[1:], post_mortem))
+if __name__ == "__main__":  # the child the command's own process runs and watches (the top of this file)
+    sys.exit(supervise.drive(main))

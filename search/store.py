@@ -40,9 +40,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model.files import HOST, atomic_write, beside
-from search.settings import Settings
+
+if TYPE_CHECKING:  # imported where a Plan is read: a search's supervising process uses this module and never torch
+    from search.settings import Settings
 
 PROVENANCE = "provenance.json"
 
@@ -363,6 +366,8 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
+        from search.settings import Settings
+
         names = {f.name for f in fields(cls)}
         return cls(**{**{k: v for k, v in d.items() if k in names}, "settings": Settings.from_dict(d["settings"]),
                       "search": SearchPlan.from_dict(d["search"]), "fit_s": tuple(d.get("fit_s", ()))})

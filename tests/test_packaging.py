@@ -55,11 +55,16 @@ def test_every_imported_package_is_declared():
 
 
 def test_help_does_not_import_matplotlib():
-    """--help loads neither Ray nor matplotlib (torch it does: the flags include every registered model family's
-    own fields, and a family's module is its network too)."""
-    code = ("import sys, runpy; sys.argv = ['search.grid', '--help']\n"
-            "try: runpy.run_module('search.grid', run_name='__main__')\n"
-            "except SystemExit: pass\n")
-    loaded, printed = modules_after(code, ("matplotlib", "ray", "diffusers", "open_clip"))
-    assert "usage: python -m search.grid" in printed and "--unet-width" in printed  # a family's own flag too
+    """`python -m search.grid` itself only watches the search: it loads neither torch nor Ray, whatever the flags. Its
+    child, the driver, parses them: --help loads neither Ray nor matplotlib there (torch it does: the flags include
+    every registered model family's own fields, and a family's module is its network too)."""
+    run = ("import sys, runpy; sys.argv = ['search.grid', '--help']\n"
+           "try: runpy.run_module('search.grid', run_name='__main__')\n"
+           "except SystemExit: pass\n")
+    loaded, printed = modules_after(run, ("torch", "ray", "matplotlib", "model.families"))
+    assert "usage: python -m search.grid" in printed and "--unet-width" in printed  # the child's, a family's flag too
+    assert loaded == []
+    as_driver = "import os; os.environ['SEARCH_GRID_REPORT_FD'] = ''\n" + run  # no pipe: what the child runs
+    loaded, printed = modules_after(as_driver, ("matplotlib", "ray", "diffusers", "open_clip"))
+    assert "usage: python -m search.grid" in printed and "--unet-width" in printed
     assert loaded == []
