@@ -9,7 +9,8 @@
     python -m data_pipeline.prepare                         # prepares the synthetic default
 
 `data` is a Pokédex folder, a Complete-Pokédex csv folder, a parquet file or folder (see `sources`),
-or None / "synthetic" / "synthetic:<seed>" for the generated default. The flow:
+or None / "synthetic" / "synthetic:<seed>" for the generated default ("synthetic:<seed>:<records>": another
+size). The flow:
 read + validate the fields (`sources`; rejects with reasons) → Ray Data decode/alpha→white/resize/
 rotate (`pipeline`; undecodable images rejected) → split the records that loaded by id →
 PreparedData.save into the cache (uint8 images; `Split.unit_images()` scales them to [-1, 1]).
@@ -72,23 +73,39 @@ def _log(progress: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _synthetic_seed(data) -> int | None:
-    """The seed if `data` asks for the synthetic default (None, "synthetic", "synthetic:<seed>"), else None."""
+def _synthetic(data) -> tuple[int, int] | None:
+    """(seed, records) if `data` asks for the synthetic set (None, "synthetic", "synthetic:<seed>",
+    "synthetic:<seed>:<records>"; SYNTHETIC_RECORDS unless given), else None."""
     if data is None:
-        return 0
+        return 0, SYNTHETIC_RECORDS
     text = str(data)
     if Path(text).exists() or not (text == "synthetic" or text.startswith("synthetic:")):
         return None  # a real path, even one called "synthetic"
-    seed = text.partition(":")[2] or "0"
+    seed, _, records = (text.partition(":")[2] or "0").partition(":")
     if not seed.lstrip("-").isdigit():
         raise ValueError(f"'synthetic:<seed>' needs an integer seed, got {text!r}")
-    return int(seed)
+    if records and not (records.isdigit() and int(records) >= 10):
+        raise ValueError(f"'synthetic:<seed>:<records>' needs at least 10 records (an integer), got {text!r}")
+    return int(seed), int(records or SYNTHETIC_RECORDS)
 
 
-def _announce_synthetic(seed: int, folder: Path) -> None:
+def synthetic_source(data, cache_root: Path) -> tuple[Path, str] | None:
+    """(its folder, its source name) if `data` asks for the synthetic set, generated there if not yet; else None."""
+    synthetic = _synthetic(data)
+    if synthetic is None:
+        return None
+    from data_pipeline.synthetic import generate
+
+    seed, records = synthetic
+    path = generate(Path(cache_root) / "synthetic" / f"seed{seed}-n{records}", records, seed)
+    _announce_synthetic(seed, records, path)
+    return path, f"synthetic:{seed}" + ("" if records == SYNTHETIC_RECORDS else f":{records}")
+
+
+def _announce_synthetic(seed: int, records: int, folder: Path) -> None:
     bar = "=" * 78
     print(f"{bar}\nNOTE: no dataset given, using the embedded SYNTHETIC default (seed {seed}, "
-          f"{SYNTHETIC_RECORDS} generated creatures, in {folder}).\nResults on it say nothing about "
+          f"{records} generated creatures, in {folder}).\nResults on it say nothing about "
           f"real Pokémon: pass --data PATH (or data=PATH) for real data. info['synthetic'] = True.\n{bar}",
           file=sys.stderr, flush=True)
 
@@ -144,13 +161,9 @@ def prepare_dataset(data: str | Path | None, cfg: DataConfig = DataConfig(), cac
         raise ValueError(f"image_size must be >= 1, got {cfg.image_size}")
     cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
 
-    seed = _synthetic_seed(data)
-    if seed is not None:
-        from data_pipeline.synthetic import generate
-
-        path = generate(cache_root / "synthetic" / f"seed{seed}-n{SYNTHETIC_RECORDS}", SYNTHETIC_RECORDS, seed)
-        _announce_synthetic(seed, path)
-        source_name = f"synthetic:{seed}"
+    synthetic = synthetic_source(data, cache_root)
+    if synthetic is not None:
+        path, source_name = synthetic
     else:
         path = Path(data).expanduser()
         source_name = str(path.resolve())
@@ -169,12 +182,12 @@ def prepare_dataset(data: str | Path | None, cfg: DataConfig = DataConfig(), cac
             shutil.rmtree(cache_dir)
         else:
             # the same bytes may sit at another path now: describe this run's source, not the first one's
-            prepared.info.update(source=source_name, synthetic=seed is not None, cache_dir=str(cache_dir),
+            prepared.info.update(source=source_name, synthetic=synthetic is not None, cache_dir=str(cache_dir),
                                  cache_reused=True)
             print(summary_line(prepared.info), flush=True)
             return prepared
 
-    info = {**_info(src, source_name, cfg, synthetic=seed is not None), "cache_dir": str(cache_dir),
+    info = {**_info(src, source_name, cfg, synthetic=synthetic is not None), "cache_dir": str(cache_dir),
             "cache_reused": False, "ray_log": str(cache_root / "logs" / f"prepare-{cache_dir.name}.log")}
     prepared, rejected = _build(src.records, src.rejected, cfg, info, progress, cache_dir)
     _write_cache(prepared, rejected, cache_dir)
@@ -330,7 +343,7 @@ def _process_alive(pid: int) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_pipeline.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=None, help="dataset folder or file; omit for the synthetic default "
-                        "('synthetic:<seed>' picks another seed)")
+                        "('synthetic:<seed>' picks another seed, 'synthetic:<seed>:<records>' another size)")
     parser.add_argument("--out", default=None, help="cache root (default $POKEMON_T2I_CACHE or ~/.cache/pokemon_t2i)")
     parser.add_argument("--quiet", action="store_true", help="no progress output, only the summary line")
     for f in dataclasses.fields(DataConfig):  # the DataConfig field names are the flag names, as in search.grid

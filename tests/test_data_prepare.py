@@ -496,12 +496,27 @@ def test_bench_quick(local_ray, capsys):
 
 
 def test_synthetic_selector_parsing(tmp_path):
-    from data_pipeline.prepare import _synthetic_seed
+    from data_pipeline.prepare import SYNTHETIC_RECORDS as N, _synthetic
 
-    assert [_synthetic_seed(x) for x in (None, "synthetic", "synthetic:7")] == [0, 0, 7]
-    assert _synthetic_seed(tmp_path) is None
+    assert [_synthetic(x) for x in (None, "synthetic", "synthetic:7", "synthetic:7:2400")] == [
+        (0, N), (0, N), (7, N), (7, 2400)]
+    assert _synthetic(tmp_path) is None
     with pytest.raises(ValueError, match="integer seed"):
-        _synthetic_seed("synthetic:seven")
+        _synthetic("synthetic:seven")
+    for bad in ("synthetic:1:many", "synthetic:1:5", "synthetic:1:-300"):
+        with pytest.raises(ValueError, match="at least 10 records"):
+            _synthetic(bad)
+
+
+def test_a_synthetic_set_of_another_size_is_its_own_source(tmp_path):
+    from data_pipeline.prepare import synthetic_source
+    from data_pipeline.sources import read_source
+
+    folder, name = synthetic_source("synthetic:3:40", tmp_path)
+    assert name == "synthetic:3:40" and folder == tmp_path / "synthetic" / "seed3-n40"
+    records = read_source(folder).records
+    assert len(records) == 40 and all(r.attributes for r in records)
+    assert synthetic_source("synthetic:3", tmp_path)[1] == "synthetic:3" and synthetic_source(tmp_path, tmp_path) is None
 
 
 def test_split_stores_uint8_and_scales_on_request(tmp_path):
