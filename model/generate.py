@@ -13,6 +13,8 @@ prompt in one forward, and says so when given those flags. As a library:
     net, tokenizer = load_model("results/exp/best_checkpoint")
     images = generate(net, tokenizer, ["..."], seed=0)      # (B, 3, S, S) in [-1, 1]; steps=, guidance= for a sampler
     save_grid(images, "grid.png", size=256)
+    net, texts = load_model("results/exp/best_checkpoint", data=data)   # a dataset's own texts only: with a frozen
+    images = generate(net, texts, data.test.texts[:8])      # encoder, its cached states (the encoder is not loaded)
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from model import checkpoint, families
 from model.checkpoint import TrainingState
 from model.config import ModelConfig, TrainConfig
 from model.network import TextToImage, load_trainable
-from model.text import TextTable, load_text_encoder
+from model.text import TextTable, frozen_texts, load_text_encoder
 from model.train import default_device
 
 
@@ -57,33 +59,51 @@ def read_checkpoint(path, member: int = 0) -> TrainingState:
     return state
 
 
-def load_model(path, device=None, member: int = 0):
+def load_model(path, device=None, member: int = 0, data=None):
     """Rebuild the network a checkpoint describes, with its best-validation weights. A fused trial's
-    checkpoint holds several members: `member` picks one."""
-    return model_from_state(read_checkpoint(path, member), device)
+    checkpoint holds several members: `member` picks one. `data`: see `model_from_state`."""
+    return model_from_state(read_checkpoint(path, member), device, data)
 
 
-def model_from_state(state: TrainingState, device=None):
+def model_from_state(state: TrainingState, device=None, data=None):
     """The network of a one-member state (`read_checkpoint`'s), with its best-validation weights (a diffusion
-    model's EMA weights), and its tokenizer. It carries its trial's TrainConfig as `net.train_cfg`."""
+    model's EMA weights), and its tokenizer. It carries its trial's TrainConfig as `net.train_cfg`.
+
+    `data`: the prepared dataset whose texts alone it will draw. A frozen encoder that no stage trained is then not
+    loaded: the second value is the dataset's TextTable of its cached states (`frozen_texts`, as training read
+    them), which `generate` takes in place of the tokenizer."""
     device = device or default_device()
     cfg = ModelConfig(**state.model_config)
-    tokenizer, encoder, _ = load_text_encoder(cfg.text_encoder)
-    net = TextToImage(cfg, families.section(cfg, state.family_config), encoder)
+    section = families.section(cfg, state.family_config)
+    tuned = any(k.startswith("text_encoder.") for k in state.best_model[0])
+    if data is not None and cfg.freeze_text_encoder and not tuned:
+        words = frozen_texts(data, cfg, families.get(cfg.family).extra_texts)
+        net = TextToImage(cfg, section, None, text_dim=words.dim)
+        words = words.to(device)
+    else:
+        words, encoder, _ = load_text_encoder(cfg.text_encoder)
+        net = TextToImage(cfg, section, encoder)
     load_trainable(net, state.best_model[0])
     net.train_cfg = TrainConfig(**state.train_configs[0])
-    return net.to(device).eval(), tokenizer
+    return net.to(device).eval(), words
 
 
 @torch.no_grad()
 def generate(net: TextToImage, tokenizer, prompts: list[str], seed: int = 0, **sampling) -> torch.Tensor:
     """(B, 3, S, S) in [-1, 1]: the family's images for the prompts, from seed `seed` (a sampler's starting noise;
-    a one-forward family ignores it); `sampling` (steps, guidance) overrides a sampler's settings."""
+    a one-forward family ignores it); `sampling` (steps, guidance) overrides a sampler's settings. `tokenizer`: the
+    model's, or a TextTable that holds every prompt (`model_from_state` with data)."""
     device = next(net.parameters()).device
     family = families.get(net.cfg.family)
-    texts = TextTable.tokenized(tokenizer, {"prompts": list(prompts)}, net.cfg.max_tokens, device, family.extra_texts)
+    if isinstance(tokenizer, TextTable):
+        texts = tokenizer
+        rows = torch.tensor([texts.index[p] for p in prompts], dtype=torch.long, device=device)
+    else:
+        texts = TextTable.tokenized(tokenizer, {"prompts": list(prompts)}, net.cfg.max_tokens, device,
+                                    family.extra_texts)
+        rows = texts.rows["prompts"]
     process = family(net.eval(), texts, getattr(net, "train_cfg", None) or TrainConfig(), net.section)
-    return process.images(texts.rows["prompts"], seed, **sampling)[0]  # a one-member network
+    return process.images(rows, seed, **sampling)[0]  # a one-member network
 
 
 def grid_tensor(images: torch.Tensor, size: int | None = 256, ncol: int | None = None) -> torch.Tensor:

@@ -190,7 +190,7 @@ def best_files(r: dict, trials: list, plan: Plan, out: Path, data):
     if data is None:
         print(f"[export] sample figures skipped: {why_not}", flush=True)
         return None
-    net, tokenizer = load_model(ckpt, device="cpu")
+    net, tokenizer = load_model(ckpt, device="cpu", data=data)  # its texts' cached states: no encoder to load
     for split in ("train", "test"):
         samples(net, tokenizer, data.split(split), out / f"samples{tag}_{split}.png",
                 title=f"{split}: real (top row) vs generated (below), best {r.get('family', '')} trial "

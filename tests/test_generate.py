@@ -95,3 +95,42 @@ def test_a_regressor_checkpoint_says_what_it_ignores(tmp_path, capsys):
     main(["--checkpoint", str(ckpt), "A red square creature.", "--steps", "5", "--out", str(tmp_path / "r.png")])
     captured = capsys.readouterr()
     assert "--steps ignored" in captured.err and (tmp_path / "r.png").is_file()
+
+
+def test_a_datasets_own_texts_are_drawn_from_its_cached_states(diffusion_checkpoint, tmp_path):
+    """load_model with the dataset (what the search's export does for its sample figures): a frozen encoder that
+    no stage trained is not loaded, the texts' states come from the dataset's cache as training read them, and
+    the images equal those drawn through the encoder to float rounding (the two pad to other lengths). A process
+    that draws a regressor's images so never imports transformers (diffusers' own modules import it)."""
+    import pickle
+
+    from conftest import modules_after
+    from data_pipeline.dataset import PreparedData
+    from model import checkpoint
+    from model.config import ModelConfig, TrainConfig
+    from model.generate import generate, load_model
+    from model.text import TextTable
+    from model.train import train
+    from test_model import tiny_data
+
+    small = tiny_data()
+    data = PreparedData(small.train, small.val, small.test, info={"source": "tests", "cache_dir": str(tmp_path)})
+    prompts = list(data.test.texts[:2])
+    states = []
+    train(ModelConfig(image_size=32, d_model=32, ff_dim=64, max_tokens=32), TrainConfig(epochs=1, batch_size=4,
+          clip_mode="off"), data, report=lambda m, s: states.append(s))
+    regressor = checkpoint.save(states[-1].member(0), tmp_path / "regressor")
+    for ckpt in (diffusion_checkpoint, regressor):
+        net, texts = load_model(ckpt, device="cpu", data=data)
+        assert isinstance(texts, TextTable) and net.text_encoder is None
+        ours = generate(net, texts, prompts, seed=3)
+        theirs = generate(*load_model(ckpt, device="cpu"), prompts, seed=3)
+        assert ours.shape == (2, 3, 32, 32) and torch.allclose(ours, theirs, atol=1e-4)
+
+    (tmp_path / "data.pkl").write_bytes(pickle.dumps(data))
+    code = ("import pickle\nfrom model.generate import generate, load_model\n"
+            f"data = pickle.loads(open({str(tmp_path / 'data.pkl')!r}, 'rb').read())\n"
+            f"net, texts = load_model({str(regressor)!r}, device='cpu', data=data)\n"
+            f"print(tuple(generate(net, texts, {prompts!r}, seed=3).shape))")
+    loaded, printed = modules_after(code, ("transformers",))
+    assert loaded == [] and printed.splitlines()[-1] == "(2, 3, 32, 32)"
