@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 from pathlib import Path
 
@@ -157,14 +156,13 @@ def frozen_texts(data: PreparedData, cfg: ModelConfig, extra=(), held: dict | No
     take seconds of a new process's start). Computed once: kept in `held` for this process's next trial, and
     cached beside the prepared data (model/files.py `load_or_fit`; a search's driver computes them before any
     trial starts). Keyed by the encoder, max_tokens and every text, so a change to any of them recomputes."""
-    from model.files import load_or_fit
+    from model.files import key_hash, load_or_fit
 
     splits = _splits(data)
-    texts_hash = hashlib.sha256(json.dumps([sorted(extra), splits]).encode()).hexdigest()
     key = {"name": "text_states", "version": STATES_VERSION, "encoder": cfg.text_encoder,
-           "max_tokens": cfg.max_tokens, "texts": texts_hash}
+           "max_tokens": cfg.max_tokens, "texts": key_hash([sorted(extra), splits])}
     held = {} if held is None else held
-    digest = json.dumps(key, sort_keys=True)
+    digest = key_hash(key)
     if digest not in held:
         def fit():
             tokenizer, encoder, source = load_text_encoder(cfg.text_encoder)
