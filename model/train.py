@@ -70,8 +70,8 @@ def default_device() -> str:
 class Runtime:
     """Where and how a trial runs, and what its process keeps from one trial for the next: a search's worker runs
     trial after trial on the same texts (a frozen encoder's states: `model.text.frozen_texts`) and with the same
-    CLIP weights (seconds to load). Its holder decides its lifetime: search/trainable.py keeps one per Ray worker; without one
-    a trial starts afresh. `compile=True` runs the members' training step through torch.compile (CUDA graphs on a
+    CLIP weights (seconds to load). Its holder decides its lifetime: search/trainable.py keeps one per Ray worker;
+    without one a trial starts afresh. `compile=True` runs the members' training step through torch.compile (CUDA graphs on a
     GPU; the regressor)."""
     device: str | None = None
     compile: bool = False
