@@ -4,6 +4,8 @@
     python bench/bench_diffusion.py --data ../shared/datasets/pokedex --recipes first best --minutes 60 \\
         --regressor laptop-staged4 --out /tmp/diffusion                 # recipes on real data, beside the regressor
     python bench/bench_diffusion.py --quick [--throughput]             # seconds: checks the script (tests/test_benches.py)
+    python bench/bench_diffusion.py --checkpoint results/<exp>/best_checkpoint --data synthetic:0:2400 \
+        --augment-rotations 1 --guidance 1 1.5 2 3 --eval-samples 1    # a trained model's guidance, chosen on val
 
 Throughput (`--throughput`): the training step of `model.train.train` (its own samples_per_s: training steps
 only, every member's samples) for the issue's first attempt and each speed variant, on the same rows.
@@ -177,6 +179,22 @@ def guidance_sweep(ckpt: str, data: PreparedData, scales: list[float], train: di
     return out
 
 
+def sweep_table(rows: list[dict], data: PreparedData) -> str:
+    """The guidance sweep as a markdown table: the validation metric it is chosen on (the chosen scale in bold), then
+    the test metrics, each attribute's accuracy on the synthetic set, KID and recall, with their 95% intervals."""
+    from model.eval.attributes import ATTRIBUTES
+
+    select = selection_metric(data)
+    tests = ([f"test/attr_{a}" for a in (*ATTRIBUTES, "all")] if data.info.get("attributes") else ["test/indomain_align"])
+    tests += ["test/kid_random", "test/recall_random"]
+    best = max(range(len(rows)), key=lambda i: rows[i][select])
+    lines = ["| guidance | " + " | ".join([select, *tests]) + " |", "|---" * (len(tests) + 2) + "|"]
+    for i, r in enumerate(rows):
+        cells = [f"{r['guidance']:g}", cell(r, select, 2)] + [cell(r, m, 3 if "kid" in m else 2) for m in tests]
+        lines.append("| " + " | ".join(f"**{c}**" if i == best and k < 2 else c for k, c in enumerate(cells)) + " |")
+    return "\n".join(lines)
+
+
 # --throughput: the issue's first attempt, then each speed variant on top of it.
 VARIANTS = {
     "first (batch 64)": {},
@@ -279,9 +297,15 @@ def main(argv=None) -> list[dict]:
                    "(README's docs/families.png: run on the synthetic set)")
     p.add_argument("--guidance", nargs="*", type=float, default=[],
                    help="after training, each recipe's final metrics at these guidance scales too (chosen on val)")
+    p.add_argument("--checkpoint", default=None, help="sweep this trained diffusion checkpoint's --guidance scales on "
+                   "--data (the data it trained on), print the table and stop: no training")
+    p.add_argument("--eval-samples", type=int, default=None, help="samples per text of --checkpoint's sweep "
+                   "(default: the trial's own eval_samples)")
     p.add_argument("--quick", action="store_true", help="checks the script in seconds, measures nothing: 40 synthetic "
                    "creatures, 1 rotation, 1 epoch per recipe, a 16-channel two-level UNet, 2 sampler steps")
     args = p.parse_args(argv)
+    if args.checkpoint and not args.guidance:
+        p.error("--checkpoint sweeps guidance scales: give them with --guidance")
     for name in args.regressor:  # before the long runs
         if bench_recipes.recipe_configs(name, ModelConfig(), TrainConfig(epochs=args.regressor_epochs))[3]:
             p.error(f"--regressor {name} changes the data: run it with bench/bench_recipes.py")
@@ -303,9 +327,15 @@ def main(argv=None) -> list[dict]:
             print(f"| {r['variant']} | {r['samples_per_s']:.1f} | {r['samples_per_s'] / rows[0]['samples_per_s']:.2f}x |")
         return rows
 
+    evaluation = quick_eval() if args.quick else {}
+    if args.checkpoint:
+        samples = {} if args.eval_samples is None else {"eval_samples": args.eval_samples}
+        print(f"{head}\ncheckpoint: {args.checkpoint}; the scale is chosen on {selection_metric(data)}", flush=True)
+        rows = guidance_sweep(args.checkpoint, data, args.guidance, {**evaluation, **samples})
+        print(sweep_table(rows, data))
+        return rows
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    evaluation = quick_eval() if args.quick else {}
     columns = headline_columns(data)
     rows = []
     for name in args.recipes:
