@@ -195,6 +195,18 @@ def sweep_table(rows: list[dict], data: PreparedData) -> str:
     return "\n".join(lines)
 
 
+def sweep_figure(ckpt: str, data: PreparedData, guidance: float, path: Path) -> None:
+    """The figure a search writes for its best trial (search.figures.samples: real test images, then two samples
+    per text), drawn at `guidance`."""
+    from model.generate import load_model
+    from search.figures import samples
+
+    net, texts = load_model(ckpt, device="cpu", data=data)
+    net.section = replace(net.section, guidance_scale=guidance)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    samples(net, texts, data.test, path, f"test: real (top) vs generated at guidance {guidance:g}")
+
+
 # --throughput: the issue's first attempt, then each speed variant on top of it.
 VARIANTS = {
     "first (batch 64)": {},
@@ -293,8 +305,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--regressor", nargs="*", default=[], help="regressor recipes of bench/bench_recipes.py to add")
     p.add_argument("--regressor-epochs", type=int, default=6)
     p.add_argument("--out", default="results/diffusion", help="figures, checkpoints and diffusion.json go here")
-    p.add_argument("--figure", default=None, help="also draw every model's images for the same test texts here "
-                   "(README's docs/families.png: run on the synthetic set)")
+    p.add_argument("--figure", default=None, help="also draw every model's images for the same test texts here; "
+                   "with --checkpoint, the search's sample figure at the scale chosen on val (README's docs/families.png)")
     p.add_argument("--guidance", nargs="*", type=float, default=[],
                    help="after training, each recipe's final metrics at these guidance scales too (chosen on val)")
     p.add_argument("--checkpoint", default=None, help="sweep this trained diffusion checkpoint's --guidance scales on "
@@ -333,6 +345,9 @@ def main(argv=None) -> list[dict]:
         print(f"{head}\ncheckpoint: {args.checkpoint}; the scale is chosen on {selection_metric(data)}", flush=True)
         rows = guidance_sweep(args.checkpoint, data, args.guidance, {**evaluation, **samples})
         print(sweep_table(rows, data))
+        if args.figure:
+            chosen = max(rows, key=lambda r: r[selection_metric(data)])["guidance"]
+            sweep_figure(args.checkpoint, data, chosen, Path(args.figure))
         return rows
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

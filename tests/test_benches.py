@@ -146,13 +146,15 @@ def test_bench_diffusion_quick_recipes(tmp_path, capsys):
 
     # --checkpoint: the same sweep of the trained checkpoint, no training (deterministic: the same numbers at the
     # same scale); the scale chosen on val is marked in the table
-    again = load_bench("bench_diffusion").main(["--quick", "--checkpoint", rows[0]["checkpoint"], "--guidance", "3", "1"])
+    again = load_bench("bench_diffusion").main(["--quick", "--checkpoint", rows[0]["checkpoint"], "--guidance", "3", "1",
+                                                "--figure", str(tmp_path / "chosen.png")])
     assert [g["guidance"] for g in again] == [3.0, 1.0]
     assert {m: again[1][m] for m in (VAL_ATTR_ALL, TEST_ATTR_ALL, TEST_KID_RANDOM)} == \
         {m: sweep[0][m] for m in (VAL_ATTR_ALL, TEST_ATTR_ALL, TEST_KID_RANDOM)}
     body = table(capsys.readouterr().out, "| guidance |")
     chosen = max(range(2), key=lambda i: again[i][VAL_ATTR_ALL])
     assert [row[0] for row in body] == [["**3**", "1"], ["3", "**1**"]][chosen]
+    assert (tmp_path / "chosen.png").stat().st_size > 0
     assert body[1][-2] == f"{again[1][TEST_KID_RANDOM]:.3f} [{again[1][TEST_KID_RANDOM + '_lo']:.3f}, " \
                           f"{again[1][TEST_KID_RANDOM + '_hi']:.3f}]"
 
