@@ -337,6 +337,19 @@ def test_the_selection_metric_is_one_quantity_whatever_the_prediction_type_and_s
         assert torch.allclose(signal, torch.tensor(VAL_SIGNAL), atol=0.01)  # the same levels, any schedule
 
 
+def test_the_selection_metric_reaches_the_noise_levels_where_the_sampler_starts():
+    """Where the sampler's first steps are (pure noise, then alpha-bar ~0.004 on the default schedule), the clean-image
+    estimate comes from the text alone and fixes the layout; a selection metric that starts below them cannot see
+    whether a model draws the stated shape."""
+    from model.families.diffusion import VAL_SIGNAL
+
+    process = Process(DiffusionConfig())
+    sampler = process.sampler()
+    sampler.set_timesteps(DiffusionConfig().sample_steps)
+    second = process.scheduler.alphas_cumprod[int(sampler.timesteps[1])].item()
+    assert second < 0.01 and min(VAL_SIGNAL) <= second
+
+
 def test_the_ema_decay_that_ran_is_reported():
     """diffusers' EMAModel warms up below the configured decay: the report says what the last update used."""
     from model.config import EMA_DECAY

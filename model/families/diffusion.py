@@ -53,7 +53,11 @@ NORM_GROUPS = 8  # GroupNorm groups in the UNet: its narrowest level is 32 chann
 # The selection metric's fixed noise levels, as the share of the signal's variance left (alpha-bar): every validation
 # image is noised to each, at the timestep of the trial's own schedule closest to it, so trials that differ in noise
 # schedule, prediction type or pixel vs latent space are compared on one quantity (the clean-image error in pixels).
-VAL_SIGNAL = (0.95, 0.8, 0.6, 0.4, 0.2, 0.05)
+# The levels reach down to where the sampler starts (trailing spacing: its first steps of 25 sit at alpha-bar 0, 0.004,
+# 0.016, 0.035 on the cosine schedule): there the estimate comes from the text alone, and the layout (shape, size) is
+# decided. Without 0.01 and 0.002 the metric ranked a model that drew no stated shape above one that did
+# (results/BENCHMARKS.md, "min-SNR weighting starved the text").
+VAL_SIGNAL = (0.95, 0.8, 0.6, 0.4, 0.2, 0.05, 0.01, 0.002)
 VAL_NOISE_SEED = 1234  # the same noise for every member, epoch and trial: a deterministic metric
 SAMPLE_SEED = 2024  # generated evaluation images start from this seed's noise: the same for every member and trial
 SAMPLERS = ("ddim", "dpm", "ddpm")
