@@ -119,14 +119,32 @@ def test_every_prediction_type_implies_the_true_clean_image_from_its_own_target(
 
 
 def test_min_snr_weights_follow_the_paper():
-    # Hang et al. 2023: min(SNR, gamma) / SNR for an epsilon target, min(SNR, gamma) / (SNR + 1) for v.
+    # Hang et al. 2023: min(SNR, gamma) / SNR for an epsilon target; for v, whose loss is (SNR + 1) x the clean-image
+    # loss, min(SNR + 1, gamma) / (SNR + 1) (huggingface/diffusers#5238: the paper's min(SNR, gamma) / (SNR + 1)
+    # starves the steps near pure noise, tests below).
     t = torch.tensor([[1, 100, 500, 999]])
-    for prediction_type, extra in (("epsilon", 0.0), ("v_prediction", 1.0)):
+    five = torch.tensor(5.0)
+    for prediction_type in ("epsilon", "v_prediction"):
         process = Process(DiffusionConfig(min_snr_gamma=5.0, prediction_type=prediction_type))
         a = process.scheduler.alphas_cumprod[t]
         snr = a / (1 - a)
-        torch.testing.assert_close(process.weights(t), torch.minimum(snr, torch.tensor(5.0)) / (snr + extra))
+        expected = torch.minimum(snr, five) / snr if prediction_type == "epsilon" else \
+            torch.minimum(snr + 1, five) / (snr + 1)
+        torch.testing.assert_close(process.weights(t), expected)
     assert torch.equal(Process(DiffusionConfig(min_snr_gamma=0.0)).weights(t), torch.ones(1, 4))
+
+
+def test_the_default_weighting_does_not_starve_the_steps_where_only_the_text_speaks():
+    """Near pure noise the clean-image estimate can come from the text alone (it is the regressor's conditional mean):
+    the default loss must weight it, in clean-image terms, no less than the steps that polish a nearly clean image.
+    min-SNR-5 with v-prediction weighted it by ~SNR (2e-9 at t = 999), and the model drew no stated shape."""
+    assert DiffusionConfig().min_snr_gamma > 0  # the weighting is on: what is checked is its form
+    process = Process(DiffusionConfig())
+    assert process.cfg.prediction_type == "v_prediction"
+    t = torch.tensor([[999, 960, 500, 100]])
+    a = process.scheduler.alphas_cumprod[t]
+    x0_weight = process.weights(t) * (a / (1 - a) + 1)  # v-loss = (SNR + 1) x the clean-image loss
+    assert x0_weight[0, 0] >= 1 and x0_weight[0, 1] >= 1
 
 
 class ConstantX0(torch.nn.Module):

@@ -78,9 +78,11 @@ class DiffusionConfig:
     classifier-free guidance has an unconditional model), EMA weights for evaluation and checkpoints (decay
     ema_decay; 0: off), and images sampled with sampler ("ddim", "dpm" for DPM-Solver++, or "ddpm") in
     sample_steps steps at guidance_scale (1: no guidance). The defaults are the best recipe measured on 2 CPU cores
-    (bench/bench_diffusion.py "pixel-fast", results/BENCHMARKS.md): v-prediction, the cosine schedule, min-SNR-5;
-    guidance 1.5, chosen on validation attribute accuracy of the synthetic set (results/BENCHMARKS.md, "Guidance
-    drew the creatures too large"): at 3 the samples fill the frame, which hides the stated size and worsens KID.
+    (bench/bench_diffusion.py "pixel-fast", results/BENCHMARKS.md): v-prediction and the cosine schedule; then, on
+    the synthetic set, where the attributes a text states can be read (results/BENCHMARKS.md, issue 25): min-SNR-5
+    with v-prediction's weight corrected (`Process.weights`: the old one starved the steps near pure noise, where
+    only the text can say what to draw, and the model drew no stated shape) and guidance 1.5 (at 3 every creature
+    fills the frame, which hides the stated size and worsens KID).
     """
     unet_width: int = at_least(32, NORM_GROUPS)  # a multiple of NORM_GROUPS
     unet_levels: int = ranged(3, 2, 6)
@@ -224,7 +226,11 @@ class Process:
         if self.cfg.prediction_type == "epsilon":
             return clipped / snr
         if self.cfg.prediction_type == "v_prediction":
-            return clipped / (snr + 1)
+            # The v-loss is (SNR + 1) x the clean-image loss, so cap (SNR + 1), not SNR: min(SNR, gamma) / (SNR + 1),
+            # diffusers' examples' formula, weights the steps near pure noise by ~SNR (2e-9 at t = 999), where only the
+            # text can say what to draw, and the model learned no stated shape (results/BENCHMARKS.md; the fix of
+            # huggingface/diffusers#5238 and kohya_ss#1555). This gives them weight 1 and caps the clean end at gamma.
+            return (snr + 1).clamp(max=gamma) / (snr + 1)
         return clipped
 
     def loss(self, net, x0, hidden, mask, t, noise):
