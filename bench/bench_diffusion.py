@@ -6,6 +6,8 @@
     python bench/bench_diffusion.py --quick [--throughput]             # seconds: checks the script (tests/test_benches.py)
     python bench/bench_diffusion.py --checkpoint results/<exp>/best_checkpoint --data synthetic:0:2400 \
         --augment-rotations 1 --guidance 1 1.5 2 3 --eval-samples 1    # a trained model's guidance, chosen on val
+    python bench/bench_diffusion.py --checkpoint CKPT --data synthetic:0:2400 --augment-rotations 1 --probe
+                                                                    # where its text decides what is drawn
 
 Throughput (`--throughput`): the training step of `model.train.train` (its own samples_per_s: training steps
 only, every member's samples) for the issue's first attempt and each speed variant, on the same rows.
@@ -30,6 +32,8 @@ import argparse
 import sys
 from dataclasses import asdict, fields, replace
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -195,6 +199,48 @@ def sweep_table(rows: list[dict], data: PreparedData) -> str:
     return "\n".join(lines)
 
 
+PROBE_LEVELS = (0.0, 0.001, 0.003, 0.01, 0.05, 0.1, 0.2)
+
+
+def probe(ckpt: str, data: PreparedData, levels=PROBE_LEVELS, noise_seed: int = 0) -> list[dict]:
+    """Where does the text decide what is drawn? The test images noised to each signal level (alpha-bar: the
+    schedule's closest timestep), the model's clean-image estimate given each record's text and given the empty
+    text, read by the synthetic set's attribute reader: {level, t, text: {attribute: accuracy}, empty: {...}}."""
+    from model.config import TrainConfig
+    from model.eval import attributes as at
+    from model.generate import load_model
+
+    net, texts = load_model(ckpt, device="cpu", data=data)
+    family = families.get(net.cfg.family)(net.eval(), texts, TrainConfig(), net.section)
+    reader, attrs = at.load_or_fit(data), at.split_attributes(data, "test")
+    x0 = torch.as_tensor(data.test.unit_images()).float()[None]  # (1, N, 3, S, S): one member
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(noise_seed))
+    rows = texts.rows["test"][None]
+    alphas = family.process.scheduler.alphas_cumprod
+    out = []
+    for level in levels:
+        t = torch.full(rows.shape, int((alphas - level).abs().argmin()), dtype=torch.long)
+        x_t = family.process.noisy(x0, noise, t)
+        read = {}
+        for name, idx in (("text", rows), ("empty", torch.full_like(rows, family.null))):
+            with torch.no_grad():  # the reader is fitted above (a first run on a dataset): not in here
+                estimate = family.process.clean(net.generator(x_t, t, *family.hidden_states(idx)), x_t, t)[0]
+            read[name] = at.attribute_accuracy(reader, estimate.clamp(-1, 1), attrs)
+        out.append({"level": level, "t": int(t[0, 0]), **read})
+    return out
+
+
+def probe_table(rows: list[dict]) -> str:
+    """The probe as a markdown table: one column per signal level, a row per attribute, with the text and empty."""
+    lines = ["| attribute, estimate from | " + " | ".join(f"{r['level']:g} ({r['t']})" for r in rows) + " |",
+             "|---" * (len(rows) + 1) + "|"]
+    for a in ("colour", "shape", "size", "pattern", "feature"):
+        for name in ("text", "empty"):
+            lines.append(f"| {a}, {'the text' if name == 'text' else 'the empty text'} | "
+                         + " | ".join(f"{r[name][a]:.2f}" for r in rows) + " |")
+    return "\n".join(lines)
+
+
 def sweep_figure(ckpt: str, data: PreparedData, guidance: float, path: Path) -> None:
     """The figure a search writes for its best trial (search.figures.samples: real test images, then two samples
     per text), drawn at `guidance`."""
@@ -306,18 +352,20 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--regressor-epochs", type=int, default=6)
     p.add_argument("--out", default="results/diffusion", help="figures, checkpoints and diffusion.json go here")
     p.add_argument("--figure", default=None, help="also draw every model's images for the same test texts here; "
-                   "with --checkpoint, the search's sample figure at the scale chosen on val (README's docs/families.png)")
+                   "with --checkpoint, the search's sample figure at the scale chosen on val")
     p.add_argument("--guidance", nargs="*", type=float, default=[],
                    help="after training, each recipe's final metrics at these guidance scales too (chosen on val)")
     p.add_argument("--checkpoint", default=None, help="sweep this trained diffusion checkpoint's --guidance scales on "
                    "--data (the data it trained on), print the table and stop: no training")
+    p.add_argument("--probe", action="store_true", help="with --checkpoint on the synthetic set: the attributes of "
+                   "the model's clean-image estimate from noised test images, per signal level, with and without the text")
     p.add_argument("--eval-samples", type=int, default=None, help="samples per text of --checkpoint's sweep "
                    "(default: the trial's own eval_samples)")
     p.add_argument("--quick", action="store_true", help="checks the script in seconds, measures nothing: 40 synthetic "
                    "creatures, 1 rotation, 1 epoch per recipe, a 16-channel two-level UNet, 2 sampler steps")
     args = p.parse_args(argv)
-    if args.checkpoint and not args.guidance:
-        p.error("--checkpoint sweeps guidance scales: give them with --guidance")
+    if args.checkpoint and not (args.guidance or args.probe):
+        p.error("--checkpoint sweeps guidance scales (--guidance) or probes where the text decides (--probe)")
     for name in args.regressor:  # before the long runs
         if bench_recipes.recipe_configs(name, ModelConfig(), TrainConfig(epochs=args.regressor_epochs))[3]:
             p.error(f"--regressor {name} changes the data: run it with bench/bench_recipes.py")
@@ -342,6 +390,12 @@ def main(argv=None) -> list[dict]:
     evaluation = quick_eval() if args.quick else {}
     if args.checkpoint:
         samples = {} if args.eval_samples is None else {"eval_samples": args.eval_samples}
+        if args.probe:
+            print(f"{head}\ncheckpoint: {args.checkpoint}; attribute accuracy of its clean-image estimate from the test "
+                  "images noised to each signal level alpha-bar (its timestep)\n")
+            rows = probe(args.checkpoint, data)
+            print(probe_table(rows))
+            return rows
         print(f"{head}\ncheckpoint: {args.checkpoint}; the scale is chosen on {selection_metric(data)}", flush=True)
         rows = guidance_sweep(args.checkpoint, data, args.guidance, {**evaluation, **samples})
         print(sweep_table(rows, data))

@@ -155,8 +155,14 @@ def test_bench_diffusion_quick_recipes(tmp_path, capsys):
     chosen = max(range(2), key=lambda i: again[i][VAL_ATTR_ALL])
     assert [row[0] for row in body] == [["**3**", "1"], ["3", "**1**"]][chosen]
     assert (tmp_path / "chosen.png").stat().st_size > 0
-    assert body[1][-2] == f"{again[1][TEST_KID_RANDOM]:.3f} [{again[1][TEST_KID_RANDOM + '_lo']:.3f}, " \
-                          f"{again[1][TEST_KID_RANDOM + '_hi']:.3f}]"
+
+    # --probe: the attributes of its clean-image estimate per signal level, with the text and with the empty text
+    probed = load_bench("bench_diffusion").main(["--quick", "--checkpoint", rows[0]["checkpoint"], "--probe"])
+    assert [r["level"] for r in probed] == [0.0, 0.001, 0.003, 0.01, 0.05, 0.1, 0.2]
+    assert all(0 <= r[k][a] <= 1 for r in probed for k in ("text", "empty") for a in ("colour", "shape", "size"))
+    assert probed[0]["t"] > probed[-1]["t"]  # more noise, a later timestep
+    body = table(capsys.readouterr().out, "| attribute, estimate from |")
+    assert body[2][0] == "shape, the text" and body[2][1] == f"{probed[0]['text']['shape']:.2f}"
 
 
 def test_bench_type_classifier_quick(tmp_path, capsys):
