@@ -183,6 +183,11 @@ def guidance_sweep(ckpt: str, data: PreparedData, scales: list[float], train: di
     return out
 
 
+def chosen(rows: list[dict], data: PreparedData) -> int:
+    """The index of the sweep's row chosen on validation (`selection_metric`, higher is better)."""
+    return max(range(len(rows)), key=lambda i: rows[i][selection_metric(data)])
+
+
 def sweep_table(rows: list[dict], data: PreparedData) -> str:
     """The guidance sweep as a markdown table: the validation metric it is chosen on (the chosen scale in bold), then
     the test metrics, each attribute's accuracy on the synthetic set, KID and recall, with their 95% intervals."""
@@ -191,7 +196,7 @@ def sweep_table(rows: list[dict], data: PreparedData) -> str:
     select = selection_metric(data)
     tests = ([f"test/attr_{a}" for a in (*ATTRIBUTES, "all")] if data.info.get("attributes") else ["test/indomain_align"])
     tests += ["test/kid_random", "test/recall_random"]
-    best = max(range(len(rows)), key=lambda i: rows[i][select])
+    best = chosen(rows, data)
     lines = ["| guidance | " + " | ".join([select, *tests]) + " |", "|---" * (len(tests) + 2) + "|"]
     for i, r in enumerate(rows):
         cells = [f"{r['guidance']:g}", cell(r, select, 2)] + [cell(r, m, 3 if "kid" in m else 2) for m in tests]
@@ -206,7 +211,6 @@ def probe(ckpt: str, data: PreparedData, levels=PROBE_LEVELS, noise_seed: int = 
     """Where does the text decide what is drawn? The test images noised to each signal level (alpha-bar: the
     schedule's closest timestep), the model's clean-image estimate given each record's text and given the empty
     text, read by the synthetic set's attribute reader: {level, t, text: {attribute: accuracy}, empty: {...}}."""
-    from model.config import TrainConfig
     from model.eval import attributes as at
     from model.generate import load_model
 
@@ -400,8 +404,7 @@ def main(argv=None) -> list[dict]:
         rows = guidance_sweep(args.checkpoint, data, args.guidance, {**evaluation, **samples})
         print(sweep_table(rows, data))
         if args.figure:
-            chosen = max(rows, key=lambda r: r[selection_metric(data)])["guidance"]
-            sweep_figure(args.checkpoint, data, chosen, Path(args.figure))
+            sweep_figure(args.checkpoint, data, rows[chosen(rows, data)]["guidance"], Path(args.figure))
         return rows
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
