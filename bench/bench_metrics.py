@@ -391,8 +391,11 @@ def attribute_metric(a: str) -> Metric:
     def scores(p: Panel, images: torch.Tensor):
         return None if p.attrs is None else at.attribute_scores(p.nets.reader, images, p.attrs)[a]
 
-    catches = ("any stated attribute wrong: a real image of another record, a copier, every text-blind or "
-               "colour-only image" if a == "all" else f"the {a.replace('_', ' ')} wrong (row wrong_{a})")
+    catches = {"all": "any stated attribute wrong: a real image of another record, a copier, every text-blind or "
+                      "colour-only image",
+               "mean": "the stated attributes wrong, graded by how many: a real image of another record, a copier, "
+                       "every text-blind image; one attribute wrong (rows wrong_<a>) costs 1/6"
+               }.get(a, f"the {a.replace('_', ' ')} wrong (row wrong_{a})")
     return Metric(f"attr_{a}", scores, True, ATTR_MARGIN, catches,
                   lambda p: None if p.attrs is None else at.floor(p.attrs)[a])
 

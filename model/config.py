@@ -126,6 +126,7 @@ BEST_VAL_X0 = "best/val_x0_mse"
 # attribute), the in-domain text-image model's alignment and R-precision (model/eval/alignment.py), the primary
 # type (model/eval/type_accuracy.py). On validation: what a searcher may select on without looking at the test set.
 TEST_ATTR_ALL, VAL_ATTR_ALL = "test/attr_all", "val/attr_all"
+TEST_ATTR_MEAN, VAL_ATTR_MEAN = "test/attr_mean", "val/attr_mean"  # the share of stated attributes right: graded
 TEST_ALIGN, VAL_ALIGN = "test/indomain_align", "val/indomain_align"
 TEST_R1, VAL_R1 = "test/r_precision_top1", "val/r_precision_top1"
 TEST_TYPE_ACC, VAL_TYPE_ACC = "test/type_acc", "val/type_acc"

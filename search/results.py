@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from model import families as registry
 from model.config import (DEFAULT_FAMILY, TEST_ALIGN, TEST_ATTR_ALL, TEST_CLIP, TEST_COPY_RATE, TEST_DIVERSITY,
                           TEST_KID_INDOMAIN, TEST_KID_RANDOM, TEST_L1, TEST_R1, TEST_RECALL, TEST_TYPE_ACC, VAL_ALIGN,
-                          VAL_ATTR_ALL, VAL_CLIP, VAL_R1, VAL_TYPE_ACC)
+                          VAL_ATTR_ALL, VAL_ATTR_MEAN, VAL_CLIP, VAL_R1, VAL_TYPE_ACC)
 from model.eval.attributes import ATTRIBUTES
 from model.eval.evaluator import TRAIN_COPY_RATE
 from model.eval.intervals import paired_comparison
@@ -35,10 +35,10 @@ TABLE = "best_config"
 # (memorisation, diversity); then the validation metrics a searcher may select on.
 GUARDS = (TEST_COPY_RATE, TRAIN_COPY_RATE, TEST_DIVERSITY)
 HEADLINE = (TEST_ATTR_ALL, TEST_ALIGN, TEST_R1, TEST_TYPE_ACC, TEST_KID_RANDOM, TEST_KID_INDOMAIN, TEST_RECALL)
-INTERVAL_METRICS = (TEST_L1, *HEADLINE, *GUARDS, VAL_ATTR_ALL, VAL_ALIGN, VAL_R1, VAL_TYPE_ACC,
-                    *(f"test/attr_{a}" for a in ATTRIBUTES))
-SHARED_METRICS = (TEST_L1, TEST_CLIP, *HEADLINE, *GUARDS, VAL_ATTR_ALL, VAL_ALIGN, VAL_R1, VAL_TYPE_ACC, VAL_CLIP,
-                  *(f"test/attr_{a}" for a in ATTRIBUTES))
+INTERVAL_METRICS = (TEST_L1, *HEADLINE, *GUARDS, VAL_ATTR_ALL, VAL_ATTR_MEAN, VAL_ALIGN, VAL_R1, VAL_TYPE_ACC,
+                    *(f"test/attr_{a}" for a in (*ATTRIBUTES, "mean")))
+SHARED_METRICS = (TEST_L1, TEST_CLIP, *HEADLINE, *GUARDS, VAL_ATTR_ALL, VAL_ATTR_MEAN, VAL_ALIGN, VAL_R1, VAL_TYPE_ACC,
+                  VAL_CLIP, *(f"test/attr_{a}" for a in (*ATTRIBUTES, "mean")))
 # The headline metric the rows of a search are compared on, pairwise (the first one the rows have scores of).
 PAIRED_ON = (TEST_ATTR_ALL, TEST_ALIGN, TEST_TYPE_ACC)
 

@@ -5,6 +5,8 @@ The reader's accuracy and the cheater panel are in tests/test_metrics_panel.py (
 
 from __future__ import annotations
 
+import itertools
+
 import random
 import warnings
 
@@ -158,6 +160,7 @@ def test_scores_are_per_record_and_sample_and_all_needs_every_attribute():
     np.testing.assert_array_equal(scores["shape"], [[1, 1], [1, 0], [1, 1]])
     np.testing.assert_array_equal(scores["size"], [[1, 1], [1, 1], [0, 1]])
     np.testing.assert_array_equal(scores["all"], [[1, 1], [1, 0], [0, 1]])
+    np.testing.assert_allclose(scores["mean"], [[1, 1], [1, 5 / 6], [5 / 6, 1]])  # graded: one of six wrong
     acc = at.attribute_accuracy(FixedReader(predictions), images, attrs)
     assert acc["all"] == pytest.approx(4 / 6) and acc["colour"] == 1.0
     with_intervals = at.metrics(FixedReader(predictions), images, attrs, "val")
@@ -170,6 +173,10 @@ def test_scores_are_per_record_and_sample_and_all_needs_every_attribute():
     floor = at.floor(attrs)
     assert floor["colour"] == pytest.approx(2 / 3) and floor["pattern"] == pytest.approx(2 / 3)
     assert floor["all"] == pytest.approx(2 / 3)  # records 0 and 2 state the same attributes (pattern unstated)
+    # `mean`'s floor, by brute force: the best mean any one constant reading (a class per attribute) scores
+    best = max(float((labels == torch.tensor(c)).double().mean())
+               for c in itertools.product(*(range(len(at.CLASSES[a])) for a in at.ATTRIBUTES)))
+    assert floor["mean"] == pytest.approx(best)
     with pytest.raises(ValueError, match="3 records of images but 2 attribute sets"):
         at.attribute_scores(FixedReader(predictions), images, attrs[:2])
 

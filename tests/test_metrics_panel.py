@@ -99,6 +99,10 @@ def test_one_changed_attribute_lowers_that_attribute_only(panel):
         assert cells[f"attr_{a}"].mean <= real[f"attr_{a}"].mean - bench.ATTR_MARGIN, a
         for other in set(at.ATTRIBUTES) - {a}:
             assert cells[f"attr_{other}"].mean >= real[f"attr_{other}"].mean - bench.NEAR_CEILING, (a, other)
+        # the graded score is the mean of the six, so one attribute wrong costs it at most about a sixth (where
+        # `all` falls to the floor)
+        assert cells["attr_mean"].mean == pytest.approx(np.mean([cells[f"attr_{b}"].mean for b in at.ATTRIBUTES]))
+        assert cells["attr_mean"].mean >= real["attr_mean"].mean - 1 / 6 - bench.NEAR_CEILING, a
     # the control, fresh renders of the stated attributes, is near the ceiling on every attribute: the metric asks
     # what the image shows, not whether it is the test image
     control = rows["render"]

@@ -62,11 +62,11 @@ def test_optuna_multi_objective_reports_pareto_front(tmp_path):
     rows = read_table(exp)
     assert len(rows) == 2 and all(r["status"] == "ok" and r["family"] == "diffusion" for r in rows)
     for r in rows:  # the pareto column against a brute-force dominance check of the table's own numbers
-        v, attr = float(r[BEST_VAL_X0]), float(r["val/attr_all"])
-        dominated = any(float(o[BEST_VAL_X0]) <= v and float(o["val/attr_all"]) >= attr
-                        and (float(o[BEST_VAL_X0]), float(o["val/attr_all"])) != (v, attr) for o in rows)
+        v, attr = float(r[BEST_VAL_X0]), float(r["val/attr_mean"])
+        dominated = any(float(o[BEST_VAL_X0]) <= v and float(o["val/attr_mean"]) >= attr
+                        and (float(o[BEST_VAL_X0]), float(o["val/attr_mean"])) != (v, attr) for o in rows)
         assert (r["pareto"] == "yes") == (not dominated), rows
     md = (exp / "best_config.md").read_text()
-    assert f"## Pareto front: {BEST_VAL_X0} (min) × val/attr_all (max)" in md
+    assert f"## Pareto front: {BEST_VAL_X0} (min) × val/attr_mean (max)" in md
     objectives = json.loads((exp / "provenance.json").read_text())["search"]["objectives"]
-    assert objectives == [[BEST_VAL_X0, "min"], ["val/attr_all", "max"]]  # no CLIP weights; never test
+    assert objectives == [[BEST_VAL_X0, "min"], ["val/attr_mean", "max"]]  # no CLIP weights; never test

@@ -3,8 +3,8 @@
     from model.eval import attributes as at
     reader = at.load_or_fit(data)                        # once per (generator, image size, config, code): cached
     attrs = at.split_attributes(data, "test")            # each test record's stated attributes
-    scores = at.attribute_scores(reader, generated, attrs)   # {"colour": (R, S) 0/1, ..., "all": (R, S) 0/1}
-    at.attribute_accuracy(reader, generated, attrs)      # {"colour": 0.97, ..., "all": 0.81}
+    scores = at.attribute_scores(reader, generated, attrs)   # {"colour": (R, S) 0/1, ..., "all": (R, S) 0/1, "mean"}
+    at.attribute_accuracy(reader, generated, attrs)      # {"colour": 0.97, ..., "all": 0.81, "mean": 0.95}
     at.metrics(reader, generated, attrs, "test")         # {"test/attr_colour": Interval(mean, lo, hi), ...}
     at.baselines(reader, data)                           # the ceiling (real test images) and the text-blind floors
     at.render(attrs[0], seed, data.image_size)           # (3, S, S) in [-1, 1]: a fresh creature, as prepared
@@ -17,11 +17,13 @@ image asks of a generated test image, attribute by attribute, whether it shows w
 - pattern: none, spots, stripes or belly ("none" for a creature without a secondary type, whose text states
   no pattern), and its colour, the secondary type's (none + 9);
 - feature: horn, ears, wings, antennae or tail.
-`all` is the share of images with every stated attribute right. Read them beside the reader's own accuracy
-on the real test images (the ceiling: `baseline/attr_*_ceiling`, near 1) and two text-blind floors: the best
-any one constant image can score (`baseline/attr_*_floor`: the share of the commonest class, the commonest
-full attribute set for `all`), and what the per-pixel median training image scores
-(`baseline/attr_*_median_train_image`).
+`all` is the share of images with every stated attribute right; `mean` the share of the stated attributes an image
+draws right, averaged (a graded score: a model that gets five of six right scores 0.83 where `all` scores 0, so it
+tells apart two models that `all` ties at 0 early in training; what a search selects on, search/grid.py). Read
+them beside the reader's own accuracy on the real test images (the ceiling: `baseline/attr_*_ceiling`, near 1)
+and two text-blind floors: the best any one constant image can score (`baseline/attr_*_floor`: the share of the
+commonest class, the commonest full attribute set for `all`, the mean of the per-attribute floors for `mean`),
+and what the per-pixel median training image scores (`baseline/attr_*_median_train_image`).
 
 The reader is one small CNN with a head per attribute (three conv-BatchNorm-ReLU-maxpool levels, flattened so
 that it sees where things are: a horn sits on top, a belly below). It is trained on FRESH renders, never on
@@ -86,7 +88,7 @@ from model.files import load_or_fit as cached
 from model.eval.intervals import Interval, bootstrap_interval
 
 ATTRIBUTES = ("colour", "shape", "size", "pattern", "pattern_colour", "feature")
-SCORES = ATTRIBUTES + ("all",)
+SCORES = ATTRIBUTES + ("all", "mean")
 CLASSES = {  # attribute -> its class names; a label is an index into these
     "colour": tuple(synthetic.TYPE_COLOURS),  # the primary type
     "shape": tuple(synthetic.SHAPES),
@@ -97,10 +99,10 @@ CLASSES = {  # attribute -> its class names; a label is an index into these
 }
 TEST_ATTR = {"colour": "test/attr_colour", "shape": "test/attr_shape", "size": "test/attr_size",
              "pattern": "test/attr_pattern", "pattern_colour": "test/attr_pattern_colour",
-             "feature": "test/attr_feature", "all": "test/attr_all"}
+             "feature": "test/attr_feature", "all": "test/attr_all", "mean": "test/attr_mean"}
 VAL_ATTR = {"colour": "val/attr_colour", "shape": "val/attr_shape", "size": "val/attr_size",
             "pattern": "val/attr_pattern", "pattern_colour": "val/attr_pattern_colour",
-            "feature": "val/attr_feature", "all": "val/attr_all"}
+            "feature": "val/attr_feature", "all": "val/attr_all", "mean": "val/attr_mean"}
 BASELINE_CEILING = {a: f"baseline/attr_{a}_ceiling" for a in SCORES}  # the reader on the real test images
 BASELINE_FLOOR = {a: f"baseline/attr_{a}_floor" for a in SCORES}  # the best one constant image can score
 BASELINE_MEDIAN = {a: f"baseline/attr_{a}_median_train_image" for a in SCORES}
@@ -372,8 +374,9 @@ def _per_record(images) -> torch.Tensor:
 
 
 def attribute_scores(reader: AttributeReader, images, attrs: list[dict]) -> dict[str, np.ndarray]:
-    """{attribute: (R, S) float64 0/1, "all": (R, S)}: is attribute a of sample s of record r read as its
-    text states (attrs[r])? `all`: every attribute right. images (R, S, 3, H, W) or (R, 3, H, W)."""
+    """{attribute: (R, S) float64 0/1, "all": (R, S), "mean": (R, S)}: is attribute a of sample s of record r read
+    as its text states (attrs[r])? `all`: every attribute right; `mean`: the share of them right (in steps of
+    1/6). images (R, S, 3, H, W) or (R, 3, H, W)."""
     x = _per_record(images)
     r, s = x.shape[:2]
     if len(attrs) != r:
@@ -381,11 +384,13 @@ def attribute_scores(reader: AttributeReader, images, attrs: list[dict]) -> dict
     right = reader.predict(x.flatten(0, 1)).view(r, s, -1) == label_tensor(attrs)[:, None]  # (R, S, A)
     out = {a: right[..., k].double().numpy() for k, a in enumerate(ATTRIBUTES)}
     out["all"] = right.all(-1).double().numpy()
+    out["mean"] = right.double().mean(-1).numpy()
     return out
 
 
 def attribute_accuracy(reader: AttributeReader, images, attrs: list[dict]) -> dict[str, float]:
-    """{attribute: accuracy, "all": share with every stated attribute right}, over records and samples."""
+    """{attribute: accuracy, "all": share with every stated attribute right, "mean": the mean of the attributes'
+    accuracies}, over records and samples."""
     return {a: float(v.mean()) for a, v in attribute_scores(reader, images, attrs).items()}
 
 
@@ -397,13 +402,15 @@ def metrics(reader: AttributeReader, generated, attrs: list[dict], prefix: str =
 def floor(attrs: list[dict]) -> dict[str, float]:
     """The best a text-blind constant image can score: one image is one reading of every attribute for all
     records, so at most the share of the commonest class (per attribute) or of the commonest attribute set
-    (`all`)."""
+    (`all`); for `mean`, each attribute's floor is reached by the same image (it can show the commonest class of
+    every attribute at once), so their mean."""
     labels = label_tensor(attrs)
     if len(labels) == 0:
         return {a: float("nan") for a in SCORES}
     out = {a: np.bincount(labels[:, k].numpy()).max() / len(labels) for k, a in enumerate(ATTRIBUTES)}
     _, counts = torch.unique(labels, dim=0, return_counts=True)
     out["all"] = counts.max().item() / len(labels)
+    out["mean"] = float(np.mean([out[a] for a in ATTRIBUTES]))
     return {a: float(v) for a, v in out.items()}
 
 

@@ -16,8 +16,9 @@ JSON text `scores/M` ((R, S) lists), so that two rows of one search can be compa
 seeds (paired: search/report.py).
 
 On val and test:
-- `attr_<a>` and `attr_all` (synthetic data: model/eval/attributes.py): does the image show each attribute its
-  text states (colour, shape, size, pattern, pattern colour, feature), and every one of them?
+- `attr_<a>`, `attr_all` and `attr_mean` (synthetic data: model/eval/attributes.py): does the image show each
+  attribute its text states (colour, shape, size, pattern, pattern colour, feature), every one of them, and what
+  share of them?
 - `indomain_align`, `r_precision_top1/5` (model/eval/alignment.py, an in-domain text-image model trained on the
   training split, not OpenAI's CLIP): the image's cosine with its own text, and whether its own text is among the
   k nearest of the split's texts;
@@ -53,7 +54,7 @@ MIN_RECORDS = 16  # fewer training records than this (data built in memory by te
 TRAIN_TEXTS = 32  # training records whose texts are also generated from, for memorisation
 TRAIN_COPY_RATE = "train/copy_rate"
 # The metrics whose per-record scores are kept (scores/<metric>) for paired comparisons of two rows.
-PAIRED = ("attr_all", "indomain_align", "r_precision_top1", "type_acc")
+PAIRED = ("attr_all", "attr_mean", "indomain_align", "r_precision_top1", "type_acc")
 
 
 def images(split: Split, device) -> torch.Tensor:
