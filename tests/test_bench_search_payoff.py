@@ -72,12 +72,40 @@ def test_trial_row_reads_the_point_the_stamps_and_the_last_epochs_scores():
     """The point in KEYS' order (None for an axis the quick space lacks), every epoch's stamp, the last epoch's
     per-record scores (JSON text in Tune's results), or None when the last epoch has none."""
     cells = [[1.0, 0.0], [0.0, 1.0]]
-    config = {"family": "diffusion", "batch_size": 16, "lr": 3e-3, "unet_width": 32}  # no cond_dropout axis
+    config = {"family": "diffusion", "batch_size": 16, "lr": 3e-3, "unet_width": 32}  # no cond_dropout, lr_schedule
     done = SimpleNamespace(config=config, history=[{"timestamp": 100, bench.SCORES: "[[0,0],[0,0]]"},
                                                    {"timestamp": 110, bench.SCORES: json.dumps(cells)}])
-    assert bench.trial_row(done) == {"point": (3e-3, 32, None, 16), "stamps": [100, 110], "scores": cells}
+    assert bench.trial_row(done) == {"point": (3e-3, 32, None, 16, None), "stamps": [100, 110], "scores": cells}
     stopped = SimpleNamespace(config=config, history=[{"timestamp": 100, bench.SCORES: json.dumps(cells)},
                                                       {"timestamp": 104}])
     assert bench.trial_row(stopped)["scores"] is None
-    assert bench.trial_row(SimpleNamespace(config=config, history=[])) == {"point": (3e-3, 32, None, 16),
+    assert bench.trial_row(SimpleNamespace(config=config, history=[])) == {"point": (3e-3, 32, None, 16, None),
                                                                            "stamps": [], "scores": None}
+
+
+def test_final_choice_is_the_best_completed_trial_and_may_miss_a_completed_tied_point():
+    """The run completes the tied point `t` (one cell lower) and `u` (every cell 1), which the tied set given here
+    leaves out: its final choice is `u`, not tied, though `cost_to_find` says it found `t`. Trial-epochs in all
+    count the stopped trial's too."""
+    run = [trial("t", [1, 2, 3], scores(zeros=1)), trial("u", [1, 2, 3], scores()), trial("s", [1])]
+    assert bench.final_choice(run, {"t"}) == {"trial_epochs_total": 7, "choice": "u", "choice_tied": False}
+    assert bench.cost_to_find(run, {"t"}, 3)["trial_epochs"] is not None
+    assert bench.final_choice([trial("s", [1])], {"t"}) == {"trial_epochs_total": 1, "choice": None,
+                                                             "choice_tied": None}
+
+
+def test_agreeing_counts_completed_trials_scored_as_in_the_grid():
+    grid = [trial("a", [1, 2], scores()), trial("b", [1, 2], scores(zeros=2))]
+    run = [trial("a", [5, 6], scores()), trial("b", [5, 6], scores(zeros=3)), trial("a", [7])]
+    assert bench.agreeing(run, grid) == "1/2"
+
+
+def test_grid_table_ranks_completed_points_and_marks_the_best_and_the_tied():
+    grid = [trial(("1e-3", None, "0.1", "16", "cosine"), [1, 2], scores(zeros=1)),
+            trial(("3e-3", None, "0.1", "16", "cosine"), [1, 2], scores()),
+            trial(("3e-3", None, "0.2", "32", "constant"), [1])]  # stopped: no scores, no row
+    best, tied = bench.tied_set(grid)
+    lines = bench.grid_table(grid, tied, best).splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| lr | unet_width | cond_dropout | batch_size | lr_schedule |")
+    assert lines[2].startswith("| 3e-3 | - | 0.1 | 16 | cosine | 1.000 [1.000, 1.000] | best |")
+    assert lines[3].startswith("| 1e-3 | - |") and lines[3].endswith("| tied |")
