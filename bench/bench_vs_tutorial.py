@@ -51,7 +51,8 @@ the grid is compared too; a minimum over 32 noisy runs favours a lucky one, so i
 ways run one after the other in this process (one Python and one Ray; the caller's data cache, so a
 test that prepared the smoke data before skips its preparation), and no reshuffled run (so no tolerance).
 
-Measured (2-core AMD EPYC VM shared with other jobs, 2026-12-02, results/BENCHMARKS.md): laptop grid 333 s ours
+Measured (2-core AMD EPYC VM, results/BENCHMARKS.md): on 2026-12-07, quiet, laptop grid 333 s ours vs 994 s the
+tutorial way (2.98x), smoke 31.3 s vs 173.4 s (5.55x); on 2026-12-02, shared with other jobs, laptop 333 s ours
 vs 1647 s the tutorial way (4.94x; 3.60x in an earlier run), smoke 37.9 s vs 217.2 s (5.73x; 6.09x earlier); the
 two ways' best val L1 per point differ as much as the tutorial way does from itself reshuffled (median 0.017 vs
 0.015). About two thirds of the tutorial's training step is the text encoder, which ours runs once per text.
