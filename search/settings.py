@@ -120,6 +120,23 @@ class Settings:
         return trial_configs(point, self.model, self.train, self.sections)
 
 
+def retrains_note(settings: Settings) -> str | None:
+    """A note when the search sweeps a field that only changes how a family draws its images (its `sampling_only`:
+    the diffusion family's sampler, steps and guidance), or None: every value of it trains the same weights again,
+    where one training and a sweep of its checkpoint would do (bench/bench_diffusion.py --checkpoint)."""
+    swept = {k for k, v in settings.grid.items() if len(v) > 1}
+    sampling = {f for fam in settings.grid["family"] for f in getattr(families.get(fam), "sampling_only", ())}
+    names = sorted(swept & sampling)
+    if not names:
+        return None
+    flags = ", ".join("--" + n.replace("_", "-") for n in names)
+    hint = ("; guidance scales can be compared on one training by sweeping its checkpoint: python "
+            "bench/bench_diffusion.py --checkpoint <results>/<experiment>/best_checkpoint --guidance 1 1.5 3"
+            if "guidance_scale" in names else "")
+    return (f"[search] note: {flags} only change{'s' if len(names) == 1 else ''} how images are sampled, so each "
+            f"value trains the same weights again{hint}")
+
+
 def config_fields() -> dict[str, type]:
     """Every config field name once, with its type (image_size appears in two configs, same type)."""
     out = {}

@@ -27,7 +27,8 @@ from search.report import write_tables
 from search.results import TrialRecord, error_reason, pareto_front, table_rows
 from model.files import atomic_write
 from search.store import Plan, replace_dir, staged_dir
-from search.settings import PRESETS, Settings, add_config_flags, config_overrides, limit_records, resolve
+from search.settings import (PRESETS, Settings, add_config_flags, config_overrides, limit_records, resolve,
+                             retrains_note)
 from search.space import GRID, fused_space, grid_size, param_space, trial_configs
 from model.families.diffusion import DiffusionConfig
 from model.families.regressor import RegressorConfig
@@ -490,3 +491,18 @@ def test_any_config_flag_given_several_values_is_a_search_axis():
         resolve("smoke", config_overrides(_parse(["--image-size", "32", "64"])))
     assert fused_space({"lr": (1e-3, 1e-4), "batch_size": (4, 8)}) == ({"batch_size": (4, 8)},
                                                                        [{"lr": 1e-3}, {"lr": 1e-4}])
+
+
+def test_a_sweep_of_a_sampling_only_field_is_noted_as_retraining_the_same_weights():
+    """--guidance-scale 1 3 trains two identical models (guidance acts only when sampling): the search says so and
+    names the checkpoint sweep; a training field's sweep, or guidance at one value, gets no note."""
+    def note(*flags):
+        return retrains_note(resolve("smoke", config_overrides(_parse(["--family", "diffusion", *flags]))))
+
+    said = note("--guidance-scale", "1", "3", "--sample-steps", "10", "20")
+    assert "--guidance-scale, --sample-steps only change how images are sampled" in said
+    assert "bench/bench_diffusion.py --checkpoint" in said
+    assert "--checkpoint" not in note("--sampler", "ddim", "dpm") and "--sampler only changes" in note("--sampler",
+                                                                                                       "ddim", "dpm")
+    assert note("--unet-width", "16", "32") is None and note("--guidance-scale", "3") is None
+    assert retrains_note(resolve("smoke", config_overrides(_parse(["--lr", "1e-3", "1e-4"])))) is None  # regressor

@@ -73,6 +73,7 @@ class Family(Protocol):
     stages: ClassVar[bool]
     extra_texts: ClassVar[tuple]
     recipe: ClassVar[dict]
+    sampling_only: ClassVar[tuple]  # its section's fields that change only how images are drawn, not the training
     ema_decay: float
     train_size: int
 

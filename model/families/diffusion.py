@@ -324,6 +324,7 @@ class Diffusion:
              "so fusing saves no kernel launches")
     stages = False
     extra_texts = ("",)  # the empty text: the unconditional model of classifier-free guidance
+    sampling_only = ("sampler", "sample_steps", "guidance_scale")  # the weights train the same whatever they are
     # The shared fields it was measured best with (bench/bench_diffusion.py "pixel-fast", results/BENCHMARKS.md),
     # where the dataclass defaults are the regressor's thesis recipe: a larger batch at a higher learning rate
     # with a warm-up, bf16, the pooled text, and no dropout (a UNet at this size does not overfit in these runs).

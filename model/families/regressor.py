@@ -161,6 +161,7 @@ class Regressor:
     fuses = None  # members side by side in every kernel: a fused trial costs about what one member does on a GPU
     stages = True
     extra_texts = ()
+    sampling_only = ()
     ema_decay = 0.0  # the thesis recipe's numbers: no EMA weights
     recipe = {}  # the shared fields' defaults are the thesis's: its own model
 
