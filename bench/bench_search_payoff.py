@@ -66,6 +66,16 @@ def run_search(name: str, args, space: dict, *extra) -> float:
     return time.time() - t0
 
 
+def logged_wall(log: Path) -> float:
+    """The wall time a search printed on its closing line ("[search] ...; wall time 1234 s")."""
+    import re
+
+    found = re.findall(r"wall time (\d+) s", log.read_text())
+    if not found:
+        raise SystemExit(f"--reuse-grid: no finished search's wall time in {log}")
+    return float(found[-1])
+
+
 def trials(out: Path, name: str) -> list[dict]:
     """Each trial of a search (`trial_row`), read from its Tune results."""
     from search.results import load_trials
@@ -142,6 +152,9 @@ def main(argv=None) -> dict:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--sample-steps", type=int, default=10)
     p.add_argument("--quick", action="store_true", help="4 points, 2 epochs, 1 repetition: checks the script")
+    p.add_argument("--reuse-grid", action="store_true",
+                   help="read the grid from <out>/tune/grid (an earlier run's, same flags) instead of running it; its "
+                        "wall time from the search's own closing line in <out>/grid.log")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.quick:
@@ -152,7 +165,7 @@ def main(argv=None) -> dict:
         points *= len(vs)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     where = machine()  # its load average is the one the searches started under
-    wall = {"grid": run_search("grid", args, space)}
+    wall = {"grid": logged_wall(Path(args.out) / "grid.log") if args.reuse_grid else run_search("grid", args, space)}
     grid = trials(Path(args.out), "grid")
     best, tied = tied_set(grid)
     runs = {"grid": {**cost_to_find(grid, tied, args.epochs), **final_choice(grid, tied)}}

@@ -62,7 +62,7 @@ from search.export import SetLayoutError, check_layout, data_changed, export, ra
 from search.results import quiet_unstarted_trials, row_key
 from data_pipeline.config import field_range
 from search.settings import (SEED, PRESETS, Settings, add_config_flags, config_classes, config_overrides, load_data,
-                             resolve)
+                             resolve, retrains_note)
 from search.signals import FAULT, Reason, Stop, Stopped
 from search.snapshot import DamagedSnapshot, check_snapshot, refuse_empty_restart
 from search.space import SEARCHES, fused_space, grid_size, param_space

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from benches import load_bench
 
 bench = load_bench("bench_search_payoff")
@@ -109,3 +111,14 @@ def test_grid_table_ranks_completed_points_and_marks_the_best_and_the_tied():
     assert len(lines) == 4 and lines[0].startswith("| lr | unet_width | cond_dropout | batch_size | lr_schedule |")
     assert lines[2].startswith("| 3e-3 | - | 0.1 | 16 | cosine | 1.000 [1.000, 1.000] | best |")
     assert lines[3].startswith("| 1e-3 | - |") and lines[3].endswith("| tied |")
+
+
+def test_logged_wall_reads_the_searchs_closing_line(tmp_path):
+    """--reuse-grid takes the grid's wall time from the search's own last closing line; a log without one (the
+    search did not finish) is refused by name."""
+    log = tmp_path / "grid.log"
+    log.write_text("[search] 16 trials, 16 completed, 0 errored; wall time 1311 s\n[search] best: ...\n")
+    assert bench.logged_wall(log) == 1311.0
+    log.write_text("[search] preset laptop: ...\n")
+    with pytest.raises(SystemExit, match="no finished search's wall time in .*grid.log"):
+        bench.logged_wall(log)
