@@ -13,7 +13,8 @@ cost per epoch but for the batch size) is run
    at this budget and would tie them all) and every configuration tied with it (the paired test of
    model/eval/intervals.py on the same validation texts and sample seeds: not shown worse at alpha 0.05);
 2. with ASHA (random search over the same points, `--search random --scheduler asha`, repetition r samples with
-   seed r) and with Optuna's TPE stopped early by ASHA (`--search optuna --scheduler asha`), each repeated.
+   `--search-seed r`; every trial trains with the grid's seed, so a point trains as it did in the grid) and with
+   Optuna's TPE stopped early by ASHA (`--search optuna --scheduler asha`), each repeated.
 For each run: the compute, in trial-epochs (every epoch any trial trained) and wall time, until it first completes a
 configuration tied with the grid's best, and whether its final choice (its completed trial with the best val/attr_mean)
 is one. A point's training is deterministic (its seed, its data), so a
@@ -58,6 +59,8 @@ def run_search(name: str, args, space: dict, *extra) -> float:
            str(args.out), "--experiment", name, "--image-size", str(args.image_size), "--epochs", str(args.epochs),
            "--weight-decay", "0", "--n-heads", "2", "--ff-dim", "512", "--n-layers", "2", "--eval-samples", "2",
            "--sample-steps", str(args.sample_steps), *flags, *extra]
+    if args.reuse and (finished := logged_wall(Path(args.out) / f"{name}.log")) is not None:
+        return finished
     t0 = time.time()
     with open(Path(args.out) / f"{name}.log", "w") as log:
         rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -66,14 +69,13 @@ def run_search(name: str, args, space: dict, *extra) -> float:
     return time.time() - t0
 
 
-def logged_wall(log: Path) -> float:
-    """The wall time a search printed on its closing line ("[search] ...; wall time 1234 s")."""
+def logged_wall(log: Path) -> float | None:
+    """The wall time a finished search printed on its closing line ("[search] ...; wall time 1234 s"); None when
+    the log is missing or has none (the search did not finish: --reuse runs it again)."""
     import re
 
-    found = re.findall(r"wall time (\d+) s", log.read_text())
-    if not found:
-        raise SystemExit(f"--reuse-grid: no finished search's wall time in {log}")
-    return float(found[-1])
+    found = re.findall(r"wall time (\d+) s", log.read_text()) if log.exists() else []
+    return float(found[-1]) if found else None
 
 
 def trials(out: Path, name: str) -> list[dict]:
@@ -152,9 +154,9 @@ def main(argv=None) -> dict:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--sample-steps", type=int, default=10)
     p.add_argument("--quick", action="store_true", help="4 points, 2 epochs, 1 repetition: checks the script")
-    p.add_argument("--reuse-grid", action="store_true",
-                   help="read the grid from <out>/tune/grid (an earlier run's, same flags) instead of running it; its "
-                        "wall time from the search's own closing line in <out>/grid.log")
+    p.add_argument("--reuse", action="store_true",
+                   help="read every search that an earlier run of this bench (same flags) finished in --out instead of "
+                        "running it again (its wall time from the search's own closing line in <out>/<name>.log)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.quick:
@@ -165,15 +167,16 @@ def main(argv=None) -> dict:
         points *= len(vs)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     where = machine()  # its load average is the one the searches started under
-    wall = {"grid": logged_wall(Path(args.out) / "grid.log") if args.reuse_grid else run_search("grid", args, space)}
+    wall = {"grid": run_search("grid", args, space)}
     grid = trials(Path(args.out), "grid")
     best, tied = tied_set(grid)
     runs = {"grid": {**cost_to_find(grid, tied, args.epochs), **final_choice(grid, tied)}}
     for r in range(args.reps):
+        # --search-seed, not --seed: --seed is also the trials' training seed, and a point must train as in the grid
         for name, extra in ((f"asha-{r}", ("--search", "random", "--scheduler", "asha", "--num-samples", str(points),
-                                           "--seed", str(r))),
+                                           "--search-seed", str(r))),
                             (f"optuna-{r}", ("--search", "optuna", "--scheduler", "asha", "--num-samples", str(points),
-                                             "--seed", str(r)))):
+                                             "--search-seed", str(r)))):
             wall[name] = run_search(name, args, space, *extra)
             run = trials(Path(args.out), name)
             runs[name] = {**cost_to_find(run, tied, args.epochs), **final_choice(run, tied),

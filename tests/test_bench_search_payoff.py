@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-import pytest
-
 from benches import load_bench
 
 bench = load_bench("bench_search_payoff")
@@ -114,11 +112,10 @@ def test_grid_table_ranks_completed_points_and_marks_the_best_and_the_tied():
 
 
 def test_logged_wall_reads_the_searchs_closing_line(tmp_path):
-    """--reuse-grid takes the grid's wall time from the search's own last closing line; a log without one (the
-    search did not finish) is refused by name."""
+    """--reuse takes a finished search's wall time from its own last closing line; a log without one (the search
+    did not finish) or no log at all means: run it again."""
     log = tmp_path / "grid.log"
     log.write_text("[search] 16 trials, 16 completed, 0 errored; wall time 1311 s\n[search] best: ...\n")
     assert bench.logged_wall(log) == 1311.0
     log.write_text("[search] preset laptop: ...\n")
-    with pytest.raises(SystemExit, match="no finished search's wall time in .*grid.log"):
-        bench.logged_wall(log)
+    assert bench.logged_wall(log) is None and bench.logged_wall(tmp_path / "absent.log") is None
