@@ -22,6 +22,11 @@ configuration's validation scores are the same in every run: whether a run found
 
 Prints a table naming the machine; --json keeps every number.
 
+Measured (2-core AMD EPYC VM, 2026-12-07, results/BENCHMARKS.md "Does the search save compute?"): the grid 320
+trial-epochs, 1311 s, 3 points tied with its best; ASHA and Optuna + ASHA 102-164 trial-epochs (379-674 s), each
+run ending on a tied point in 3 of 6 (ASHA 2/3, Optuna 1/3): the eventual winners (lr 1e-3) rank 5th-15th of 16 on
+val/x0_mse at the rungs of epochs 2 and 6, where the higher learning rate leads.
+
 The --quick form is run by hand (`python bench/bench_search_payoff.py --quick --out /tmp/x`: three searches, 14
 minutes at load average 10 on 2 shared cores); the suite has no room for it. tests/test_bench_search_payoff.py
 tests the arithmetic (`trial_row`, `tied_set`, `cost_to_find`) on made-up runs.
