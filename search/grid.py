@@ -128,6 +128,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="trials for --search optuna, at least 1 (default 16)")
     p.add_argument("--scheduler", choices=SCHEDULERS, default=None,
                    help="fifo (default), or asha: stop poor trials early on val/l1")
+    p.add_argument("--grace-period", type=number(int, 1), default=None,
+                   help="with --scheduler asha: epochs every trial trains before it can be stopped (default a tenth of "
+                        "the epochs; a learning-rate axis needs longer: results/BENCHMARKS.md, 'Does the search save "
+                        "compute?')")
     p.add_argument("--fuse", choices=FUSE_MODES, default=None,
                    help="train each architecture's learning-rate x weight-decay points as one fused trial "
                         "(default auto: on when trials get GPUs and the search is the FIFO grid)")
@@ -162,6 +166,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--num-samples applies to --search random and optuna only (the grid runs every point once)")
     if args.search_seed is not None and args.search in (None, "grid") and not args.resume:
         p.error("--search-seed applies to --search random and optuna only (the grid's order is fixed)")
+    if args.grace_period is not None and args.scheduler != "asha" and not args.resume:
+        p.error("--grace-period applies to --scheduler asha only (FIFO trains every trial to the end)")
     if (args.seeds or 1) > 1 and (args.search in ("random", "optuna") or args.scheduler == "asha"):
         p.error("--seeds applies to the FIFO grid: Optuna would sample the seed as a hyperparameter, and ASHA would "
                 "stop single replicates early, so a configuration's seeds would not be alike")
@@ -260,16 +266,17 @@ def family_of(settings: Settings, what: str) -> str:
     return families[0]
 
 
-def scheduler(name: str, epochs: int, family: str = DEFAULT_FAMILY):
+def scheduler(name: str, epochs: int, family: str = DEFAULT_FAMILY, grace_period: int | None = None):
     if name == "fifo":
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    # Every trial gets a tenth of its epochs before it can be stopped; a third survive each rung. Counted in
+    # Every trial gets a tenth of its epochs (or grace_period) before it can be stopped; a third survive each rung.
+    # Counted in
     # the trial's own epochs: after a crash a restored trial may report an epoch again, and Tune's
     # training_iteration then counts it twice.
     return ASHAScheduler(time_attr="epoch", metric=families.get(family).selection, mode="min", max_t=epochs,
-                         grace_period=max(1, epochs // 10), reduction_factor=3)
+                         grace_period=min(grace_period or max(1, epochs // 10), epochs), reduction_factor=3)
 
 
 def searcher(name: str, objectives: list[tuple[str, str]], seed: int):
@@ -423,7 +430,8 @@ def plan_search(args, argv, where: Where, settings: Settings, data, clip: tuple)
         objectives=objectives, resources_per_trial=where.per_trial,
         mlflow_tracking_uri=args.mlflow_tracking_uri and resolved_uri(args.mlflow_tracking_uri),
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-        search_seed=settings.train.seed if args.search_seed is None else args.search_seed)
+        search_seed=settings.train.seed if args.search_seed is None else args.search_seed,
+        grace_period=args.grace_period)
     return Plan(
         experiment=where.results_dir.name, ray_experiment=where.ray_experiment,
         command=[sys.executable, "-m", "search.grid", *(sys.argv[1:] if argv is None else argv)],
@@ -470,7 +478,8 @@ def new_tuner(trainable, settings: Settings, plan: Plan, storage: str):
         trainable,
         param_space=param_space(space, search.search),
         tune_config=tune.TuneConfig(
-            scheduler=scheduler(search.scheduler, settings.train.total_epochs, settings.grid["family"][0]),
+            scheduler=scheduler(search.scheduler, settings.train.total_epochs, settings.grid["family"][0],
+                                search.grace_period),
             search_alg=searcher(search.search, [tuple(o) for o in search.objectives], search.search_seed),
             num_samples=1 if search.search == "grid" else search.trials,
             max_concurrent_trials=search.max_concurrent, trial_dirname_creator=trial_dirname,

@@ -319,6 +319,7 @@ class SearchPlan:
     max_concurrent: int | None = None
     max_failures: int = 2
     search_seed: int = 0  # the seed of a searcher's draws (random, optuna)
+    grace_period: int | None = None  # ASHA's epochs before a trial can be stopped (None: a tenth of the epochs)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SearchPlan":

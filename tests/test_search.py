@@ -135,6 +135,9 @@ def test_cli_rejects_contradictions():
         _parse(["--num-samples", "4"])  # only for --search optuna
     with pytest.raises(SystemExit):
         _parse(["--experiment", "tune"])  # the folder of Ray's own files beside the results
+    with pytest.raises(SystemExit):
+        _parse(["--grace-period", "6"])  # only for --scheduler asha
+    assert _parse(["--scheduler", "asha", "--grace-period", "6"]).grace_period == 6
     with pytest.raises(ValueError, match="divisible"):
         resolve("smoke", {"d_model": 30})  # caught before Ray starts, not in trial 17
 
@@ -465,6 +468,10 @@ def test_the_plan_selects_on_its_familys_metric_and_is_the_provenance(family, me
     assert prov["baselines"]["baseline/test_l1_median_train_image"] > 0  # the text-blind references, once
     assert Plan.load(tmp_path / "exp") == plan  # typed on both sides
     assert grid_cli.scheduler("asha", 10, family).metric == per_epoch  # ASHA stops on the family's epoch metric
+    # its rungs: the grace period, then x3, below max_t; a tenth of the epochs unless --grace-period says otherwise
+    assert [r for r, _ in grid_cli.scheduler("asha", 20, family)._brackets[0]._rungs] == [18, 6, 2]
+    assert [r for r, _ in grid_cli.scheduler("asha", 20, family, 6)._brackets[0]._rungs] == [18, 6]
+    assert plan.search.grace_period is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.experiment = "other"
 
