@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from machine import machine  # noqa: E402
 
 from model.config import VAL_ATTR_MEAN  # noqa: E402
-from model.eval.intervals import paired_comparison  # noqa: E402
+from model.eval.intervals import bootstrap_interval, paired_comparison  # noqa: E402
 
 SPACE = {"lr": ["1e-3", "3e-3"], "batch-size": ["16", "32"], "cond-dropout": ["0.1", "0.2"],
          "lr-schedule": ["constant", "cosine"]}
@@ -98,10 +98,16 @@ def trial_row(t) -> dict:
             "scores": json.loads(last[SCORES]) if last.get(SCORES) else None}
 
 
+def total(t: dict) -> float:
+    """A completed trial's validation score summed over records and samples: what ranks trials (the same cells for
+    every trial, so the order of their means)."""
+    return sum(map(sum, t["scores"]))
+
+
 def tied_set(grid: list[dict]) -> tuple[tuple, set]:
     """(the grid's best point by val/attr_mean, every point not shown worse than it: paired, alpha 0.05)."""
     done = [t for t in grid if t["scores"] is not None]
-    best = max(done, key=lambda t: sum(map(sum, t["scores"])))
+    best = max(done, key=total)
     tied = {t["point"] for t in done if t is best or paired_comparison(best["scores"], t["scores"]).tied}
     return best["point"], tied
 
@@ -124,7 +130,7 @@ def final_choice(run: list[dict], tied: set) -> dict:
     highest validation score (val/attr_mean, as `tied_set` ranks the grid), and whether that choice is tied with
     the grid's best (None: no trial completed). A run can complete a tied point and still choose another."""
     done = [t for t in run if t["scores"] is not None]
-    pick = max(done, key=lambda t: sum(map(sum, t["scores"])))["point"] if done else None
+    pick = max(done, key=total)["point"] if done else None
     return {"trial_epochs_total": sum(len(t["stamps"]) for t in run), "choice": pick,
             "choice_tied": None if pick is None else pick in tied}
 
@@ -139,10 +145,8 @@ def agreeing(run: list[dict], grid: list[dict]) -> str:
 
 def grid_table(grid: list[dict], tied: set, best: tuple) -> str:
     """The grid's points as a markdown table: the point, its val/attr_mean with its 95% interval, tied or best."""
-    from model.eval.intervals import bootstrap_interval
-
     lines = ["| " + " | ".join(KEYS) + f" | {VAL_ATTR_MEAN} | |", "|---" * (len(KEYS) + 2) + "|"]
-    rows = sorted((t for t in grid if t["scores"] is not None), key=lambda t: -sum(map(sum, t["scores"])))
+    rows = sorted((t for t in grid if t["scores"] is not None), key=total, reverse=True)
     for t in rows:
         mean, lo, hi = bootstrap_interval(t["scores"])
         mark = "best" if t["point"] == best else "tied" if t["point"] in tied else ""
