@@ -287,12 +287,13 @@ def searcher(name: str, objectives: list[tuple[str, str]], seed: int):
 
         return BasicVariantGenerator(random_state=seed)
     from optuna.samplers import TPESampler
-    from ray.tune.search.optuna import OptunaSearch
+
+    from search.tpe import TPESearch  # Ray's OptunaSearch, told of ASHA's stopped trials, not retraining a point
 
     metrics, modes = [m for m, _ in objectives], [mode for _, mode in objectives]
     one = len(objectives) == 1  # a dataset too small for the evaluator networks: the selection metric alone
-    return OptunaSearch(metric=metrics[0] if one else metrics, mode=modes[0] if one else modes,
-                        sampler=TPESampler(seed=seed, multivariate=True))
+    return TPESearch(metric=metrics[0] if one else metrics, mode=modes[0] if one else modes,
+                     sampler=TPESampler(seed=seed, multivariate=True))
 
 
 def stored_search(args: argparse.Namespace, results_dir: Path) -> tuple[Plan | None, str, bool]:
