@@ -44,7 +44,7 @@ from common import cell, final_metrics, headline_columns, train_logged  # noqa: 
 from machine import machine  # noqa: E402
 
 from model.config import TEST_KID_RANDOM, VAL_ALIGN, VAL_ATTR_MEAN  # noqa: E402
-from model.eval.intervals import bootstrap_interval, paired_comparison  # noqa: E402
+from model.eval.intervals import ALPHA, bootstrap_interval, paired_comparison  # noqa: E402
 
 HAND = "pixel-fast"  # the hand-picked recipe (results/BENCHMARKS.md, "The diffusion family on the real Pokédex")
 SPACE = {"lr": ["5e-4", "1e-3", "2e-3"], "batch_size": ["16", "64"], "lr_schedule": ["constant", "cosine"],
@@ -166,8 +166,9 @@ def compare(recipes: dict, data, args) -> list[dict]:
 
 def verdicts(rows: list[dict], choice: str, base: str) -> list[dict]:
     """Per paired metric both recipes have: choice - base on the seeds' per-record scores side by side (each seed's
-    samples of a record are one record's cells), its 95% interval, the one-sided p each way, the verdict ("won",
-    "lost" at p < 0.05, else "tied") and in how many seeds the choice's mean is higher."""
+    samples of a record are one record's cells), its 95% interval, the one-sided p each way, each Holm-adjusted over
+    the metrics compared (several metrics, several chances to win by luck), the verdict ("won", "lost" at an adjusted
+    p < 0.05, else "tied") and in how many seeds the choice's mean is higher."""
     import numpy as np
 
     by = {name: sorted((r for r in rows if r["recipe"] == name), key=lambda r: r["seed"]) for name in (choice, base)}
@@ -179,12 +180,27 @@ def verdicts(rows: list[dict], choice: str, base: str) -> list[dict]:
             continue
         a, b = (np.concatenate([np.asarray(r["scores"][m], dtype=float) for r in by[n]], axis=1) for n in (choice, base))
         up, down = paired_comparison(a, b), paired_comparison(b, a)
-        verdict = "won" if not up.tied else "lost" if not down.tied else "tied"
         higher = sum(np.mean(x["scores"][m]) > np.mean(y["scores"][m]) for x, y in zip(by[choice], by[base]))
         out.append({"metric": f"test/{m}", "choice": float(a.mean()), "base": float(b.mean()), "diff": up.diff,
                     "lo": up.lo, "hi": up.hi, "p_choice_better": up.p_value, "p_base_better": down.p_value,
-                    "verdict": verdict, "seeds_higher": f"{higher}/{len(by[choice])}"})
+                    "seeds_higher": f"{higher}/{len(by[choice])}"})
+    for direction in ("p_choice_better", "p_base_better"):
+        for v, adjusted in zip(out, holm([v[direction] for v in out])):
+            v[f"{direction}_holm"] = adjusted
+    for v in out:
+        v["verdict"] = ("won" if v["p_choice_better_holm"] < ALPHA else "lost" if v["p_base_better_holm"] < ALPHA
+                        else "tied")
     return out
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values (same order): the i-th smallest times (m - i), kept monotone, at most 1."""
+    order = sorted(range(len(p_values)), key=p_values.__getitem__)
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def tables(rows: list[dict], pooled: list[dict], columns: list[tuple[str, str]]) -> str:
@@ -197,9 +213,10 @@ def tables(rows: list[dict], pooled: list[dict], columns: list[tuple[str, str]])
     seeds = len({r["seed"] for r in rows})
     lines += ["", f"Pooled over {seeds} seeds, paired by test text and sample seed (search - {HAND}):", "",
               f"| metric | search | {HAND} | difference [95% interval] | p (search better) | p ({HAND} better) "
-              "| verdict | seeds where search is higher |", "|---|---|---|---|---|---|---|---|"]
+              "| verdict (Holm-adjusted p) | seeds where search is higher |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {v['metric']} | {v['choice']:.3f} | {v['base']:.3f} | {v['diff']:+.3f} [{v['lo']:+.3f}, "
-              f"{v['hi']:+.3f}] | {v['p_choice_better']:.4f} | {v['p_base_better']:.4f} | {v['verdict']} | "
+              f"{v['hi']:+.3f}] | {v['p_choice_better']:.4f} | {v['p_base_better']:.4f} | {v['verdict']} "
+              f"({min(v['p_choice_better_holm'], v['p_base_better_holm']):.3f}) | "
               f"{v['seeds_higher']} |" for v in pooled]
     kid = {name: ", ".join(f"{r[TEST_KID_RANDOM]:.4f}" for r in rows if r["recipe"] == name) for name in ("search", HAND)}
     lines.append(f"| {TEST_KID_RANDOM} (lower is better), per seed | {kid['search']} | {kid[HAND]} | | | | | |")

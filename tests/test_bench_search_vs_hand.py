@@ -101,3 +101,10 @@ def test_describe_names_only_what_the_search_changed():
     recipe = bench.hand()
     assert bench.describe({"lr": "0.001", "batch_size": "64"}, recipe) == "the hand-picked recipe itself"
     assert bench.describe({"lr": "0.002", "lr_schedule": "cosine"}, recipe) == "lr 0.002, lr_schedule cosine"
+
+
+def test_holm_adjusts_for_the_metrics_compared():
+    """Holm by hand: sorted 0.0242, 0.3924, 0.7153 times 3, 2, 1 = 0.0726, 0.7848, 0.7153, then kept monotone
+    (0.7848 for the last). A one-sided p of 0.024 on one metric of three is not a win at 0.05."""
+    assert bench.holm([0.0242, 0.7153, 0.3924]) == pytest.approx([0.0726, 0.7848, 0.7848])
+    assert bench.holm([0.6, 0.9]) == [1.0, 1.0]
