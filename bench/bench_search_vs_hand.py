@@ -290,7 +290,7 @@ def main(argv=None) -> dict:
           f"over {axes(space)}: {search_s / 60:.1f} min, "
           f"{sum(t['epochs'] for t in trials)} trial-epochs; chosen on {metric}: {describe(best['point'], recipe)}")
     print(f"epoch 1 val/x0_mse of the choice: {best['x0_first']} in the search, {choice_row['x0_first']:.4f} here "
-          "(the same configuration; one torch thread there, two here)\n")
+          "(the same configuration, trained again: equal up to the threads' rounding)\n")
     print(tables(rows, pooled, columns))
     result = {"machine": machine(), "args": vars(args), "search_s": search_s, "trials": trials, "chosen": best,
               "tied": tied, "found": found, "rows": rows, "verdicts": pooled,
