@@ -4,7 +4,7 @@ hand-picked recipe with only the space's fields varied (parsed by search.grid's 
 no training: seconds.
 
 The whole script (a search, then 2 recipes x 3 seeds of training) is run by hand: `python
-bench/bench_search_vs_hand.py --quick --out /tmp/x` checks it in minutes; the suite has no room for it.
+bench/bench_search_vs_hand.py --quick --out /tmp/x` checks it (106 s on 2 cores, 2026-12-07: a 4-trial search, 2 x 2 runs); the suite has no room for it.
 """
 
 from __future__ import annotations
