@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
 import bench_diffusion  # noqa: E402
+from bench_search_payoff import logged_wall, total  # noqa: E402
 from common import cell, final_metrics, headline_columns, train_logged  # noqa: E402
 from machine import machine  # noqa: E402
 
@@ -85,8 +86,6 @@ def search_command(args, space: dict, recipe: dict) -> list[str]:
 def run_search(args, space: dict, recipe: dict) -> float:
     """The search into <out>/tune/search, its log <out>/search.log; its wall time (with --reuse: a finished
     search's, from its log's closing line)."""
-    from bench_search_payoff import logged_wall
-
     log = Path(args.out) / "search.log"
     if args.reuse and (finished := logged_wall(log)) is not None:
         return finished
@@ -119,7 +118,7 @@ def choose(rows: list[dict], epochs: int) -> tuple[dict, list[dict]]:
     done = [r for r in rows if r["epochs"] >= epochs and r["scores"] is not None]
     if not done:
         raise SystemExit("no trial of the search completed: nothing to choose (more --trials, or a longer grace period)")
-    best = max(done, key=lambda r: sum(map(sum, r["scores"])))
+    best = max(done, key=total)
     tied = [r for r in done if r is not best and paired_comparison(best["scores"], r["scores"]).tied]
     return best, tied
 

@@ -272,8 +272,7 @@ def scheduler(name: str, epochs: int, family: str = DEFAULT_FAMILY, grace_period
     from ray.tune.schedulers import ASHAScheduler
 
     # Every trial gets a tenth of its epochs (or grace_period) before it can be stopped; a third survive each rung.
-    # Counted in
-    # the trial's own epochs: after a crash a restored trial may report an epoch again, and Tune's
+    # Counted in the trial's own epochs: after a crash a restored trial may report an epoch again, and Tune's
     # training_iteration then counts it twice.
     return ASHAScheduler(time_attr="epoch", metric=families.get(family).selection, mode="min", max_t=epochs,
                          grace_period=min(grace_period or max(1, epochs // 10), epochs), reduction_factor=3)

@@ -11,10 +11,10 @@
    complete ones), which is the scheduler's own judgement.
 2. **A point already tried is not trained again.** In a small space of choices TPE proposes points it has tried
    (its first 10 trials are random draws, with replacement): that search trained 9 distinct points in 12 trials,
-   46 of its 172 trial-epochs on repeats, with the same numbers each time (a point's training is deterministic). A repeat is told to Optuna as the first trial ended (its values, or pruned)
-   and TPE asked again; a repeat of a point still training, or of one that failed, is told as failed (TPE ignores
-   it).
-   After `tries` repeats in a row the repeat is trained: the space is nearly exhausted.
+   46 of its 172 trial-epochs on repeats, with the same numbers each time (a point's training is deterministic).
+   A repeat is told to Optuna as the first trial ended (its values, or pruned) and TPE asked again; a repeat of a
+   point still training, or of one that failed, is told as failed (TPE ignores it). After `tries` repeats in a row
+   the repeat is trained: the space is nearly exhausted.
 """
 
 from __future__ import annotations
