@@ -207,16 +207,19 @@ def sweep_table(rows: list[dict], data: PreparedData) -> str:
 PROBE_LEVELS = (0.0, 0.001, 0.003, 0.01, 0.05, 0.1, 0.2)
 
 
-def probe(ckpt: str, data: PreparedData, levels=PROBE_LEVELS, noise_seed: int = 0) -> list[dict]:
+def probe(ckpt: str, data: PreparedData, levels=PROBE_LEVELS, noise_seed: int = 0, eval_fit: float = 1.0) -> list[dict]:
     """Where does the text decide what is drawn? The test images noised to each signal level (alpha-bar: the
     schedule's closest timestep), the model's clean-image estimate given each record's text and given the empty
-    text, read by the synthetic set's attribute reader: {level, t, text: {attribute: accuracy}, empty: {...}}."""
+    text, read by the synthetic set's attribute reader (its fit `eval_fit` times as long, as TrainConfig's):
+    {level, t, text: {attribute: accuracy}, empty: {...}}."""
     from model.eval import attributes as at
+    from model.eval.evaluator import scaled
     from model.generate import load_model
 
     net, texts = load_model(ckpt, device="cpu", data=data)
     family = families.get(net.cfg.family)(net.eval(), texts, TrainConfig(), net.section)
-    reader, attrs = at.load_or_fit(data), at.split_attributes(data, "test")
+    reader = at.load_or_fit(data, scaled(at.ReaderConfig(), eval_fit))
+    attrs = at.split_attributes(data, "test")
     x0 = torch.as_tensor(data.test.unit_images()).float()[None]  # (1, N, 3, S, S): one member
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(noise_seed))
     rows = texts.rows["test"][None]
@@ -397,7 +400,7 @@ def main(argv=None) -> list[dict]:
         if args.probe:
             print(f"{head}\ncheckpoint: {args.checkpoint}; attribute accuracy of its clean-image estimate from the test "
                   "images noised to each signal level alpha-bar (its timestep)\n")
-            rows = probe(args.checkpoint, data)
+            rows = probe(args.checkpoint, data, eval_fit=evaluation.get("eval_fit", 1.0))
             print(probe_table(rows))
             return rows
         print(f"{head}\ncheckpoint: {args.checkpoint}; the scale is chosen on {selection_metric(data)}", flush=True)

@@ -9,11 +9,16 @@
 networks of model/eval/, latent diffusion's autoencoder): `<cache_dir>/<name>-<sha256(key)[:16]>.pt` holds the key and
 `to_state(fitted)`; a file whose key differs, or that cannot be read (cut short, another format), is refitted and
 replaced with a warning; a folder that cannot be written keeps the fit in memory, with a warning. Without a
-cache_dir (data built in memory) it fits every call. Concurrent writers each write a whole (identical) file.
+cache_dir (data built in memory) the fit is kept in this process (`MEMORY`, the last few keys): a bench that trains
+several recipes on the same in-memory data fits each evaluator once, not once per run. Every call gets its own object
+(`from_state` of the kept state), so no caller sees another's changes. A key that names a dataset without a
+fingerprint (data assembled by hand) is never kept: nothing would tell two such datasets apart. Concurrent writers
+each write a whole (identical) file.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -28,6 +33,8 @@ from typing import Any, Callable
 
 
 HOST = socket.gethostname()
+MEMORY: dict[str, dict] = {}  # "<name>-<hash>" -> to_state(fitted), for fits without a cache_dir (insertion order)
+MEMORY_KEYS = 8
 
 
 def beside(path: Path, tag: str) -> Path:
@@ -99,10 +106,18 @@ def load_or_fit(cache_dir: str | Path | None, name: str, key: dict, fit: Callabl
             return from_state(saved)
         except Exception as e:  # a truncated or corrupt file, another format: refit, never crash a trial
             warnings.warn(f"{name} cache {path} unreadable ({type(e).__name__}: {e}); refitting it")
+    kept = path is None and key.get("fingerprint", "") is not None  # a hand-made dataset has no fingerprint
+    if kept and f"{name}-{digest}" in MEMORY:
+        return from_state(copy.deepcopy(MEMORY[f"{name}-{digest}"]))
     start = time.perf_counter()
     fitted = fit()
     print(f"model: {name} fitted in {time.perf_counter() - start:.1f} s"
-          + (f"; cached at {path}" if path else " (no cache_dir: in memory)"), file=sys.stderr, flush=True)
+          + (f"; cached at {path}" if path else " (no cache_dir: kept in this process)" if kept else
+             " (no cache_dir, no dataset fingerprint: not kept)"), file=sys.stderr, flush=True)
+    if kept:
+        MEMORY[f"{name}-{digest}"] = copy.deepcopy(to_state(fitted))
+        while len(MEMORY) > MEMORY_KEYS:
+            MEMORY.pop(next(iter(MEMORY)))
     if path is not None:
         try:
             save_torch({"key": digest, **to_state(fitted)}, path)

@@ -1,5 +1,6 @@
 """Fit once per dataset, cache by key (model/files.py load_or_fit): a second call loads instead of fitting, another
-key or a damaged file refits (with a warning), a folder that cannot be written keeps the object in memory."""
+key or a damaged file refits (with a warning), a folder that cannot be written keeps the object in memory; without
+a cache folder the process keeps the fit."""
 
 from __future__ import annotations
 
@@ -77,11 +78,34 @@ def test_a_file_under_another_key_is_not_used(tmp_path):
         assert torch.equal(run(data, fit), torch.ones(3))
 
 
-def test_without_a_cache_folder_it_fits_every_time(tmp_path):
+def test_without_a_cache_folder_the_process_keeps_it_and_each_call_gets_its_own(monkeypatch):
+    """Data built in memory (no cache_dir): fitted once per key in this process; every call gets its own object,
+    so one caller's change reaches no other; another key fits; only the last MEMORY_KEYS keys are kept."""
+    from model import files
+
+    monkeypatch.setattr(files, "MEMORY", {})
     fit = Counter()
-    run(tiny_data(None), fit)
-    run(tiny_data(None), fit)
+    first, second = run(tiny_data(None), fit), run(tiny_data(None), fit)
+    assert fit.calls == 1 and torch.equal(first, second) and first is not second
+    second += 5  # a caller changes what it got
+    assert torch.equal(run(tiny_data(None), fit), torch.ones(3)) and fit.calls == 1
+    run(tiny_data(None, ids=(1, 2, 4)), fit)
     assert fit.calls == 2
+    for k in range(files.MEMORY_KEYS):  # the first key is pushed out of the process's memory
+        run(tiny_data(None, fingerprint=f"other-{k}"), fit)
+    calls = fit.calls
+    assert torch.equal(run(tiny_data(None), fit), torch.full((3,), calls + 1.0)) and fit.calls == calls + 1
+
+
+def test_data_without_a_fingerprint_and_a_cache_folder_fits_every_time(monkeypatch):
+    """Nothing tells two hand-assembled datasets (no fingerprint) apart: such a fit is never kept."""
+    from model import files
+
+    monkeypatch.setattr(files, "MEMORY", {})
+    fit = Counter()
+    run(tiny_data(None, fingerprint=None), fit)
+    run(tiny_data(None, fingerprint=None), fit)
+    assert fit.calls == 2 and files.MEMORY == {}
 
 
 def test_a_folder_that_cannot_be_written_keeps_it_in_memory(tmp_path):
