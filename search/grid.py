@@ -231,18 +231,26 @@ def data_arg(data: str | None) -> str | None:
     return str(Path(data).resolve()) if data and Path(data).exists() else data
 
 
+def mlflow_store(args) -> str | None:
+    """--mlflow-tracking-uri as stored (a local path made absolute), or None. search.trackers imports Ray's MLflow
+    callback, which imports mlflow (most of a second): only a search that asked for it pays that, after init_ray."""
+    if not args.mlflow_tracking_uri:
+        return None
+    from search.trackers import resolved_uri
+
+    return resolved_uri(args.mlflow_tracking_uri)
+
+
 def resume_conflicts(args: argparse.Namespace, plan: Plan, ray_experiment: str | None) -> list[str]:
     """Flags given with --resume whose value differs from the stored search. Equal values are fine:
     rerunning the same command with --resume is what the interrupted search tells the user to do."""
-    from search.trackers import resolved_uri  # imports Ray: not before init_ray
-
     stored = plan.settings
     # The seed axis (--seeds) is compared as --seeds; --seed is the first seed, train.seed.
     stored_values = {**vars(stored.train), **vars(stored.data), **vars(stored.model),
                      **{k: v for k, v in stored.grid.items() if k != SEED}}
     given = {name: (tuple(v) if isinstance(v, list) else v) for name, v in config_overrides(args).items()}
     search = plan.search
-    mlflow_uri = args.mlflow_tracking_uri and resolved_uri(args.mlflow_tracking_uri)
+    mlflow_uri = mlflow_store(args)
     given.update({k: v for k, v in (("preset", args.preset), ("search", args.search),
                                     ("scheduler", args.scheduler), ("num_samples", args.num_samples),
                                     ("fuse", args.fuse), ("seeds", args.seeds), ("mlflow_tracking_uri", mlflow_uri),
@@ -404,7 +412,6 @@ def plan_search(args, argv, where: Where, settings: Settings, data, clip: tuple)
     weights check_clip loaded, for the baselines) and status."""
     from model.eval.evaluator import EvalNets, Evaluator, split_images
     from model.text import frozen_texts
-    from search.trackers import resolved_uri
 
     scorer, clip_status = clip
     for name in settings.grid["family"]:
@@ -428,7 +435,7 @@ def plan_search(args, argv, where: Where, settings: Settings, data, clip: tuple)
         search=args.search, scheduler=args.scheduler, trials=points // len(members) if members else points,
         points=points, fuse=Fuse(args.fuse, members is not None, fuse_reason, members),
         objectives=objectives, resources_per_trial=where.per_trial,
-        mlflow_tracking_uri=args.mlflow_tracking_uri and resolved_uri(args.mlflow_tracking_uri),
+        mlflow_tracking_uri=mlflow_store(args),
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         search_seed=settings.train.seed if args.search_seed is None else args.search_seed,
         grace_period=args.grace_period)
@@ -467,12 +474,13 @@ def new_tuner(trainable, settings: Settings, plan: Plan, storage: str):
     from ray import tune
 
     from search.progress import Progress
-    from search.trackers import mlflow_logger
 
     search = plan.search
     space = fused_space(settings.grid)[0] if search.fuse.on else settings.grid
     callbacks = [Progress(search.trials, every_s=10.0 if settings.preset == "smoke" else 30.0)]
     if search.mlflow_tracking_uri:  # TensorBoard's event files are Tune's default (search/trackers.py)
+        from search.trackers import mlflow_logger
+
         callbacks.append(mlflow_logger(search.mlflow_tracking_uri, plan))
     return tune.Tuner(
         trainable,

@@ -448,6 +448,43 @@ def test_a_bad_mlflow_tracking_uri_is_a_one_line_error(uri, capsys):
     assert e.value.code == 2 and err.startswith(f"error: --mlflow-tracking-uri: {uri}: ") and err.count("\n") == 1
 
 
+def test_only_a_search_asked_to_log_to_mlflow_imports_it(tmp_path):
+    """Ray's MLflow callback imports mlflow (most of a second of every search's start): a search planned and given
+    its Tuner without --mlflow-tracking-uri never loads it; with one, the plan stores the store's absolute path and
+    the Tuner has the callback."""
+    import textwrap
+    from pathlib import Path
+
+    from conftest import modules_after
+
+    plan = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, "tests")
+        from search import grid
+        from search.settings import resolve
+        from test_model import tiny_data
+
+        def tuner(flags):
+            args = grid.parse_args(flags)
+            for name, value in grid.DEFAULTS.items():
+                setattr(args, name, getattr(args, name) or value)
+            settings = resolve("smoke", grid.config_overrides(args))
+            where = grid.Where(Path({str(tmp_path / "exp")!r}), "/tmp/tune/exp",
+                               {{"CPU": 2.0, "GPU": 0.0, "nodes": 1}}, {{"cpu": 1.0, "gpu": 0.0}})
+            plan = grid.plan_search(args, [], where, settings, tiny_data(), (None, "off"))
+            tuner = grid.new_tuner(lambda config: None, settings, plan, "/tmp/tune")
+            callbacks = tuner._local_tuner._run_config.callbacks
+            print(plan.search.mlflow_tracking_uri, [type(c).__name__ for c in callbacks])
+        """)
+    loaded, printed = modules_after(plan + "tuner([])", ("mlflow", "search.trackers"))
+    assert loaded == [] and printed.splitlines()[-1] == "None ['Progress']"
+    loaded, printed = modules_after(plan + "tuner(['--mlflow-tracking-uri', 'sqlite:///m.db'])", ("mlflow",))
+    here = Path(__file__).resolve().parents[1]  # the subprocess's working directory: a relative path resolves there
+    assert loaded == ["mlflow"]
+    assert printed.splitlines()[-1] == f"sqlite:///{here / 'm.db'} ['Progress', 'MLflowLogger']"
+
+
 @pytest.mark.parametrize("family,metric,per_epoch", [("regressor", "best/val_l1", "val/l1"),
                                                      ("diffusion", "best/val_x0_mse", "val/x0_mse")])
 def test_the_plan_selects_on_its_familys_metric_and_is_the_provenance(family, metric, per_epoch, tmp_path):
