@@ -772,7 +772,8 @@ def prepare(args, argv, stop: Stop, held: ExitStack, where: SimpleNamespace) -> 
         with user_errors():
             settings = resolve(preset, config_overrides(args), seeds=args.seeds)
     auto = "" if args.preset or args.resume else f" (auto: {'a' if has_gpu else 'no'} GPU visible to Ray/torch)"
-    print(f"[search] preset {settings.preset}{auto}: {settings.about()}", flush=True)
+    flags = config_overrides(args) if plan is None else None  # a resumed search runs its stored settings
+    print(f"[search] preset {settings.preset}{auto}: {settings.about(flags)}", flush=True)
     if note := retrains_note(settings):
         print(note, flush=True)
     # Before the data: --clip-mode required without weights stops here, not after preprocessing. The driver's

@@ -106,13 +106,17 @@ class Settings:
         return cls(d["preset"], ModelConfig(**d["model"]), TrainConfig(**d["train"]), DataConfig(**d["data"]),
                    {k: tuple(v) for k, v in d["grid"].items()}, d.get("max_records"), sections, d.get("recipe", ""))
 
-    def about(self) -> str:
-        """What the preset and the family's recipe set, for the line printed at start and recorded."""
+    def about(self, flags: dict | None = None) -> str:
+        """What the preset and the family's recipe set, for the line printed at start and recorded; then `flags` (the
+        command's config_overrides, the family aside), which win over both: a reader of the line sees what ran."""
         preset = PRESETS[self.preset]
         parts = [preset.about, preset.notes.get(self.recipe, "")]
         recipe = families.get(self.recipe).recipe if self.recipe else {}
         if recipe:
             parts.append(f"the {self.recipe} family's measured recipe: " + ", ".join(f"{k} {v}" for k, v in recipe.items()))
+        if given := {k: v for k, v in (flags or {}).items() if k != "family"}:
+            values = {k: (v[0] if len(v) == 1 else tuple(v)) if isinstance(v, list) else v for k, v in given.items()}
+            parts.append("over them, the flags: " + ", ".join(f"{k} {v}" for k, v in values.items()))
         return "; ".join(p for p in parts if p)
 
     def trial(self, point: dict) -> tuple:

@@ -98,7 +98,12 @@ def test_a_family_alone_trains_its_measured_recipe():
         assert (s.train.batch_size, s.train.precision, s.model.pooled_text) == (64, "bf16", True)
         assert "the diffusion family's measured recipe: batch_size 64" in s.about()
         assert "twenty times" not in s.about() and Settings.from_dict(s.to_dict()).recipe == "diffusion"
-    assert resolve("laptop", {"family": ["diffusion"], "batch_size": 16}).train.batch_size == 16
+    flags = config_overrides(_parse(["--family", "diffusion", "--batch-size", "16", "--lr", "1e-3", "--epochs", "30"]))
+    given = resolve("laptop", flags)
+    assert given.train.batch_size == 16 and given.grid["lr"] == (1e-3,)
+    # the start line says the recipe, then the flags that won over it (what ran: batch 16, not the recipe's 64)
+    assert given.about(flags).endswith("over them, the flags: lr 0.001, epochs 30, batch_size 16")
+    assert "flags" not in given.about() and "batch_size 64" in given.about(flags)
     mixed = resolve("laptop", {"family": ["regressor", "diffusion"]})
     assert mixed.recipe == "regressor" and mixed.train.batch_size == 10
     assert resolve("smoke", {"family": ["regressor", "diffusion"]}).sections["diffusion"].unet_width == 16
