@@ -107,15 +107,16 @@ def load_or_fit(cache_dir: str | Path | None, name: str, key: dict, fit: Callabl
         except Exception as e:  # a truncated or corrupt file, another format: refit, never crash a trial
             warnings.warn(f"{name} cache {path} unreadable ({type(e).__name__}: {e}); refitting it")
     kept = path is None and key.get("fingerprint", "") is not None  # a hand-made dataset has no fingerprint
-    if kept and f"{name}-{digest}" in MEMORY:
-        return from_state(copy.deepcopy(MEMORY[f"{name}-{digest}"]))
+    memo = f"{name}-{digest}"
+    if kept and memo in MEMORY:
+        return from_state(copy.deepcopy(MEMORY[memo]))
     start = time.perf_counter()
     fitted = fit()
     print(f"model: {name} fitted in {time.perf_counter() - start:.1f} s"
           + (f"; cached at {path}" if path else " (no cache_dir: kept in this process)" if kept else
              " (no cache_dir, no dataset fingerprint: not kept)"), file=sys.stderr, flush=True)
     if kept:
-        MEMORY[f"{name}-{digest}"] = copy.deepcopy(to_state(fitted))
+        MEMORY[memo] = copy.deepcopy(to_state(fitted))
         while len(MEMORY) > MEMORY_KEYS:
             MEMORY.pop(next(iter(MEMORY)))
     if path is not None:

@@ -513,10 +513,10 @@ def start_ray(args) -> dict:
 
     init_ray(address=args.address)
     if args.mlflow_tracking_uri:  # before the data and the first trial
-        from search.trackers import check_mlflow, resolved_uri
+        from search.trackers import check_mlflow
 
         with user_errors("--mlflow-tracking-uri"):
-            check_mlflow(resolved_uri(args.mlflow_tracking_uri))
+            check_mlflow(mlflow_store(args))
     import ray
 
     resources = ray.cluster_resources()
