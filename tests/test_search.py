@@ -482,12 +482,15 @@ def test_only_a_search_asked_to_log_to_mlflow_imports_it(tmp_path):
             callbacks = tuner._local_tuner._run_config.callbacks
             print(plan.search.mlflow_tracking_uri, [type(c).__name__ for c in callbacks])
         """)
-    loaded, printed = modules_after(plan + "tuner([])", ("mlflow", "search.trackers"))
-    assert loaded == [] and printed.splitlines()[-1] == "None ['Progress']"
-    loaded, printed = modules_after(plan + "tuner(['--mlflow-tracking-uri', 'sqlite:///m.db'])", ("mlflow",))
+    # one interpreter (each costs seconds of imports): which modules the first search loaded, then the second search
+    both = plan + ("tuner([])\nprint(sorted(m for m in ('mlflow', 'search.trackers') if m in sys.modules))\n"
+                   "tuner(['--mlflow-tracking-uri', 'sqlite:///m.db'])")
+    loaded, printed = modules_after(both, ("mlflow",))
+    *_, without, loaded_without, with_mlflow = printed.splitlines()
+    assert loaded_without == "[]" and without == "None ['Progress']"
     here = Path(__file__).resolve().parents[1]  # the subprocess's working directory: a relative path resolves there
     assert loaded == ["mlflow"]
-    assert printed.splitlines()[-1] == f"sqlite:///{here / 'm.db'} ['Progress', 'MLflowLogger']"
+    assert with_mlflow == f"sqlite:///{here / 'm.db'} ['Progress', 'MLflowLogger']"
 
 
 @pytest.mark.parametrize("family,metric,per_epoch", [("regressor", "best/val_l1", "val/l1"),
