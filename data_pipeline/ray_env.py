@@ -13,6 +13,11 @@ the machine's outward-facing address. So the variable is set when this module is
 re-read by `init_ray` in case something imported ray earlier. A user who wants a real multi-machine
 cluster sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 in the environment; setdefault leaves that alone.
 
+A local instance also starts no idle workers: Ray prestarts one worker process per CPU when the first
+driver connects (RAY_prestart_worker_first_driver), but a Tune trial runs in a worker of its own (Tune gives
+every trial actor a runtime environment, so the plain prestarted ones never take it). For a search they were
+N idle Python processes, about half a CPU-second each to start; Ray Data's tasks start the workers they need.
+
 Ray Data logs a dozen INFO lines per dataset it runs (the execution plan, its progress, "execution
 finished"), and Ray its own notices, to the console. `ray_logs_to` sends them to a file for a while
 (the caller names it in its own progress line) and leaves only errors on the console as well.
@@ -29,6 +34,7 @@ from pathlib import Path
 
 CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 os.environ.setdefault(CLUSTER_ENV, "0")
+PRESTART_ENV = "RAY_prestart_worker_first_driver"  # read by the raylet a local ray.init starts
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> None:
@@ -55,6 +61,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) 
             raise ValueError("num_cpus only applies to a local Ray instance; the cluster's nodes set their CPUs")
         ray.init(address=address, **options)
         return
+    os.environ.setdefault(PRESTART_ENV, "0")  # a user's own setting wins
     ray.init(num_cpus=num_cpus, **options)
     node_ip = ray.util.get_node_ip_address()
     if not ray_constants.ENABLE_RAY_CLUSTER and not ipaddress.ip_address(node_ip).is_loopback:

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -64,6 +65,16 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+DEFAULT_WORKER = str(Path(ray.__file__).parent / "_private" / "workers" / "default_worker.py")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def test_local_ray_listens_on_loopback_only(local_ray):
     if not local_ray:
         pytest.skip("Ray was already running when this module started; its processes are not ours to inspect")
@@ -78,6 +89,14 @@ def test_local_ray_listens_on_loopback_only(local_ray):
     for address in listening:
         host = address.rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:")
         assert host != "*" and ipaddress.ip_address(host).is_loopback, f"Ray listens on {address}"
+    # No worker process prestarted (data_pipeline/ray_env.py): Ray's default starts one per CPU when a driver
+    # connects, within a second of ray.init (no task has run here yet to start one).
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        commands = [_cmdline(p) for p in _descendants(os.getpid())]
+        workers = [c for c in commands if c.startswith("ray::IDLE") or c.split(" ")[1:2] == [DEFAULT_WORKER]]
+        assert workers == [], workers
+        time.sleep(0.2)
 
 
 def test_ray_pipeline_equals_plain_loop(local_ray, datafx):
