@@ -60,7 +60,7 @@ def diffusion_checkpoint(tmp_path_factory):
     from test_model import tiny_data
 
     cfg = ModelConfig(family="diffusion", image_size=32, d_model=32, ff_dim=64, n_layers=1, n_heads=2, max_tokens=32)
-    section = DiffusionConfig(unet_width=16, unet_levels=2, latent_channels=4, autoencoder_steps=20, sample_steps=3)
+    section = DiffusionConfig(unet_width=16, unet_levels=2, latent_channels=4, autoencoder_steps=2, sample_steps=3)
     states = []
     train(cfg, TrainConfig(lr=1e-3, epochs=1, batch_size=4, clip_mode="off"), tiny_data(),
           report=lambda m, s: states.append(s), family_cfg=section)
