@@ -1,5 +1,5 @@
 """How often a driver killed mid-search leaves a search that `--resume` cannot continue, with and without
-the fix (search.trainable.RestoreFromSuccessor and its replay, search.snapshot's check and guard).
+the fix (search.restore.RestoreFromSuccessor and its replay, search.snapshot's check and guard).
 
     python bench/bench_resume_race.py --runs 12        # about 30 s per run and variant on 2 cores
     python bench/bench_resume_race.py --quick --variants mixin   # 1 run, 1 trial of 30 epochs: checks the script
@@ -48,7 +48,7 @@ def counting_trainable(epochs: int, mixin: bool, stop_after: int | None = None, 
     def count(config):
         from ray import tune
 
-        from search.trainable import last_reported_epoch
+        from search.restore import last_reported_epoch  # torch-free: a toy trial starts in a second
 
         def report(epoch, with_checkpoint=True):
             if not with_checkpoint:
@@ -70,7 +70,7 @@ def counting_trainable(epochs: int, mixin: bool, stop_after: int | None = None, 
             report(epoch)
 
     if mixin:
-        from search.trainable import RestoreFromSuccessor
+        from search.restore import RestoreFromSuccessor
 
         count.__mixins__ = (RestoreFromSuccessor,)
     return count
@@ -162,7 +162,7 @@ def main(argv=None) -> list[dict]:
     out = []
     for mixin in [v == "mixin" for v in args.variants]:
         runs = [one_run(mixin, seed, args.keep, args.trials, args.epochs) for seed in range(args.runs)]
-        name = "the fix (search.trainable + search.snapshot)" if mixin else "Tune alone"
+        name = "the fix (search.restore + search.snapshot)" if mixin else "Tune alone"
         out.append({"variant": name, **{k: sum(r[k] for r in runs) for k in runs[0]},
                     "runs": len(runs), "runs_errored": sum(r["errored"] > 0 for r in runs)})
         print(f"| {name} | {out[-1]['runs_errored']}/{len(runs)} | {out[-1]['errored']}/{out[-1]['trials']} | "

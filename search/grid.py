@@ -501,7 +501,7 @@ def new_tuner(trainable, settings: Settings, plan: Plan, storage: str):
             # The latest state per trial holds everything (the best-validation weights too). Tune snapshots
             # the experiment every num_to_keep checkpoints of a trial (and every 10 s): 2 halves those syncs
             # against 1. A snapshot that names a checkpoint deleted after it is handled when the trial is
-            # restored (search.trainable.RestoreFromSuccessor).
+            # restored (search.restore.RestoreFromSuccessor).
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
 

@@ -276,5 +276,5 @@ def test_bench_resume_race_quick(capsys):
     assert r["runs"] == 1 and r["trials"] == 1 and (r["errored"], r["gaps"], r["empty"]) == (0, 0, 0)
     out = capsys.readouterr().out
     assert " cores" in out
-    assert table(out, "| variant |") == [["the fix (search.trainable + search.snapshot)", "0/1", "0/1", "0",
+    assert table(out, "| variant |") == [["the fix (search.restore + search.snapshot)", "0/1", "0/1", "0",
                                           str(r["refused"]), "0"]]

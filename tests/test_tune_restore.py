@@ -24,7 +24,7 @@ from model.config import TrainConfig
 from model.train import train_members
 from benches import load_bench
 from search.snapshot import DamagedSnapshot, check_snapshot, refuse_empty_restart
-from search.trainable import SUBSTITUTE
+from search.restore import SUBSTITUTE
 from test_members import SMALL
 from test_model import tiny_data
 
