@@ -233,7 +233,9 @@ def data_arg(data: str | None) -> str | None:
 
 def mlflow_store(args) -> str | None:
     """--mlflow-tracking-uri as stored (a local path made absolute), or None. search.trackers imports Ray's MLflow
-    callback, which imports mlflow (most of a second): only a search that asked for it pays that, after init_ray."""
+    callback, which imports mlflow (most of a second): only a search that asked for it imports it here, after
+    init_ray. (Tuner.fit imports it anyway where mlflow is installed: Ray's usage telemetry counts the callbacks
+    a search passes by comparing them with its integrations' classes, ray.air._internal.usage.tag_callbacks.)"""
     if not args.mlflow_tracking_uri:
         return None
     from search.trackers import resolved_uri
