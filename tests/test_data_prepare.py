@@ -30,7 +30,7 @@ from data_pipeline.ray_env import init_ray
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = DataConfig(image_size=16, augment_rotations=4, val_fraction=0.2, test_fraction=0.2)
-RAY_FORWARDED = re.compile(r"^(\x1b\[[0-9;]*m)*\((raylet|[\w.]*\s*pid=\d+)[^)]*\)")
+RAY_FORWARDED = re.compile(r"^(\x1b\[[0-9;]*m)*\((raylet\b|.*?\bpid=\d+)")  # "(MapWorker(MapBatches(f)) pid=7)" too
 
 
 def ours(text: str) -> list[str]:
