@@ -27,6 +27,7 @@ from data_pipeline.pipeline import Item, preprocess_loop, run_ray, split_arrays
 from data_pipeline.prepare import NoUsableRecords, main, prepare_dataset, prepare_in_memory
 from data_pipeline.preprocess import enriched_text
 from data_pipeline.ray_env import init_ray
+from e2e import descendants
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = DataConfig(image_size=16, augment_rotations=4, val_fraction=0.2, test_fraction=0.2)
@@ -49,30 +50,7 @@ def local_ray():
         ray.shutdown()
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        found.add(p)
-        todo += children.get(p, [])
-    return found
-
-
 DEFAULT_WORKER = str(Path(ray.__file__).parent / "_private" / "workers" / "default_worker.py")
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def test_local_ray_listens_on_loopback_only(local_ray):
@@ -83,7 +61,7 @@ def test_local_ray_listens_on_loopback_only(local_ray):
         out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         pytest.skip(f"`ss` unavailable: {exc}")
-    ours = _descendants(os.getpid())  # this process and the Ray processes it started (gcs, raylet, workers)
+    ours = {os.getpid(), *descendants(os.getpid())}  # this process and the Ray processes it started
     listening = [line.split()[3] for line in out.splitlines() if any(f"pid={p}," in line for p in ours)]
     assert len(listening) >= 2, out  # at least the GCS and the raylet
     for address in listening:
@@ -93,7 +71,7 @@ def test_local_ray_listens_on_loopback_only(local_ray):
     # connects, within a second of ray.init (no task has run here yet to start one).
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
-        commands = [_cmdline(p) for p in _descendants(os.getpid())]
+        commands = descendants(os.getpid()).values()
         workers = [c for c in commands if c.startswith("ray::IDLE") or c.split(" ")[1:2] == [DEFAULT_WORKER]]
         assert workers == [], workers
         time.sleep(0.2)
