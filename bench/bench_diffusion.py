@@ -112,7 +112,7 @@ def configs(overrides: dict, image_size: int, epochs: int, train: dict | None = 
                          TrainConfig(epochs=epochs, clip_mode="off", **(train or {})))
 
 
-def timing(configs: tuple, data: PreparedData, rows: int) -> float:
+def timing(configs: tuple, data: PreparedData, rows: int, runtime: Runtime = RUNTIME) -> float:
     """samples/s of the training step on the first `rows` training rows, one epoch (the loop's own figure)."""
     model_cfg, train_cfg, section = configs
     small = PreparedData(data.train.take(rows), data.val.take(8), data.test.take(8), {"source": "timing"})
@@ -120,7 +120,7 @@ def timing(configs: tuple, data: PreparedData, rows: int) -> float:
     # nor are the final evaluation's networks (the shortest fit of each) and samples (one per text).
     section = replace(section, sample_steps=1, autoencoder_steps=5)
     train_cfg = replace(train_cfg, epochs=1, **{**quick_eval(), "eval_samples": 1})
-    return train(model_cfg, train_cfg, small, family_cfg=section, runtime=RUNTIME)[SAMPLES_PER_S]
+    return train(model_cfg, train_cfg, small, family_cfg=section, runtime=runtime)[SAMPLES_PER_S]
 
 
 def run(name: str, overrides: dict, data: PreparedData, image_size: int, minutes: float, out: Path,
@@ -269,6 +269,13 @@ VARIANTS = {
     "widths 64/128/128": {"unet_width": 64},
     "batch 10 (the thesis's)": {"batch_size": 10},
     "bf16 autocast": {"precision": "bf16"},
+    # Runtime.math_attention off: PyTorch's own choice of attention kernel, its CPU flash kernel (the loop's only kernel
+    # until 2026-12-07), beside the math one the loop now uses under bf16 on a CPU; also with cross-attention at two
+    # levels (the 16 x 16 one too: four times the attention tokens).
+    "bf16 autocast, flash attention": {"precision": "bf16", "math_attention": False},
+    "cross-attention at two levels, bf16": {"unet_attention": 2, "precision": "bf16"},
+    "cross-attention at two levels, bf16, flash attention": {"unet_attention": 2, "precision": "bf16",
+                                                             "math_attention": False},
     # The autoencoder's fit is not part of the step: a few steps of it are enough to time the denoiser.
     "latent 8x8x4, two levels": {"latent_channels": 4, "unet_levels": 2, "autoencoder_steps": 5},
     "latent 8x8x4, widths 64/128": {"latent_channels": 4, "unet_levels": 2, "unet_width": 64, "autoencoder_steps": 5},
@@ -279,13 +286,15 @@ VARIANTS = {
 # recipe, every UNet 16 channels wide at two levels and sampled in 2 steps; --throughput: 16 rows, the first
 # variant and one more beside it (not a latent one: its autoencoder's fit would be most of the run).
 QUICK = {"unet_width": 16, "unet_levels": 2, "sample_steps": 2}
-QUICK_VARIANTS = ("first (batch 64)", "batch 32")
+QUICK_VARIANTS = ("first (batch 64)", "bf16 autocast, flash attention")
 
 
 def throughput(data: PreparedData, image_size: int, rows: int, variants: dict) -> list[dict]:
     out = []
     for name, over in variants.items():
-        sps = timing(configs(over, image_size, 1), data, rows)
+        over = dict(over)
+        runtime = replace(RUNTIME, math_attention=over.pop("math_attention", True))  # the same texts and CLIP
+        sps = timing(configs(over, image_size, 1), data, rows, runtime)
         out.append({"variant": name, "samples_per_s": sps})
         print(f"{name}: {sps:.1f} samples/s", flush=True)
     return out
@@ -353,6 +362,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--augment-rotations", type=int, default=2)
     p.add_argument("--throughput", action="store_true", help="measure the training step's speed per variant, then stop")
     p.add_argument("--rows", type=int, default=256, help="training rows per throughput measurement")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="--throughput's variants (default: all; "
+                   "each is compared with the first one named)")
     p.add_argument("--recipes", nargs="+", default=["first"], choices=list(RECIPES))
     p.add_argument("--minutes", type=float, default=5.0, help="training time per recipe")
     p.add_argument("--regressor", nargs="*", default=[], help="regressor recipes of bench/bench_recipes.py to add")
@@ -387,9 +398,10 @@ def main(argv=None) -> list[dict]:
     head = (f"machine: {machine()}\ndata: {data.info['source']}, {args.image_size} px, {args.augment_rotations} "
             f"rotations, train/val/test rows {len(data.train)}/{len(data.val)}/{len(data.test)}")
     if args.throughput:
-        variants = {k: {**v, **tiny} for k, v in VARIANTS.items() if not args.quick or k in QUICK_VARIANTS}
+        names = args.variants or (QUICK_VARIANTS if args.quick else list(VARIANTS))
+        variants = {k: {**VARIANTS[k], **tiny} for k in names}
         rows = throughput(data, args.image_size, args.rows, variants)
-        print(f"\n{head}; {args.rows} training rows per measurement\n\n| variant | samples/s | vs first |\n|---|---|---|")
+        print(f"\n{head}; {args.rows} training rows per measurement\n\n| variant | samples/s | vs the first row |\n|---|---|---|")
         for r in rows:
             print(f"| {r['variant']} | {r['samples_per_s']:.1f} | {r['samples_per_s'] / rows[0]['samples_per_s']:.2f}x |")
         return rows

@@ -44,10 +44,11 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from data_pipeline.dataset import PreparedData
 from model import families
@@ -72,9 +73,14 @@ class Runtime:
     trial after trial on the same texts (a frozen encoder's states: `model.text.frozen_texts`) and with the same
     CLIP weights (seconds to load). Its holder decides its lifetime: search/trainable.py keeps one per Ray worker;
     without one a trial starts afresh. `compile=True` runs the members' training step through torch.compile (CUDA graphs on a
-    GPU; the regressor)."""
+    GPU; the regressor). `math_attention`: under bf16 autocast on a CPU, the step's scaled-dot-product attention (the
+    UNet's transformer blocks, the text stack's layers) runs in PyTorch's math backend instead of its CPU flash
+    kernel, whose bf16 backward is slow at these head sizes: the diffusion family's step 1.3-1.5x faster on 2 cores
+    (`python bench/bench_diffusion.py --throughput`, results/BENCHMARKS.md); both compute the same softmax attention.
+    Nothing changes on a GPU or in fp32."""
     device: str | None = None
     compile: bool = False
+    math_attention: bool = True
     texts: dict = field(default_factory=dict)
     clip: ClipLoader = field(default_factory=ClipLoader)
 
@@ -278,6 +284,7 @@ class Run:
     encoder_opt: torch.optim.Optimizer | None = None
     ema: object = None
     step: object = None  # (rows, streams) -> (loss (K,), metric (K,)): the family's loss, compiled or not
+    math_attention: bool = True  # Runtime.math_attention
     start_epoch: int = 0
 
     @property
@@ -334,6 +341,7 @@ def setup(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: PreparedD
     if resume is not None:
         restore(run, resume)
     run.step = compiled_step(run) if runtime.compile else run.family.loss
+    run.math_attention = runtime.math_attention
     if run.dead is not None:
         run.opt.freeze(run.dead)
     return run
@@ -394,6 +402,15 @@ def start_stage2(run: Run) -> None:
 # ---------------------------------------------------------------------------- the loop
 
 
+def step_context(device: torch.device, precision: str, math_attention: bool) -> ExitStack:
+    """The training step's autocast (bf16 or none), and on a CPU under bf16 the math attention backend (Runtime)."""
+    stack = ExitStack()
+    stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"))
+    if math_attention and precision == "bf16" and device.type == "cpu":
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+    return stack
+
+
 def train_epoch(run: Run, epoch: int) -> tuple[list[float], float]:
     """Every member one pass over its own shuffle, one batched step for all of them: (each member's mean training
     metric, seconds)."""
@@ -406,7 +423,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[list[float], float]:
     t0 = time.perf_counter()
     for step, i in enumerate(range(0, n, first.batch_size), start=epoch * steps + 1):
         rows = orders[:, i:i + first.batch_size]  # (K, B): positions among the rows the family trains on
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=first.precision == "bf16"):
+        with step_context(device, first.precision, run.math_attention):
             loss, metric = run.step(rows, streams)
         run.weights.grad.zero_()
         if run.encoder_opt is not None:

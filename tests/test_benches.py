@@ -109,7 +109,7 @@ def test_bench_recipes_quick(tmp_path, capsys):
 
 def test_bench_diffusion_quick_throughput(capsys):
     rows = load_bench("bench_diffusion").main(["--quick", "--throughput"])
-    assert [r["variant"] for r in rows] == ["first (batch 64)", "batch 32"]
+    assert [r["variant"] for r in rows] == ["first (batch 64)", "bf16 autocast, flash attention"]
     assert all(finite_positive(r["samples_per_s"]) for r in rows)
     out = capsys.readouterr().out
     assert machine_named(out) and table(out, "| variant |")[0] == ["first (batch 64)", f"{rows[0]['samples_per_s']:.1f}",

@@ -376,3 +376,30 @@ def test_the_ema_decay_that_ran_is_reported():
                   family_cfg=SECTION)
     updates = 2 * 2  # 2 epochs of 8 rows in batches of 4
     assert final[EMA_DECAY] == pytest.approx(updates / (9 + updates)) and final[EMA_DECAY] < SECTION.ema_decay
+
+
+def test_the_bf16_step_on_a_cpu_attends_in_the_math_backend_to_the_same_result():
+    """Runtime.math_attention: under bf16 on a CPU the step's attention leaves PyTorch's CPU flash kernel (slow in
+    bf16, results/BENCHMARKS.md) for the math one, which computes the same attention; fp32 and GPUs keep
+    PyTorch's choice."""
+    from model.train import step_context
+
+    cpu = torch.device("cpu")
+    net = Denoiser(TINY, SECTION, text_dim=12, seeds=[0]).eval()  # cross-attention at its lowest level and middle block
+    x, t = torch.randn(1, 4, 3, 32, 32), torch.randint(0, 1000, (1, 4))
+    hidden, mask = torch.randn(1, 4, 5, 12), torch.ones(1, 4, 5)
+    mask[0, 1, 3:] = 0  # a shorter text: the padding is masked out in both backends
+    outs, grads = {}, {}
+    for math in (False, True):
+        net.zero_grad()
+        with step_context(cpu, "bf16", math):
+            assert torch.backends.cuda.flash_sdp_enabled() is not math  # the flag CPU flash attention obeys too
+            out = net(x, t, hidden, mask)
+        out.float().square().mean().backward()
+        outs[math], grads[math] = out.float(), torch.cat([p.grad.flatten() for p in net.parameters()])
+    assert outs[True].dtype == torch.float32 and net.unet.conv_in.weight.dtype == torch.float32
+    torch.testing.assert_close(outs[True], outs[False], rtol=0.05, atol=0.02)
+    assert torch.nn.functional.cosine_similarity(grads[True], grads[False], dim=0) > 0.99
+    with step_context(cpu, "fp32", True):
+        assert torch.backends.cuda.flash_sdp_enabled()  # fp32: PyTorch's own choice (no faster there)
+    assert torch.backends.cuda.flash_sdp_enabled()  # restored after the step
