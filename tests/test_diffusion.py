@@ -403,3 +403,47 @@ def test_the_bf16_step_on_a_cpu_attends_in_the_math_backend_to_the_same_result()
     with step_context(cpu, "fp32", True):
         assert torch.backends.cuda.flash_sdp_enabled()  # fp32: PyTorch's own choice (no faster there)
     assert torch.backends.cuda.flash_sdp_enabled()  # restored after the step
+
+
+def test_learned_weighting_learns_each_bands_log_loss_and_leaves_the_loss_as_it_was():
+    """loss_weighting "learned" (EDM2's uncertainty weighting): minimising loss / exp(u) + u over u gives each band of
+    timesteps u = the log of its mean loss, so every band's weighted loss is 1: what the steps near pure noise, whose
+    loss is largest, add to the gradient is no more than any other band's. The reported loss is min-SNR's as before."""
+    from model.families.diffusion import LOSS_BANDS, LOSS_GAIN, TIMESTEPS
+
+    learned = replace(SECTION, loss_weighting="learned")
+    net = Denoiser(TINY, learned, text_dim=12, seeds=[0, 1]).eval()
+    assert net.log_loss.shape == (2, LOSS_BANDS)  # each member its own
+    assert Denoiser(TINY, SECTION, text_dim=12, seeds=[0, 1]).state_dict().keys() == net.state_dict().keys() - {"log_loss"}
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(0, TIMESTEPS, TIMESTEPS // 40).expand(2, -1)  # (2, 40): two rows in every band
+    x0, noise = torch.rand(2, 40, 3, 32, 32, generator=g) * 2 - 1, torch.randn(2, 40, 3, 32, 32, generator=g)
+    hidden, mask = torch.randn(2, 40, 5, 12, generator=g), torch.ones(2, 40, 5)
+    with torch.no_grad():
+        objective, loss = Process(learned).loss(net, x0, hidden, mask, t, noise)
+        _, fixed = Process(SECTION).loss(net, x0, hidden, mask, t, noise)
+        pred = net(Process(SECTION).noisy(x0, noise, t), t, hidden, mask)
+    torch.testing.assert_close(loss, fixed)  # the loss a trial reports does not change
+    torch.testing.assert_close(objective, loss)  # u = 0 at the start: the objective is the loss (+ 0)
+
+    class Fixed(torch.nn.Module):  # the network's prediction held still: only u moves
+        def __init__(self):
+            super().__init__()
+            self.log_loss = torch.nn.Parameter(torch.zeros(2, LOSS_BANDS))
+
+        def forward(self, *_):
+            return pred
+
+    fixed_net, process = Fixed(), Process(learned)
+    opt = torch.optim.Adam(fixed_net.parameters(), lr=0.02)
+    for _ in range(400):
+        opt.zero_grad()
+        process.loss(fixed_net, x0, hidden, mask, t, noise)[0].sum().backward()
+        opt.step()
+    rows = Process(SECTION).weights(t) * (pred - Process(SECTION).target(x0, noise, t)).pow(2).flatten(2).mean(2)
+    band = (t[0] * LOSS_BANDS // TIMESTEPS).tolist()
+    for k in range(2):
+        expected = [float(torch.stack([rows[k, i] for i in range(40) if band[i] == b]).mean().log())
+                    for b in range(LOSS_BANDS)]
+        assert (LOSS_GAIN * fixed_net.log_loss[k]).tolist() == pytest.approx(expected, abs=0.05)
+        assert max(expected) - min(expected) > 1  # the bands' losses differ by more than e: the weights change

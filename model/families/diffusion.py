@@ -4,7 +4,7 @@
     section = DiffusionConfig(unet_width=32, prediction_type="v_prediction")
     net = Denoiser(model_cfg, section, text_dim=384, seeds=[0, 1])    # K = 2 members of one architecture
     process = Process(section)
-    loss = process.loss(net, x0, hidden, mask, t, noise)              # (K,): each member's own loss
+    objective, loss = process.loss(net, x0, hidden, mask, t, noise)   # (K,) each: what it minimises, its loss
     images = process.sample(net, (hidden, mask), (null_hidden, null_mask), noise)   # (K, B, C, S, S)
 
 Three things are kept apart, as lucidrains' denoising-diffusion-pytorch does: the network (`Denoiser`: the
@@ -61,6 +61,10 @@ VAL_SIGNAL = (0.95, 0.8, 0.6, 0.4, 0.2, 0.05, 0.01, 0.002)
 VAL_NOISE_SEED = 1234  # the same noise for every member, epoch and trial: a deterministic metric
 SAMPLE_SEED = 2024  # generated evaluation images start from this seed's noise: the same for every member and trial
 SAMPLERS = ("ddim", "dpm", "ddpm")
+# loss_weighting "learned": the log loss is learned per band of LOSS_BANDS equal timestep ranges, as LOSS_GAIN x a
+# weight that starts at 0 (loss 1): the gain lets it follow the loss down a few decades within the first epochs at
+# the members' learning rate (AdamW moves a weight about lr per step).
+LOSS_BANDS, LOSS_GAIN = 20, 30.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,12 @@ class DiffusionConfig:
     prediction_type: str = "v_prediction"  # "epsilon", "v_prediction" or "sample"
     noise_schedule: str = "squaredcos_cap_v2"  # "linear", "scaled_linear" or "squaredcos_cap_v2"
     min_snr_gamma: float = at_least(5.0, 0)  # 0: off
+    # "min-snr": the loss is min-SNR-gamma's weighted MSE. "learned": EDM2's uncertainty weighting on top (Karras et
+    # al. 2024, "Analyzing and Improving the Training Dynamics of Diffusion Models", sec. 5): each member learns the
+    # log of its loss per band of timesteps, u, and minimises loss / exp(u) + u, which holds every band's share of the
+    # gradient equal however large its loss (the steps near pure noise, whose loss is the largest, no longer drown
+    # the small steps that draw the details).
+    loss_weighting: str = "min-snr"
     cond_dropout: float = fraction(0.1)
     ema_decay: float = fraction(0.999)  # 0: off
     sampler: str = "ddim"
@@ -107,7 +117,8 @@ class DiffusionConfig:
     def __post_init__(self):
         check_ranges(self)
         choices = {"prediction_type": ("epsilon", "v_prediction", "sample"), "sampler": SAMPLERS,
-                   "noise_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2")}
+                   "noise_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
+                   "loss_weighting": ("min-snr", "learned")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -158,6 +169,8 @@ class Denoiser(nn.Module):
             stacked = torch.stack([u.get_parameter(name).detach() for u in unets])
             self.unet.get_submodule(owner)._parameters[attr] = nn.Parameter(stacked)
         init_members(self.text, seeds)
+        if section.loss_weighting == "learned":  # (K, bands): each member's log loss per band, over LOSS_GAIN
+            self.log_loss = nn.Parameter(torch.zeros(len(seeds), LOSS_BANDS))
 
     @property
     def members(self) -> int:
@@ -234,10 +247,15 @@ class Process:
         return clipped
 
     def loss(self, net, x0, hidden, mask, t, noise):
-        """Each member's weighted MSE to its target: x0 (K, B, C, S, S), the text, the step's draws -> (K,)."""
+        """Each member's weighted MSE to its target and what it minimises: x0 (K, B, C, S, S), the text, the step's
+        draws -> (objective (K,), loss (K,)). The objective is the loss, or with loss_weighting "learned" the loss
+        over each band's learned loss, plus its log (DiffusionConfig)."""
         pred = net(self.noisy(x0, noise, t), t, hidden, mask)
-        mse = (pred - self.target(x0, noise, t)).pow(2).flatten(2).mean(2)  # (K, B)
-        return (self.weights(t) * mse).mean(1)
+        loss = self.weights(t) * (pred - self.target(x0, noise, t)).pow(2).flatten(2).mean(2)  # (K, B)
+        if self.cfg.loss_weighting == "min-snr":
+            return loss.mean(1), loss.mean(1)
+        u = LOSS_GAIN * net.log_loss.gather(1, t * LOSS_BANDS // TIMESTEPS)  # (K, B): each row's band's log loss
+        return (loss / u.exp() + u).mean(1), loss.detach().mean(1)
 
     def clean(self, pred, x_t, t):
         """The clean image a prediction implies (K, B, ...), whatever the prediction type."""
@@ -412,9 +430,8 @@ class Diffusion:
         drop, t, noise = draws(streams, rows.shape[1], self.x0["train"].shape[1:], self.section.cond_dropout,
                                rows.device)
         text_idx = torch.where(drop, self.null, self.train_text[rows])
-        loss = self.process.loss(self.net.generator, self.targets(rows, streams), *self.hidden_states(text_idx), t,
+        return self.process.loss(self.net.generator, self.targets(rows, streams), *self.hidden_states(text_idx), t,
                                  noise)
-        return loss, loss
 
     @torch.no_grad()
     def select(self) -> list[float]:
