@@ -261,6 +261,8 @@ def sweep_figure(ckpt: str, data: PreparedData, guidance: float, path: Path) -> 
 
 
 # --throughput: the issue's first attempt, then each speed variant on top of it.
+SYNTHETIC = {"batch_size": 16, "precision": "bf16", "ff_dim": 512, "pooled_text": True, "prediction_type": "v_prediction",
+             "min_snr_gamma": 5.0, "cond_dropout": 0.2, "weight_decay": 0.0}
 VARIANTS = {
     "first (batch 64)": {},
     "batch 32": {"batch_size": 32},
@@ -269,13 +271,15 @@ VARIANTS = {
     "widths 64/128/128": {"unet_width": 64},
     "batch 10 (the thesis's)": {"batch_size": 10},
     "bf16 autocast": {"precision": "bf16"},
-    # Runtime.math_attention off: PyTorch's own choice of attention kernel, its CPU flash kernel (the loop's only kernel
-    # until 2026-12-07), beside the math one the loop now uses under bf16 on a CPU; also with cross-attention at two
-    # levels (the 16 x 16 one too: four times the attention tokens).
-    "bf16 autocast, flash attention": {"precision": "bf16", "math_attention": False},
-    "cross-attention at two levels, bf16": {"unet_attention": 2, "precision": "bf16"},
-    "cross-attention at two levels, bf16, flash attention": {"unet_attention": 2, "precision": "bf16",
-                                                             "math_attention": False},
+    # Runtime.math_attention: the attention kernel under bf16 on a CPU, on the synthetic set's recipe (README's command:
+    # batch 16, v-prediction, min-SNR-5, the pooled text), at one and at two cross-attention levels (the 16 x 16 one
+    # too: four times the attention tokens). "flash": PyTorch's own choice, its CPU flash kernel (the loop's only one
+    # until 2026-12-07); the others the math kernel the loop now uses there.
+    "synthetic recipe, flash attention": {**SYNTHETIC, "math_attention": False},
+    "synthetic recipe": SYNTHETIC,
+    "synthetic recipe, two attention levels, flash attention": {**SYNTHETIC, "unet_attention": 2,
+                                                                "math_attention": False},
+    "synthetic recipe, two attention levels": {**SYNTHETIC, "unet_attention": 2},
     # The autoencoder's fit is not part of the step: a few steps of it are enough to time the denoiser.
     "latent 8x8x4, two levels": {"latent_channels": 4, "unet_levels": 2, "autoencoder_steps": 5},
     "latent 8x8x4, widths 64/128": {"latent_channels": 4, "unet_levels": 2, "unet_width": 64, "autoencoder_steps": 5},
@@ -286,18 +290,20 @@ VARIANTS = {
 # recipe, every UNet 16 channels wide at two levels and sampled in 2 steps; --throughput: 16 rows, the first
 # variant and one more beside it (not a latent one: its autoencoder's fit would be most of the run).
 QUICK = {"unet_width": 16, "unet_levels": 2, "sample_steps": 2}
-QUICK_VARIANTS = ("first (batch 64)", "bf16 autocast, flash attention")
+QUICK_VARIANTS = ("first (batch 64)", "synthetic recipe, flash attention")
 
 
-def throughput(data: PreparedData, image_size: int, rows: int, variants: dict) -> list[dict]:
-    out = []
-    for name, over in variants.items():
-        over = dict(over)
-        runtime = replace(RUNTIME, math_attention=over.pop("math_attention", True))  # the same texts and CLIP
-        sps = timing(configs(over, image_size, 1), data, rows, runtime)
-        out.append({"variant": name, "samples_per_s": sps})
-        print(f"{name}: {sps:.1f} samples/s", flush=True)
-    return out
+def throughput(data: PreparedData, image_size: int, rows: int, variants: dict, repeats: int = 1) -> list[dict]:
+    """Each variant's samples/s, measured `repeats` times in turn (variant after variant, then again: this VM's
+    speed drifts by more than some differences measured here, and in turn each drift touches every variant)."""
+    runs = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, over in variants.items():
+            over = dict(over)
+            runtime = replace(RUNTIME, math_attention=over.pop("math_attention", True))  # the same texts and CLIP
+            runs[name].append(timing(configs(over, image_size, 1), data, rows, runtime))
+            print(f"{name}: {runs[name][-1]:.1f} samples/s", flush=True)
+    return [{"variant": name, "samples_per_s": sum(r) / len(r), "runs": r} for name, r in runs.items()]
 
 
 def families_figure(rows: list[dict], data: PreparedData, path: Path, k: int = 6) -> None:
@@ -364,6 +370,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--rows", type=int, default=256, help="training rows per throughput measurement")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="--throughput's variants (default: all; "
                    "each is compared with the first one named)")
+    p.add_argument("--repeats", type=int, default=1, help="--throughput: measure the variants this many times in turn")
     p.add_argument("--recipes", nargs="+", default=["first"], choices=list(RECIPES))
     p.add_argument("--minutes", type=float, default=5.0, help="training time per recipe")
     p.add_argument("--regressor", nargs="*", default=[], help="regressor recipes of bench/bench_recipes.py to add")
@@ -400,10 +407,12 @@ def main(argv=None) -> list[dict]:
     if args.throughput:
         names = args.variants or (QUICK_VARIANTS if args.quick else list(VARIANTS))
         variants = {k: {**VARIANTS[k], **tiny} for k in names}
-        rows = throughput(data, args.image_size, args.rows, variants)
-        print(f"\n{head}; {args.rows} training rows per measurement\n\n| variant | samples/s | vs the first row |\n|---|---|---|")
+        rows = throughput(data, args.image_size, args.rows, variants, args.repeats)
+        print(f"\n{head}; {args.rows} training rows per measurement, {args.repeats} in turn\n\n"
+              "| variant | samples/s (mean) | each | vs the first row |\n|---|---|---|---|")
         for r in rows:
-            print(f"| {r['variant']} | {r['samples_per_s']:.1f} | {r['samples_per_s'] / rows[0]['samples_per_s']:.2f}x |")
+            print(f"| {r['variant']} | {r['samples_per_s']:.1f} | {' / '.join(f'{x:.1f}' for x in r['runs'])} | "
+                  f"{r['samples_per_s'] / rows[0]['samples_per_s']:.2f}x |")
         return rows
 
     evaluation = quick_eval() if args.quick else {}

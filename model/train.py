@@ -75,8 +75,9 @@ class Runtime:
     without one a trial starts afresh. `compile=True` runs the members' training step through torch.compile (CUDA graphs on a
     GPU; the regressor). `math_attention`: under bf16 autocast on a CPU, the step's scaled-dot-product attention (the
     UNet's transformer blocks, the text stack's layers) runs in PyTorch's math backend instead of its CPU flash
-    kernel, whose bf16 backward is slow at these head sizes: the diffusion family's epoch 1.08x faster on 2 cores with
-    cross-attention at one level, 1.14x at two (results/BENCHMARKS.md); both compute the same softmax attention.
+    kernel, whose bf16 backward is slow at these head sizes: the diffusion family's training steps 1.13x faster on 2
+    cores with cross-attention at one level, 1.14x at two (`python bench/bench_diffusion.py --throughput`,
+    results/BENCHMARKS.md); both compute the same softmax attention.
     Nothing changes on a GPU or in fp32."""
     device: str | None = None
     compile: bool = False

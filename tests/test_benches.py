@@ -108,12 +108,14 @@ def test_bench_recipes_quick(tmp_path, capsys):
 
 
 def test_bench_diffusion_quick_throughput(capsys):
-    rows = load_bench("bench_diffusion").main(["--quick", "--throughput"])
-    assert [r["variant"] for r in rows] == ["first (batch 64)", "bf16 autocast, flash attention"]
-    assert all(finite_positive(r["samples_per_s"]) for r in rows)
+    rows = load_bench("bench_diffusion").main(["--quick", "--throughput", "--repeats", "2"])
+    assert [r["variant"] for r in rows] == ["first (batch 64)", "synthetic recipe, flash attention"]
+    assert all(len(r["runs"]) == 2 and all(map(finite_positive, r["runs"])) for r in rows)  # measured twice, in turn
+    assert all(r["samples_per_s"] == pytest.approx(sum(r["runs"]) / 2) for r in rows)
     out = capsys.readouterr().out
-    assert machine_named(out) and table(out, "| variant |")[0] == ["first (batch 64)", f"{rows[0]['samples_per_s']:.1f}",
-                                                                    "1.00x"]
+    first = rows[0]
+    assert machine_named(out) and table(out, "| variant |")[0] == [
+        "first (batch 64)", f"{first['samples_per_s']:.1f}", " / ".join(f"{x:.1f}" for x in first["runs"]), "1.00x"]
 
 
 def test_bench_diffusion_quick_recipes(tmp_path, capsys):
