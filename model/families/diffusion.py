@@ -253,7 +253,7 @@ class Process:
         pred = net(self.noisy(x0, noise, t), t, hidden, mask)
         loss = self.weights(t) * (pred - self.target(x0, noise, t)).pow(2).flatten(2).mean(2)  # (K, B)
         if self.cfg.loss_weighting == "min-snr":
-            return loss.mean(1), loss.mean(1)
+            return (mean := loss.mean(1)), mean
         u = LOSS_GAIN * net.log_loss.gather(1, t * LOSS_BANDS // TIMESTEPS)  # (K, B): each row's band's log loss
         return (loss / u.exp() + u).mean(1), loss.detach().mean(1)
 
