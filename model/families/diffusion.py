@@ -92,6 +92,11 @@ class DiffusionConfig:
     unet_levels: int = ranged(3, 2, 6)
     unet_layers: int = at_least(1, 1)
     unet_attention: int = at_least(1, 0)  # at most unet_levels
+    # How a ResNet block reads the timestep embedding (and the pooled text, which joins it): False adds it to the
+    # features (diffusers' "default"); True scales and shifts the normalized features by it (ADM's adaptive GroupNorm,
+    # Dhariwal & Nichol 2021, diffusers' "scale_shift"): the text reaches every level, the 32 x 32 one too, as a
+    # gain, not only as an offset.
+    unet_scale_shift: bool = False
     unet_dropout: float = fraction(0.0)  # in the UNet's ResNet blocks (the regressor's decoder has its own, dropout_decoder)
     latent_channels: int = at_least(0, 0)
     autoencoder_steps: int = at_least(1500, 1)
@@ -142,7 +147,7 @@ def unet_config(cfg: ModelConfig, section: DiffusionConfig, channels: int, size:
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attend)),
         mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=section.unet_layers, norm_num_groups=NORM_GROUPS,
         cross_attention_dim=cfg.d_model, attention_head_dim=cfg.n_heads,  # diffusers' legacy name: the head count
-        dropout=section.unet_dropout,
+        dropout=section.unet_dropout, resnet_time_scale_shift="scale_shift" if section.unet_scale_shift else "default",
         # pooled_text: the text's mean token, projected, joins the timestep embedding, which every ResNet block
         # of the UNet reads (as the regressor's pooled text reaches every decoder block).
         **({"class_embed_type": "projection", "projection_class_embeddings_input_dim": cfg.d_model}
