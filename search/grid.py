@@ -65,7 +65,7 @@ from search.settings import (SEED, PRESETS, Settings, add_config_flags, config_c
                              resolve, retrains_note)
 from search.signals import FAULT, Reason, Stop, Stopped
 from search.snapshot import DamagedSnapshot, check_snapshot, refuse_empty_restart
-from search.space import SEARCHES, fused_space, grid_size, param_space
+from search.space import SEARCHES, distinct_points, fused_space, grid_size, param_space
 from search.store import (PROVENANCE, DamagedProvenance, Fuse, LockHeld, Plan, SearchPlan, check_writable,
                           experiment_lock, storage_full)
 
@@ -125,7 +125,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--search-seed", type=number(int, 0), default=None,
                    help="seed of --search random or optuna's draws (default: --seed); the trials train as --seed says")
     p.add_argument("--num-samples", type=number(int, 1), default=None,
-                   help="trials for --search optuna, at least 1 (default 16)")
+                   help="trials for --search random or optuna, at least 1 (default 16; random: different points, "
+                        "at most the space's)")
     p.add_argument("--scheduler", choices=SCHEDULERS, default=None,
                    help="fifo (default), or asha: stop poor trials early on val/l1")
     p.add_argument("--grace-period", type=number(int, 1), default=None,
@@ -288,13 +289,13 @@ def scheduler(name: str, epochs: int, family: str = DEFAULT_FAMILY, grace_period
                          grace_period=min(grace_period or max(1, epochs // 10), epochs), reduction_factor=3)
 
 
-def searcher(name: str, objectives: list[tuple[str, str]], seed: int):
+def searcher(name: str, objectives: list[tuple[str, str]], seed: int, space: dict[str, tuple], trials: int):
     if name == "grid":
         return None
-    if name == "random":
+    if name == "random":  # `trials` different points, each trained once (space.distinct_points)
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=seed)
+        return BasicVariantGenerator(points_to_evaluate=distinct_points(space, trials, seed), random_state=seed)
     from optuna.samplers import TPESampler
 
     from search.tpe import TPESearch  # Ray's OptunaSearch, told of ASHA's stopped trials, not retraining a point
@@ -416,6 +417,10 @@ def plan_search(args, argv, where: Where, settings: Settings, data, clip: tuple)
     from model.text import frozen_texts
 
     scorer, clip_status = clip
+    points = grid_size(settings.grid) if args.search == "grid" else (args.num_samples or 16)
+    if args.search == "random":  # different points: at most the space's (16 by default, or all of a smaller one)
+        points = args.num_samples or min(points, grid_size(settings.grid))
+        distinct_points(settings.grid, points, 0)  # refuses more than the space holds, before anything is fitted
     for name in settings.grid["family"]:
         # What a family fits once per dataset (latent diffusion's first stage), and the frozen text encoder's states
         # of its texts, made here with all of the driver's cores (and cached beside the prepared data), so that no
@@ -431,7 +436,6 @@ def plan_search(args, argv, where: Where, settings: Settings, data, clip: tuple)
     for what, used in (("--scheduler asha", args.scheduler != "fifo"), (f"--search {args.search}", args.search != "grid")):
         if used:
             family_of(settings, what)
-    points = grid_size(settings.grid) if args.search == "grid" else (args.num_samples or 16)
     objectives = [(families.get(settings.grid["family"][0]).best, "min"), *faithfulness_objective(data, scorer)]
     search = SearchPlan(
         search=args.search, scheduler=args.scheduler, trials=points // len(members) if members else points,
@@ -490,7 +494,8 @@ def new_tuner(trainable, settings: Settings, plan: Plan, storage: str):
         tune_config=tune.TuneConfig(
             scheduler=scheduler(search.scheduler, settings.train.total_epochs, settings.grid["family"][0],
                                 search.grace_period),
-            search_alg=searcher(search.search, [tuple(o) for o in search.objectives], search.search_seed),
+            search_alg=searcher(search.search, [tuple(o) for o in search.objectives], search.search_seed, space,
+                                search.trials),
             num_samples=1 if search.search == "grid" else search.trials,
             max_concurrent_trials=search.max_concurrent, trial_dirname_creator=trial_dirname,
             # A finished trial's process runs the next one: torch, transformers and the text

@@ -3,6 +3,7 @@
     from search.space import AXES, GRID, fused_space, grid_size, param_space, trial_configs
     grid_size(GRID)                                   # 32; AXES adds the model family, one value by default
     param_space(GRID, "grid")                         # {"lr": tune.grid_search([...]), ...}
+    distinct_points(GRID, 12, seed=0)                 # --search random's trials: 12 different points of the 32
     model_cfg, train_cfg, section = trial_configs({"lr": 1e-4, "n_heads": 4}, ModelConfig(), TrainConfig(), sections)
     trial_grid, members = fused_space(GRID)           # 8 architectures; 4 (lr, weight_decay) members each
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from dataclasses import fields, replace
 
 from model import families
@@ -51,6 +53,26 @@ def param_space(grid: dict[str, tuple], search: str) -> dict:
     if search in ("random", "optuna"):
         return {k: tune.choice(list(v)) for k, v in grid.items()}
     raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+
+
+def distinct_points(grid: dict[str, tuple], n: int, seed: int) -> list[dict]:
+    """n different points of the grid, drawn at random without replacement (the same n for the same seed): the
+    trials of `--search random`. Tune's own random search draws every axis anew for each trial, so in a space of a
+    few dozen points it trains some twice (a point trains deterministically: the same numbers again; the 12-trial
+    search of results/BENCHMARKS.md trained 9 distinct points). ValueError when the grid has fewer than n."""
+    total = grid_size(grid)
+    if n > total:
+        raise ValueError(f"--search random draws {n} different points of a space of {total} "
+                         f"({' x '.join(str(len(v)) for v in grid.values())}): ask for at most {total} with "
+                         "--num-samples, or train every point with --search grid")
+    points = []
+    for index in random.Random(seed).sample(range(total), n):
+        point = {}
+        for key, values in reversed(grid.items()):  # the index in mixed radix, the last axis fastest (as product)
+            index, digit = divmod(index, len(values))
+            point[key] = values[digit]
+        points.append({key: point[key] for key in grid})
+    return points
 
 
 def trial_configs(point: dict, model: ModelConfig, train: TrainConfig, sections: dict | None = None) -> tuple:

@@ -29,7 +29,7 @@ from model.files import atomic_write
 from search.store import Plan, replace_dir, staged_dir
 from search.settings import (PRESETS, Settings, add_config_flags, config_overrides, limit_records, resolve,
                              retrains_note)
-from search.space import GRID, fused_space, grid_size, param_space, trial_configs
+from search.space import GRID, distinct_points, fused_space, grid_size, param_space, trial_configs
 from model.families.diffusion import DiffusionConfig
 from model.families.regressor import RegressorConfig
 
@@ -520,6 +520,20 @@ def test_the_plan_selects_on_its_familys_metric_and_is_the_provenance(family, me
     assert plan.search.grace_period is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.experiment = "other"
+
+
+def test_random_search_trains_different_points_of_the_space():
+    """--search random draws its trials without replacement (Tune's own draws repeat points in a small space): every
+    trial a different grid point, the same ones for the same seed, and never more than the space holds."""
+    every = [dict(zip(GRID, values)) for values in itertools.product(*GRID.values())]
+    drawn = distinct_points(GRID, 12, seed=3)
+    assert len({json.dumps(p, sort_keys=True) for p in drawn}) == 12 and all(p in every for p in drawn)
+    assert drawn == distinct_points(GRID, 12, seed=3) and drawn != distinct_points(GRID, 12, seed=4)
+    assert sorted(map(str, distinct_points(GRID, 32, seed=0))) == sorted(map(str, every))  # the whole space
+    with pytest.raises(ValueError, match="--num-samples"):
+        distinct_points(GRID, 33, seed=0)
+    # Tune's random searcher is handed exactly these points, one per trial
+    assert grid_cli.searcher("random", [], 3, GRID, 12)._points_to_evaluate == drawn
 
 
 def test_a_mixed_family_search_refuses_what_compares_trials_on_one_metric():
