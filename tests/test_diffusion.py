@@ -46,6 +46,21 @@ def _run(model_cfg, cfg, data, **kw):
     return history, states, final
 
 
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_scale_shift_makes_every_resnet_block_scale_and_shift_by_the_timestep_and_text(scale_shift):
+    """unet_scale_shift reaches every ResNet block: the embedding's projection gives a scale and a shift per channel
+    (twice the channels) and moves the block's output as a gain; off, one offset per channel."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    cfg = ModelConfig(**{**TINY.__dict__, "pooled_text": True})
+    net = Denoiser(cfg, replace(SECTION, unet_scale_shift=scale_shift), text_dim=12)
+    blocks = [m for m in net.unet.modules() if isinstance(m, ResnetBlock2D)]
+    assert len(blocks) >= 2 * SECTION.unet_levels
+    for b in blocks:
+        assert b.time_embedding_norm == ("scale_shift" if scale_shift else "default")
+        assert b.time_emb_proj.weight.shape[-2] == (2 if scale_shift else 1) * b.conv1.weight.shape[-4]
+
+
 def test_a_diffusion_member_equals_its_single_run():
     data = tiny_data(n_train=8)
     model_cfg = ModelConfig(**{**TINY.__dict__, **NO_DROPOUT})
