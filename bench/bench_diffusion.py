@@ -280,6 +280,10 @@ VARIANTS = {
     "synthetic recipe, two attention levels, flash attention": {**SYNTHETIC, "unet_attention": 2,
                                                                 "math_attention": False},
     "synthetic recipe, two attention levels": {**SYNTHETIC, "unet_attention": 2},
+    # Two UNet levels (32 and 16 px): the lowest, where the text is attended, is 16 x 16, without the 8 x 8 level.
+    "synthetic recipe, two UNet levels": {**SYNTHETIC, "unet_levels": 2},
+    # The text stack's width, which the UNet's cross-attention and the pooled text read (the laptop preset's 64).
+    "synthetic recipe, d_model 256": {**SYNTHETIC, "d_model": 256},
     # The autoencoder's fit is not part of the step: a few steps of it are enough to time the denoiser.
     "latent 8x8x4, two levels": {"latent_channels": 4, "unet_levels": 2, "autoencoder_steps": 5},
     "latent 8x8x4, widths 64/128": {"latent_channels": 4, "unet_levels": 2, "unet_width": 64, "autoencoder_steps": 5},
