@@ -65,14 +65,8 @@ def distinct_points(grid: dict[str, tuple], n: int, seed: int) -> list[dict]:
         raise ValueError(f"--search random draws {n} different points of a space of {total} "
                          f"({' x '.join(str(len(v)) for v in grid.values())}): ask for at most {total} with "
                          "--num-samples, or train every point with --search grid")
-    points = []
-    for index in random.Random(seed).sample(range(total), n):
-        point = {}
-        for key, values in reversed(grid.items()):  # the index in mixed radix, the last axis fastest (as product)
-            index, digit = divmod(index, len(values))
-            point[key] = values[digit]
-        points.append({key: point[key] for key in grid})
-    return points
+    every = list(itertools.product(*grid.values()))
+    return [dict(zip(grid, every[i])) for i in random.Random(seed).sample(range(total), n)]
 
 
 def trial_configs(point: dict, model: ModelConfig, train: TrainConfig, sections: dict | None = None) -> tuple:
