@@ -49,7 +49,7 @@ def _run(model_cfg, cfg, data, **kw):
 @pytest.mark.parametrize("scale_shift", [False, True])
 def test_scale_shift_makes_every_resnet_block_scale_and_shift_by_the_timestep_and_text(scale_shift):
     """unet_scale_shift reaches every ResNet block: the embedding's projection gives a scale and a shift per channel
-    (twice the channels) and moves the block's output as a gain; off, one offset per channel."""
+    (twice the channels); off, one offset per channel."""
     from diffusers.models.resnet import ResnetBlock2D
 
     cfg = ModelConfig(**{**TINY.__dict__, "pooled_text": True})
