@@ -78,8 +78,9 @@ class TrainConfig:
     # after the warm-up, half a cosine from the full rate down to zero at the run's last step. A fixed-budget run
     # ends on small steps, which is where decay pays.
     lr_schedule: str = "constant"
-    # "bf16": the training step's forward and backward under torch.autocast in bfloat16 (weights, optimizer and
-    # evaluation stay float32); on a CPU with AVX-512 BF16 and on GPUs it is faster. "fp32": no autocast.
+    # "bf16": the training step's forward and backward, and the per-epoch selection metric, under torch.autocast in
+    # bfloat16 (weights, optimizer and the final evaluation stay float32); on a CPU with AVX-512 BF16 and on GPUs it
+    # is faster. "fp32": no autocast.
     precision: str = "fp32"
     # The final evaluation (model/eval/evaluator.py): samples a sampling family draws per text for every metric,
     # and the length of the evaluator networks' one fit per dataset, as a share of its measured default (the smoke

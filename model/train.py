@@ -458,10 +458,15 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
             start_stage2(run)
         train_metric, elapsed = train_epoch(run, epoch)
 
-        # Select: each member's selection metric and best weights (EMA weights where the family uses them).
+        # Select: each member's selection metric and best weights (EMA weights where the family uses them). The
+        # metric runs under the step's precision: under bf16 on 2 CPU cores the diffusion family's takes 8-9 s an
+        # epoch instead of 13-15 s and reads within 2e-5 of fp32 (results/BENCHMARKS.md, "The selection metric
+        # under bf16"); the final evaluation stays fp32.
         with ema_weights(run.ema, run.weights):
-            metrics = run.members.record(epoch, train_metric, run.family.select(), k * n / elapsed, run.family,
-                                         train_cfgs, lambda m: member_weights(run.net, run.weights, m))
+            with step_context(run.device, first.precision, run.math_attention):
+                selection = run.family.select()
+            metrics = run.members.record(epoch, train_metric, selection, k * n / elapsed, run.family, train_cfgs,
+                                         lambda m: member_weights(run.net, run.weights, m))
         if run.ema is not None:  # what the configured decay came to (see EMA_DECAY)
             for mt in metrics:
                 mt[EMA_DECAY] = run.ema.cur_decay_value
