@@ -8,6 +8,8 @@
         --augment-rotations 1 --guidance 1 1.5 2 3 --eval-samples 1    # a trained model's guidance, chosen on val
     python bench/bench_diffusion.py --checkpoint CKPT --data synthetic:0:2400 --augment-rotations 1 --probe
                                                                     # where its text decides what is drawn
+    python bench/bench_diffusion.py --selection CKPT [CKPT ...] --data synthetic:0:2400 --augment-rotations 1
+                                                                    # the per-epoch selection metric, fp32 vs bf16
 
 Throughput (`--throughput`): the training step of `model.train.train` (its own samples_per_s: training steps
 only, every member's samples) for the issue's first attempt and each speed variant, on the same rows.
@@ -237,6 +239,36 @@ def probe(ckpt: str, data: PreparedData, levels=PROBE_LEVELS, noise_seed: int = 
     return out
 
 
+def selection_precision(ckpts: list[str], data: PreparedData, repeats: int = 2) -> list[dict]:
+    """Each trained checkpoint's per-epoch selection metric (the family's `select`, on --data's validation split)
+    in fp32 and under the bf16 step's context (as `model.train` runs it for a bf16 trial): {checkpoint, fp32, bf16,
+    fp32_s, bf16_s}, the seconds the fastest of `repeats` turns (this VM's speed drifts)."""
+    import time
+
+    from model.eval.evaluator import split_images
+    from model.families import Targets
+    from model.generate import load_model
+    from model.train import step_context
+
+    cpu, images = torch.device("cpu"), split_images(data, "cpu")
+    out = []
+    for ckpt in ckpts:
+        net, texts = load_model(ckpt, device="cpu", data=data)
+        family = families.get(net.cfg.family)(net.eval(), texts, TrainConfig(), net.section,
+                                              Targets(data, images, None, cpu))
+        row = {"checkpoint": ckpt}
+        for _ in range(repeats):
+            for precision in ("fp32", "bf16"):
+                t0 = time.perf_counter()
+                with step_context(cpu, precision, RUNTIME.math_attention):
+                    row[precision] = family.select()[0]
+                row[f"{precision}_s"] = min(row.get(f"{precision}_s", float("inf")), time.perf_counter() - t0)
+        out.append(row)
+        print(f"{ckpt}: fp32 {row['fp32']:.5f} in {row['fp32_s']:.1f} s, bf16 {row['bf16']:.5f} in "
+              f"{row['bf16_s']:.1f} s", flush=True)
+    return out
+
+
 def probe_table(rows: list[dict]) -> str:
     """The probe as a markdown table: one column per signal level, a row per attribute, with the text and empty."""
     lines = ["| attribute, estimate from | " + " | ".join(f"{r['level']:g} ({r['t']})" for r in rows) + " |",
@@ -388,6 +420,8 @@ def main(argv=None) -> list[dict]:
                    "--data (the data it trained on), print the table and stop: no training")
     p.add_argument("--probe", action="store_true", help="with --checkpoint on the synthetic set: the attributes of "
                    "the model's clean-image estimate from noised test images, per signal level, with and without the text")
+    p.add_argument("--selection", nargs="+", default=[], metavar="CKPT", help="the per-epoch selection metric of "
+                   "these trained checkpoints on --data's validation split, in fp32 and in bf16: values and seconds")
     p.add_argument("--eval-samples", type=int, default=None, help="samples per text of --checkpoint's sweep "
                    "(default: the trial's own eval_samples)")
     p.add_argument("--quick", action="store_true", help="checks the script in seconds, measures nothing: 40 synthetic "
@@ -417,6 +451,15 @@ def main(argv=None) -> list[dict]:
         for r in rows:
             print(f"| {r['variant']} | {r['samples_per_s']:.1f} | {' / '.join(f'{x:.1f}' for x in r['runs'])} | "
                   f"{r['samples_per_s'] / rows[0]['samples_per_s']:.2f}x |")
+        return rows
+
+    if args.selection:
+        rows = selection_precision(args.selection, data)
+        print(f"\n{head}; the selection metric on the {len(data.val)} validation records, the faster of 2 turns\n\n"
+              "| checkpoint | fp32 | bf16 | bf16 - fp32 | fp32 s | bf16 s | bf16 / fp32 time |\n|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['checkpoint']} | {r['fp32']:.5f} | {r['bf16']:.5f} | {r['bf16'] - r['fp32']:+.5f} | "
+                  f"{r['fp32_s']:.1f} | {r['bf16_s']:.1f} | {r['bf16_s'] / r['fp32_s']:.2f} |")
         return rows
 
     evaluation = quick_eval() if args.quick else {}

@@ -166,6 +166,14 @@ def test_bench_diffusion_quick_recipes(tmp_path, capsys):
     body = table(capsys.readouterr().out, "| attribute, estimate from |")
     assert body[2][0] == "shape, the text" and body[2][1] == f"{probed[0]['text']['shape']:.2f}"
 
+    # --selection: the checkpoint's selection metric again, in fp32 (what its fp32 training recorded as its best)
+    # and under bf16 (close, not equal)
+    picked = load_bench("bench_diffusion").main(["--quick", "--selection", rows[0]["checkpoint"]])
+    assert picked[0]["fp32"] == pytest.approx(rows[0]["best"], rel=1e-5)
+    assert picked[0]["bf16"] == pytest.approx(picked[0]["fp32"], rel=0.02) and picked[0]["bf16"] != picked[0]["fp32"]
+    body = table(capsys.readouterr().out, "| checkpoint | fp32 | bf16 |")
+    assert body[0][:3] == [rows[0]["checkpoint"], f"{picked[0]['fp32']:.5f}", f"{picked[0]['bf16']:.5f}"]
+
 
 def test_bench_type_classifier_quick(tmp_path, capsys):
     result = load_bench("bench_type_classifier").main(["--quick", "--out", str(tmp_path)])
