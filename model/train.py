@@ -459,9 +459,9 @@ def train_members(model_cfg: ModelConfig, train_cfgs: list[TrainConfig], data: P
         train_metric, elapsed = train_epoch(run, epoch)
 
         # Select: each member's selection metric and best weights (EMA weights where the family uses them). The
-        # metric runs under the step's precision: under bf16 on 2 CPU cores the diffusion family's takes 8-9 s an
-        # epoch instead of 13-15 s and reads within 2e-5 of fp32 (results/BENCHMARKS.md, "The selection metric
-        # under bf16"); the final evaluation stays fp32.
+        # metric runs under the step's precision: under bf16 on 2 CPU cores the diffusion family's takes 0.60-0.65
+        # of its fp32 time (4-5 s an epoch less) and reads within 2e-5 of fp32 (results/BENCHMARKS.md, "The
+        # selection metric under bf16"); the final evaluation stays fp32.
         with ema_weights(run.ema, run.weights):
             with step_context(run.device, first.precision, run.math_attention):
                 selection = run.family.select()
