@@ -470,14 +470,14 @@ def test_the_selection_metric_runs_under_the_steps_precision(monkeypatch):
     are drawn without autocast. (An fp32 trial's `step_context` enables no autocast.)"""
     from model.families.diffusion import Diffusion
 
-    seen = {"select": [], "generate": []}
+    seen = {"select": [], "generate": [], "pairs": []}
     select, images = Diffusion.select, Diffusion.images
 
     def recording_select(self):
         seen["select"].append(torch.is_autocast_enabled("cpu"))
         here = select(self)
         with torch.autocast("cpu", enabled=False):
-            seen.setdefault("pairs", []).append((here, select(self)))
+            seen["pairs"].append((here, select(self)))
         return here
 
     def recording_images(self, *args, **kw):
