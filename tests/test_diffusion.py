@@ -61,6 +61,39 @@ def test_scale_shift_makes_every_resnet_block_scale_and_shift_by_the_timestep_an
         assert b.time_emb_proj.weight.shape[-2] == (2 if scale_shift else 1) * b.conv1.weight.shape[-4]
 
 
+def test_cross_levels_read_the_text_through_attention_alone_and_its_mask():
+    """unet_cross_levels: the level above the attention one reads the text through TextAttention (no self-attention,
+    no feed-forward) on the way down and up; what it adds follows the text's unmasked tokens and ignores masked ones
+    (the UNet's mask reaches it); without the field that level has no attention at all."""
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    from model.families.diffusion import TextAttention
+
+    plain = Denoiser(TINY, SECTION, text_dim=12).unet
+    assert not hasattr(plain.down_blocks[0], "attentions") and isinstance(plain.down_blocks[1].attentions[0],
+                                                                          Transformer2DModel)
+    net = Denoiser(TINY, replace(SECTION, unet_cross_levels=1), text_dim=12).eval()
+    finest = [*net.unet.down_blocks[0].attentions, *net.unet.up_blocks[1].attentions]
+    assert len(finest) == 1 + 2 and all(isinstance(m, TextAttention) for m in finest)  # up blocks: layers + 1
+    assert all(isinstance(m, Transformer2DModel) for m in net.unet.down_blocks[1].attentions)
+    outputs = []
+    net.unet.down_blocks[0].attentions[0].register_forward_hook(
+        lambda module, args, out: outputs.append(out[0] - args[0]))  # what it adds to its input
+    x, t = torch.randn(1, 2, 3, 32, 32), torch.randint(0, 1000, (1, 2))
+    hidden, mask = torch.randn(1, 2, 5, 12), torch.tensor([[[1.0, 1, 1, 0, 0]] * 2])
+    masked, unmasked = hidden.clone(), hidden.clone()
+    masked[..., 4, :] += 3
+    unmasked[..., 1, :] += 3
+    with torch.no_grad():
+        for h in (hidden, masked, unmasked):
+            net(x, t, h, mask)
+    assert outputs[0].abs().mean() > 0
+    torch.testing.assert_close(outputs[1], outputs[0])
+    assert (outputs[2] - outputs[0]).abs().mean() > 1e-3 * outputs[0].abs().mean()
+    with pytest.raises(ValueError, match="unet_attention \\+ unet_cross_levels must be at most unet_levels"):
+        replace(SECTION, unet_cross_levels=2)
+
+
 def test_a_diffusion_member_equals_its_single_run():
     data = tiny_data(n_train=8)
     model_cfg = ModelConfig(**{**TINY.__dict__, **NO_DROPOUT})

@@ -92,6 +92,11 @@ class DiffusionConfig:
     unet_levels: int = ranged(3, 2, 6)
     unet_layers: int = at_least(1, 1)
     unet_attention: int = at_least(1, 0)  # at most unet_levels
+    # The next unet_cross_levels levels above those read the text through cross-attention alone (`TextAttention`:
+    # GroupNorm, attention to the text stack's tokens, added back; no self-attention, no feed-forward): the words
+    # reach a finer level (a creature's pattern is drawn at 16 x 16) for 0.87x the step's speed on 2 cores, where a
+    # full transformer level there costs 0.52x (results/BENCHMARKS.md, "The text at 16 x 16 for a seventh").
+    unet_cross_levels: int = at_least(0, 0)  # unet_attention + unet_cross_levels at most unet_levels
     # How a ResNet block reads the timestep embedding (and the pooled text, which joins it): False adds it to the
     # features (diffusers' "default"); True scales and shifts the normalized features by it (ADM's adaptive GroupNorm,
     # Dhariwal & Nichol 2021, diffusers' "scale_shift"): the text reaches every level, the 32 x 32 one too, as a
@@ -127,9 +132,10 @@ class DiffusionConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.unet_attention > self.unet_levels or self.unet_width % NORM_GROUPS:
-            raise ValueError(f"unet_attention must be at most unet_levels and unet_width a multiple of {NORM_GROUPS}, "
-                             f"got {self.unet_attention}, {self.unet_levels} and {self.unet_width}")
+        if self.unet_attention + self.unet_cross_levels > self.unet_levels or self.unet_width % NORM_GROUPS:
+            raise ValueError(f"unet_attention + unet_cross_levels must be at most unet_levels and unet_width a multiple "
+                             f"of {NORM_GROUPS}, got {self.unet_attention} + {self.unet_cross_levels}, "
+                             f"{self.unet_levels} and {self.unet_width}")
 
 
 # ---------------------------------------------------------------------------- the network
@@ -138,9 +144,10 @@ class DiffusionConfig:
 def unet_config(cfg: ModelConfig, section: DiffusionConfig, channels: int, size: int) -> dict:
     """UNet2DConditionModel's arguments for this ModelConfig on (channels, size, size) inputs (pixels, or an
     autoencoder's latents): levels of unet_width x (1, 2, 2, ...) channels, cross-attention at the
-    `unet_attention` lowest levels and in the middle block."""
+    `unet_attention` lowest levels and in the middle block, and at the `unet_cross_levels` above them (their
+    transformer blocks are swapped for `TextAttention` in `unet`)."""
     widths = tuple(section.unet_width * (1 if i == 0 else 2) for i in range(section.unet_levels))
-    attend = [i >= section.unet_levels - section.unet_attention for i in range(section.unet_levels)]  # down levels, top first
+    attend = [i >= cross_from(section) for i in range(section.unet_levels)]  # down levels, top first
     return dict(
         sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=widths,
         down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attend),
@@ -154,20 +161,57 @@ def unet_config(cfg: ModelConfig, section: DiffusionConfig, channels: int, size:
            if cfg.pooled_text else {}))
 
 
+def cross_from(section: DiffusionConfig) -> int:
+    """The first (finest) level whose blocks read the text: the cross-attention-only levels, then the full ones."""
+    return section.unet_levels - section.unet_attention - section.unet_cross_levels
+
+
+class TextAttention(nn.Module):
+    """A level's text, read through cross-attention alone: x + attention(GroupNorm(x) -> the text's tokens), in
+    place of a diffusers transformer block (its self-attention, feed-forward and projections are most of a level's
+    cost at 16 x 16 on a CPU). Called as the UNet's blocks call theirs; diffusers' `Attention` does the attending
+    (and takes the UNet's text mask, already a bias)."""
+
+    def __init__(self, channels: int, text_dim: int, heads: int):
+        super().__init__()
+        from diffusers.models.attention_processor import Attention
+
+        self.norm = nn.GroupNorm(NORM_GROUPS, channels, eps=1e-6)
+        self.attn = Attention(channels, cross_attention_dim=text_dim, heads=heads, dim_head=channels // heads)
+
+    def forward(self, x, encoder_hidden_states=None, encoder_attention_mask=None, return_dict=False, **_):
+        b, c, h, w = x.shape
+        y = self.attn(self.norm(x).flatten(2).transpose(1, 2), encoder_hidden_states=encoder_hidden_states,
+                      attention_mask=encoder_attention_mask)
+        return (x + y.transpose(1, 2).reshape(b, c, h, w),)
+
+
+def unet(cfg: ModelConfig, section: DiffusionConfig, channels: int, size: int) -> nn.Module:
+    """A diffusers UNet2DConditionModel (`unet_config`), its `unet_cross_levels` levels' blocks reading the text
+    through `TextAttention`."""
+    from diffusers import UNet2DConditionModel
+
+    net = UNet2DConditionModel(**unet_config(cfg, section, channels, size))
+    levels = section.unet_levels
+    for i in range(cross_from(section), levels - section.unet_attention):
+        for block in (net.down_blocks[i], net.up_blocks[levels - 1 - i]):
+            block.attentions = nn.ModuleList(TextAttention(a.in_channels, cfg.d_model, cfg.n_heads)
+                                             for a in block.attentions)
+    return net
+
+
 class Denoiser(nn.Module):
     """K members: text stack -> UNet. forward((K, B, C, S, S) noisy images, (K, B) timesteps, text) -> prediction."""
 
     def __init__(self, cfg: ModelConfig, section: DiffusionConfig, text_dim: int, seeds=(0,), channels: int = 3,
                  size: int | None = None):
         super().__init__()
-        from diffusers import UNet2DConditionModel
-
         self.text = TextStack(len(seeds), cfg, text_dim, norm=True)
         unets = []
         for seed in seeds:
             with torch.random.fork_rng(devices=[]):  # diffusers initializes from the global RNG
                 torch.manual_seed(int(seed) + 1)  # +1: the text stack's generator already uses the seed itself
-                unets.append(UNet2DConditionModel(**unet_config(cfg, section, channels, size or cfg.image_size)))
+                unets.append(unet(cfg, section, channels, size or cfg.image_size))
         self.unet = unets[0]
         for name, _ in list(self.unet.named_parameters()):  # the members' UNets, stacked: (K, *shape) each
             owner, _, attr = name.rpartition(".")
