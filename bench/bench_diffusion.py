@@ -57,10 +57,12 @@ from search.space import trial_configs  # noqa: E402
 RUNTIME = Runtime()
 
 # The first attempt, as a new user would try it: 1.6 M parameters, widths 32/64/64, cross-attention at
-# the lowest level, 32 px, MiniLM states through the thesis's text stack, epsilon prediction, cosine schedule,
-# EMA, DDIM 25 steps, guidance 3, batch 64, lr 1e-3. The text stack is the thesis's recommended trial's.
+# the lowest level only (no cross-attention-only level), 32 px, MiniLM states through the thesis's text stack, epsilon
+# prediction, cosine schedule, EMA, DDIM 25 steps, guidance 3, batch 64, lr 1e-3. The text stack is the thesis's
+# recommended trial's.
 FIRST = {"family": "diffusion", "n_heads": 4, "ff_dim": 1024, "n_layers": 2, "d_model": 64, "unet_width": 32,
-         "unet_levels": 3, "unet_attention": 1, "prediction_type": "epsilon", "noise_schedule": "squaredcos_cap_v2",
+         "unet_levels": 3, "unet_attention": 1, "unet_cross_levels": 0, "prediction_type": "epsilon",
+         "noise_schedule": "squaredcos_cap_v2",
          "min_snr_gamma": 0.0, "pooled_text": False, "sampler": "ddim", "sample_steps": 25, "guidance_scale": 3.0, "batch_size": 64, "lr": 1e-3,
          "weight_decay": 1e-5, "dropout_encoder": 0.0, "dropout_attention": 0.0, "dropout_decoder": 0.0}
 RECIPES = {
@@ -312,6 +314,10 @@ VARIANTS = {
     "synthetic recipe, two attention levels, flash attention": {**SYNTHETIC, "unet_attention": 2,
                                                                 "math_attention": False},
     "synthetic recipe, two attention levels": {**SYNTHETIC, "unet_attention": 2},
+    # The 16 x 16 level reading the text through cross-attention alone (TextAttention: no self-attention, no
+    # feed-forward) instead of a full transformer block.
+    "synthetic recipe, cross-attention alone at 16 x 16": {**SYNTHETIC, "unet_cross_levels": 1},
+    "synthetic recipe, cross-attention alone at 16 x 16 and 32 x 32": {**SYNTHETIC, "unet_cross_levels": 2},
     # Two UNet levels (32 and 16 px): the lowest, where the text is attended, is 16 x 16, without the 8 x 8 level.
     "synthetic recipe, two UNet levels": {**SYNTHETIC, "unet_levels": 2},
     # The text stack's width, which the UNet's cross-attention and the pooled text read (the laptop preset's 64).

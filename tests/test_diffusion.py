@@ -21,15 +21,18 @@ from test_members import fused_run
 from test_model import NO_DROPOUT, tiny_data
 
 TINY = ModelConfig(family="diffusion", image_size=32, d_model=32, ff_dim=64, n_layers=1, n_heads=2, max_tokens=32)
-SECTION = DiffusionConfig(unet_width=16, unet_levels=2, sample_steps=3)
+# No cross-attention-only level: at two levels the default's would be the 32 px top one (its own tests below).
+SECTION = DiffusionConfig(unet_width=16, unet_levels=2, unet_cross_levels=0, sample_steps=3)
 QUICK = TrainConfig(lr=1e-3, epochs=2, batch_size=4, clip_mode="off")
 
 
-@pytest.mark.parametrize("pooled", [False, True], ids=["cross-attention", "+pooled"])
-def test_a_member_is_its_own_unet(pooled):
+@pytest.mark.parametrize("pooled, cross", [(False, 0), (True, 0), (True, 1)],
+                         ids=["cross-attention", "+pooled", "+cross-attention-only level"])
+def test_a_member_is_its_own_unet(pooled, cross):
     cfg = ModelConfig(**{**TINY.__dict__, "pooled_text": pooled})
-    two = Denoiser(cfg, SECTION, text_dim=12, seeds=[0, 5]).eval()  # eval: no dropout
-    five = Denoiser(cfg, SECTION, text_dim=12, seeds=[5]).eval()
+    section = replace(SECTION, unet_cross_levels=cross)
+    two = Denoiser(cfg, section, text_dim=12, seeds=[0, 5]).eval()  # eval: no dropout
+    five = Denoiser(cfg, section, text_dim=12, seeds=[5]).eval()
     for (name, a), (_, b) in zip(two.named_parameters(), five.named_parameters(), strict=True):
         assert torch.equal(a[1], b[0]), name  # member 1 starts where a one-member network with its seed starts
     assert not torch.equal(two.unet.conv_in.weight[0], two.unet.conv_in.weight[1])
@@ -92,6 +95,21 @@ def test_cross_levels_read_the_text_through_attention_alone_and_its_mask():
     assert (outputs[2] - outputs[0]).abs().mean() > 1e-3 * outputs[0].abs().mean()
     with pytest.raises(ValueError, match="unet_attention \\+ unet_cross_levels must be at most unet_levels"):
         replace(SECTION, unet_cross_levels=2)
+
+
+def test_a_checkpoint_from_before_cross_levels_builds_the_unet_it_trained():
+    """A checkpoint stores every field of its section; one written before unet_cross_levels existed lacks it and was
+    trained without that level (the default is 1 now): it is rebuilt with 0, and its weights load."""
+    from dataclasses import asdict
+
+    old = asdict(replace(SECTION, unet_cross_levels=0))
+    del old["unet_cross_levels"]
+    assert families.section(TINY, old).unet_cross_levels == 0
+    assert families.section(TINY, asdict(replace(SECTION, unet_cross_levels=1))).unet_cross_levels == 1
+    assert DiffusionConfig().unet_cross_levels == 1
+    trained = Denoiser(TINY, replace(SECTION, unet_cross_levels=0), text_dim=12).state_dict()
+    rebuilt = Denoiser(TINY, families.section(TINY, old), text_dim=12)
+    rebuilt.load_state_dict(trained)  # strict: the same modules
 
 
 def test_a_diffusion_member_equals_its_single_run():

@@ -25,6 +25,9 @@ What a family supplies (class attributes and static methods, then per trial an i
 - `extra_texts`: texts its text table must also hold (the empty text of classifier-free guidance).
 - `recipe`: the shared fields (ModelConfig, TrainConfig, DataConfig; grid axes too) it was measured best with,
   where they differ from the dataclass defaults: `--family NAME` alone trains them (search/settings.py).
+- `earlier` (optional): the value a field had in checkpoints written before the field existed, where its default
+  has since changed what is built (a checkpoint stores every field of its section; one that lacks a field
+  predates it).
 - `check(model_cfg, section)`: refuse a combination it cannot build (image sizes), naming the fields.
 - `network(model_cfg, section, text_dim, seeds)`: its K-member trainable network (every weight with a leading
   member axis, `.members` = K), reading the text through `model.text.TextStack`.
@@ -130,8 +133,8 @@ def section(model_cfg, given=None):
     family = get(model_cfg.family)
     if given is None:
         given = family.Config()
-    elif isinstance(given, dict):
-        given = family.Config(**given)
+    elif isinstance(given, dict):  # a checkpoint's: a field it lacks did not exist when it was written
+        given = family.Config(**{**getattr(family, "earlier", {}), **given})
     elif not isinstance(given, family.Config):
         raise TypeError(f"a {family.name} model takes a {family.Config.__name__}, got {type(given).__name__}")
     family.check(model_cfg, given)
