@@ -102,7 +102,7 @@ class Settings:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Settings":
-        sections = {name: families.get(name).Config(**fields_) for name, fields_ in d.get("sections", {}).items()}
+        sections = {name: families.stored(name, fields_) for name, fields_ in d.get("sections", {}).items()}
         return cls(d["preset"], ModelConfig(**d["model"]), TrainConfig(**d["train"]), DataConfig(**d["data"]),
                    {k: tuple(v) for k, v in d["grid"].items()}, d.get("max_records"), sections, d.get("recipe", ""))
 

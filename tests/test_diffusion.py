@@ -99,7 +99,8 @@ def test_cross_levels_read_the_text_through_attention_alone_and_its_mask():
 
 def test_a_checkpoint_from_before_cross_levels_builds_the_unet_it_trained():
     """A checkpoint stores every field of its section; one written before unet_cross_levels existed lacks it and was
-    trained without that level (the default is 1 now): it is rebuilt with 0, and its weights load."""
+    trained without that level (the default is 1 now): it is rebuilt with 0, and its weights load; likewise a
+    stored search's section."""
     from dataclasses import asdict
 
     old = asdict(replace(SECTION, unet_cross_levels=0))
@@ -110,6 +111,14 @@ def test_a_checkpoint_from_before_cross_levels_builds_the_unet_it_trained():
     trained = Denoiser(TINY, replace(SECTION, unet_cross_levels=0), text_dim=12).state_dict()
     rebuilt = Denoiser(TINY, families.section(TINY, old), text_dim=12)
     rebuilt.load_state_dict(trained)  # strict: the same modules
+    # A search stored before the field (what --resume reads) resumes its trials without the level too.
+    from data_pipeline.config import DataConfig
+    from search.settings import Settings
+
+    settings = Settings("laptop", TINY, QUICK, DataConfig(), {"family": ("diffusion",)}, None, {"diffusion": SECTION})
+    stored = settings.to_dict()
+    del stored["sections"]["diffusion"]["unet_cross_levels"]
+    assert Settings.from_dict(stored).sections["diffusion"] == SECTION
 
 
 def test_a_diffusion_member_equals_its_single_run():

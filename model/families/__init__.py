@@ -127,14 +127,21 @@ def names() -> tuple[str, ...]:
     return tuple(REGISTRY)
 
 
+def stored(name: str, fields: dict):
+    """Family `name`'s section from the fields a checkpoint or a stored search wrote (every field it had then): a
+    field it lacks did not exist when it was written, and takes the family's `earlier` value where it has one."""
+    family = get(name)
+    return family.Config(**{**getattr(family, "earlier", {}), **fields})
+
+
 def section(model_cfg, given=None):
     """The family config section of a ModelConfig's family: `given` (a section of that family's Config, or a dict
     of its fields, as a checkpoint stores it), else its defaults; checked against model_cfg."""
     family = get(model_cfg.family)
     if given is None:
         given = family.Config()
-    elif isinstance(given, dict):  # a checkpoint's: a field it lacks did not exist when it was written
-        given = family.Config(**{**getattr(family, "earlier", {}), **given})
+    elif isinstance(given, dict):
+        given = stored(family.name, given)
     elif not isinstance(given, family.Config):
         raise TypeError(f"a {family.name} model takes a {family.Config.__name__}, got {type(given).__name__}")
     family.check(model_cfg, given)
